@@ -1,0 +1,120 @@
+/* Run configuration: YAML read with libyaml's document API through a schema
+ * table (netplan style). Unknown keys, wrong types and out-of-range values
+ * are errors that read `file:line:col: message`, then the source line and a
+ * caret under the column. */
+#ifndef MOECTL_ENGINE_CONFIG_H
+#define MOECTL_ENGINE_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine/error.h"
+
+#define CONFIG_MAX_DEVICES 64
+#define CONFIG_NAME_MAX 64
+#define CONFIG_PATH_MAX 512
+
+/* The model reads bytes: the vocabulary is fixed. */
+#define CONFIG_VOCAB_SIZE 256
+
+typedef enum config_backend {
+    CONFIG_BACKEND_CPU,
+    CONFIG_BACKEND_CUDA,
+    CONFIG_BACKEND_HIP,
+} config_backend;
+
+typedef struct config_device {
+    char name[CONFIG_NAME_MAX];
+    config_backend backend;
+    int index;             /* device index within its backend */
+    int threads;           /* CPU threads for this rank (BLAS and loops) */
+    double price_per_hour; /* in cluster.currency */
+    double peak_tflops;    /* dense fp32/bf16 peak used for MFU */
+    double memory_gb;
+    double slowdown;       /* >= 1: emulate a slower device (labelled) */
+} config_device;
+
+typedef struct config {
+    char name[CONFIG_NAME_MAX];   /* file name without directory and .yaml */
+    char source[CONFIG_PATH_MAX]; /* path as given, or "<embedded default>" */
+
+    struct {
+        char currency[16];
+        int device_count;
+        config_device devices[CONFIG_MAX_DEVICES];
+    } cluster;
+
+    struct {
+        int d_model;
+        int n_layers;
+        int n_heads;
+        int seq_len;
+        double rope_theta;
+        double norm_eps;
+        double init_std;
+    } model;
+
+    struct {
+        int n_experts;
+        int top_k;
+        int n_shared;          /* always-on shared experts */
+        int expert_hidden;     /* SwiGLU width of each expert */
+        double capacity_factor; /* 0: dropless */
+        double aux_loss_coef;  /* Switch auxiliary loss α */
+        double z_loss_coef;    /* router z-loss coefficient */
+    } moe;
+
+    struct {
+        int steps;
+        int batch_size;
+        int warmup_steps;
+        double lr;
+        double min_lr;
+        double beta1;
+        double beta2;
+        double eps;
+        double weight_decay;
+        double grad_clip;      /* 0: no clipping */
+        uint64_t seed;
+        int eval_every;        /* 0: no periodic validation */
+        int eval_batches;
+        int log_every;         /* progress lines when stderr is no terminal */
+    } train;
+
+    struct {
+        char path[CONFIG_PATH_MAX];
+        double val_fraction;
+    } data;
+
+    struct {
+        char dir[CONFIG_PATH_MAX];
+        int every;             /* 0: only at the end of the run */
+        int keep;              /* newest checkpoints kept in dir */
+    } checkpoint;
+} config;
+
+/* Sets every field to its default. */
+void config_defaults(config *cfg);
+
+/* Loads defaults, then the YAML file at `path` (or, when path is NULL, the
+ * embedded configs/default.yaml), then applies each `a.b=value` override
+ * in `sets` in order, then checks cross-field constraints. On error, fills
+ * err with the full multi-line message (location, source line, caret) and
+ * returns -1; cfg is then unspecified. */
+int config_load(config *cfg, const char *path, const char *const *sets,
+                int set_count, moe_error *err);
+
+/* Same, from text in memory; `source` names it in errors. */
+int config_load_text(config *cfg, const char *source, const char *text,
+                     size_t length, const char *const *sets, int set_count,
+                     moe_error *err);
+
+/* Writes the fully resolved configuration as YAML that config_load reads
+ * back to the same values. */
+void config_print(const config *cfg, FILE *out);
+
+/* The text of configs/default.yaml, embedded at build time. */
+extern const char config_default_yaml[];
+extern const size_t config_default_yaml_length;
+
+#endif
