@@ -1,0 +1,153 @@
+#include "engine/metrics.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct metrics_sink {
+    FILE *f;
+    int owned;
+    char path[CONFIG_PATH_MAX];
+};
+
+int metrics_open(metrics_sink **out, const char *path, moe_error *err)
+{
+    metrics_sink *sink = calloc(1, sizeof *sink);
+    if (!sink)
+        return error_set(err, "out of memory");
+    snprintf(sink->path, sizeof sink->path, "%s", path);
+    if (strcmp(path, "-") == 0) {
+        sink->f = stdout;
+    } else {
+        sink->f = fopen(path, "w");
+        sink->owned = 1;
+        if (!sink->f) {
+            free(sink);
+            return error_set_errno(err, "cannot open metrics file %s", path);
+        }
+    }
+    *out = sink;
+    return 0;
+}
+
+void metrics_close(metrics_sink *sink)
+{
+    if (!sink)
+        return;
+    if (sink->owned)
+        fclose(sink->f);
+    else
+        fflush(sink->f);
+    free(sink);
+}
+
+/* JSON has no NaN or infinity: a value that is not finite is null. */
+static json_t *number(double x)
+{
+    return isfinite(x) ? json_real(x) : json_null();
+}
+
+static int emit(metrics_sink *sink, json_t *record, moe_error *err)
+{
+    if (!record)
+        return error_set(err, "out of memory building a metrics record");
+    int rc = json_dumpf(record, sink->f, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    json_decref(record);
+    if (rc < 0 || fputc('\n', sink->f) == EOF || fflush(sink->f) != 0)
+        return error_set_errno(err, "cannot write metrics to %s", sink->path);
+    return 0;
+}
+
+int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
+                      int resumed_step, moe_error *err)
+{
+    const model_dims *d = &m->dims;
+    json_t *devices = json_array();
+    for (int i = 0; i < cfg->cluster.device_count; i++) {
+        const config_device *dev = &cfg->cluster.devices[i];
+        static const char *const backends[] = {"cpu", "cuda", "hip"};
+        json_array_append_new(devices, json_pack(
+            "{s:s, s:s, s:i, s:i, s:f, s:f, s:b}", "name", dev->name,
+            "backend", backends[dev->backend], "index", dev->index, "threads",
+            dev->threads, "price_per_hour", dev->price_per_hour,
+            "peak_tflops", dev->peak_tflops, "emulated", dev->slowdown != 1.0));
+    }
+    json_t *record = json_pack(
+        "{s:s, s:s, s:s, s:o, s:I, s:I, s:f, s:i, s:i, s:{s:i, s:i, s:i, s:i, "
+        "s:i, s:i, s:i, s:i, s:i}, s:i, s:s}",
+        "type", "run", "config", cfg->name, "source", cfg->source,
+        "devices", devices,
+        "params", (json_int_t)m->param_count,
+        "active_params", (json_int_t)model_active_params(m),
+        "flops_per_token", model_flops_per_token(m),
+        "tokens_per_step", cfg->train.batch_size * cfg->model.seq_len,
+        "steps", cfg->train.steps,
+        "model", "vocab", d->V, "d_model", d->C, "layers", d->L, "heads",
+        d->H, "seq_len", d->T, "experts", d->E, "top_k", d->K,
+        "expert_hidden", d->F, "shared_hidden", d->S,
+        "resumed_from", resumed_step, "currency", cfg->cluster.currency);
+    return emit(sink, record, err);
+}
+
+int metrics_write_step(metrics_sink *sink, const step_stats *s,
+                       moe_error *err)
+{
+    json_t *load = json_array();
+    for (int l = 0; l < s->layers; l++) {
+        json_t *row = json_array();
+        for (int e = 0; e < s->experts; e++)
+            json_array_append_new(
+                row, json_integer(s->expert_load[(size_t)l * s->experts + e]));
+        json_array_append_new(load, row);
+    }
+    json_t *record = json_pack(
+        "{s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:I, s:o, "
+        "s:i, s:o}",
+        "type", "step", "step", s->step, "loss", number(s->loss),
+        "lr", number(s->lr), "grad_norm", number(s->grad_norm),
+        "tokens_per_s", number(s->tokens_per_s),
+        "model_flops_per_s", number(s->flops_per_s),
+        "aux_loss", number(s->aux_loss), "z_loss", number(s->z_loss),
+        "step_ms", number(s->step_s * 1e3), "tokens", s->tokens,
+        "tokens_seen", (json_int_t)s->tokens_seen,
+        "elapsed_s", number(s->elapsed_s), "dropped", s->dropped,
+        "expert_load", load);
+    return emit(sink, record, err);
+}
+
+int metrics_write_val(metrics_sink *sink, int step, double val_loss,
+                      moe_error *err)
+{
+    return emit(sink,
+                json_pack("{s:s, s:i, s:o}", "type", "val", "step", step,
+                          "val_loss", number(val_loss)),
+                err);
+}
+
+int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
+                             moe_error *err)
+{
+    return emit(sink,
+                json_pack("{s:s, s:i, s:s}", "type", "checkpoint", "step",
+                          step, "path", path),
+                err);
+}
+
+int metrics_write_summary(metrics_sink *sink, const run_summary *s,
+                          moe_error *err)
+{
+    json_t *record = json_pack(
+        "{s:s, s:s, s:i, s:i, s:o, s:o, s:i, s:o, s:o, s:I}",
+        "type", "summary", "status", s->status, "first_step", s->first_step,
+        "last_step", s->last_step, "loss", number(s->loss),
+        "val_loss", number(s->val_loss), "val_step", s->val_step,
+        "tokens_per_s", number(s->tokens_per_s),
+        "elapsed_s", number(s->elapsed_s),
+        "tokens_seen", (json_int_t)s->tokens_seen);
+    if (record)
+        json_object_set_new(record, "checkpoint",
+                            s->checkpoint ? json_string(s->checkpoint)
+                                          : json_null());
+    return emit(sink, record, err);
+}

@@ -1,0 +1,62 @@
+/* Metrics as JSON Lines: one record per step, per validation, a run
+ * record at the start and a summary at the end (schema in README.md).
+ * Built with jansson; each line is flushed as it is written so a reader
+ * tailing the file sees whole records. */
+#ifndef MOECTL_ENGINE_METRICS_H
+#define MOECTL_ENGINE_METRICS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine/config.h"
+#include "engine/error.h"
+#include "engine/model.h"
+
+typedef struct metrics_sink metrics_sink;
+
+/* What one training step measured. */
+typedef struct step_stats {
+    int step;             /* 1-based index of the step just completed */
+    double loss;          /* mean cross-entropy, nats per byte */
+    double aux_loss;      /* Switch aux loss over all layers, α applied */
+    double z_loss;        /* router z-loss over all layers, coef applied */
+    double lr;
+    double grad_norm;     /* before clipping */
+    double step_s;        /* wall time of forward + backward + update */
+    double tokens_per_s;  /* tokens of this step / step_s */
+    double flops_per_s;   /* model FLOPs of this step / step_s */
+    int tokens;           /* tokens trained this step */
+    uint64_t tokens_seen; /* since step 0 */
+    double elapsed_s;     /* training time in this process */
+    int dropped;          /* assignments dropped by capacity */
+    int layers, experts;
+    const int *expert_load; /* (layers, experts) tokens routed this step */
+} step_stats;
+
+typedef struct run_summary {
+    int first_step, last_step;
+    double loss, val_loss; /* NAN when not measured */
+    int val_step;
+    double tokens_per_s;   /* tokens trained / training time */
+    double elapsed_s;
+    uint64_t tokens_seen;
+    const char *checkpoint; /* last checkpoint written, or NULL */
+    const char *status;     /* "done" | "stopped" */
+} run_summary;
+
+/* path "-" writes to standard output. */
+int metrics_open(metrics_sink **out, const char *path, moe_error *err);
+void metrics_close(metrics_sink *sink);
+
+int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
+                      int resumed_step, moe_error *err);
+int metrics_write_step(metrics_sink *sink, const step_stats *s,
+                       moe_error *err);
+int metrics_write_val(metrics_sink *sink, int step, double val_loss,
+                      moe_error *err);
+int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
+                             moe_error *err);
+int metrics_write_summary(metrics_sink *sink, const run_summary *s,
+                          moe_error *err);
+
+#endif

@@ -1,0 +1,563 @@
+#include "engine/model.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/rng.h"
+
+/* Activations of one forward pass kept for the backward pass, and the
+ * backward pass's scratch, in one slab. N = batch·T, SK = N·K slots. */
+#define MODEL_ACTIVATIONS(X)                                                   \
+    X(resid, (size_t)(L + 1) * N * C)  /* (L+1, N, C) residual entering each \
+                                          layer, then the final one */         \
+    X(x_mid, (size_t)L * N * C)        /* (L, N, C) after attention */         \
+    X(attn_norm_out, (size_t)L * N * C) /* (L, N, C) */                        \
+    X(attn_rstd, (size_t)L * N)        /* (L, N) */                            \
+    X(qkv, (size_t)L * N * 3 * C)      /* (L, N, 3C) after RoPE */             \
+    X(att_probs, (size_t)L * B * H * T * T) /* (L, B, H, T, T) */              \
+    X(att_out, (size_t)L * N * C)      /* (L, N, C) heads before wo */         \
+    X(ffn_norm_out, (size_t)L * N * C) /* (L, N, C) */                         \
+    X(ffn_rstd, (size_t)L * N)         /* (L, N) */                            \
+    X(router_logits, (size_t)L * N * E) /* (L, N, E) */                        \
+    X(router_probs, (size_t)L * N * E) /* (L, N, E) */                         \
+    X(router_lse, (size_t)L * N)       /* (L, N) */                            \
+    X(gate_weight, (size_t)L * N * K)  /* (L, N, K) */                         \
+    X(expert_in, (size_t)L * SK * C)   /* (L, SK, C) tokens sorted by expert */ \
+    X(expert_h13, (size_t)L * SK * 2 * F) /* (L, SK, 2F) */                    \
+    X(expert_h, (size_t)L * SK * F)    /* (L, SK, F) */                        \
+    X(expert_out, (size_t)L * SK * C)  /* (L, SK, C) */                        \
+    X(shared_h13, (size_t)L * N * 2 * S) /* (L, N, 2S) */                      \
+    X(shared_h, (size_t)L * N * S)     /* (L, N, S) */                         \
+    X(branch_out, (size_t)N * C)       /* (N, C) scratch */                    \
+    X(final_out, (size_t)N * C)        /* (N, C) */                            \
+    X(final_rstd, (size_t)N)           /* (N) */                               \
+    X(logits, (size_t)N * V)           /* (N, V); dlogits after forward */     \
+    X(losses, (size_t)N)               /* (N) */                               \
+    X(d_resid, (size_t)N * C)          /* backward scratch from here on */     \
+    X(d_norm_out, (size_t)N * C)                                               \
+    X(d_qkv, (size_t)N * 3 * C)                                                \
+    X(d_att_out, (size_t)N * C)                                                \
+    X(d_router_logits, (size_t)N * E)                                          \
+    X(d_router_probs, (size_t)N * E)                                           \
+    X(d_gate, (size_t)N * K)                                                   \
+    X(d_expert_out, (size_t)SK * C)                                            \
+    X(d_expert_h, (size_t)SK * F)                                              \
+    X(d_expert_h13, (size_t)SK * 2 * F)                                        \
+    X(d_expert_in, (size_t)SK * C)                                             \
+    X(d_shared_h, (size_t)N * S)                                               \
+    X(d_shared_h13, (size_t)N * 2 * S)
+
+#define MODEL_INDICES(X)                                                       \
+    X(inputs, (size_t)N)                                                       \
+    X(targets, (size_t)N)                                                      \
+    X(expert_index, (size_t)L * N * K) /* (L, N, K) */                         \
+    X(group_rows, (size_t)L * E)       /* (L, E) */                            \
+    X(selected, (size_t)L * E)         /* (L, E) */                            \
+    X(token_of_slot, (size_t)L * SK)   /* (L, SK) */                           \
+    X(slot_of, (size_t)L * SK)         /* (L, N, K) */                         \
+    X(dispatch_scratch, (size_t)2 * E)
+
+struct model_activations {
+    float *float_memory;
+    int *int_memory;
+#define X(name, count) float *name;
+    MODEL_ACTIVATIONS(X)
+#undef X
+#define X(name, count) int *name;
+    MODEL_INDICES(X)
+#undef X
+    /* Per-expert weight views for the grouped GEMMs of one layer. */
+    const float **w13;
+    const float **w2;
+    float **dw13;
+    float **dw2;
+};
+
+static void dims_from_config(model_dims *d, const config *cfg)
+{
+    d->V = CONFIG_VOCAB_SIZE;
+    d->C = cfg->model.d_model;
+    d->L = cfg->model.n_layers;
+    d->H = cfg->model.n_heads;
+    d->T = cfg->model.seq_len;
+    d->E = cfg->moe.n_experts;
+    d->K = cfg->moe.top_k;
+    d->F = cfg->moe.expert_hidden;
+    d->S = cfg->moe.n_shared * cfg->moe.expert_hidden;
+}
+
+static void tensor_views(model_tensors *views, float *base,
+                         const model_tensor_info *info)
+{
+#define X(name, count, init, decay)                                             \
+    views->name = base + info[MODEL_TENSOR_##name].offset;
+    MODEL_TENSORS(X)
+#undef X
+}
+
+static int activations_create(model_activations **out, const model_dims *dm,
+                              int B, moe_error *err)
+{
+    const size_t V = (size_t)dm->V, C = (size_t)dm->C, L = (size_t)dm->L,
+                 H = (size_t)dm->H, T = (size_t)dm->T, E = (size_t)dm->E,
+                 K = (size_t)dm->K, F = (size_t)dm->F, S = (size_t)dm->S;
+    const size_t N = (size_t)B * T, SK = N * K;
+    (void)V;
+
+    model_activations *a = calloc(1, sizeof *a);
+    if (!a)
+        return error_set(err, "out of memory for activations");
+
+    size_t floats = 0, ints = 0;
+#define X(name, count) floats += (count);
+    MODEL_ACTIVATIONS(X)
+#undef X
+#define X(name, count) ints += (count);
+    MODEL_INDICES(X)
+#undef X
+    a->float_memory = malloc(floats * sizeof(float));
+    a->int_memory = malloc(ints * sizeof(int));
+    a->w13 = malloc(E * sizeof *a->w13);
+    a->w2 = malloc(E * sizeof *a->w2);
+    a->dw13 = malloc(E * sizeof *a->dw13);
+    a->dw2 = malloc(E * sizeof *a->dw2);
+    if (!a->float_memory || !a->int_memory || !a->w13 || !a->w2 || !a->dw13 ||
+        !a->dw2) {
+        free(a->float_memory);
+        free(a->int_memory);
+        free(a->w13);
+        free(a->w2);
+        free(a->dw13);
+        free(a->dw2);
+        free(a);
+        return error_set(err, "out of memory for activations (%.1f MiB)",
+                         (double)(floats * 4 + ints * 4) / (1 << 20));
+    }
+    /* Zeroed once so that probs above the attention diagonal and unused
+     * tails hold defined values. */
+    memset(a->float_memory, 0, floats * sizeof(float));
+    memset(a->int_memory, 0, ints * sizeof(int));
+
+    float *fp = a->float_memory;
+    int *ip = a->int_memory;
+#define X(name, count) a->name = fp; fp += (count);
+    MODEL_ACTIVATIONS(X)
+#undef X
+#define X(name, count) a->name = ip; ip += (count);
+    MODEL_INDICES(X)
+#undef X
+    *out = a;
+    return 0;
+}
+
+static void activations_destroy(model_activations *a)
+{
+    if (!a)
+        return;
+    free(a->float_memory);
+    free(a->int_memory);
+    free(a->w13);
+    free(a->w2);
+    free(a->dw13);
+    free(a->dw2);
+    free(a);
+}
+
+int model_create(model **out, const config *cfg, const backend *be, int batch,
+                 moe_error *err)
+{
+    model *m = calloc(1, sizeof *m);
+    if (!m)
+        return error_set(err, "out of memory for the model");
+    dims_from_config(&m->dims, cfg);
+    m->batch = batch;
+    m->norm_eps = (float)cfg->model.norm_eps;
+    m->rope_theta = (float)cfg->model.rope_theta;
+    m->init_std = (float)cfg->model.init_std;
+    m->aux_loss_coef = cfg->moe.aux_loss_coef;
+    m->z_loss_coef = cfg->moe.z_loss_coef;
+    m->capacity_factor = cfg->moe.capacity_factor;
+    m->be = be;
+
+    const model_dims *d = &m->dims;
+    size_t offset = 0;
+#define X(name, count, init, decay)                                             \
+    m->tensors[MODEL_TENSOR_##name] =                                          \
+        (model_tensor_info){#name, offset, (count), (decay)};                  \
+    offset += (count);
+    MODEL_TENSORS(X)
+#undef X
+    m->param_count = offset;
+
+    size_t bytes = m->param_count * sizeof(float);
+    m->param_memory = malloc(bytes);
+    m->grad_memory = malloc(bytes);
+    m->adam_m_memory = malloc(bytes);
+    m->adam_v_memory = malloc(bytes);
+    m->dispatch = calloc((size_t)d->L, sizeof *m->dispatch);
+    if (!m->param_memory || !m->grad_memory || !m->adam_m_memory ||
+        !m->adam_v_memory || !m->dispatch) {
+        model_destroy(m);
+        return error_set(err, "out of memory for %zu parameters",
+                         m->param_count);
+    }
+    tensor_views(&m->params, m->param_memory, m->tensors);
+    tensor_views(&m->grads, m->grad_memory, m->tensors);
+    tensor_views(&m->adam_m, m->adam_m_memory, m->tensors);
+    tensor_views(&m->adam_v, m->adam_v_memory, m->tensors);
+    memset(m->grad_memory, 0, bytes);
+    memset(m->adam_m_memory, 0, bytes);
+    memset(m->adam_v_memory, 0, bytes);
+
+    if (activations_create(&m->acts, d, batch, err) < 0) {
+        model_destroy(m);
+        return -1;
+    }
+    model_activations *a = m->acts;
+    size_t SK = (size_t)batch * d->T * d->K;
+    for (int l = 0; l < d->L; l++) {
+        router_dispatch *rd = &m->dispatch[l];
+        rd->group_rows = a->group_rows + (size_t)l * d->E;
+        rd->selected = a->selected + (size_t)l * d->E;
+        rd->token_of_slot = a->token_of_slot + (size_t)l * SK;
+        rd->slot_of = a->slot_of + (size_t)l * SK;
+        rd->scratch = a->dispatch_scratch;
+    }
+    m->expert_index = a->expert_index;
+    *out = m;
+    return 0;
+}
+
+void model_destroy(model *m)
+{
+    if (!m)
+        return;
+    activations_destroy(m->acts);
+    free(m->dispatch);
+    free(m->param_memory);
+    free(m->grad_memory);
+    free(m->adam_m_memory);
+    free(m->adam_v_memory);
+    free(m);
+}
+
+void model_init_params(model *m, uint64_t seed)
+{
+    rng r;
+    rng_seed(&r, seed, 1);
+    const model_dims *d = &m->dims;
+    double residual_std = m->init_std / sqrt(2.0 * d->L);
+    static const enum model_init inits[] = {
+#define X(name, count, init, decay) init,
+        MODEL_TENSORS(X)
+#undef X
+    };
+    for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
+        float *p = m->param_memory + m->tensors[i].offset;
+        size_t n = m->tensors[i].count;
+        switch (inits[i]) {
+        case MODEL_INIT_ONES:
+            for (size_t j = 0; j < n; j++)
+                p[j] = 1.0f;
+            break;
+        case MODEL_INIT_NORMAL:
+            for (size_t j = 0; j < n; j++)
+                p[j] = (float)(m->init_std * rng_normal(&r));
+            break;
+        case MODEL_INIT_RESIDUAL:
+            for (size_t j = 0; j < n; j++)
+                p[j] = (float)(residual_std * rng_normal(&r));
+            break;
+        }
+    }
+    size_t bytes = m->param_count * sizeof(float);
+    memset(m->adam_m_memory, 0, bytes);
+    memset(m->adam_v_memory, 0, bytes);
+}
+
+/* Points the grouped-GEMM weight tables at layer l's experts. */
+static void layer_expert_views(model *m, int l)
+{
+    const model_dims *d = &m->dims;
+    model_activations *a = m->acts;
+    size_t w13_size = (size_t)2 * d->F * d->C, w2_size = (size_t)d->C * d->F;
+    for (int e = 0; e < d->E; e++) {
+        size_t expert = (size_t)l * d->E + e;
+        a->w13[e] = m->params.expert_w13 + expert * w13_size;
+        a->w2[e] = m->params.expert_w2 + expert * w2_size;
+        a->dw13[e] = m->grads.expert_w13 + expert * w13_size;
+        a->dw2[e] = m->grads.expert_w2 + expert * w2_size;
+    }
+}
+
+double model_forward(model *m, const int *inputs, const int *targets, int B)
+{
+    const backend_ops *ops = m->be->ops;
+    void *ctx = m->be->ctx;
+    const model_dims *d = &m->dims;
+    const int C = d->C, L = d->L, H = d->H, T = d->T, E = d->E, K = d->K,
+              F = d->F, S = d->S, V = d->V;
+    const int N = B * T;
+    const size_t SK = (size_t)m->batch * T * K;
+    const size_t NC = (size_t)N * C, maxNC = (size_t)m->batch * T * C;
+    model_activations *a = m->acts;
+    model_tensors *p = &m->params;
+
+    m->last_batch = B;
+    memcpy(a->inputs, inputs, (size_t)N * sizeof(int));
+    memcpy(a->targets, targets, (size_t)N * sizeof(int));
+    m->aux_loss = 0.0;
+    m->z_loss = 0.0;
+
+    ops->embedding_forward(ctx, a->resid, a->inputs, p->wte, N, C);
+    for (int l = 0; l < L; l++) {
+        /* Per-layer activation views; strides use the allocated batch so
+         * that a smaller validation batch reuses the same slab. */
+        float *x = a->resid + (size_t)l * maxNC;
+        float *x_next = a->resid + (size_t)(l + 1) * maxNC;
+        float *x_mid = a->x_mid + (size_t)l * maxNC;
+        float *attn_norm_out = a->attn_norm_out + (size_t)l * maxNC;
+        float *attn_rstd = a->attn_rstd + (size_t)l * m->batch * T;
+        float *qkv = a->qkv + (size_t)l * maxNC * 3;
+        float *probs = a->att_probs + (size_t)l * m->batch * H * T * T;
+        float *att_out = a->att_out + (size_t)l * maxNC;
+        float *ffn_norm_out = a->ffn_norm_out + (size_t)l * maxNC;
+        float *ffn_rstd = a->ffn_rstd + (size_t)l * m->batch * T;
+        float *router_logits = a->router_logits + (size_t)l * m->batch * T * E;
+        float *router_probs = a->router_probs + (size_t)l * m->batch * T * E;
+        float *router_lse = a->router_lse + (size_t)l * m->batch * T;
+        float *gate = a->gate_weight + (size_t)l * m->batch * T * K;
+        int *expert_index = a->expert_index + (size_t)l * m->batch * T * K;
+        float *expert_in = a->expert_in + (size_t)l * SK * C;
+        float *expert_h13 = a->expert_h13 + (size_t)l * SK * 2 * F;
+        float *expert_h = a->expert_h + (size_t)l * SK * F;
+        float *expert_out = a->expert_out + (size_t)l * SK * C;
+        router_dispatch *rd = &m->dispatch[l];
+
+        ops->rmsnorm_forward(ctx, attn_norm_out, attn_rstd, x,
+                             p->attn_norm + (size_t)l * C, N, C, m->norm_eps);
+        ops->matmul_forward(ctx, qkv, attn_norm_out,
+                            p->wqkv + (size_t)l * 3 * C * C, N, C, 3 * C);
+        ops->rope_forward(ctx, qkv, B, T, C, H, m->rope_theta);
+        ops->attention_forward(ctx, att_out, probs, qkv, B, T, C, H);
+        ops->matmul_forward(ctx, a->branch_out, att_out,
+                            p->wo + (size_t)l * C * C, N, C, C);
+        memcpy(x_mid, x, NC * sizeof(float));
+        ops->add_inplace(ctx, x_mid, a->branch_out, NC);
+
+        ops->rmsnorm_forward(ctx, ffn_norm_out, ffn_rstd, x_mid,
+                             p->ffn_norm + (size_t)l * C, N, C, m->norm_eps);
+        ops->matmul_forward(ctx, router_logits, ffn_norm_out,
+                            p->router + (size_t)l * E * C, N, C, E);
+        ops->router_forward(ctx, router_probs, router_lse, expert_index, gate,
+                            router_logits, NULL, N, E, K);
+        router_build_dispatch(rd, expert_index, N, K, E,
+                              router_capacity(m->capacity_factor, N, K, E));
+        if (m->aux_loss_coef > 0.0)
+            m->aux_loss += router_aux_loss(NULL, router_probs, rd->selected, N,
+                                           K, E, m->aux_loss_coef, 1.0);
+        if (m->z_loss_coef > 0.0)
+            m->z_loss += router_z_loss(NULL, router_probs, router_lse, N, E,
+                                       m->z_loss_coef, 1.0);
+
+        layer_expert_views(m, l);
+        ops->moe_permute(ctx, expert_in, ffn_norm_out, rd->token_of_slot,
+                         rd->slots, C);
+        ops->grouped_matmul_forward(ctx, expert_h13, expert_in, a->w13,
+                                    rd->group_rows, E, C, 2 * F);
+        ops->swiglu_forward(ctx, expert_h, expert_h13, rd->slots, F);
+        ops->grouped_matmul_forward(ctx, expert_out, expert_h, a->w2,
+                                    rd->group_rows, E, F, C);
+
+        if (S > 0) {
+            float *shared_h13 = a->shared_h13 + (size_t)l * m->batch * T * 2 * S;
+            float *shared_h = a->shared_h + (size_t)l * m->batch * T * S;
+            ops->matmul_forward(ctx, shared_h13, ffn_norm_out,
+                                p->shared_w13 + (size_t)l * 2 * S * C, N, C,
+                                2 * S);
+            ops->swiglu_forward(ctx, shared_h, shared_h13, N, S);
+            ops->matmul_forward(ctx, a->branch_out, shared_h,
+                                p->shared_w2 + (size_t)l * C * S, N, S, C);
+        } else {
+            memset(a->branch_out, 0, NC * sizeof(float));
+        }
+        ops->moe_unpermute(ctx, a->branch_out, expert_out, rd->slot_of, gate,
+                           N, K, C);
+        memcpy(x_next, x_mid, NC * sizeof(float));
+        ops->add_inplace(ctx, x_next, a->branch_out, NC);
+    }
+
+    ops->rmsnorm_forward(ctx, a->final_out, a->final_rstd,
+                         a->resid + (size_t)L * maxNC, p->final_norm, N, C,
+                         m->norm_eps);
+    ops->matmul_forward(ctx, a->logits, a->final_out, p->lm_head, N, C, V);
+    /* The logits become dlogits of the mean loss in place: the backward
+     * pass needs nothing else from them. */
+    ops->crossentropy_forward_backward(ctx, a->losses, a->logits, a->logits,
+                                       a->targets, N, V, 1.0f / N);
+    double sum = 0.0;
+    for (int i = 0; i < N; i++)
+        sum += a->losses[i];
+    m->ce_loss = sum / N;
+    return m->ce_loss;
+}
+
+void model_zero_grad(model *m)
+{
+    memset(m->grad_memory, 0, m->param_count * sizeof(float));
+}
+
+void model_backward(model *m)
+{
+    const backend_ops *ops = m->be->ops;
+    void *ctx = m->be->ctx;
+    const model_dims *d = &m->dims;
+    const int C = d->C, L = d->L, H = d->H, T = d->T, E = d->E, K = d->K,
+              F = d->F, S = d->S, V = d->V;
+    const int B = m->last_batch, N = B * T;
+    const size_t SK = (size_t)m->batch * T * K;
+    const size_t NC = (size_t)N * C, maxNC = (size_t)m->batch * T * C;
+    model_activations *a = m->acts;
+    model_tensors *p = &m->params, *g = &m->grads;
+
+    memset(a->d_resid, 0, NC * sizeof(float));
+    memset(a->d_norm_out, 0, NC * sizeof(float));
+    ops->matmul_backward(ctx, a->d_norm_out, g->lm_head, a->logits,
+                         a->final_out, p->lm_head, N, C, V);
+    ops->rmsnorm_backward(ctx, a->d_resid, g->final_norm, a->d_norm_out,
+                          a->resid + (size_t)L * maxNC, p->final_norm,
+                          a->final_rstd, N, C);
+
+    for (int l = L - 1; l >= 0; l--) {
+        float *x = a->resid + (size_t)l * maxNC;
+        float *x_mid = a->x_mid + (size_t)l * maxNC;
+        float *attn_norm_out = a->attn_norm_out + (size_t)l * maxNC;
+        float *attn_rstd = a->attn_rstd + (size_t)l * m->batch * T;
+        float *qkv = a->qkv + (size_t)l * maxNC * 3;
+        float *probs = a->att_probs + (size_t)l * m->batch * H * T * T;
+        float *att_out = a->att_out + (size_t)l * maxNC;
+        float *ffn_norm_out = a->ffn_norm_out + (size_t)l * maxNC;
+        float *ffn_rstd = a->ffn_rstd + (size_t)l * m->batch * T;
+        float *router_probs = a->router_probs + (size_t)l * m->batch * T * E;
+        float *router_lse = a->router_lse + (size_t)l * m->batch * T;
+        float *gate = a->gate_weight + (size_t)l * m->batch * T * K;
+        int *expert_index = a->expert_index + (size_t)l * m->batch * T * K;
+        float *expert_in = a->expert_in + (size_t)l * SK * C;
+        float *expert_h13 = a->expert_h13 + (size_t)l * SK * 2 * F;
+        float *expert_h = a->expert_h + (size_t)l * SK * F;
+        float *expert_out = a->expert_out + (size_t)l * SK * C;
+        router_dispatch *rd = &m->dispatch[l];
+        const size_t slots = (size_t)rd->slots;
+
+        /* Feed-forward branch: d_resid is the gradient of its output. */
+        memset(a->d_norm_out, 0, NC * sizeof(float));
+        if (S > 0) {
+            float *shared_h13 = a->shared_h13 + (size_t)l * m->batch * T * 2 * S;
+            float *shared_h = a->shared_h + (size_t)l * m->batch * T * S;
+            memset(a->d_shared_h, 0, (size_t)N * S * sizeof(float));
+            memset(a->d_shared_h13, 0, (size_t)N * 2 * S * sizeof(float));
+            ops->matmul_backward(ctx, a->d_shared_h,
+                                 g->shared_w2 + (size_t)l * C * S, a->d_resid,
+                                 shared_h, p->shared_w2 + (size_t)l * C * S, N,
+                                 S, C);
+            ops->swiglu_backward(ctx, a->d_shared_h13, a->d_shared_h,
+                                 shared_h13, N, S);
+            ops->matmul_backward(ctx, a->d_norm_out,
+                                 g->shared_w13 + (size_t)l * 2 * S * C,
+                                 a->d_shared_h13, ffn_norm_out,
+                                 p->shared_w13 + (size_t)l * 2 * S * C, N, C,
+                                 2 * S);
+        }
+
+        layer_expert_views(m, l);
+        memset(a->d_expert_out, 0, slots * C * sizeof(float));
+        memset(a->d_gate, 0, (size_t)N * K * sizeof(float));
+        memset(a->d_expert_h, 0, slots * F * sizeof(float));
+        memset(a->d_expert_h13, 0, slots * 2 * F * sizeof(float));
+        memset(a->d_expert_in, 0, slots * C * sizeof(float));
+        ops->moe_unpermute_backward(ctx, a->d_expert_out, a->d_gate, a->d_resid,
+                                    expert_out, rd->slot_of, gate, N, K, C);
+        ops->grouped_matmul_backward(ctx, a->d_expert_h, a->dw2,
+                                     a->d_expert_out, expert_h, a->w2,
+                                     rd->group_rows, E, F, C);
+        ops->swiglu_backward(ctx, a->d_expert_h13, a->d_expert_h, expert_h13,
+                             rd->slots, F);
+        ops->grouped_matmul_backward(ctx, a->d_expert_in, a->dw13,
+                                     a->d_expert_h13, expert_in, a->w13,
+                                     rd->group_rows, E, C, 2 * F);
+        ops->moe_permute_backward(ctx, a->d_norm_out, a->d_expert_in,
+                                  rd->token_of_slot, rd->slots, C);
+
+        /* Router: gate weights, then the balance losses. */
+        memset(a->d_router_logits, 0, (size_t)N * E * sizeof(float));
+        float *d_probs = NULL;
+        if (m->aux_loss_coef > 0.0) {
+            router_aux_loss(a->d_router_probs, router_probs, rd->selected, N, K,
+                            E, m->aux_loss_coef, 1.0);
+            d_probs = a->d_router_probs;
+        }
+        ops->router_backward(ctx, a->d_router_logits, a->d_gate, d_probs,
+                             router_probs, expert_index, gate, N, E, K);
+        if (m->z_loss_coef > 0.0)
+            router_z_loss(a->d_router_logits, router_probs, router_lse, N, E,
+                          m->z_loss_coef, 1.0);
+        ops->matmul_backward(ctx, a->d_norm_out,
+                             g->router + (size_t)l * E * C, a->d_router_logits,
+                             ffn_norm_out, p->router + (size_t)l * E * C, N, C,
+                             E);
+        ops->rmsnorm_backward(ctx, a->d_resid, g->ffn_norm + (size_t)l * C,
+                              a->d_norm_out, x_mid, p->ffn_norm + (size_t)l * C,
+                              ffn_rstd, N, C);
+
+        /* Attention branch: d_resid is now the gradient of x_mid. */
+        memset(a->d_att_out, 0, NC * sizeof(float));
+        memset(a->d_qkv, 0, NC * 3 * sizeof(float));
+        memset(a->d_norm_out, 0, NC * sizeof(float));
+        ops->matmul_backward(ctx, a->d_att_out, g->wo + (size_t)l * C * C,
+                             a->d_resid, att_out, p->wo + (size_t)l * C * C, N,
+                             C, C);
+        ops->attention_backward(ctx, a->d_qkv, a->d_att_out, qkv, probs, B, T,
+                                C, H);
+        ops->rope_backward(ctx, a->d_qkv, B, T, C, H, m->rope_theta);
+        ops->matmul_backward(ctx, a->d_norm_out,
+                             g->wqkv + (size_t)l * 3 * C * C, a->d_qkv,
+                             attn_norm_out, p->wqkv + (size_t)l * 3 * C * C, N,
+                             C, 3 * C);
+        ops->rmsnorm_backward(ctx, a->d_resid, g->attn_norm + (size_t)l * C,
+                              a->d_norm_out, x, p->attn_norm + (size_t)l * C,
+                              attn_rstd, N, C);
+    }
+    ops->embedding_backward(ctx, g->wte, a->d_resid, a->inputs, N, C);
+}
+
+void model_expert_load(const model *m, int *load)
+{
+    const model_dims *d = &m->dims;
+    for (int l = 0; l < d->L; l++)
+        memcpy(load + (size_t)l * d->E, m->dispatch[l].selected,
+               (size_t)d->E * sizeof(int));
+}
+
+int model_dropped_assignments(const model *m)
+{
+    int dropped = 0;
+    for (int l = 0; l < m->dims.L; l++)
+        dropped += m->dispatch[l].dropped;
+    return dropped;
+}
+
+size_t model_active_params(const model *m)
+{
+    const model_dims *d = &m->dims;
+    size_t per_expert = (size_t)3 * d->F * d->C;
+    return m->param_count - (size_t)d->L * (d->E - d->K) * per_expert;
+}
+
+double model_flops_per_token(const model *m)
+{
+    const model_dims *d = &m->dims;
+    double non_embedding = (double)model_active_params(m) -
+                           (double)m->tensors[MODEL_TENSOR_wte].count;
+    return 6.0 * non_embedding + 12.0 * d->L * d->C * d->T;
+}

@@ -1,0 +1,138 @@
+/* The byte-level decoder-only MoE language model: build → forward →
+ * zero_grad → backward (the update lives in optimizer.c) → destroy.
+ *
+ * Per layer: RMSNorm → causal multi-head attention with RoPE → residual →
+ * RMSNorm → MoE feed-forward (router softmax top-k over E SwiGLU experts,
+ * plus always-on shared experts) → residual. Then a final RMSNorm and the
+ * LM head, trained with cross-entropy plus the router balance losses.
+ *
+ * Parameters, gradients and both Adam moments each live in one slab with
+ * named views generated from MODEL_TENSORS, so sizes and pointers cannot
+ * drift apart. Expert tensors carry their expert dimension explicitly. */
+#ifndef MOECTL_ENGINE_MODEL_H
+#define MOECTL_ENGINE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/config.h"
+#include "engine/error.h"
+#include "engine/router.h"
+#include "kernels/backend.h"
+
+typedef struct model_dims {
+    int V; /* vocabulary (bytes: 256) */
+    int C; /* d_model */
+    int L; /* layers */
+    int H; /* attention heads */
+    int T; /* sequence length */
+    int E; /* routed experts per layer */
+    int K; /* experts chosen per token */
+    int F; /* SwiGLU width of one routed expert */
+    int S; /* SwiGLU width of the shared experts together (n_shared * F) */
+} model_dims;
+
+/* X(name, element count, initialisation, weight decay applies) */
+#define MODEL_TENSORS(X)                                                         \
+    X(wte, (size_t)d->V * d->C, MODEL_INIT_NORMAL, 1)      /* (V, C) */          \
+    X(attn_norm, (size_t)d->L * d->C, MODEL_INIT_ONES, 0)  /* (L, C) */          \
+    X(wqkv, (size_t)d->L * 3 * d->C * d->C, MODEL_INIT_NORMAL, 1) /* (L, 3C, C) */ \
+    X(wo, (size_t)d->L * d->C * d->C, MODEL_INIT_RESIDUAL, 1) /* (L, C, C) */    \
+    X(ffn_norm, (size_t)d->L * d->C, MODEL_INIT_ONES, 0)   /* (L, C) */          \
+    X(router, (size_t)d->L * d->E * d->C, MODEL_INIT_NORMAL, 1) /* (L, E, C) */  \
+    X(expert_w13, (size_t)d->L * d->E * 2 * d->F * d->C, MODEL_INIT_NORMAL, 1)   \
+    /* (L, E, 2F, C): rows [gate | up] */                                        \
+    X(expert_w2, (size_t)d->L * d->E * d->C * d->F, MODEL_INIT_RESIDUAL, 1)      \
+    /* (L, E, C, F) */                                                           \
+    X(shared_w13, (size_t)d->L * 2 * d->S * d->C, MODEL_INIT_NORMAL, 1)          \
+    /* (L, 2S, C) */                                                             \
+    X(shared_w2, (size_t)d->L * d->C * d->S, MODEL_INIT_RESIDUAL, 1)             \
+    /* (L, C, S) */                                                              \
+    X(final_norm, (size_t)d->C, MODEL_INIT_ONES, 0)        /* (C) */             \
+    X(lm_head, (size_t)d->V * d->C, MODEL_INIT_NORMAL, 1)  /* (V, C) */
+
+enum model_init { MODEL_INIT_NORMAL, MODEL_INIT_RESIDUAL, MODEL_INIT_ONES };
+
+enum model_tensor_id {
+#define X(name, count, init, decay) MODEL_TENSOR_##name,
+    MODEL_TENSORS(X)
+#undef X
+    MODEL_TENSOR_COUNT
+};
+
+typedef struct model_tensors {
+#define X(name, count, init, decay) float *name;
+    MODEL_TENSORS(X)
+#undef X
+} model_tensors;
+
+typedef struct model_tensor_info {
+    const char *name;
+    size_t offset; /* elements from the slab start */
+    size_t count;
+    int decay;
+} model_tensor_info;
+
+typedef struct model_activations model_activations;
+
+typedef struct model {
+    model_dims dims;
+    int batch; /* sequences the activations are sized for */
+    float norm_eps;
+    float rope_theta;
+    float init_std;
+    double aux_loss_coef;
+    double z_loss_coef;
+    double capacity_factor;
+    const backend *be;
+
+    size_t param_count;
+    model_tensor_info tensors[MODEL_TENSOR_COUNT];
+    float *param_memory; /* (param_count) each */
+    float *grad_memory;
+    float *adam_m_memory;
+    float *adam_v_memory;
+    model_tensors params, grads, adam_m, adam_v;
+
+    model_activations *acts;
+    router_dispatch *dispatch; /* (L) of the last forward */
+
+    /* Results of the last forward. */
+    int last_batch;
+    double ce_loss;  /* mean cross-entropy, nats per byte */
+    double aux_loss; /* Σ over layers, coefficient applied */
+    double z_loss;   /* Σ over layers, coefficient applied */
+    int *expert_index; /* (L, N, K) experts chosen by the last forward */
+} model;
+
+/* Builds a model for cfg with activations for `batch` sequences. */
+int model_create(model **out, const config *cfg, const backend *be, int batch,
+                 moe_error *err);
+void model_destroy(model *m);
+
+/* Fills parameters from the seed (normal(0, init_std), residual
+ * projections scaled by 1/sqrt(2L), norm gains 1) and zeroes Adam moments. */
+void model_init_params(model *m, uint64_t seed);
+
+/* Forward pass of B (≤ batch) sequences of T tokens: inputs and targets
+ * are (B, T). Returns the mean cross-entropy; aux and z losses are in m. */
+double model_forward(model *m, const int *inputs, const int *targets, int B);
+
+void model_zero_grad(model *m);
+
+/* Gradients of ce_loss + aux_loss + z_loss for the last forward, added to
+ * m->grads. */
+void model_backward(model *m);
+
+/* Tokens routed to each expert by the last forward: load (L, E). */
+void model_expert_load(const model *m, int *load);
+/* Assignments dropped by the capacity limit in the last forward. */
+int model_dropped_assignments(const model *m);
+
+/* Parameters one token passes through: all but the unchosen experts. */
+size_t model_active_params(const model *m);
+/* Training FLOPs per token: 6 × active non-embedding parameters plus
+ * 12·L·C·T for attention scores and values (forward and backward). */
+double model_flops_per_token(const model *m);
+
+#endif

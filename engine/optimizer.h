@@ -1,0 +1,37 @@
+/* AdamW over the model's slabs: linear warm-up then cosine decay of the
+ * learning rate, global gradient-norm clipping, decoupled weight decay on
+ * matrices only (not on norm gains). */
+#ifndef MOECTL_ENGINE_OPTIMIZER_H
+#define MOECTL_ENGINE_OPTIMIZER_H
+
+#include "engine/config.h"
+#include "engine/model.h"
+
+typedef struct optimizer_settings {
+    double lr;
+    double min_lr;
+    int warmup_steps;
+    int total_steps;
+    double beta1;
+    double beta2;
+    double eps;
+    double weight_decay;
+    double grad_clip; /* 0: off */
+} optimizer_settings;
+
+void optimizer_settings_from_config(optimizer_settings *s, const config *cfg);
+
+/* Learning rate of 1-based step `step`: lr·step/warmup during warm-up, then
+ * cosine from lr down to min_lr at total_steps (and min_lr after). */
+double optimizer_lr(const optimizer_settings *s, int step);
+
+/* Global L2 norm of all gradients. */
+double optimizer_grad_norm(const model *m);
+
+/* One AdamW update of every tensor at 1-based `step` with learning rate lr;
+ * gradients are scaled down so their global norm is at most grad_clip.
+ * Returns the gradient norm before clipping. */
+double optimizer_step(model *m, const optimizer_settings *s, int step,
+                      double lr);
+
+#endif

@@ -1,0 +1,73 @@
+/* The training loop of one rank: draw a batch, forward, backward, AdamW
+ * update; validation and checkpoints when due; metrics for every step. */
+#ifndef MOECTL_ENGINE_TRAIN_H
+#define MOECTL_ENGINE_TRAIN_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "engine/checkpoint.h"
+#include "engine/config.h"
+#include "engine/data.h"
+#include "engine/error.h"
+#include "engine/metrics.h"
+#include "engine/model.h"
+#include "engine/optimizer.h"
+#include "kernels/backend.h"
+
+typedef struct trainer {
+    config cfg;
+    backend be;
+    model *model;
+    dataset data;
+    optimizer_settings opt;
+    checkpoint_state state; /* step, tokens seen, seed, data RNG */
+    int *inputs;            /* (B, T) */
+    int *targets;           /* (B, T) */
+    int *expert_load;       /* (L, E) of the last step */
+    double train_s;         /* time spent in training steps, this process */
+    char last_checkpoint[CONFIG_PATH_MAX + 32];
+} trainer;
+
+int trainer_create(trainer **out, const config *cfg, moe_error *err);
+void trainer_destroy(trainer *t);
+
+/* Continues from a checkpoint file, or the newest one in a directory. */
+int trainer_resume(trainer *t, const char *path, moe_error *err);
+
+/* Trains one step and describes it in *s. */
+void trainer_step(trainer *t, step_stats *s);
+
+/* Mean validation cross-entropy over train.eval_batches fixed batches. */
+double trainer_validate(trainer *t);
+
+int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
+                       moe_error *err);
+
+typedef struct train_progress {
+    void (*on_step)(const step_stats *s, int last_step, void *user);
+    void (*on_val)(int step, double val_loss, void *user);
+    void (*on_checkpoint)(int step, const char *path, void *user);
+    void *user;
+} train_progress;
+
+typedef enum train_outcome {
+    TRAIN_DONE,    /* reached the last step */
+    TRAIN_STOPPED, /* *stop_requested became set; checkpoint written */
+    TRAIN_FAILED,  /* see err */
+} train_outcome;
+
+typedef struct train_run_options {
+    int last_step;                /* stop after this step (≤ train.steps) */
+    metrics_sink *metrics;        /* may be NULL */
+    const train_progress *progress; /* may be NULL */
+    volatile sig_atomic_t *stop_requested; /* may be NULL */
+} train_run_options;
+
+/* Runs steps until last_step or a stop request, validating every
+ * train.eval_every steps and at the end, checkpointing every
+ * checkpoint.every steps and at the end. Fills *summary. */
+train_outcome trainer_run(trainer *t, const train_run_options *opt,
+                          run_summary *summary, moe_error *err);
+
+#endif

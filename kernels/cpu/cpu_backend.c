@@ -1,0 +1,57 @@
+#include "kernels/cpu/cpu_backend.h"
+
+#include <cblas.h>
+#include <stdlib.h>
+
+#include "kernels/cpu/cpu_ops.h"
+
+const backend_ops cpu_backend_ops = {
+    .name = "cpu",
+    .matmul_forward = cpu_matmul_forward,
+    .matmul_backward = cpu_matmul_backward,
+    .grouped_matmul_forward = cpu_grouped_matmul_forward,
+    .grouped_matmul_backward = cpu_grouped_matmul_backward,
+    .embedding_forward = cpu_embedding_forward,
+    .embedding_backward = cpu_embedding_backward,
+    .rmsnorm_forward = cpu_rmsnorm_forward,
+    .rmsnorm_backward = cpu_rmsnorm_backward,
+    .rope_forward = cpu_rope_forward,
+    .rope_backward = cpu_rope_backward,
+    .attention_forward = cpu_attention_forward,
+    .attention_backward = cpu_attention_backward,
+    .swiglu_forward = cpu_swiglu_forward,
+    .swiglu_backward = cpu_swiglu_backward,
+    .router_forward = cpu_router_forward,
+    .router_backward = cpu_router_backward,
+    .moe_permute = cpu_moe_permute,
+    .moe_permute_backward = cpu_moe_permute_backward,
+    .moe_unpermute = cpu_moe_unpermute,
+    .moe_unpermute_backward = cpu_moe_unpermute_backward,
+    .crossentropy_forward_backward = cpu_crossentropy_forward_backward,
+    .add_inplace = cpu_add_inplace,
+    .sum_squares = cpu_sum_squares,
+    .adamw_update = cpu_adamw_update,
+};
+
+int cpu_backend_init(backend *out, int threads)
+{
+    cpu_context *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return -1;
+    ctx->threads = threads < 1 ? 1 : threads;
+    /* Process-wide; matmul.c re-applies it when another context changed it. */
+    openblas_set_num_threads(ctx->threads);
+    out->ops = &cpu_backend_ops;
+    out->ctx = ctx;
+    return 0;
+}
+
+void cpu_backend_finish(backend *b)
+{
+    if (!b || !b->ctx)
+        return;
+    cpu_rope_release(b->ctx);
+    free(b->ctx);
+    b->ctx = NULL;
+    b->ops = NULL;
+}

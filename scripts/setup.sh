@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) setup on Debian 12: installs the Debian packages
+# moectl needs that are missing, extracts the default training corpus (the
+# King James Bible from bible-kjv) to data/kjv.txt, configures and builds.
+#
+#   scripts/setup.sh                 packages, corpus, release build in build/
+#   scripts/setup.sh --sanitize      also an ASan+UBSan build in build-asan/
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+sanitize=0
+for arg in "$@"; do
+    case "$arg" in
+        --sanitize) sanitize=1 ;;
+        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
+    esac
+done
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+packages=(
+    build-essential meson ninja-build pkg-config python3
+    libyaml-dev libjansson-dev libopenblas-dev libncurses-dev
+    bible-kjv tmux
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+        missing+=("$p")
+    fi
+done
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    sudo=()
+    if [ "$(id -u)" -ne 0 ]; then
+        command -v sudo >/dev/null || { say "need root or sudo to install packages"; exit 1; }
+        sudo=(sudo)
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo[@]}" apt-get update -qq
+    "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# The corpus: every verse of the KJV with its reference prefix ("Ge1:1 ",
+# "1Co13:4 ") stripped; about 4.3 MB of plain English.
+corpus=data/kjv.txt
+if [ ! -s "$corpus" ]; then
+    say "extracting the KJV corpus to $corpus"
+    mkdir -p data
+    bible -f gen1:1-rev22:21 | sed -E 's/^[1-3]?[A-Za-z]+[0-9]+:[0-9]+ //' > "$corpus.tmp"
+    size=$(stat -c %s "$corpus.tmp")
+    if [ "$size" -lt 4000000 ]; then
+        say "the extracted corpus is only $size bytes; bible-kjv looks broken"
+        rm -f "$corpus.tmp"
+        exit 1
+    fi
+    mv "$corpus.tmp" "$corpus"
+fi
+
+build() {
+    local dir=$1; shift
+    if [ ! -f "$dir/build.ninja" ]; then
+        say "configuring $dir"
+        meson setup "$dir" "$@" >/dev/null
+    fi
+    say "building $dir"
+    ninja -C "$dir" >/dev/null
+}
+
+build build
+if ((sanitize)); then
+    build build-asan -Dbuildtype=debug -Db_sanitize=address,undefined -Db_lundef=false
+fi
+say "ready: build/tui/moectl"

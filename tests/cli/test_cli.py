@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""End-to-end tests of the moectl command line on configs/tiny.yaml.
+
+usage: test_cli.py CASE MOECTL SOURCE_ROOT
+
+Each case runs the real binary headless and reads its JSON Lines metrics.
+"""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+CASE, MOECTL, ROOT = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
+TINY = os.path.join(ROOT, "configs", "tiny.yaml")
+CORPUS = os.path.join(ROOT, "data", "kjv.txt")
+
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+
+def run(args, tmp, check=True, env=None):
+    """Runs moectl in tmp; returns (exit status, stdout, stderr)."""
+    p = subprocess.run([MOECTL] + args, cwd=tmp, capture_output=True,
+                       text=True, env=env, timeout=600)
+    if check and p.returncode != 0:
+        fail(f"moectl {' '.join(args)} exited {p.returncode}:\n{p.stderr}")
+    return p.returncode, p.stdout, p.stderr
+
+
+def train(tmp, name, extra=(), sets=()):
+    """Trains tiny headless; returns the metrics records."""
+    metrics = os.path.join(tmp, name + ".jsonl")
+    args = ["run", TINY, "--headless", "--metrics", metrics,
+            "--set", "data.path=" + CORPUS,
+            "--set", "checkpoint.dir=" + os.path.join(tmp, name)]
+    for s in sets:
+        args += ["--set", s]
+    run(args + list(extra), tmp)
+    return read_metrics(metrics)
+
+
+def read_metrics(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def steps(records):
+    return {r["step"]: r for r in records if r["type"] == "step"}
+
+
+def trajectory(record):
+    """What must match bit for bit between equivalent runs."""
+    return (repr(record["loss"]), repr(record["grad_norm"]),
+            repr(record["aux_loss"]), repr(record["z_loss"]),
+            repr(record["lr"]), record["expert_load"])
+
+
+def case_usage(tmp):
+    rc, out, _ = run(["--help"], tmp)
+    if "usage: moectl" not in out:
+        fail("--help prints no usage")
+    rc, out, _ = run(["--version"], tmp)
+    if not out.startswith("moectl "):
+        fail("--version: " + out)
+    for args, needle in [
+        (["--bogus"], "unknown option --bogus"),
+        (["check"], "check needs a CONFIG"),
+        (["run", TINY, "--steps", "abc"], "--steps needs a positive integer"),
+        (["run", TINY, "--steps"], "option --steps needs a value"),
+        (["check", "/nonexistent.yaml"], "/nonexistent.yaml"),
+        (["run", TINY, "--set", "data.path=" + CORPUS, "--steps", "500"],
+         "past train.steps"),
+    ]:
+        rc, _, err = run(args, tmp, check=False)
+        if rc != 2 or needle not in err:
+            fail(f"{args}: exit {rc}, stderr {err!r}; want 2 and {needle!r}")
+    # Missing corpus: a runtime failure with a one-line reason.
+    rc, _, err = run(["run", TINY, "--set", "data.path=missing.txt"], tmp,
+                     check=False)
+    if rc != 1 or "missing.txt: no such file" not in err:
+        fail(f"missing corpus: exit {rc}, stderr {err!r}")
+    # check prints a resolved configuration that reads back the same.
+    _, resolved, _ = run(["check", TINY, "--set", "train.lr=0.005"], tmp)
+    path = os.path.join(tmp, "resolved.yaml")
+    with open(path, "w") as f:
+        f.write(resolved)
+    _, again, _ = run(["check", path], tmp)
+    strip = lambda text: [l for l in text.splitlines() if not l.startswith("#")]
+    if strip(again) != strip(resolved) or "lr: 0.005" not in resolved:
+        fail("check output does not round-trip:\n" + resolved)
+
+
+def case_determinism(tmp):
+    a = steps(train(tmp, "a", ["--steps", "25"]))
+    b = steps(train(tmp, "b", ["--steps", "25"]))
+    if len(a) != 25:
+        fail(f"{len(a)} step records, want 25")
+    for s in a:
+        if trajectory(a[s]) != trajectory(b[s]):
+            fail(f"step {s} differs between two runs with one seed:\n"
+                 f"{trajectory(a[s])}\n{trajectory(b[s])}")
+    c = steps(train(tmp, "c", ["--steps", "25"], ["train.seed=43"]))
+    if all(trajectory(a[s]) == trajectory(c[s]) for s in a):
+        fail("a different seed gave the same losses")
+    print("25 steps identical across runs; another seed differs")
+
+
+def case_resume(tmp):
+    full = train(tmp, "full")
+    first = train(tmp, "half", ["--steps", "100"])
+    ckpts = [r for r in first if r["type"] == "checkpoint"]
+    if not ckpts or ckpts[-1]["step"] != 100:
+        fail(f"no checkpoint at step 100: {ckpts}")
+    second = train(tmp, "resumed", ["--resume", os.path.join(tmp, "half")],
+                   ["checkpoint.dir=" + os.path.join(tmp, "half")])
+    f, r = steps(full), steps(second)
+    if sorted(r) != list(range(101, 201)):
+        fail(f"resumed run trained steps {min(r)}..{max(r)}, want 101..200")
+    for s in range(101, 201):
+        if trajectory(f[s]) != trajectory(r[s]):
+            fail(f"step {s} after resume differs:\n{trajectory(f[s])}\n"
+                 f"{trajectory(r[s])}")
+    vf = {x["step"]: repr(x["val_loss"]) for x in full if x["type"] == "val"}
+    vr = {x["step"]: repr(x["val_loss"]) for x in second if x["type"] == "val"}
+    for s in vr:
+        if vf.get(s) != vr[s]:
+            fail(f"val_loss at step {s}: {vf.get(s)} vs {vr[s]}")
+    run_record = second[0]
+    if run_record["type"] != "run" or run_record["resumed_from"] != 100:
+        fail(f"first record of the resumed run: {run_record}")
+    print("steps 101..200 after resuming at 100 are bit-identical")
+
+
+def case_train(tmp):
+    records = train(tmp, "train")
+    s = steps(records)
+    first, last = s[1]["loss"], s[max(s)]["loss"]
+    val = [r for r in records if r["type"] == "val"]
+    if not 5.0 < first < 6.0:
+        fail(f"first loss {first}, want about ln 256 = 5.55")
+    if not val or val[-1]["val_loss"] >= 3.0 or last >= 3.0:
+        fail(f"tiny did not learn: last loss {last}, val {val[-1:]}")
+    print(f"loss {first:.3f} -> {last:.3f}, val_loss {val[-1]['val_loss']:.3f}")
+
+
+def case_metrics(tmp):
+    records = train(tmp, "m", ["--steps", "12"])
+    cfg_layers, cfg_experts, top_k, tokens = 2, 4, 2, 8 * 32
+    if records[0]["type"] != "run" or records[-1]["type"] != "summary":
+        fail("the stream must start with a run record and end with a summary")
+    run_record = records[0]
+    for key in ("config", "params", "active_params", "flops_per_token",
+                "tokens_per_step", "model", "devices", "currency"):
+        if key not in run_record:
+            fail(f"run record lacks {key}")
+    if run_record["active_params"] >= run_record["params"]:
+        fail("active parameters must exclude unchosen experts")
+    kinds = {"step": 0, "val": 0, "checkpoint": 0}
+    for r in records[1:-1]:
+        kinds[r["type"]] += 1
+        if r["type"] != "step":
+            continue
+        for key, kind in (("step", int), ("loss", float), ("lr", float),
+                          ("grad_norm", float), ("tokens_per_s", float),
+                          ("aux_loss", float), ("z_loss", float),
+                          ("expert_load", list), ("tokens", int),
+                          ("step_ms", float), ("model_flops_per_s", float)):
+            if not isinstance(r.get(key), kind):
+                fail(f"step record field {key}: {r.get(key)!r}")
+        load = r["expert_load"]
+        if len(load) != cfg_layers or any(len(x) != cfg_experts for x in load):
+            fail(f"expert_load shape: {load}")
+        if any(sum(x) != tokens * top_k for x in load):
+            fail(f"expert_load rows must sum to tokens x top_k: {load}")
+        if not (r["tokens_per_s"] > 0 and r["tokens"] == tokens):
+            fail(f"throughput fields: {r}")
+        if abs(r["tokens_per_s"] - r["tokens"] / (r["step_ms"] / 1e3)) > \
+                1e-6 * r["tokens_per_s"]:
+            fail("tokens_per_s is not tokens / step time")
+    if kinds["step"] != 12 or kinds["val"] != 1 or kinds["checkpoint"] != 1:
+        fail(f"record counts {kinds}")
+    summary = records[-1]
+    if summary["last_step"] != 12 or summary["status"] != "done":
+        fail(f"summary {summary}")
+    # --metrics - writes the same records to stdout.
+    rc, out, _ = run(["run", TINY, "--metrics", "-", "--steps", "2",
+                      "--set", "data.path=" + CORPUS,
+                      "--set", "checkpoint.dir=" + os.path.join(tmp, "o")], tmp)
+    types = [json.loads(l)["type"] for l in out.splitlines()]
+    if types[0] != "run" or types.count("step") != 2 or types[-1] != "summary":
+        fail(f"stdout metrics: {types}")
+
+
+def case_signal(tmp):
+    metrics = os.path.join(tmp, "sig.jsonl")
+    ckpt = os.path.join(tmp, "sig")
+    args = [MOECTL, "run", TINY, "--metrics", metrics,
+            "--set", "data.path=" + CORPUS, "--set", "checkpoint.dir=" + ckpt,
+            "--set", "train.steps=100000", "--set", "train.eval_every=0"]
+    p = subprocess.Popen(args, cwd=tmp, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if os.path.exists(metrics) and open(metrics).read().count('"step"') > 5:
+            break
+        time.sleep(0.05)
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    if p.returncode != 3:
+        fail(f"SIGINT: exit {p.returncode}, want 3\n{err}")
+    records = read_metrics(metrics)
+    stopped = records[-1]
+    if stopped["type"] != "summary" or stopped["status"] != "stopped":
+        fail(f"last record {stopped}")
+    if not stopped["checkpoint"] or not os.path.exists(stopped["checkpoint"]):
+        fail("no checkpoint after SIGINT")
+    at = stopped["last_step"]
+    leftovers = [f for f in os.listdir(ckpt) if ".tmp" in f]
+    if leftovers:
+        fail(f"temporary files left behind: {leftovers}")
+    resumed = train(tmp, "after", ["--resume", ckpt, "--steps", str(at + 3)],
+                    ["train.steps=100000", "train.eval_every=0"])
+    if sorted(steps(resumed)) != [at + 1, at + 2, at + 3]:
+        fail("could not resume from the checkpoint written on SIGINT")
+    print(f"stopped at step {at} with exit 3 and a checkpoint that resumes")
+
+
+def case_corrupt_checkpoint(tmp):
+    records = train(tmp, "cc", ["--steps", "3"])
+    path = [r for r in records if r["type"] == "checkpoint"][-1]["path"]
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    rc, _, err = run(["run", TINY, "--resume", path, "--set",
+                      "data.path=" + CORPUS], tmp, check=False)
+    if rc != 1 or "truncated or corrupt" not in err:
+        fail(f"truncated checkpoint: exit {rc}, {err!r}")
+    # A checkpoint of another shape is refused with the reason.
+    with open(path, "wb") as f:
+        f.write(data)
+    rc, _, err = run(["run", TINY, "--resume", path, "--set",
+                      "data.path=" + CORPUS, "--set", "model.d_model=64"],
+                     tmp, check=False)
+    if rc != 1 or "model.d_model = 32" not in err:
+        fail(f"mismatched checkpoint: exit {rc}, {err!r}")
+
+
+def main():
+    with tempfile.TemporaryDirectory(prefix="moectl-test-") as tmp:
+        globals()["case_" + CASE](tmp)
+    print("ok", CASE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,162 @@
+#include "tui/headless.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/train.h"
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    /* A second signal leaves at once; checkpoints are renamed into place
+     * whole, so none is left half-written. */
+    if (stop_requested)
+        _exit(128 + sig);
+    stop_requested = 1;
+}
+
+typedef struct progress_state {
+    int tty;
+    int log_every;
+    int first_step;
+    double smoothed_tokens_per_s;
+    double val_loss;
+    int line_open; /* a \r-redrawn line is on screen */
+} progress_state;
+
+static void format_duration(char *out, size_t size, double s)
+{
+    if (!isfinite(s) || s < 0)
+        snprintf(out, size, "n/a");
+    else if (s < 60)
+        snprintf(out, size, "%.0fs", s);
+    else if (s < 3600)
+        snprintf(out, size, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else
+        snprintf(out, size, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+}
+
+static void on_step(const step_stats *s, int last_step, void *user)
+{
+    progress_state *p = user;
+    double alpha = s->step == p->first_step ? 1.0 : 0.1;
+    p->smoothed_tokens_per_s =
+        alpha * s->tokens_per_s + (1 - alpha) * p->smoothed_tokens_per_s;
+    int last = s->step == last_step;
+    if (!p->tty && !last && s->step % p->log_every != 0)
+        return;
+    char eta[32], val[32] = "";
+    double remaining = (double)(last_step - s->step) * s->tokens /
+                       p->smoothed_tokens_per_s;
+    format_duration(eta, sizeof eta, remaining);
+    if (isfinite(p->val_loss))
+        snprintf(val, sizeof val, "  val %.4f", p->val_loss);
+    fprintf(stderr, "%sstep %d/%d  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %s%s",
+            p->tty ? "\r\033[K" : "", s->step, last_step, s->loss, val, s->lr,
+            p->smoothed_tokens_per_s, eta, p->tty ? "" : "\n");
+    p->line_open = p->tty;
+    fflush(stderr);
+}
+
+static void end_line(progress_state *p)
+{
+    if (p->line_open) {
+        fputc('\n', stderr);
+        p->line_open = 0;
+    }
+}
+
+static void on_val(int step, double val_loss, void *user)
+{
+    progress_state *p = user;
+    p->val_loss = val_loss;
+    if (!p->tty)
+        fprintf(stderr, "step %d  val_loss %.4f\n", step, val_loss);
+}
+
+static void on_checkpoint(int step, const char *path, void *user)
+{
+    progress_state *p = user;
+    if (!p->tty)
+        fprintf(stderr, "step %d  checkpoint %s\n", step, path);
+}
+
+int headless_run(const config *cfg, const headless_options *opt)
+{
+    moe_error err = {{0}};
+    int last_step = opt->steps > 0 ? opt->steps : cfg->train.steps;
+    if (last_step > cfg->train.steps) {
+        fprintf(stderr, "moectl: --steps %d is past train.steps %d (the "
+                        "schedule ends there; raise it with --set "
+                        "train.steps=%d)\n", last_step, cfg->train.steps,
+                last_step);
+        return 2;
+    }
+
+    trainer *t = NULL;
+    metrics_sink *metrics = NULL;
+    int status = 1;
+    if (trainer_create(&t, cfg, &err) < 0)
+        goto done;
+    if (opt->resume && trainer_resume(t, opt->resume, &err) < 0)
+        goto done;
+    if (t->state.step >= last_step) {
+        error_set(&err, "the checkpoint is at step %d, nothing to do up to "
+                        "step %d", t->state.step, last_step);
+        status = 2;
+        goto done;
+    }
+    if (opt->metrics && metrics_open(&metrics, opt->metrics, &err) < 0)
+        goto done;
+
+    progress_state p = {
+        .tty = isatty(STDERR_FILENO),
+        .log_every = cfg->train.log_every,
+        .first_step = t->state.step + 1,
+        .val_loss = NAN,
+    };
+    train_progress progress = {on_step, on_val, on_checkpoint, &p};
+    train_run_options run = {
+        .last_step = last_step,
+        .metrics = metrics,
+        .progress = &progress,
+        .stop_requested = &stop_requested,
+    };
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    fprintf(stderr, "moectl: training %s (%zu parameters, %zu active) on %s, "
+                    "steps %d..%d\n", cfg->name, t->model->param_count,
+            model_active_params(t->model), cfg->cluster.devices[0].name,
+            t->state.step + 1, last_step);
+    run_summary summary;
+    train_outcome outcome = trainer_run(t, &run, &summary, &err);
+    end_line(&p);
+    if (outcome == TRAIN_FAILED)
+        goto done;
+
+    char elapsed[32];
+    format_duration(elapsed, sizeof elapsed, summary.elapsed_s);
+    fprintf(stderr, "moectl: %s at step %d: loss %.4f, val_loss %.4f, "
+                    "%.0f tokens/s, %s%s%s\n",
+            outcome == TRAIN_STOPPED ? "stopped" : "done", summary.last_step,
+            summary.loss, summary.val_loss, summary.tokens_per_s, elapsed,
+            summary.checkpoint ? ", checkpoint " : "",
+            summary.checkpoint ? summary.checkpoint : "");
+    status = outcome == TRAIN_STOPPED ? 3 : 0;
+done:
+    if (status != 0 && status != 3)
+        fprintf(stderr, "moectl: %s\n", err.message);
+    metrics_close(metrics);
+    trainer_destroy(t);
+    return status;
+}

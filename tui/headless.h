@@ -1,0 +1,18 @@
+/* The headless driver: trains a configuration without a console, with a
+ * human progress line on stderr and JSON Lines metrics. */
+#ifndef MOECTL_TUI_HEADLESS_H
+#define MOECTL_TUI_HEADLESS_H
+
+#include "engine/config.h"
+
+typedef struct headless_options {
+    int steps;               /* stop after this step; 0: train.steps */
+    const char *metrics;     /* path, "-" for stdout, or NULL */
+    const char *resume;      /* checkpoint file or directory, or NULL */
+} headless_options;
+
+/* Exit status: 0 done, 1 runtime failure, 2 bad input, 3 stopped by a
+ * signal after a clean checkpoint. */
+int headless_run(const config *cfg, const headless_options *opt);
+
+#endif

@@ -1,0 +1,166 @@
+/* moectl: the command-line entry. Parses arguments, loads the
+ * configuration and hands over to a driver; only this file decides to
+ * quit. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/config.h"
+#include "moectl_build.h"
+#include "tui/headless.h"
+
+enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
+enum { MAX_SETS = 256 };
+
+static const char usage_text[] =
+    "usage: moectl [CONFIG]                       train CONFIG (default: the\n"
+    "                                             embedded configs/default.yaml)\n"
+    "       moectl run CONFIG [--headless] [--steps N] [--metrics PATH|-]\n"
+    "                         [--resume CKPT|DIR] [--set KEY=VALUE]...\n"
+    "       moectl check CONFIG [--set KEY=VALUE]...\n"
+    "       moectl --help | --version\n"
+    "\n"
+    "commands:\n"
+    "  run     train; a progress line goes to stderr (redrawn in place on a\n"
+    "          terminal), metrics go to --metrics as JSON Lines\n"
+    "  check   validate CONFIG with its overrides and print the resolved\n"
+    "          configuration\n"
+    "\n"
+    "options:\n"
+    "  --headless         run without the console (the console is not built\n"
+    "                     yet, so every run is headless for now)\n"
+    "  --steps N          stop after step N; the learning-rate schedule still\n"
+    "                     spans train.steps (change that with --set)\n"
+    "  --metrics PATH     write JSON Lines metrics to PATH ('-': stdout)\n"
+    "  --resume PATH      continue from a checkpoint file, or the newest one\n"
+    "                     in a checkpoint directory\n"
+    "  --set KEY=VALUE    override a configuration key, e.g.\n"
+    "                     --set train.lr=1e-3 --set cluster.devices.0.threads=1\n"
+    "\n"
+    "exit status: 0 done, 1 runtime failure, 2 bad usage or configuration,\n"
+    "3 stopped by a signal after writing a checkpoint.\n";
+
+static int usage_error(const char *fmt, const char *arg)
+{
+    fprintf(stderr, "moectl: ");
+    fprintf(stderr, fmt, arg);
+    fprintf(stderr, "\nTry 'moectl --help'.\n");
+    return EXIT_USAGE;
+}
+
+/* OpenBLAS reads OPENBLAS_CORETYPE when it is loaded, before main. The
+ * machines this was built for preset it to an older core type, which halves
+ * GEMM speed; without it OpenBLAS picks the core it detects. Re-executing
+ * once is the only way to drop it. MOECTL_KEEP_OPENBLAS_CORETYPE=1 keeps
+ * a deliberate setting. */
+static void drop_preset_blas_coretype(char **argv)
+{
+    if (!getenv("OPENBLAS_CORETYPE") ||
+        getenv("MOECTL_KEEP_OPENBLAS_CORETYPE"))
+        return;
+    unsetenv("OPENBLAS_CORETYPE");
+    execv("/proc/self/exe", argv);
+    /* If re-executing fails, carry on with the slower core type. */
+}
+
+typedef struct arguments {
+    const char *command;
+    const char *config_path; /* NULL: the embedded default */
+    const char *sets[MAX_SETS];
+    int set_count;
+    headless_options headless;
+} arguments;
+
+static int parse_int(const char *text, int *out)
+{
+    char *end;
+    long v = strtol(text, &end, 10);
+    if (end == text || *end != '\0' || v < 1 || v > 1000000000)
+        return -1;
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_arguments(int argc, char **argv, arguments *a)
+{
+    int i = 1;
+    a->command = "run";
+    if (i < argc && (strcmp(argv[i], "run") == 0 ||
+                     strcmp(argv[i], "check") == 0))
+        a->command = argv[i++];
+    for (; i < argc; i++) {
+        const char *arg = argv[i];
+        const char *value = i + 1 < argc ? argv[i + 1] : NULL;
+        int takes_value = strcmp(arg, "--set") == 0 ||
+                          strcmp(arg, "--steps") == 0 ||
+                          strcmp(arg, "--metrics") == 0 ||
+                          strcmp(arg, "--resume") == 0;
+        if (takes_value && !value)
+            return usage_error("option %s needs a value", arg);
+        if (strcmp(arg, "--set") == 0) {
+            if (a->set_count == MAX_SETS)
+                return usage_error("too many --set options (at most %s)",
+                                   "256");
+            a->sets[a->set_count++] = value;
+            i++;
+        } else if (strcmp(arg, "--headless") == 0) {
+            /* Every run is headless until the console exists. */
+        } else if (strcmp(arg, "--steps") == 0) {
+            if (parse_int(value, &a->headless.steps) < 0)
+                return usage_error("--steps needs a positive integer, got "
+                                   "\"%s\"", value);
+            i++;
+        } else if (strcmp(arg, "--metrics") == 0) {
+            a->headless.metrics = value;
+            i++;
+        } else if (strcmp(arg, "--resume") == 0) {
+            a->headless.resume = value;
+            i++;
+        } else if (arg[0] == '-' && arg[1] != '\0') {
+            return usage_error("unknown option %s", arg);
+        } else if (!a->config_path) {
+            a->config_path = arg;
+        } else {
+            return usage_error("unexpected argument \"%s\"", arg);
+        }
+    }
+    if (strcmp(a->command, "check") == 0 &&
+        (a->headless.steps || a->headless.metrics || a->headless.resume))
+        return usage_error("%s takes only CONFIG and --set", "check");
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("moectl %s\n", MOECTL_VERSION);
+            return 0;
+        }
+    }
+    drop_preset_blas_coretype(argv);
+
+    arguments a;
+    memset(&a, 0, sizeof a);
+    if (parse_arguments(argc, argv, &a) != 0)
+        return EXIT_USAGE;
+    if (strcmp(a.command, "check") == 0 && !a.config_path)
+        return usage_error("%s needs a CONFIG file", "check");
+
+    static config cfg;
+    moe_error err = {{0}};
+    if (config_load(&cfg, a.config_path, a.sets, a.set_count, &err) < 0) {
+        fprintf(stderr, "%s\n", err.message);
+        return EXIT_USAGE;
+    }
+    if (strcmp(a.command, "check") == 0) {
+        config_print(&cfg, stdout);
+        return fflush(stdout) == 0 ? 0 : EXIT_RUNTIME;
+    }
+    return headless_run(&cfg, &a.headless);
+}
