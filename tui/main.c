@@ -49,19 +49,38 @@ static int usage_error(const char *fmt, const char *arg)
     return EXIT_USAGE;
 }
 
-/* OpenBLAS reads OPENBLAS_CORETYPE when it is loaded, before main. The
- * machines this was built for preset it to an older core type, which halves
- * GEMM speed; without it OpenBLAS picks the core it detects. Re-executing
- * once is the only way to drop it. MOECTL_KEEP_OPENBLAS_CORETYPE=1 keeps
- * a deliberate setting. */
-static void drop_preset_blas_coretype(char **argv)
+/* Thread settings that BLAS and OpenMP read when they are loaded, before
+ * main, so moectl re-executes itself once to apply them:
+ * - OPENBLAS_CORETYPE: these machines preset an older core type, which
+ *   halves GEMM speed; without it OpenBLAS uses the core it detects.
+ *   MOECTL_KEEP_OPENBLAS_CORETYPE=1 keeps a deliberate setting.
+ * - BLAS threads and OpenMP threads share the cores and take turns; threads
+ *   that spin while the other pool works halve throughput on two cores, so
+ *   idle threads sleep (OMP_WAIT_POLICY=passive) and BLAS threads stop
+ *   spinning early (OPENBLAS_THREAD_TIMEOUT=4), unless the user set them. */
+static void apply_thread_environment(char **argv)
 {
-    if (!getenv("OPENBLAS_CORETYPE") ||
-        getenv("MOECTL_KEEP_OPENBLAS_CORETYPE"))
+    if (getenv("MOECTL_ENVIRONMENT_SET"))
         return;
-    unsetenv("OPENBLAS_CORETYPE");
+    int change = 0;
+    if (getenv("OPENBLAS_CORETYPE") &&
+        !getenv("MOECTL_KEEP_OPENBLAS_CORETYPE")) {
+        unsetenv("OPENBLAS_CORETYPE");
+        change = 1;
+    }
+    if (!getenv("OMP_WAIT_POLICY")) {
+        setenv("OMP_WAIT_POLICY", "passive", 1);
+        change = 1;
+    }
+    if (!getenv("OPENBLAS_THREAD_TIMEOUT")) {
+        setenv("OPENBLAS_THREAD_TIMEOUT", "4", 1);
+        change = 1;
+    }
+    if (!change)
+        return;
+    setenv("MOECTL_ENVIRONMENT_SET", "1", 1);
     execv("/proc/self/exe", argv);
-    /* If re-executing fails, carry on with the slower core type. */
+    /* If re-executing fails, carry on with the slower settings. */
 }
 
 typedef struct arguments {
@@ -143,7 +162,7 @@ int main(int argc, char **argv)
             return 0;
         }
     }
-    drop_preset_blas_coretype(argv);
+    apply_thread_environment(argv);
 
     arguments a;
     memset(&a, 0, sizeof a);
