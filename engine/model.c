@@ -276,6 +276,63 @@ void model_init_params(model *m, uint64_t seed)
     memset(m->adam_v_memory, 0, bytes);
 }
 
+/* Views of layer l's saved activations. Strides use the allocated batch,
+ * so a smaller validation batch reuses the same slab. */
+typedef struct layer_acts {
+    float *x;             /* (N, C) residual entering the layer */
+    float *x_next;        /* (N, C) residual leaving it */
+    float *x_mid;         /* (N, C) residual after attention */
+    float *attn_norm_out; /* (N, C) */
+    float *attn_rstd;     /* (N) */
+    float *qkv;           /* (N, 3C) */
+    float *probs;         /* (B, H, T, T) */
+    float *att_out;       /* (N, C) */
+    float *ffn_norm_out;  /* (N, C) */
+    float *ffn_rstd;      /* (N) */
+    float *router_logits; /* (N, E) */
+    float *router_probs;  /* (N, E) */
+    float *router_lse;    /* (N) */
+    float *gate;          /* (N, K) */
+    int *expert_index;    /* (N, K) */
+    float *expert_in;     /* (SK, C) */
+    float *expert_h13;    /* (SK, 2F) */
+    float *expert_h;      /* (SK, F) */
+    float *expert_out;    /* (SK, C) */
+    float *shared_h13;    /* (N, 2S) */
+    float *shared_h;      /* (N, S) */
+    router_dispatch *rd;
+} layer_acts;
+
+static void layer_acts_of(model *m, int l, layer_acts *v)
+{
+    const model_dims *d = &m->dims;
+    model_activations *a = m->acts;
+    const size_t rows = (size_t)m->batch * d->T, SK = rows * d->K;
+    const size_t C = (size_t)d->C, layer = (size_t)l;
+    v->x = a->resid + layer * rows * C;
+    v->x_next = a->resid + (layer + 1) * rows * C;
+    v->x_mid = a->x_mid + layer * rows * C;
+    v->attn_norm_out = a->attn_norm_out + layer * rows * C;
+    v->attn_rstd = a->attn_rstd + layer * rows;
+    v->qkv = a->qkv + layer * rows * 3 * C;
+    v->probs = a->att_probs + layer * m->batch * d->H * d->T * d->T;
+    v->att_out = a->att_out + layer * rows * C;
+    v->ffn_norm_out = a->ffn_norm_out + layer * rows * C;
+    v->ffn_rstd = a->ffn_rstd + layer * rows;
+    v->router_logits = a->router_logits + layer * rows * d->E;
+    v->router_probs = a->router_probs + layer * rows * d->E;
+    v->router_lse = a->router_lse + layer * rows;
+    v->gate = a->gate_weight + layer * rows * d->K;
+    v->expert_index = a->expert_index + layer * rows * d->K;
+    v->expert_in = a->expert_in + layer * SK * C;
+    v->expert_h13 = a->expert_h13 + layer * SK * 2 * d->F;
+    v->expert_h = a->expert_h + layer * SK * d->F;
+    v->expert_out = a->expert_out + layer * SK * C;
+    v->shared_h13 = a->shared_h13 + layer * rows * 2 * d->S;
+    v->shared_h = a->shared_h + layer * rows * d->S;
+    v->rd = &m->dispatch[l];
+}
+
 /* Points the grouped-GEMM weight tables at layer l's experts. */
 static void layer_expert_views(model *m, int l)
 {
@@ -299,7 +356,6 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     const int C = d->C, L = d->L, H = d->H, T = d->T, E = d->E, K = d->K,
               F = d->F, S = d->S, V = d->V;
     const int N = B * T;
-    const size_t SK = (size_t)m->batch * T * K;
     const size_t NC = (size_t)N * C, maxNC = (size_t)m->batch * T * C;
     model_activations *a = m->acts;
     model_tensors *p = &m->params;
@@ -312,80 +368,58 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
 
     ops->embedding_forward(ctx, a->resid, a->inputs, p->wte, N, C);
     for (int l = 0; l < L; l++) {
-        /* Per-layer activation views; strides use the allocated batch so
-         * that a smaller validation batch reuses the same slab. */
-        float *x = a->resid + (size_t)l * maxNC;
-        float *x_next = a->resid + (size_t)(l + 1) * maxNC;
-        float *x_mid = a->x_mid + (size_t)l * maxNC;
-        float *attn_norm_out = a->attn_norm_out + (size_t)l * maxNC;
-        float *attn_rstd = a->attn_rstd + (size_t)l * m->batch * T;
-        float *qkv = a->qkv + (size_t)l * maxNC * 3;
-        float *probs = a->att_probs + (size_t)l * m->batch * H * T * T;
-        float *att_out = a->att_out + (size_t)l * maxNC;
-        float *ffn_norm_out = a->ffn_norm_out + (size_t)l * maxNC;
-        float *ffn_rstd = a->ffn_rstd + (size_t)l * m->batch * T;
-        float *router_logits = a->router_logits + (size_t)l * m->batch * T * E;
-        float *router_probs = a->router_probs + (size_t)l * m->batch * T * E;
-        float *router_lse = a->router_lse + (size_t)l * m->batch * T;
-        float *gate = a->gate_weight + (size_t)l * m->batch * T * K;
-        int *expert_index = a->expert_index + (size_t)l * m->batch * T * K;
-        float *expert_in = a->expert_in + (size_t)l * SK * C;
-        float *expert_h13 = a->expert_h13 + (size_t)l * SK * 2 * F;
-        float *expert_h = a->expert_h + (size_t)l * SK * F;
-        float *expert_out = a->expert_out + (size_t)l * SK * C;
-        router_dispatch *rd = &m->dispatch[l];
+        layer_acts v;
+        layer_acts_of(m, l, &v);
 
-        ops->rmsnorm_forward(ctx, attn_norm_out, attn_rstd, x,
+        ops->rmsnorm_forward(ctx, v.attn_norm_out, v.attn_rstd, v.x,
                              p->attn_norm + (size_t)l * C, N, C, m->norm_eps);
-        ops->matmul_forward(ctx, qkv, attn_norm_out,
+        ops->matmul_forward(ctx, v.qkv, v.attn_norm_out,
                             p->wqkv + (size_t)l * 3 * C * C, N, C, 3 * C);
-        ops->rope_forward(ctx, qkv, B, T, C, H, m->rope_theta);
-        ops->attention_forward(ctx, att_out, probs, qkv, B, T, C, H);
-        ops->matmul_forward(ctx, a->branch_out, att_out,
+        ops->rope_forward(ctx, v.qkv, B, T, C, H, m->rope_theta);
+        ops->attention_forward(ctx, v.att_out, v.probs, v.qkv, B, T, C, H);
+        ops->matmul_forward(ctx, a->branch_out, v.att_out,
                             p->wo + (size_t)l * C * C, N, C, C);
-        memcpy(x_mid, x, NC * sizeof(float));
-        ops->add_inplace(ctx, x_mid, a->branch_out, NC);
+        memcpy(v.x_mid, v.x, NC * sizeof(float));
+        ops->add_inplace(ctx, v.x_mid, a->branch_out, NC);
 
-        ops->rmsnorm_forward(ctx, ffn_norm_out, ffn_rstd, x_mid,
+        ops->rmsnorm_forward(ctx, v.ffn_norm_out, v.ffn_rstd, v.x_mid,
                              p->ffn_norm + (size_t)l * C, N, C, m->norm_eps);
-        ops->matmul_forward(ctx, router_logits, ffn_norm_out,
+        ops->matmul_forward(ctx, v.router_logits, v.ffn_norm_out,
                             p->router + (size_t)l * E * C, N, C, E);
-        ops->router_forward(ctx, router_probs, router_lse, expert_index, gate,
-                            router_logits, NULL, N, E, K);
-        router_build_dispatch(rd, expert_index, N, K, E,
+        ops->router_forward(ctx, v.router_probs, v.router_lse, v.expert_index, v.gate,
+                            v.router_logits, NULL, N, E, K);
+        router_build_dispatch(v.rd, v.expert_index, N, K, E,
                               router_capacity(m->capacity_factor, N, K, E));
         if (m->aux_loss_coef > 0.0)
-            m->aux_loss += router_aux_loss(NULL, router_probs, rd->selected, N,
+            m->aux_loss += router_aux_loss(NULL, v.router_probs, v.rd->selected, N,
                                            K, E, m->aux_loss_coef, 1.0);
         if (m->z_loss_coef > 0.0)
-            m->z_loss += router_z_loss(NULL, router_probs, router_lse, N, E,
+            m->z_loss += router_z_loss(NULL, v.router_probs, v.router_lse, N, E,
                                        m->z_loss_coef, 1.0);
 
         layer_expert_views(m, l);
-        ops->moe_permute(ctx, expert_in, ffn_norm_out, rd->token_of_slot,
-                         rd->slots, C);
-        ops->grouped_matmul_forward(ctx, expert_h13, expert_in, a->w13,
-                                    rd->group_rows, E, C, 2 * F);
-        ops->swiglu_forward(ctx, expert_h, expert_h13, rd->slots, F);
-        ops->grouped_matmul_forward(ctx, expert_out, expert_h, a->w2,
-                                    rd->group_rows, E, F, C);
+        ops->moe_permute(ctx, v.expert_in, v.ffn_norm_out, v.rd->token_of_slot,
+                         v.rd->slots, C);
+        ops->grouped_matmul_forward(ctx, v.expert_h13, v.expert_in, a->w13,
+                                    v.rd->group_rows, E, C, 2 * F);
+        ops->swiglu_forward(ctx, v.expert_h, v.expert_h13, v.rd->slots, F);
+        ops->grouped_matmul_forward(ctx, v.expert_out, v.expert_h, a->w2,
+                                    v.rd->group_rows, E, F, C);
 
         if (S > 0) {
-            float *shared_h13 = a->shared_h13 + (size_t)l * m->batch * T * 2 * S;
-            float *shared_h = a->shared_h + (size_t)l * m->batch * T * S;
-            ops->matmul_forward(ctx, shared_h13, ffn_norm_out,
+            ops->matmul_forward(ctx, v.shared_h13, v.ffn_norm_out,
                                 p->shared_w13 + (size_t)l * 2 * S * C, N, C,
                                 2 * S);
-            ops->swiglu_forward(ctx, shared_h, shared_h13, N, S);
-            ops->matmul_forward(ctx, a->branch_out, shared_h,
+            ops->swiglu_forward(ctx, v.shared_h, v.shared_h13, N, S);
+            ops->matmul_forward(ctx, a->branch_out, v.shared_h,
                                 p->shared_w2 + (size_t)l * C * S, N, S, C);
         } else {
             memset(a->branch_out, 0, NC * sizeof(float));
         }
-        ops->moe_unpermute(ctx, a->branch_out, expert_out, rd->slot_of, gate,
+        ops->moe_unpermute(ctx, a->branch_out, v.expert_out, v.rd->slot_of, v.gate,
                            N, K, C);
-        memcpy(x_next, x_mid, NC * sizeof(float));
-        ops->add_inplace(ctx, x_next, a->branch_out, NC);
+        memcpy(v.x_next, v.x_mid, NC * sizeof(float));
+        ops->add_inplace(ctx, v.x_next, a->branch_out, NC);
     }
 
     ops->rmsnorm_forward(ctx, a->final_out, a->final_rstd,
@@ -416,7 +450,6 @@ void model_backward(model *m)
     const int C = d->C, L = d->L, H = d->H, T = d->T, E = d->E, K = d->K,
               F = d->F, S = d->S, V = d->V;
     const int B = m->last_batch, N = B * T;
-    const size_t SK = (size_t)m->batch * T * K;
     const size_t NC = (size_t)N * C, maxNC = (size_t)m->batch * T * C;
     model_activations *a = m->acts;
     model_tensors *p = &m->params, *g = &m->grads;
@@ -430,42 +463,24 @@ void model_backward(model *m)
                           a->final_rstd, N, C);
 
     for (int l = L - 1; l >= 0; l--) {
-        float *x = a->resid + (size_t)l * maxNC;
-        float *x_mid = a->x_mid + (size_t)l * maxNC;
-        float *attn_norm_out = a->attn_norm_out + (size_t)l * maxNC;
-        float *attn_rstd = a->attn_rstd + (size_t)l * m->batch * T;
-        float *qkv = a->qkv + (size_t)l * maxNC * 3;
-        float *probs = a->att_probs + (size_t)l * m->batch * H * T * T;
-        float *att_out = a->att_out + (size_t)l * maxNC;
-        float *ffn_norm_out = a->ffn_norm_out + (size_t)l * maxNC;
-        float *ffn_rstd = a->ffn_rstd + (size_t)l * m->batch * T;
-        float *router_probs = a->router_probs + (size_t)l * m->batch * T * E;
-        float *router_lse = a->router_lse + (size_t)l * m->batch * T;
-        float *gate = a->gate_weight + (size_t)l * m->batch * T * K;
-        int *expert_index = a->expert_index + (size_t)l * m->batch * T * K;
-        float *expert_in = a->expert_in + (size_t)l * SK * C;
-        float *expert_h13 = a->expert_h13 + (size_t)l * SK * 2 * F;
-        float *expert_h = a->expert_h + (size_t)l * SK * F;
-        float *expert_out = a->expert_out + (size_t)l * SK * C;
-        router_dispatch *rd = &m->dispatch[l];
-        const size_t slots = (size_t)rd->slots;
+        layer_acts v;
+        layer_acts_of(m, l, &v);
+        const size_t slots = (size_t)v.rd->slots;
 
         /* Feed-forward branch: d_resid is the gradient of its output. */
         memset(a->d_norm_out, 0, NC * sizeof(float));
         if (S > 0) {
-            float *shared_h13 = a->shared_h13 + (size_t)l * m->batch * T * 2 * S;
-            float *shared_h = a->shared_h + (size_t)l * m->batch * T * S;
             memset(a->d_shared_h, 0, (size_t)N * S * sizeof(float));
             memset(a->d_shared_h13, 0, (size_t)N * 2 * S * sizeof(float));
             ops->matmul_backward(ctx, a->d_shared_h,
                                  g->shared_w2 + (size_t)l * C * S, a->d_resid,
-                                 shared_h, p->shared_w2 + (size_t)l * C * S, N,
+                                 v.shared_h, p->shared_w2 + (size_t)l * C * S, N,
                                  S, C);
             ops->swiglu_backward(ctx, a->d_shared_h13, a->d_shared_h,
-                                 shared_h13, N, S);
+                                 v.shared_h13, N, S);
             ops->matmul_backward(ctx, a->d_norm_out,
                                  g->shared_w13 + (size_t)l * 2 * S * C,
-                                 a->d_shared_h13, ffn_norm_out,
+                                 a->d_shared_h13, v.ffn_norm_out,
                                  p->shared_w13 + (size_t)l * 2 * S * C, N, C,
                                  2 * S);
         }
@@ -477,56 +492,56 @@ void model_backward(model *m)
         memset(a->d_expert_h13, 0, slots * 2 * F * sizeof(float));
         memset(a->d_expert_in, 0, slots * C * sizeof(float));
         ops->moe_unpermute_backward(ctx, a->d_expert_out, a->d_gate, a->d_resid,
-                                    expert_out, rd->slot_of, gate, N, K, C);
+                                    v.expert_out, v.rd->slot_of, v.gate, N, K, C);
         ops->grouped_matmul_backward(ctx, a->d_expert_h, a->dw2,
-                                     a->d_expert_out, expert_h, a->w2,
-                                     rd->group_rows, E, F, C);
-        ops->swiglu_backward(ctx, a->d_expert_h13, a->d_expert_h, expert_h13,
-                             rd->slots, F);
+                                     a->d_expert_out, v.expert_h, a->w2,
+                                     v.rd->group_rows, E, F, C);
+        ops->swiglu_backward(ctx, a->d_expert_h13, a->d_expert_h, v.expert_h13,
+                             v.rd->slots, F);
         ops->grouped_matmul_backward(ctx, a->d_expert_in, a->dw13,
-                                     a->d_expert_h13, expert_in, a->w13,
-                                     rd->group_rows, E, C, 2 * F);
+                                     a->d_expert_h13, v.expert_in, a->w13,
+                                     v.rd->group_rows, E, C, 2 * F);
         ops->moe_permute_backward(ctx, a->d_norm_out, a->d_expert_in,
-                                  rd->token_of_slot, rd->slots, C);
+                                  v.rd->token_of_slot, v.rd->slots, C);
 
-        /* Router: gate weights, then the balance losses. */
+        /* Router: v.gate weights, then the balance losses. */
         memset(a->d_router_logits, 0, (size_t)N * E * sizeof(float));
         float *d_probs = NULL;
         if (m->aux_loss_coef > 0.0) {
-            router_aux_loss(a->d_router_probs, router_probs, rd->selected, N, K,
+            router_aux_loss(a->d_router_probs, v.router_probs, v.rd->selected, N, K,
                             E, m->aux_loss_coef, 1.0);
             d_probs = a->d_router_probs;
         }
         ops->router_backward(ctx, a->d_router_logits, a->d_gate, d_probs,
-                             router_probs, expert_index, gate, N, E, K);
+                             v.router_probs, v.expert_index, v.gate, N, E, K);
         if (m->z_loss_coef > 0.0)
-            router_z_loss(a->d_router_logits, router_probs, router_lse, N, E,
+            router_z_loss(a->d_router_logits, v.router_probs, v.router_lse, N, E,
                           m->z_loss_coef, 1.0);
         ops->matmul_backward(ctx, a->d_norm_out,
                              g->router + (size_t)l * E * C, a->d_router_logits,
-                             ffn_norm_out, p->router + (size_t)l * E * C, N, C,
+                             v.ffn_norm_out, p->router + (size_t)l * E * C, N, C,
                              E);
         ops->rmsnorm_backward(ctx, a->d_resid, g->ffn_norm + (size_t)l * C,
-                              a->d_norm_out, x_mid, p->ffn_norm + (size_t)l * C,
-                              ffn_rstd, N, C);
+                              a->d_norm_out, v.x_mid, p->ffn_norm + (size_t)l * C,
+                              v.ffn_rstd, N, C);
 
-        /* Attention branch: d_resid is now the gradient of x_mid. */
+        /* Attention branch: d_resid is now the gradient of v.x_mid. */
         memset(a->d_att_out, 0, NC * sizeof(float));
         memset(a->d_qkv, 0, NC * 3 * sizeof(float));
         memset(a->d_norm_out, 0, NC * sizeof(float));
         ops->matmul_backward(ctx, a->d_att_out, g->wo + (size_t)l * C * C,
-                             a->d_resid, att_out, p->wo + (size_t)l * C * C, N,
+                             a->d_resid, v.att_out, p->wo + (size_t)l * C * C, N,
                              C, C);
-        ops->attention_backward(ctx, a->d_qkv, a->d_att_out, qkv, probs, B, T,
+        ops->attention_backward(ctx, a->d_qkv, a->d_att_out, v.qkv, v.probs, B, T,
                                 C, H);
         ops->rope_backward(ctx, a->d_qkv, B, T, C, H, m->rope_theta);
         ops->matmul_backward(ctx, a->d_norm_out,
                              g->wqkv + (size_t)l * 3 * C * C, a->d_qkv,
-                             attn_norm_out, p->wqkv + (size_t)l * 3 * C * C, N,
+                             v.attn_norm_out, p->wqkv + (size_t)l * 3 * C * C, N,
                              C, 3 * C);
         ops->rmsnorm_backward(ctx, a->d_resid, g->attn_norm + (size_t)l * C,
-                              a->d_norm_out, x, p->attn_norm + (size_t)l * C,
-                              attn_rstd, N, C);
+                              a->d_norm_out, v.x, p->attn_norm + (size_t)l * C,
+                              v.attn_rstd, N, C);
     }
     ops->embedding_backward(ctx, g->wte, a->d_resid, a->inputs, N, C);
 }
