@@ -3,8 +3,35 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "engine/rng.h"
+
+const char *const model_part_names[MODEL_PART_COUNT] = {
+#define X(name) #name,
+    MODEL_PARTS(X)
+#undef X
+};
+
+static double monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Adds the time since the previous lap to `bucket`. */
+static void lap(model *m, double *bucket)
+{
+    double now = monotonic_s();
+    *bucket += now - m->profile.lap_start;
+    m->profile.lap_start = now;
+}
+
+void model_profile_reset(model *m)
+{
+    memset(&m->profile, 0, sizeof m->profile);
+}
 
 /* Activations of one forward pass kept for the backward pass, and the
  * backward pass's scratch, in one slab. N = batch·T, SK = N·K slots. */
@@ -365,25 +392,31 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     memcpy(a->targets, targets, (size_t)N * sizeof(int));
     m->aux_loss = 0.0;
     m->z_loss = 0.0;
+    double *fw = m->profile.forward_s;
+    m->profile.lap_start = monotonic_s();
 
     ops->embedding_forward(ctx, a->resid, a->inputs, p->wte, N, C);
+    lap(m, &fw[MODEL_PART_embedding]);
     for (int l = 0; l < L; l++) {
         layer_acts v;
         layer_acts_of(m, l, &v);
 
         ops->rmsnorm_forward(ctx, v.attn_norm_out, v.attn_rstd, v.x,
                              p->attn_norm + (size_t)l * C, N, C, m->norm_eps);
+        lap(m, &fw[MODEL_PART_norms]);
         ops->matmul_forward(ctx, v.qkv, v.attn_norm_out,
                             p->wqkv + (size_t)l * 3 * C * C, N, C, 3 * C);
         ops->rope_forward(ctx, v.qkv, B, T, C, H, m->rope_theta);
         ops->attention_forward(ctx, v.att_out, v.probs, v.qkv, B, T, C, H);
         ops->matmul_forward(ctx, a->branch_out, v.att_out,
                             p->wo + (size_t)l * C * C, N, C, C);
+        lap(m, &fw[MODEL_PART_attention]);
         memcpy(v.x_mid, v.x, NC * sizeof(float));
         ops->add_inplace(ctx, v.x_mid, a->branch_out, NC);
 
         ops->rmsnorm_forward(ctx, v.ffn_norm_out, v.ffn_rstd, v.x_mid,
                              p->ffn_norm + (size_t)l * C, N, C, m->norm_eps);
+        lap(m, &fw[MODEL_PART_norms]);
         ops->matmul_forward(ctx, v.router_logits, v.ffn_norm_out,
                             p->router + (size_t)l * E * C, N, C, E);
         ops->router_forward(ctx, v.router_probs, v.router_lse, v.expert_index, v.gate,
@@ -396,15 +429,18 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
         if (m->z_loss_coef > 0.0)
             m->z_loss += router_z_loss(NULL, v.router_probs, v.router_lse, N, E,
                                        m->z_loss_coef, 1.0);
+        lap(m, &fw[MODEL_PART_router]);
 
         layer_expert_views(m, l);
         ops->moe_permute(ctx, v.expert_in, v.ffn_norm_out, v.rd->token_of_slot,
                          v.rd->slots, C);
+        lap(m, &fw[MODEL_PART_permute]);
         ops->grouped_matmul_forward(ctx, v.expert_h13, v.expert_in, a->w13,
                                     v.rd->group_rows, E, C, 2 * F);
         ops->swiglu_forward(ctx, v.expert_h, v.expert_h13, v.rd->slots, F);
         ops->grouped_matmul_forward(ctx, v.expert_out, v.expert_h, a->w2,
                                     v.rd->group_rows, E, F, C);
+        lap(m, &fw[MODEL_PART_experts]);
 
         if (S > 0) {
             ops->matmul_forward(ctx, v.shared_h13, v.ffn_norm_out,
@@ -416,10 +452,13 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
         } else {
             memset(a->branch_out, 0, NC * sizeof(float));
         }
+        lap(m, &fw[MODEL_PART_shared_experts]);
         ops->moe_unpermute(ctx, a->branch_out, v.expert_out, v.rd->slot_of, v.gate,
                            N, K, C);
+        lap(m, &fw[MODEL_PART_permute]);
         memcpy(v.x_next, v.x_mid, NC * sizeof(float));
         ops->add_inplace(ctx, v.x_next, a->branch_out, NC);
+        lap(m, &fw[MODEL_PART_norms]);
     }
 
     ops->rmsnorm_forward(ctx, a->final_out, a->final_rstd,
@@ -434,6 +473,7 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     for (int i = 0; i < N; i++)
         sum += a->losses[i];
     m->ce_loss = sum / N;
+    lap(m, &fw[MODEL_PART_head]);
     return m->ce_loss;
 }
 
@@ -453,6 +493,8 @@ void model_backward(model *m)
     const size_t NC = (size_t)N * C, maxNC = (size_t)m->batch * T * C;
     model_activations *a = m->acts;
     model_tensors *p = &m->params, *g = &m->grads;
+    double *bw = m->profile.backward_s;
+    m->profile.lap_start = monotonic_s();
 
     memset(a->d_resid, 0, NC * sizeof(float));
     memset(a->d_norm_out, 0, NC * sizeof(float));
@@ -461,6 +503,7 @@ void model_backward(model *m)
     ops->rmsnorm_backward(ctx, a->d_resid, g->final_norm, a->d_norm_out,
                           a->resid + (size_t)L * maxNC, p->final_norm,
                           a->final_rstd, N, C);
+    lap(m, &bw[MODEL_PART_head]);
 
     for (int l = L - 1; l >= 0; l--) {
         layer_acts v;
@@ -484,6 +527,7 @@ void model_backward(model *m)
                                  p->shared_w13 + (size_t)l * 2 * S * C, N, C,
                                  2 * S);
         }
+        lap(m, &bw[MODEL_PART_shared_experts]);
 
         layer_expert_views(m, l);
         memset(a->d_expert_out, 0, slots * C * sizeof(float));
@@ -493,6 +537,7 @@ void model_backward(model *m)
         memset(a->d_expert_in, 0, slots * C * sizeof(float));
         ops->moe_unpermute_backward(ctx, a->d_expert_out, a->d_gate, a->d_resid,
                                     v.expert_out, v.rd->slot_of, v.gate, N, K, C);
+        lap(m, &bw[MODEL_PART_permute]);
         ops->grouped_matmul_backward(ctx, a->d_expert_h, a->dw2,
                                      a->d_expert_out, v.expert_h, a->w2,
                                      v.rd->group_rows, E, F, C);
@@ -501,8 +546,10 @@ void model_backward(model *m)
         ops->grouped_matmul_backward(ctx, a->d_expert_in, a->dw13,
                                      a->d_expert_h13, v.expert_in, a->w13,
                                      v.rd->group_rows, E, C, 2 * F);
+        lap(m, &bw[MODEL_PART_experts]);
         ops->moe_permute_backward(ctx, a->d_norm_out, a->d_expert_in,
                                   v.rd->token_of_slot, v.rd->slots, C);
+        lap(m, &bw[MODEL_PART_permute]);
 
         /* Router: v.gate weights, then the balance losses. */
         memset(a->d_router_logits, 0, (size_t)N * E * sizeof(float));
@@ -521,9 +568,11 @@ void model_backward(model *m)
                              g->router + (size_t)l * E * C, a->d_router_logits,
                              v.ffn_norm_out, p->router + (size_t)l * E * C, N, C,
                              E);
+        lap(m, &bw[MODEL_PART_router]);
         ops->rmsnorm_backward(ctx, a->d_resid, g->ffn_norm + (size_t)l * C,
                               a->d_norm_out, v.x_mid, p->ffn_norm + (size_t)l * C,
                               v.ffn_rstd, N, C);
+        lap(m, &bw[MODEL_PART_norms]);
 
         /* Attention branch: d_resid is now the gradient of v.x_mid. */
         memset(a->d_att_out, 0, NC * sizeof(float));
@@ -539,11 +588,14 @@ void model_backward(model *m)
                              g->wqkv + (size_t)l * 3 * C * C, a->d_qkv,
                              v.attn_norm_out, p->wqkv + (size_t)l * 3 * C * C, N,
                              C, 3 * C);
+        lap(m, &bw[MODEL_PART_attention]);
         ops->rmsnorm_backward(ctx, a->d_resid, g->attn_norm + (size_t)l * C,
                               a->d_norm_out, v.x, p->attn_norm + (size_t)l * C,
                               v.attn_rstd, N, C);
+        lap(m, &bw[MODEL_PART_norms]);
     }
     ops->embedding_backward(ctx, g->wte, a->d_resid, a->inputs, N, C);
+    lap(m, &bw[MODEL_PART_embedding]);
 }
 
 void model_expert_load(const model *m, int *load)

@@ -75,6 +75,33 @@ typedef struct model_tensor_info {
 
 typedef struct model_activations model_activations;
 
+/* Where a step's time goes, by part of the model (the console and
+ * `moectl bench --profile` show it). */
+#define MODEL_PARTS(X)                                                         \
+    X(embedding)                                                               \
+    X(norms)          /* RMSNorms and residual adds */                         \
+    X(attention)      /* qkv, RoPE, attention, output projection */            \
+    X(router)         /* router GEMM, softmax, top-k, dispatch, aux/z */       \
+    X(permute)        /* token permute and un-permute */                       \
+    X(experts)        /* routed expert GEMMs and SwiGLU */                     \
+    X(shared_experts)                                                          \
+    X(head)           /* final norm, LM head, cross-entropy */
+
+enum model_part {
+#define X(name) MODEL_PART_##name,
+    MODEL_PARTS(X)
+#undef X
+    MODEL_PART_COUNT
+};
+
+extern const char *const model_part_names[MODEL_PART_COUNT];
+
+typedef struct model_profile {
+    double forward_s[MODEL_PART_COUNT];
+    double backward_s[MODEL_PART_COUNT];
+    double lap_start; /* monotonic seconds at the last lap */
+} model_profile;
+
 typedef struct model {
     model_dims dims;
     int batch; /* sequences the activations are sized for */
@@ -103,6 +130,8 @@ typedef struct model {
     double aux_loss; /* Σ over layers, coefficient applied */
     double z_loss;   /* Σ over layers, coefficient applied */
     int *expert_index; /* (L, N, K) experts chosen by the last forward */
+
+    model_profile profile; /* accumulates until model_profile_reset */
 } model;
 
 /* Builds a model for cfg with activations for `batch` sequences. */
@@ -123,6 +152,8 @@ void model_zero_grad(model *m);
 /* Gradients of ce_loss + aux_loss + z_loss for the last forward, added to
  * m->grads. */
 void model_backward(model *m);
+
+void model_profile_reset(model *m);
 
 /* Tokens routed to each expert by the last forward: load (L, E). */
 void model_expert_load(const model *m, int *load);

@@ -96,12 +96,20 @@ void trainer_step(trainer *t, step_stats *s)
     double start = now_s();
     dataset_train_batch(&t->data, &t->state.data_rng, B, t->inputs,
                         t->targets);
+    double batch_done = now_s();
     double loss = model_forward(m, t->inputs, t->targets, B);
+    double forward_done = now_s();
     model_zero_grad(m);
+    double zeroed = now_s();
     model_backward(m);
+    double backward_done = now_s();
     double lr = optimizer_lr(&t->opt, step);
     double grad_norm = optimizer_step(m, &t->opt, step, lr);
-    double step_s = now_s() - start;
+    double end = now_s();
+    double step_s = end - start;
+    t->data_s += batch_done - start;
+    t->zero_grad_s += zeroed - forward_done;
+    t->optimizer_s += end - backward_done;
 
     t->state.step = step;
     t->state.tokens_seen += (uint64_t)B * T;

@@ -26,6 +26,9 @@ typedef struct trainer {
     int *targets;           /* (B, T) */
     int *expert_load;       /* (L, E) of the last step */
     double train_s;         /* time spent in training steps, this process */
+    double data_s;          /* of which drawing batches */
+    double zero_grad_s;     /* of which zeroing gradients */
+    double optimizer_s;     /* of which clipping and AdamW */
     char last_checkpoint[CONFIG_PATH_MAX + 32];
 } trainer;
 

@@ -8,6 +8,7 @@
 
 #include "engine/config.h"
 #include "moectl_build.h"
+#include "tui/bench.h"
 #include "tui/headless.h"
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
@@ -19,6 +20,8 @@ static const char usage_text[] =
     "       moectl run CONFIG [--headless] [--steps N] [--metrics PATH|-]\n"
     "                         [--resume CKPT|DIR] [--set KEY=VALUE]...\n"
     "       moectl check CONFIG [--set KEY=VALUE]...\n"
+    "       moectl bench [CONFIG] [--steps N] [--warmup N] [--profile]\n"
+    "                    [--no-peer] [--no-scaling] [--set KEY=VALUE]...\n"
     "       moectl --help | --version\n"
     "\n"
     "commands:\n"
@@ -26,6 +29,11 @@ static const char usage_text[] =
     "          terminal), metrics go to --metrics as JSON Lines\n"
     "  check   validate CONFIG with its overrides and print the resolved\n"
     "          configuration\n"
+    "  bench   training speed of CONFIG (default configs/bench.yaml) against\n"
+    "          OpenBLAS sgemm and the PyTorch peer (tests/bench/torch_peer.py\n"
+    "          run by /usr/bin/python3), with scaling rows; --profile adds\n"
+    "          the time per model part; --steps/--warmup set the measured\n"
+    "          and warm-up steps (20 and 5)\n"
     "\n"
     "options:\n"
     "  --headless         run without the console (the console is not built\n"
@@ -89,6 +97,7 @@ typedef struct arguments {
     const char *sets[MAX_SETS];
     int set_count;
     headless_options headless;
+    bench_options bench;
 } arguments;
 
 static int parse_int(const char *text, int *out)
@@ -106,15 +115,18 @@ static int parse_arguments(int argc, char **argv, arguments *a)
     int i = 1;
     a->command = "run";
     if (i < argc && (strcmp(argv[i], "run") == 0 ||
-                     strcmp(argv[i], "check") == 0))
+                     strcmp(argv[i], "check") == 0 ||
+                     strcmp(argv[i], "bench") == 0))
         a->command = argv[i++];
+    int bench = strcmp(a->command, "bench") == 0;
     for (; i < argc; i++) {
         const char *arg = argv[i];
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
         int takes_value = strcmp(arg, "--set") == 0 ||
                           strcmp(arg, "--steps") == 0 ||
                           strcmp(arg, "--metrics") == 0 ||
-                          strcmp(arg, "--resume") == 0;
+                          strcmp(arg, "--resume") == 0 ||
+                          strcmp(arg, "--warmup") == 0;
         if (takes_value && !value)
             return usage_error("option %s needs a value", arg);
         if (strcmp(arg, "--set") == 0) {
@@ -126,10 +138,22 @@ static int parse_arguments(int argc, char **argv, arguments *a)
         } else if (strcmp(arg, "--headless") == 0) {
             /* Every run is headless until the console exists. */
         } else if (strcmp(arg, "--steps") == 0) {
-            if (parse_int(value, &a->headless.steps) < 0)
+            if (parse_int(value, bench ? &a->bench.steps
+                                       : &a->headless.steps) < 0)
                 return usage_error("--steps needs a positive integer, got "
                                    "\"%s\"", value);
             i++;
+        } else if (bench && strcmp(arg, "--warmup") == 0) {
+            if (parse_int(value, &a->bench.warmup) < 0)
+                return usage_error("--warmup needs a positive integer, got "
+                                   "\"%s\"", value);
+            i++;
+        } else if (bench && strcmp(arg, "--profile") == 0) {
+            a->bench.profile = 1;
+        } else if (bench && strcmp(arg, "--no-peer") == 0) {
+            a->bench.peer = NULL;
+        } else if (bench && strcmp(arg, "--no-scaling") == 0) {
+            a->bench.scaling = 0;
         } else if (strcmp(arg, "--metrics") == 0) {
             a->headless.metrics = value;
             i++;
@@ -144,9 +168,10 @@ static int parse_arguments(int argc, char **argv, arguments *a)
             return usage_error("unexpected argument \"%s\"", arg);
         }
     }
-    if (strcmp(a->command, "check") == 0 &&
-        (a->headless.steps || a->headless.metrics || a->headless.resume))
-        return usage_error("%s takes only CONFIG and --set", "check");
+    if (strcmp(a->command, "run") != 0 &&
+        (a->headless.metrics || a->headless.resume ||
+         (!bench && a->headless.steps)))
+        return usage_error("%s takes only CONFIG and --set", a->command);
     return 0;
 }
 
@@ -166,8 +191,20 @@ int main(int argc, char **argv)
 
     arguments a;
     memset(&a, 0, sizeof a);
+    a.bench = (bench_options){
+        .warmup = 5,
+        .steps = 20,
+        .peer = MOECTL_SOURCE_ROOT "/tests/bench/torch_peer.py",
+        .python = "/usr/bin/python3",
+        .scaling = 1,
+        .scaling_steps = 8,
+    };
     if (parse_arguments(argc, argv, &a) != 0)
         return EXIT_USAGE;
+    if (strcmp(a.command, "bench") == 0 && !a.config_path)
+        a.config_path = access("configs/bench.yaml", R_OK) == 0
+                            ? "configs/bench.yaml"
+                            : MOECTL_SOURCE_ROOT "/configs/bench.yaml";
     if (strcmp(a.command, "check") == 0 && !a.config_path)
         return usage_error("%s needs a CONFIG file", "check");
 
@@ -181,5 +218,7 @@ int main(int argc, char **argv)
         config_print(&cfg, stdout);
         return fflush(stdout) == 0 ? 0 : EXIT_RUNTIME;
     }
+    if (strcmp(a.command, "bench") == 0)
+        return bench_run(&cfg, &a.bench);
     return headless_run(&cfg, &a.headless);
 }

@@ -1,0 +1,422 @@
+#include "tui/bench.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/train.h"
+#include "kernels/cpu/cpu_backend.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *values, int n)
+{
+    if (n <= 0)
+        return NAN;
+    qsort(values, (size_t)n, sizeof *values, compare_doubles);
+    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+/* What one measured moectl run reports. */
+typedef struct run_result {
+    int ok;
+    double tokens_per_s;     /* median over measured steps */
+    double step_ms;          /* median */
+    double flops_per_token;
+    double peak_rss_mb;      /* of the process that trained */
+    double loss_first, loss_last;
+    size_t params, active_params;
+    int measured_steps;
+    /* Mean milliseconds per measured step. */
+    double forward_ms[MODEL_PART_COUNT], backward_ms[MODEL_PART_COUNT];
+    double data_ms, zero_grad_ms, optimizer_ms;
+    char error[512];
+} run_result;
+
+/* Trains cfg for warmup + steps steps in this process and describes the
+ * measured ones as JSON on fd. */
+static void measure_child(const config *cfg, int warmup, int steps, int fd)
+{
+    moe_error err = {{0}};
+    trainer *t = NULL;
+    json_t *out;
+    if (trainer_create(&t, cfg, &err) < 0) {
+        out = json_pack("{s:s}", "error", err.message);
+    } else {
+        double *tokens_per_s = calloc((size_t)steps, sizeof(double));
+        double *step_ms = calloc((size_t)steps, sizeof(double));
+        double loss_first = NAN, loss_last = NAN;
+        step_stats s;
+        for (int i = 0; i < warmup; i++)
+            trainer_step(t, &s);
+        model_profile_reset(t->model);
+        t->data_s = t->zero_grad_s = t->optimizer_s = 0;
+        for (int i = 0; i < steps; i++) {
+            trainer_step(t, &s);
+            tokens_per_s[i] = s.tokens_per_s;
+            step_ms[i] = s.step_s * 1e3;
+            if (i == 0)
+                loss_first = s.loss;
+            loss_last = s.loss;
+        }
+        json_t *forward = json_array(), *backward = json_array();
+        for (int p = 0; p < MODEL_PART_COUNT; p++) {
+            json_array_append_new(forward, json_real(
+                t->model->profile.forward_s[p] * 1e3 / steps));
+            json_array_append_new(backward, json_real(
+                t->model->profile.backward_s[p] * 1e3 / steps));
+        }
+        out = json_pack(
+            "{s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:i, s:o, s:o, s:f, s:f, "
+            "s:f}",
+            "tokens_per_s", median(tokens_per_s, steps),
+            "step_ms", median(step_ms, steps),
+            "flops_per_token", model_flops_per_token(t->model),
+            "loss_first", loss_first, "loss_last", loss_last,
+            "params", (json_int_t)t->model->param_count,
+            "active_params", (json_int_t)model_active_params(t->model),
+            "steps", steps, "forward_ms", forward, "backward_ms", backward,
+            "data_ms", t->data_s * 1e3 / steps,
+            "zero_grad_ms", t->zero_grad_s * 1e3 / steps,
+            "optimizer_ms", t->optimizer_s * 1e3 / steps);
+        free(tokens_per_s);
+        free(step_ms);
+    }
+    char *text = json_dumps(out, JSON_COMPACT);
+    size_t length = text ? strlen(text) : 0;
+    for (size_t done = 0; done < length;) {
+        ssize_t n = write(fd, text + done, length - done);
+        if (n <= 0)
+            break;
+        done += (size_t)n;
+    }
+    free(text);
+    json_decref(out);
+    trainer_destroy(t);
+}
+
+/* Runs measure_child in a fresh process, so that its peak resident memory
+ * is the training's own. */
+static void measure(const config *cfg, int warmup, int steps, run_result *r)
+{
+    memset(r, 0, sizeof *r);
+    int fds[2];
+    if (pipe(fds) < 0) {
+        snprintf(r->error, sizeof r->error, "pipe: %s", strerror(errno));
+        return;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(r->error, sizeof r->error, "fork: %s", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        measure_child(cfg, warmup, steps, fds[1]);
+        close(fds[1]);
+        _exit(0);
+    }
+    close(fds[1]);
+    char *text = NULL;
+    size_t length = 0, capacity = 0;
+    for (;;) {
+        if (length + 4096 > capacity) {
+            capacity = capacity ? capacity * 2 : 65536;
+            char *grown = realloc(text, capacity);
+            if (!grown)
+                break;
+            text = grown;
+        }
+        ssize_t n = read(fds[0], text + length, capacity - length - 1);
+        if (n <= 0)
+            break;
+        length += (size_t)n;
+    }
+    close(fds[0]);
+    int status = 0;
+    struct rusage usage;
+    memset(&usage, 0, sizeof usage);
+    wait4(pid, &status, 0, &usage);
+    r->peak_rss_mb = usage.ru_maxrss / 1024.0;
+    if (!text) {
+        snprintf(r->error, sizeof r->error, "out of memory");
+        return;
+    }
+    text[length] = '\0';
+    json_error_t jerr;
+    json_t *in = json_loads(text, 0, &jerr);
+    free(text);
+    const char *message = NULL;
+    if (!in || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        snprintf(r->error, sizeof r->error, "the measuring process failed");
+    } else if (json_unpack(in, "{s:s}", "error", &message) == 0) {
+        snprintf(r->error, sizeof r->error, "%s", message);
+    } else {
+        json_int_t params = 0, active = 0;
+        json_t *forward = NULL, *backward = NULL;
+        if (json_unpack(in,
+                        "{s:F, s:F, s:F, s:F, s:F, s:I, s:I, s:i, s:o, s:o, "
+                        "s:F, s:F, s:F}",
+                        "tokens_per_s", &r->tokens_per_s, "step_ms",
+                        &r->step_ms, "flops_per_token", &r->flops_per_token,
+                        "loss_first", &r->loss_first, "loss_last",
+                        &r->loss_last, "params", &params, "active_params",
+                        &active, "steps", &r->measured_steps, "forward_ms",
+                        &forward, "backward_ms", &backward, "data_ms",
+                        &r->data_ms, "zero_grad_ms", &r->zero_grad_ms,
+                        "optimizer_ms", &r->optimizer_ms) == 0) {
+            r->params = (size_t)params;
+            r->active_params = (size_t)active;
+            for (int p = 0; p < MODEL_PART_COUNT; p++) {
+                r->forward_ms[p] = json_real_value(json_array_get(forward, p));
+                r->backward_ms[p] =
+                    json_real_value(json_array_get(backward, p));
+            }
+            r->ok = 1;
+        } else {
+            snprintf(r->error, sizeof r->error, "unreadable measurement");
+        }
+    }
+    json_decref(in);
+}
+
+/* GFLOP/s of the backend's own GEMM (out = inp·Wᵀ) at n³: the practical
+ * limit every model GEMM is measured against. Median of `reps`. */
+static double measure_sgemm(int n, int threads, int reps)
+{
+    backend be;
+    if (cpu_backend_init(&be, threads) < 0)
+        return NAN;
+    size_t count = (size_t)n * n;
+    float *a = malloc(count * sizeof(float)), *b = malloc(count * sizeof(float)),
+          *c = malloc(count * sizeof(float));
+    double *gflops = calloc((size_t)reps, sizeof(double));
+    double result = NAN;
+    if (a && b && c && gflops) {
+        rng r;
+        rng_seed(&r, 5, 0);
+        for (size_t i = 0; i < count; i++) {
+            a[i] = (float)rng_normal(&r);
+            b[i] = (float)rng_normal(&r);
+        }
+        be.ops->matmul_forward(be.ctx, c, a, b, n, n, n); /* warm-up */
+        for (int i = 0; i < reps; i++) {
+            double start = now_s();
+            be.ops->matmul_forward(be.ctx, c, a, b, n, n, n);
+            gflops[i] = 2.0 * n * n * (double)n / (now_s() - start) / 1e9;
+        }
+        result = median(gflops, reps);
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(gflops);
+    cpu_backend_finish(&be);
+    return result;
+}
+
+typedef struct peer_result {
+    int ok;
+    int threads;
+    double tokens_per_s;
+    double peak_rss_mb;
+    double loss_first, loss_last;
+    char torch_version[32];
+    char error[512];
+} peer_result;
+
+/* Runs the PyTorch peer with the same model, step and data. Variables
+ * moectl set for its own threads are removed from the peer's environment,
+ * so the peer runs as it would on its own. */
+static void measure_peer(const bench_options *opt, const config *cfg,
+                         int threads, peer_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->threads = threads;
+    char command[4096];
+    snprintf(command, sizeof command,
+             "env -u OMP_WAIT_POLICY -u OPENBLAS_THREAD_TIMEOUT "
+             "-u OPENBLAS_CORETYPE %s '%s' --corpus '%s' --d-model %d "
+             "--layers %d --heads %d --seq %d --batch %d --experts %d "
+             "--top-k %d --shared %d --expert-hidden %d --aux %.17g "
+             "--z %.17g --lr %.17g --min-lr %.17g --warmup %d --steps %d "
+             "--weight-decay %.17g --grad-clip %.17g --rope-theta %.17g "
+             "--eps %.17g --val-fraction %.17g --seed %llu --threads %d "
+             "--warmup-steps %d --measure-steps %d",
+             opt->python, opt->peer, cfg->data.path, cfg->model.d_model,
+             cfg->model.n_layers, cfg->model.n_heads, cfg->model.seq_len,
+             cfg->train.batch_size, cfg->moe.n_experts, cfg->moe.top_k,
+             cfg->moe.n_shared, cfg->moe.expert_hidden, cfg->moe.aux_loss_coef,
+             cfg->moe.z_loss_coef, cfg->train.lr, cfg->train.min_lr,
+             cfg->train.warmup_steps, cfg->train.steps,
+             cfg->train.weight_decay, cfg->train.grad_clip,
+             cfg->model.rope_theta, cfg->model.norm_eps,
+             cfg->data.val_fraction, (unsigned long long)cfg->train.seed,
+             threads, opt->warmup, opt->steps);
+    FILE *p = popen(command, "r");
+    if (!p) {
+        snprintf(r->error, sizeof r->error, "cannot start %s", opt->python);
+        return;
+    }
+    char line[4096], last[4096] = "";
+    while (fgets(line, sizeof line, p))
+        if (line[0] == '{')
+            snprintf(last, sizeof last, "%s", line);
+    int status = pclose(p);
+    json_error_t jerr;
+    json_t *in = json_loads(last, 0, &jerr);
+    const char *version = "";
+    if (status != 0 || !in ||
+        json_unpack(in, "{s:F, s:F, s:F, s:F, s:s}", "tokens_per_s",
+                    &r->tokens_per_s, "peak_rss_mb", &r->peak_rss_mb,
+                    "loss_first", &r->loss_first, "loss_last", &r->loss_last,
+                    "torch", &version) != 0) {
+        /* The command is long: print it here rather than truncate it. */
+        fprintf(stderr, "moectl bench: peer command: %s\n", command);
+        snprintf(r->error, sizeof r->error,
+                 "the PyTorch peer failed (exit status %d); is python3-torch "
+                 "installed?", status);
+    } else {
+        snprintf(r->torch_version, sizeof r->torch_version, "%s", version);
+        r->ok = 1;
+    }
+    json_decref(in);
+}
+
+static void print_profile(const run_result *r)
+{
+    double total = r->step_ms;
+    printf("\nWhere a step goes (mean ms per step over %d steps; step median "
+           "%.1f ms):\n", r->measured_steps, total);
+    printf("  %-16s %9s %9s %9s %6s\n", "part", "forward", "backward",
+           "total", "share");
+    double sum = 0;
+    for (int p = 0; p < MODEL_PART_COUNT; p++) {
+        double t = r->forward_ms[p] + r->backward_ms[p];
+        sum += t;
+        printf("  %-16s %9.2f %9.2f %9.2f %5.1f%%\n", model_part_names[p],
+               r->forward_ms[p], r->backward_ms[p], t, 100 * t / total);
+    }
+    const struct { const char *name; double ms; } rest[] = {
+        {"zero_grad", r->zero_grad_ms},
+        {"optimizer", r->optimizer_ms},
+        {"data", r->data_ms},
+    };
+    for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++) {
+        sum += rest[i].ms;
+        printf("  %-16s %9s %9s %9.2f %5.1f%%\n", rest[i].name, "", "",
+               rest[i].ms, 100 * rest[i].ms / total);
+    }
+    printf("  %-16s %9s %9s %9.2f %5.1f%%\n", "(sum)", "", "", sum,
+           100 * sum / total);
+}
+
+int bench_run(const config *base, const bench_options *opt)
+{
+    int threads = base->cluster.devices[0].threads;
+    printf("moectl bench: %s (%s), %d threads\n", base->name, base->source,
+           threads);
+    printf("model FLOPs per token = 6 x (active params - embedding) + "
+           "12 x layers x d_model x seq_len\n\n");
+
+    double sgemm = measure_sgemm(2048, threads, 5);
+    printf("OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s\n", threads,
+           sgemm);
+
+    run_result main_run;
+    measure(base, opt->warmup, opt->steps, &main_run);
+    if (!main_run.ok) {
+        fprintf(stderr, "moectl bench: %s\n", main_run.error);
+        return 1;
+    }
+    double gflops = main_run.tokens_per_s * main_run.flops_per_token / 1e9;
+    printf("moectl: %.0f tokens/s (median of %d steps after %d warm-up), "
+           "step %.1f ms, %.1f model GFLOP/s = %.0f%% of sgemm; "
+           "peak RSS %.0f MiB\n",
+           main_run.tokens_per_s, main_run.measured_steps, opt->warmup,
+           main_run.step_ms, gflops, 100 * gflops / sgemm,
+           main_run.peak_rss_mb);
+    printf("  params %zu, active %zu, %.1f MFLOP/token; loss %.3f -> %.3f\n",
+           main_run.params, main_run.active_params,
+           main_run.flops_per_token / 1e6, main_run.loss_first,
+           main_run.loss_last);
+
+    int status = 0;
+    if (opt->peer) {
+        peer_result best = {0};
+        for (int t = 1; t <= 2; t++) {
+            peer_result r;
+            measure_peer(opt, base, t, &r);
+            if (!r.ok) {
+                fprintf(stderr, "moectl bench: %s\n", r.error);
+                status = 1;
+                break;
+            }
+            printf("PyTorch %s, %d thread%s: %.0f tokens/s, peak RSS %.0f "
+                   "MiB; loss %.3f -> %.3f\n", r.torch_version, t,
+                   t > 1 ? "s" : "", r.tokens_per_s, r.peak_rss_mb,
+                   r.loss_first, r.loss_last);
+            if (!best.ok || r.tokens_per_s > best.tokens_per_s)
+                best = r;
+        }
+        if (best.ok)
+            printf("ratio moectl / PyTorch (best, %d threads): %.2fx tokens/s,"
+                   " %.2fx peak memory\n", best.threads,
+                   main_run.tokens_per_s / best.tokens_per_s,
+                   main_run.peak_rss_mb / best.peak_rss_mb);
+    }
+
+    if (opt->scaling) {
+        printf("\nScaling (moectl, median of %d steps after %d warm-up):\n",
+               opt->scaling_steps, 2);
+        printf("  %-22s %12s %10s %12s %12s\n", "variant", "tokens/s",
+               "step ms", "optimizer ms", "GFLOP/s");
+        static const int experts[] = {8, 16, 64};
+        static const int seq[] = {128, 512};
+        for (int i = 0; i < 5; i++) {
+            config cfg = *base;
+            char label[64];
+            if (i < 3) {
+                cfg.moe.n_experts = experts[i];
+                snprintf(label, sizeof label, "experts %d, top-%d",
+                         experts[i], cfg.moe.top_k);
+            } else {
+                cfg.model.seq_len = seq[i - 3];
+                snprintf(label, sizeof label, "seq_len %d", seq[i - 3]);
+            }
+            run_result r;
+            measure(&cfg, 2, opt->scaling_steps, &r);
+            if (!r.ok) {
+                printf("  %-22s %s\n", label, r.error);
+                continue;
+            }
+            printf("  %-22s %12.0f %10.1f %12.1f %12.1f\n", label,
+                   r.tokens_per_s, r.step_ms, r.optimizer_ms,
+                   r.tokens_per_s * r.flops_per_token / 1e9);
+        }
+    }
+    if (opt->profile)
+        print_profile(&main_run);
+    return status;
+}
