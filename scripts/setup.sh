@@ -23,7 +23,8 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 
 packages=(
     build-essential meson ninja-build pkg-config python3
-    libyaml-dev libjansson-dev libopenblas-dev libncurses-dev
+    libyaml-dev libjansson-dev libopenblas-dev libopenblas-openmp-dev
+    libncurses-dev
     bible-kjv tmux
 )
 

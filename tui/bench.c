@@ -51,10 +51,18 @@ typedef struct run_result {
     char error[512];
 } run_result;
 
+typedef struct measure_request {
+    const config *cfg;
+    int warmup, steps;
+} measure_request;
+
 /* Trains cfg for warmup + steps steps in this process and describes the
- * measured ones as JSON on fd. */
-static void measure_child(const config *cfg, int warmup, int steps, int fd)
+ * measured ones. */
+static json_t *measure_training(void *arg)
 {
+    const measure_request *req = arg;
+    const config *cfg = req->cfg;
+    int warmup = req->warmup, steps = req->steps;
     moe_error err = {{0}};
     trainer *t = NULL;
     json_t *out;
@@ -100,42 +108,44 @@ static void measure_child(const config *cfg, int warmup, int steps, int fd)
         free(tokens_per_s);
         free(step_ms);
     }
-    char *text = json_dumps(out, JSON_COMPACT);
-    size_t length = text ? strlen(text) : 0;
-    for (size_t done = 0; done < length;) {
-        ssize_t n = write(fd, text + done, length - done);
-        if (n <= 0)
-            break;
-        done += (size_t)n;
-    }
-    free(text);
-    json_decref(out);
     trainer_destroy(t);
+    return out;
 }
 
-/* Runs measure_child in a fresh process, so that its peak resident memory
- * is the training's own. */
-static void measure(const config *cfg, int warmup, int steps, run_result *r)
+/* Runs fn in a fresh process and returns the JSON it produced (NULL on
+ * failure, with the reason in error). Every measurement runs this way:
+ * the peak resident memory is then the measurement's own, and this process
+ * never starts OpenMP threads, which do not survive a fork. */
+static json_t *run_in_child(json_t *(*fn)(void *), void *arg,
+                            double *peak_rss_mb, char *error,
+                            size_t error_size)
 {
-    memset(r, 0, sizeof *r);
     int fds[2];
     if (pipe(fds) < 0) {
-        snprintf(r->error, sizeof r->error, "pipe: %s", strerror(errno));
-        return;
+        snprintf(error, error_size, "pipe: %s", strerror(errno));
+        return NULL;
     }
     fflush(NULL);
     pid_t pid = fork();
     if (pid < 0) {
-        snprintf(r->error, sizeof r->error, "fork: %s", strerror(errno));
+        snprintf(error, error_size, "fork: %s", strerror(errno));
         close(fds[0]);
         close(fds[1]);
-        return;
+        return NULL;
     }
     if (pid == 0) {
         close(fds[0]);
-        measure_child(cfg, warmup, steps, fds[1]);
+        json_t *out = fn(arg);
+        char *text = out ? json_dumps(out, JSON_COMPACT) : NULL;
+        size_t length = text ? strlen(text) : 0;
+        for (size_t done = 0; done < length;) {
+            ssize_t n = write(fds[1], text + done, length - done);
+            if (n <= 0)
+                break;
+            done += (size_t)n;
+        }
         close(fds[1]);
-        _exit(0);
+        _exit(text ? 0 : 1);
     }
     close(fds[1]);
     char *text = NULL;
@@ -158,19 +168,34 @@ static void measure(const config *cfg, int warmup, int steps, run_result *r)
     struct rusage usage;
     memset(&usage, 0, sizeof usage);
     wait4(pid, &status, 0, &usage);
-    r->peak_rss_mb = usage.ru_maxrss / 1024.0;
+    if (peak_rss_mb)
+        *peak_rss_mb = usage.ru_maxrss / 1024.0;
     if (!text) {
-        snprintf(r->error, sizeof r->error, "out of memory");
-        return;
+        snprintf(error, error_size, "out of memory");
+        return NULL;
     }
     text[length] = '\0';
     json_error_t jerr;
     json_t *in = json_loads(text, 0, &jerr);
     free(text);
-    const char *message = NULL;
     if (!in || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        snprintf(r->error, sizeof r->error, "the measuring process failed");
-    } else if (json_unpack(in, "{s:s}", "error", &message) == 0) {
+        json_decref(in);
+        snprintf(error, error_size, "the measuring process failed");
+        return NULL;
+    }
+    return in;
+}
+
+static void measure(const config *cfg, int warmup, int steps, run_result *r)
+{
+    memset(r, 0, sizeof *r);
+    measure_request req = {cfg, warmup, steps};
+    json_t *in = run_in_child(measure_training, &req, &r->peak_rss_mb,
+                              r->error, sizeof r->error);
+    if (!in)
+        return;
+    const char *message = NULL;
+    if (json_unpack(in, "{s:s}", "error", &message) == 0) {
         snprintf(r->error, sizeof r->error, "%s", message);
     } else {
         json_int_t params = 0, active = 0;
@@ -201,13 +226,19 @@ static void measure(const config *cfg, int warmup, int steps, run_result *r)
     json_decref(in);
 }
 
+typedef struct sgemm_request {
+    int n, threads, reps;
+} sgemm_request;
+
 /* GFLOP/s of the backend's own GEMM (out = inp·Wᵀ) at n³: the practical
  * limit every model GEMM is measured against. Median of `reps`. */
-static double measure_sgemm(int n, int threads, int reps)
+static json_t *measure_sgemm_child(void *arg)
 {
+    const sgemm_request *req = arg;
+    int n = req->n, threads = req->threads, reps = req->reps;
     backend be;
     if (cpu_backend_init(&be, threads) < 0)
-        return NAN;
+        return NULL;
     size_t count = (size_t)n * n;
     float *a = malloc(count * sizeof(float)), *b = malloc(count * sizeof(float)),
           *c = malloc(count * sizeof(float));
@@ -233,7 +264,20 @@ static double measure_sgemm(int n, int threads, int reps)
     free(c);
     free(gflops);
     cpu_backend_finish(&be);
-    return result;
+    return json_pack("{s:f}", "gflops", result);
+}
+
+static double measure_sgemm(int n, int threads, int reps)
+{
+    sgemm_request req = {n, threads, reps};
+    char error[256];
+    double gflops = NAN;
+    json_t *in = run_in_child(measure_sgemm_child, &req, NULL, error,
+                              sizeof error);
+    if (in)
+        json_unpack(in, "{s:F}", "gflops", &gflops);
+    json_decref(in);
+    return gflops;
 }
 
 typedef struct peer_result {

@@ -51,6 +51,7 @@ void cpu_backend_finish(backend *b)
     if (!b || !b->ctx)
         return;
     cpu_rope_release(b->ctx);
+    free(((cpu_context *)b->ctx)->attention_scratch);
     free(b->ctx);
     b->ctx = NULL;
     b->ops = NULL;

@@ -26,6 +26,9 @@ typedef struct cpu_context {
     float rope_theta;
     float *rope_cos;
     float *rope_sin;
+    /* Attention backward: one (T, T) dP matrix per thread. */
+    float *attention_scratch;
+    size_t attention_scratch_floats;
 } cpu_context;
 
 /* Below this much work (elements touched, roughly) a loop runs on the
@@ -74,6 +77,13 @@ static inline void cpu_axpy(float *restrict y, float a,
 }
 
 /* matmul.c */
+/* Products inside a parallel loop: each thread runs its own single-threaded
+ * GEMM. Call cpu_blas_serial_begin() before the loop; the next cpu GEMM
+ * outside it restores the context's thread count. */
+void cpu_blas_serial_begin(void);
+void cpu_sgemm_serial(int trans_a, int trans_b, int M, int N, int K,
+                      float alpha, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc);
 void cpu_matmul_forward(void *ctx, float *out, const float *inp,
                         const float *weight, int N, int IC, int OC);
 void cpu_matmul_backward(void *ctx, float *dinp, float *dweight,

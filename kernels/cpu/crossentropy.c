@@ -3,6 +3,8 @@
 
 #include <math.h>
 
+#include "kernels/cpu/cpu_math.h"
+
 void cpu_crossentropy_forward_backward(void *vctx, float *losses,
                                        float *dlogits, const float *logits,
                                        const int *targets, int N, int V,
@@ -19,18 +21,25 @@ void cpu_crossentropy_forward_backward(void *vctx, float *losses,
         for (int v = 0; v < V; v++)
             if (x[v] > max_logit)
                 max_logit = x[v];
+        /* exp(x - max) goes into the dlogits row (elementwise, so aliasing
+         * is safe), or through a small buffer when there is none. */
+        float *dx = dlogits ? dlogits + (size_t)n * V : NULL;
+        float chunk[256];
         double sum = 0.0;
-        for (int v = 0; v < V; v++)
-            sum += expf(x[v] - max_logit);
+        for (int v0 = 0; v0 < V; v0 += 256) {
+            int len = V - v0 < 256 ? V - v0 : 256;
+            float *e = dx ? dx + v0 : chunk;
+            cpu_exp_shifted(e, x + v0, max_logit, len);
+            for (int v = 0; v < len; v++)
+                sum += e[v];
+        }
         if (losses)
             losses[n] = (float)(log(sum) + max_logit - target_logit);
-        if (dlogits) {
-            float *dx = dlogits + (size_t)n * V;
-            float inv_sum = (float)(1.0 / sum);
-            for (int v = 0; v < V; v++) {
-                float p = expf(x[v] - max_logit) * inv_sum;
-                dx[v] = (p - (v == target ? 1.0f : 0.0f)) * dloss;
-            }
+        if (dx) {
+            float scale = (float)(1.0 / sum) * dloss;
+            for (int v = 0; v < V; v++)
+                dx[v] *= scale;
+            dx[target] -= dloss;
         }
     }
 }

@@ -3,7 +3,12 @@
 #include "kernels/cpu/cpu_ops.h"
 
 #include <cblas.h>
+#include <stdlib.h>
 #include <string.h>
+
+#if HAVE_OPENMP
+#include <omp.h>
+#endif
 
 /* OpenBLAS's thread count is process-wide, and several CPU backends with
  * different counts may live in one process (tests do this). */
@@ -34,6 +39,20 @@ static void sgemm(const cpu_context *ctx, int trans_a, int trans_b, int M,
                 B, ldb, beta, C, ldc);
 }
 
+void cpu_blas_serial_begin(void)
+{
+    openblas_set_num_threads(1);
+}
+
+void cpu_sgemm_serial(int trans_a, int trans_b, int M, int N, int K,
+                      float alpha, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc)
+{
+    cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                trans_b ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
+                B, ldb, beta, C, ldc);
+}
+
 void cpu_matmul_forward(void *vctx, float *out, const float *inp,
                         const float *weight, int N, int IC, int OC)
 {
@@ -53,19 +72,150 @@ void cpu_matmul_backward(void *vctx, float *dinp, float *dweight,
         sgemm(vctx, 1, 0, OC, IC, N, dout, OC, inp, IC, 1.0f, dweight, IC);
 }
 
+/* How a grouped product is spread over the threads: when no group holds
+ * most of the rows, whole groups go to threads (largest first onto the
+ * least-loaded thread) and each runs single-threaded GEMMs, which beats
+ * splitting every small GEMM over all threads. Each group's result is the
+ * same whichever thread computes it. */
+typedef struct group_plan {
+    int threads;   /* 1: one group after another, BLAS threads inside */
+    int *owner;    /* (groups) thread of each group */
+    size_t *first; /* (groups) first row of each group */
+} group_plan;
+
+static int group_plan_init(group_plan *plan, const cpu_context *ctx,
+                           const int *group_rows, int groups, size_t row_work)
+{
+    plan->owner = malloc((size_t)groups * sizeof *plan->owner);
+    plan->first = malloc((size_t)groups * sizeof *plan->first);
+    if (!plan->owner || !plan->first) {
+        free(plan->owner);
+        free(plan->first);
+        return -1;
+    }
+    size_t total = 0, largest = 0;
+    for (int g = 0; g < groups; g++) {
+        size_t rows = group_rows[g] > 0 ? (size_t)group_rows[g] : 0;
+        plan->first[g] = total;
+        total += rows;
+        largest = rows > largest ? rows : largest;
+    }
+    plan->threads = ctx->threads;
+    if (ctx->threads < 2 || groups < 2 || 2 * largest > total ||
+        total * row_work < CPU_PARALLEL_MIN_WORK * 64) {
+        plan->threads = 1;
+        return 0;
+    }
+    size_t load[64] = {0};
+    int threads = ctx->threads < 64 ? ctx->threads : 64;
+    plan->threads = threads;
+    for (int g = 0; g < groups; g++)
+        plan->owner[g] = -1;
+    for (int placed = 0; placed < groups; placed++) {
+        int pick = -1;
+        for (int g = 0; g < groups; g++)
+            if (plan->owner[g] < 0 &&
+                (pick < 0 || group_rows[g] > group_rows[pick]))
+                pick = g;
+        int target = 0;
+        for (int t = 1; t < threads; t++)
+            if (load[t] < load[target])
+                target = t;
+        plan->owner[pick] = target;
+        load[target] += group_rows[pick] > 0 ? (size_t)group_rows[pick] : 0;
+    }
+    return 0;
+}
+
+static void group_plan_finish(group_plan *plan)
+{
+    free(plan->owner);
+    free(plan->first);
+}
+
+static int current_thread(void)
+{
+#if HAVE_OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static void grouped_forward_one(const cpu_context *ctx, int serial,
+                                float *out, const float *inp,
+                                const float *weight, size_t row, int rows,
+                                int IC, int OC)
+{
+    if (serial)
+        cpu_sgemm_serial(0, 1, rows, OC, IC, 1.0f, inp + row * IC, IC,
+                         weight, IC, 0.0f, out + row * OC, OC);
+    else
+        sgemm(ctx, 0, 1, rows, OC, IC, inp + row * IC, IC, weight, IC, 0.0f,
+              out + row * OC, OC);
+}
+
+static void grouped_backward_one(const cpu_context *ctx, int serial,
+                                 float *dinp, float *dweight,
+                                 const float *dout, const float *inp,
+                                 const float *weight, size_t row, int rows,
+                                 int IC, int OC)
+{
+    const float *dout_g = dout + row * OC;
+    if (serial) {
+        if (dinp)
+            cpu_sgemm_serial(0, 0, rows, IC, OC, 1.0f, dout_g, OC, weight, IC,
+                             1.0f, dinp + row * IC, IC);
+        if (dweight)
+            cpu_sgemm_serial(1, 0, OC, IC, rows, 1.0f, dout_g, OC,
+                             inp + row * IC, IC, 1.0f, dweight, IC);
+    } else {
+        if (dinp)
+            sgemm(ctx, 0, 0, rows, IC, OC, dout_g, OC, weight, IC, 1.0f,
+                  dinp + row * IC, IC);
+        if (dweight)
+            sgemm(ctx, 1, 0, OC, IC, rows, dout_g, OC, inp + row * IC, IC,
+                  1.0f, dweight, IC);
+    }
+}
+
 void cpu_grouped_matmul_forward(void *vctx, float *out, const float *inp,
                                 const float *const *weights,
                                 const int *group_rows, int groups, int IC,
                                 int OC)
 {
-    size_t row = 0;
-    for (int g = 0; g < groups; g++) {
-        int rows = group_rows[g];
-        if (rows > 0)
-            sgemm(vctx, 0, 1, rows, OC, IC, inp + row * IC, IC, weights[g],
-                  IC, 0.0f, out + row * OC, OC);
-        row += rows > 0 ? (size_t)rows : 0;
+    cpu_context *ctx = vctx;
+    group_plan plan;
+    if (group_plan_init(&plan, ctx, group_rows, groups,
+                        (size_t)IC * OC) < 0) {
+        plan.threads = 1; /* out of memory: the plain loop needs nothing */
+        for (size_t g = 0, row = 0; g < (size_t)groups; g++) {
+            if (group_rows[g] > 0)
+                grouped_forward_one(ctx, 0, out, inp, weights[g], row,
+                                    group_rows[g], IC, OC);
+            row += group_rows[g] > 0 ? (size_t)group_rows[g] : 0;
+        }
+        return;
     }
+    if (plan.threads == 1) {
+        for (int g = 0; g < groups; g++)
+            if (group_rows[g] > 0)
+                grouped_forward_one(ctx, 0, out, inp, weights[g],
+                                    plan.first[g], group_rows[g], IC, OC);
+    } else {
+        cpu_blas_serial_begin();
+#if HAVE_OPENMP
+#pragma omp parallel num_threads(plan.threads)
+#endif
+        {
+            int me = current_thread();
+            for (int g = 0; g < groups; g++)
+                if (plan.owner[g] == me && group_rows[g] > 0)
+                    grouped_forward_one(ctx, 1, out, inp, weights[g],
+                                        plan.first[g], group_rows[g], IC, OC);
+        }
+    }
+    group_plan_finish(&plan);
 }
 
 void cpu_grouped_matmul_backward(void *vctx, float *dinp,
@@ -75,18 +225,33 @@ void cpu_grouped_matmul_backward(void *vctx, float *dinp,
                                  const int *group_rows, int groups, int IC,
                                  int OC)
 {
-    size_t row = 0;
-    for (int g = 0; g < groups; g++) {
-        int rows = group_rows[g];
-        if (rows <= 0)
-            continue;
-        const float *dout_g = dout + row * OC;
-        if (dinp)
-            sgemm(vctx, 0, 0, rows, IC, OC, dout_g, OC, weights[g], IC, 1.0f,
-                  dinp + row * IC, IC);
-        if (dweights && dweights[g])
-            sgemm(vctx, 1, 0, OC, IC, rows, dout_g, OC, inp + row * IC, IC,
-                  1.0f, dweights[g], IC);
-        row += (size_t)rows;
+    cpu_context *ctx = vctx;
+    group_plan plan;
+    int planned = group_plan_init(&plan, ctx, group_rows, groups,
+                                  (size_t)IC * OC) == 0;
+    if (!planned || plan.threads == 1) {
+        for (size_t g = 0, row = 0; g < (size_t)groups; g++) {
+            if (group_rows[g] > 0)
+                grouped_backward_one(ctx, 0, dinp,
+                                     dweights ? dweights[g] : NULL, dout, inp,
+                                     weights[g], row, group_rows[g], IC, OC);
+            row += group_rows[g] > 0 ? (size_t)group_rows[g] : 0;
+        }
+    } else {
+        cpu_blas_serial_begin();
+#if HAVE_OPENMP
+#pragma omp parallel num_threads(plan.threads)
+#endif
+        {
+            int me = current_thread();
+            for (int g = 0; g < groups; g++)
+                if (plan.owner[g] == me && group_rows[g] > 0)
+                    grouped_backward_one(ctx, 1, dinp,
+                                         dweights ? dweights[g] : NULL, dout,
+                                         inp, weights[g], plan.first[g],
+                                         group_rows[g], IC, OC);
+        }
     }
+    if (planned)
+        group_plan_finish(&plan);
 }

@@ -2,6 +2,8 @@
  * renormalised from the unbiased probabilities. */
 #include "kernels/cpu/cpu_ops.h"
 
+#include "kernels/cpu/cpu_math.h"
+
 #include <math.h>
 
 /* The K best of probs + bias, best first; ties go to the lower index
@@ -45,11 +47,10 @@ void cpu_router_forward(void *vctx, float *probs, float *lse,
         for (int e = 0; e < E; e++)
             if (x[e] > max_logit)
                 max_logit = x[e];
+        cpu_exp_shifted(p, x, max_logit, E);
         double sum = 0.0;
-        for (int e = 0; e < E; e++) {
-            p[e] = expf(x[e] - max_logit);
+        for (int e = 0; e < E; e++)
             sum += p[e];
-        }
         float inv_sum = (float)(1.0 / sum);
         for (int e = 0; e < E; e++)
             p[e] *= inv_sum;

@@ -3,6 +3,11 @@
 
 #include <math.h>
 
+#include "kernels/cpu/cpu_math.h"
+
+/* Rows are processed in chunks so the sigmoids fit a stack buffer. */
+#define SWIGLU_CHUNK 256
+
 void cpu_swiglu_forward(void *vctx, float *out, const float *gate_up, int N,
                         int F)
 {
@@ -12,10 +17,12 @@ void cpu_swiglu_forward(void *vctx, float *out, const float *gate_up, int N,
         const float *gate = gate_up + (size_t)n * 2 * F;
         const float *up = gate + F;
         float *o = out + (size_t)n * F;
-        for (int i = 0; i < F; i++) {
-            float g = gate[i];
-            float sig = 1.0f / (1.0f + expf(-g));
-            o[i] = g * sig * up[i];
+        float sig[SWIGLU_CHUNK];
+        for (int i0 = 0; i0 < F; i0 += SWIGLU_CHUNK) {
+            int len = F - i0 < SWIGLU_CHUNK ? F - i0 : SWIGLU_CHUNK;
+            cpu_sigmoid(sig, gate + i0, len);
+            for (int i = 0; i < len; i++)
+                o[i0 + i] = gate[i0 + i] * sig[i] * up[i0 + i];
         }
     }
 }
@@ -33,12 +40,17 @@ void cpu_swiglu_backward(void *vctx, float *dgate_up, const float *dout,
         float *dgate = dgate_up + (size_t)n * 2 * F;
         float *dup = dgate + F;
         const float *dy = dout + (size_t)n * F;
-        for (int i = 0; i < F; i++) {
-            float g = gate[i];
-            float sig = 1.0f / (1.0f + expf(-g));
-            /* silu'(g) = sig * (1 + g * (1 - sig)) */
-            dgate[i] += dy[i] * up[i] * sig * (1.0f + g * (1.0f - sig));
-            dup[i] += dy[i] * g * sig;
+        float sig[SWIGLU_CHUNK];
+        for (int i0 = 0; i0 < F; i0 += SWIGLU_CHUNK) {
+            int len = F - i0 < SWIGLU_CHUNK ? F - i0 : SWIGLU_CHUNK;
+            cpu_sigmoid(sig, gate + i0, len);
+            for (int j = 0; j < len; j++) {
+                int i = i0 + j;
+                float g = gate[i], s = sig[j];
+                /* silu'(g) = sig * (1 + g * (1 - sig)) */
+                dgate[i] += dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
+                dup[i] += dy[i] * g * s;
+            }
         }
     }
 }
