@@ -508,13 +508,11 @@ void model_backward(model *m)
     for (int l = L - 1; l >= 0; l--) {
         layer_acts v;
         layer_acts_of(m, l, &v);
-        const size_t slots = (size_t)v.rd->slots;
 
         /* Feed-forward branch: d_resid is the gradient of its output. */
         memset(a->d_norm_out, 0, NC * sizeof(float));
         if (S > 0) {
             memset(a->d_shared_h, 0, (size_t)N * S * sizeof(float));
-            memset(a->d_shared_h13, 0, (size_t)N * 2 * S * sizeof(float));
             ops->matmul_backward(ctx, a->d_shared_h,
                                  g->shared_w2 + (size_t)l * C * S, a->d_resid,
                                  v.shared_h, p->shared_w2 + (size_t)l * C * S, N,
@@ -530,11 +528,10 @@ void model_backward(model *m)
         lap(m, &bw[MODEL_PART_shared_experts]);
 
         layer_expert_views(m, l);
-        memset(a->d_expert_out, 0, slots * C * sizeof(float));
-        memset(a->d_gate, 0, (size_t)N * K * sizeof(float));
-        memset(a->d_expert_h, 0, slots * F * sizeof(float));
-        memset(a->d_expert_h13, 0, slots * 2 * F * sizeof(float));
-        memset(a->d_expert_in, 0, slots * C * sizeof(float));
+        /* d_gate, d_expert_h, d_expert_h13 and d_expert_in are set by the
+         * ops that produce them (backend.h): no zeroing. */
+        memset(a->d_expert_out, 0,
+               (size_t)v.rd->slots * C * sizeof(float));
         ops->moe_unpermute_backward(ctx, a->d_expert_out, a->d_gate, a->d_resid,
                                     v.expert_out, v.rd->slot_of, v.gate, N, K, C);
         lap(m, &bw[MODEL_PART_permute]);

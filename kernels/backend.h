@@ -13,6 +13,9 @@
  *   several paths (residual stream, shared + routed experts) sum without
  *   temporaries. Callers zero gradient buffers once per step. A d* output
  *   passed as NULL is not computed.
+ * - Exceptions, marked SET below: outputs that only ever have one
+ *   contributor in a model are overwritten (=), which spares the caller
+ *   zeroing large scratch buffers every step.
  * - Results are bitwise deterministic for a fixed thread count: no atomics,
  *   no reductions whose order depends on scheduling.
  */
@@ -39,6 +42,7 @@ typedef struct backend_ops {
                                    const float *const *weights,
                                    const int *group_rows, int groups,
                                    int IC, int OC);
+    /* dinp is SET (each row written once); dweights[g] are added to. */
     void (*grouped_matmul_backward)(void *ctx, float *dinp,
                                     float *const *dweights,
                                     const float *dout, const float *inp,
@@ -85,6 +89,7 @@ typedef struct backend_ops {
      * silu(gate) * up with silu(x) = x * sigmoid(x). */
     void (*swiglu_forward)(void *ctx, float *out, const float *gate_up,
                            int N, int F);
+    /* dgate_up is SET. */
     void (*swiglu_backward)(void *ctx, float *dgate_up, const float *dout,
                             const float *gate_up, int N, int F);
 
@@ -116,8 +121,8 @@ typedef struct backend_ops {
     void (*moe_unpermute)(void *ctx, float *out, const float *expert_out,
                           const int *slot_of, const float *gate_weight,
                           int N, int K, int C);
-    /* dexpert_out (S, C) += gate * dout[t]; dgate_weight (N, K) +=
-     * dot(dout[t], expert_out[slot]). */
+    /* dexpert_out (S, C) row slot += gate * dout[t]; dgate_weight (N, K) is
+     * SET to dot(dout[t], expert_out[slot]), 0 for a dropped assignment. */
     void (*moe_unpermute_backward)(void *ctx, float *dexpert_out,
                                    float *dgate_weight, const float *dout,
                                    const float *expert_out,

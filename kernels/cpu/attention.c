@@ -92,8 +92,14 @@ static void attention_backward_pair(float *dP, float *dq, float *dk,
                                     int C, int head_dim, float scale)
 {
     int stride = 3 * C;
-    cpu_sgemm_serial(1, 0, T, head_dim, T, 1.0f, P, T, dO, C, 1.0f, dv,
-                     stride);
+    /* Products over the causal triangle go by blocks: a row block needs
+     * keys up to its end, a key block needs rows from its start. */
+    for (int c0 = 0; c0 < T; c0 += ATTENTION_ROW_BLOCK) {
+        int cols = T - c0 < ATTENTION_ROW_BLOCK ? T - c0 : ATTENTION_ROW_BLOCK;
+        cpu_sgemm_serial(1, 0, cols, head_dim, T - c0, 1.0f,
+                         P + (size_t)c0 * T + c0, T, dO + (size_t)c0 * C, C,
+                         1.0f, dv + (size_t)c0 * stride, stride);
+    }
     for (int r0 = 0; r0 < T; r0 += ATTENTION_ROW_BLOCK) {
         int rows = T - r0 < ATTENTION_ROW_BLOCK ? T - r0 : ATTENTION_ROW_BLOCK;
         cpu_sgemm_serial(0, 1, rows, r0 + rows, head_dim, 1.0f,
@@ -108,7 +114,11 @@ static void attention_backward_pair(float *dP, float *dq, float *dk,
             p_dot_dp += p[j] * ds[j];
         for (int j = 0; j <= t; j++)
             ds[j] = p[j] * (ds[j] - p_dot_dp) * scale;
-        memset(ds + t + 1, 0, (size_t)(T - t - 1) * sizeof *ds);
+        /* Zero to the end of the row's block: the blocked products below
+         * read that far. */
+        int block_end = (t / ATTENTION_ROW_BLOCK + 1) * ATTENTION_ROW_BLOCK;
+        block_end = block_end < T ? block_end : T;
+        memset(ds + t + 1, 0, (size_t)(block_end - t - 1) * sizeof *ds);
     }
     for (int r0 = 0; r0 < T; r0 += ATTENTION_ROW_BLOCK) {
         int rows = T - r0 < ATTENTION_ROW_BLOCK ? T - r0 : ATTENTION_ROW_BLOCK;
@@ -116,8 +126,12 @@ static void attention_backward_pair(float *dP, float *dq, float *dk,
                          dP + (size_t)r0 * T, T, k, stride, 1.0f,
                          dq + (size_t)r0 * stride, stride);
     }
-    cpu_sgemm_serial(1, 0, T, head_dim, T, 1.0f, dP, T, q, stride, 1.0f, dk,
-                     stride);
+    for (int c0 = 0; c0 < T; c0 += ATTENTION_ROW_BLOCK) {
+        int cols = T - c0 < ATTENTION_ROW_BLOCK ? T - c0 : ATTENTION_ROW_BLOCK;
+        cpu_sgemm_serial(1, 0, cols, head_dim, T - c0, 1.0f,
+                         dP + (size_t)c0 * T + c0, T, q + (size_t)c0 * stride,
+                         stride, 1.0f, dk + (size_t)c0 * stride, stride);
+    }
 }
 
 void cpu_attention_backward(void *vctx, float *dqkv, const float *dout,

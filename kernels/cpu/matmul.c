@@ -223,13 +223,13 @@ static void grouped_backward_one(const cpu_context *ctx, int serial,
     if (serial) {
         if (dinp)
             cpu_sgemm_serial(0, 0, rows, IC, OC, 1.0f, dout_g, OC, weight, IC,
-                             1.0f, dinp + row * IC, IC);
+                             0.0f, dinp + row * IC, IC);
         if (dweight)
             cpu_sgemm_serial(1, 0, OC, IC, rows, 1.0f, dout_g, OC,
                              inp + row * IC, IC, 1.0f, dweight, IC);
     } else {
         if (dinp)
-            sgemm(ctx, 0, 0, rows, IC, OC, dout_g, OC, weight, IC, 1.0f,
+            sgemm(ctx, 0, 0, rows, IC, OC, dout_g, OC, weight, IC, 0.0f,
                   dinp + row * IC, IC);
         if (dweight)
             sgemm(ctx, 1, 0, OC, IC, rows, dout_g, OC, inp + row * IC, IC,

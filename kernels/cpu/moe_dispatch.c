@@ -65,7 +65,8 @@ void cpu_moe_unpermute(void *vctx, float *out, const float *expert_out,
 }
 
 /* Every slot belongs to one assignment, so rows of dexpert_out are
- * written by one token each and tokens run in parallel. */
+ * written by one token each and tokens run in parallel. dgate_weight is
+ * set, not added to. */
 void cpu_moe_unpermute_backward(void *vctx, float *dexpert_out,
                                 float *dgate_weight, const float *dout,
                                 const float *expert_out, const int *slot_of,
@@ -79,13 +80,16 @@ void cpu_moe_unpermute_backward(void *vctx, float *dexpert_out,
         for (int k = 0; k < K; k++) {
             size_t a = (size_t)t * K + k;
             int slot = slot_of[a];
-            if (slot < 0)
+            if (slot < 0) {
+                if (dgate_weight)
+                    dgate_weight[a] = 0.0f;
                 continue;
+            }
             if (dexpert_out)
                 cpu_axpy(dexpert_out + (size_t)slot * C, gate_weight[a], dy,
                          C);
             if (dgate_weight)
-                dgate_weight[a] +=
+                dgate_weight[a] =
                     cpu_dot(dy, expert_out + (size_t)slot * C, C);
         }
     }

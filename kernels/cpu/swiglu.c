@@ -48,8 +48,8 @@ void cpu_swiglu_backward(void *vctx, float *dgate_up, const float *dout,
                 int i = i0 + j;
                 float g = gate[i], s = sig[j];
                 /* silu'(g) = sig * (1 + g * (1 - sig)) */
-                dgate[i] += dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
-                dup[i] += dy[i] * g * s;
+                dgate[i] = dy[i] * up[i] * s * (1.0f + g * (1.0f - s));
+                dup[i] = dy[i] * g * s;
             }
         }
     }

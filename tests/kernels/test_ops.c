@@ -171,6 +171,7 @@ typedef struct grad_target {
     float *x;    /* input, perturbed in place */
     float *grad; /* the backward's output for x */
     size_t n;
+    int set;     /* the backward overwrites grad (=) instead of adding */
 } grad_target;
 
 /* Central differences, divided by the perturbation actually applied in
@@ -225,8 +226,10 @@ static void grad_check(const char *op, void *state, loss_fn loss,
         for (int i = 0; i < n_targets; i++) {
             double *want = new_doubles(targets[i].n);
             for (size_t j = 0; j < targets[i].n; j++)
-                want[j] = (double)prefill[i][j] + analytic[i][j];
-            snprintf(what, sizeof what, "d%s += (prefilled)", targets[i].name);
+                want[j] = (targets[i].set ? 0.0 : (double)prefill[i][j]) +
+                          analytic[i][j];
+            snprintf(what, sizeof what, "d%s %s (prefilled)", targets[i].name,
+                     targets[i].set ? "=" : "+=");
             compare(op, what, targets[i].grad, want, targets[i].n,
                     accumulate_tol);
             free(want);
@@ -312,8 +315,8 @@ static void test_matmul(void)
     c.dinp = new_zeros((size_t)c.N * c.IC);
     c.dweight = new_zeros((size_t)c.OC * c.IC);
     grad_target targets[] = {
-        {"inp", c.inp, c.dinp, (size_t)c.N * c.IC},
-        {"weight", c.weight, c.dweight, (size_t)c.OC * c.IC},
+        {"inp", c.inp, c.dinp, (size_t)c.N * c.IC, 0},
+        {"weight", c.weight, c.dweight, (size_t)c.OC * c.IC, 0},
     };
     grad_check("matmul", &c, matmul_loss, matmul_grad, targets, 2, 1, fd_eps,
                fd_tol);
@@ -391,11 +394,11 @@ static void test_grouped_matmul(void)
 
     size_t wn = (size_t)c.OC * c.IC;
     grad_target targets[] = {
-        {"inp", c.inp, c.dinp, (size_t)c.rows * c.IC},
-        {"weight0", c.weights[0], c.dweights[0], wn},
-        {"weight1(empty)", c.weights[1], c.dweights[1], wn},
-        {"weight2", c.weights[2], c.dweights[2], wn},
-        {"weight3", c.weights[3], c.dweights[3], wn},
+        {"inp", c.inp, c.dinp, (size_t)c.rows * c.IC, 1},
+        {"weight0", c.weights[0], c.dweights[0], wn, 0},
+        {"weight1(empty)", c.weights[1], c.dweights[1], wn, 0},
+        {"weight2", c.weights[2], c.dweights[2], wn, 0},
+        {"weight3", c.weights[3], c.dweights[3], wn, 0},
     };
     grad_check("grouped_matmul", &c, grouped_loss, grouped_grad, targets, 5,
                1, fd_eps, fd_tol);
@@ -477,7 +480,7 @@ static void test_embedding(void)
                      (size_t)c.C * sizeof(float)) == 0;
     check("embedding", "forward copies wte rows", ok);
 
-    grad_target targets[] = {{"wte", c.wte, c.dwte, (size_t)c.V * c.C}};
+    grad_target targets[] = {{"wte", c.wte, c.dwte, (size_t)c.V * c.C, 0}};
     grad_check("embedding", &c, embedding_loss, embedding_grad, targets, 1, 1,
                fd_eps, fd_tol);
     free(c.wte), free(c.out), free(c.r), free(c.dwte);
@@ -536,8 +539,8 @@ static void test_rmsnorm(void)
     free(want), free(want_rstd);
 
     grad_target targets[] = {
-        {"inp", c.inp, c.dinp, n},
-        {"weight", c.weight, c.dweight, (size_t)c.C},
+        {"inp", c.inp, c.dinp, n, 0},
+        {"weight", c.weight, c.dweight, (size_t)c.C, 0},
     };
     grad_check("rmsnorm", &c, rmsnorm_loss, rmsnorm_grad, targets, 2, 1,
                fd_eps, fd_tol);
@@ -637,7 +640,7 @@ static void test_rope(void)
     c.tmp = new_zeros(n);
     c.r = new_random(n, 1.0f);
     c.dqkv = new_zeros(n);
-    grad_target targets[] = {{"qkv", c.qkv, c.dqkv, n}};
+    grad_target targets[] = {{"qkv", c.qkv, c.dqkv, n, 0}};
     /* backward rotates in place rather than adding: no += check */
     grad_check("rope", &c, rope_loss, rope_grad, targets, 1, 0, fd_eps,
                fd_tol);
@@ -740,7 +743,7 @@ static void test_attention(void)
     c.probs = new_zeros((size_t)c.B * c.n_heads * c.T * c.T);
     c.r = new_random((size_t)c.B * c.T * c.C, 1.0f);
     c.dqkv = new_zeros(n_qkv);
-    grad_target targets[] = {{"qkv", c.qkv, c.dqkv, n_qkv}};
+    grad_target targets[] = {{"qkv", c.qkv, c.dqkv, n_qkv, 0}};
     grad_check("attention", &c, attention_loss, attention_grad, targets, 1, 1,
                fd_eps, fd_tol);
     free(c.qkv), free(c.out), free(c.probs), free(c.r), free(c.dqkv);
@@ -788,7 +791,7 @@ static void test_swiglu(void)
             (tolerance){1e-6, 1e-6});
     free(want);
 
-    grad_target targets[] = {{"gate_up", c.gate_up, c.dgate_up, n_in}};
+    grad_target targets[] = {{"gate_up", c.gate_up, c.dgate_up, n_in, 1}};
     grad_check("swiglu", &c, swiglu_loss, swiglu_grad, targets, 1, 1, fd_eps,
                fd_tol);
     free(c.gate_up), free(c.out), free(c.r), free(c.dgate_up);
@@ -928,7 +931,7 @@ static void router_grad_check(router_case *c, const char *label)
                             c->logits, c->bias, c->N, c->E, c->K);
     c->flipped = 0;
     grad_target targets[] = {
-        {"logits", c->logits, c->dlogits, (size_t)c->N * c->E}};
+        {"logits", c->logits, c->dlogits, (size_t)c->N * c->E, 0}};
     char op[32];
     snprintf(op, sizeof op, "router%s", label);
     grad_check(op, c, router_loss, router_grad, targets, 1, 1, fd_eps,
@@ -1073,7 +1076,7 @@ static void test_moe_dispatch(void)
     compare("moe_permute", "forward vs naive (padding row 0)", c.permuted,
             want, n_slot, (tolerance){0, 0});
     free(want);
-    grad_target permute_targets[] = {{"inp", c.inp, c.dinp, n_tok}};
+    grad_target permute_targets[] = {{"inp", c.inp, c.dinp, n_tok, 0}};
     grad_check("moe_permute", &c, permute_loss, permute_grad, permute_targets,
                1, 1, fd_eps, fd_tol);
 
@@ -1094,8 +1097,8 @@ static void test_moe_dispatch(void)
             n_tok, (tolerance){1e-6, 1e-6});
     free(want);
     grad_target unpermute_targets[] = {
-        {"expert_out", c.expert_out, c.dexpert_out, n_slot},
-        {"gate_weight", c.gate, c.dgate, (size_t)c.N * c.K},
+        {"expert_out", c.expert_out, c.dexpert_out, n_slot, 0},
+        {"gate_weight", c.gate, c.dgate, (size_t)c.N * c.K, 1},
     };
     grad_check("moe_unpermute", &c, unpermute_loss, unpermute_grad,
                unpermute_targets, 2, 1, fd_eps, fd_tol);
@@ -1203,7 +1206,7 @@ static void test_crossentropy(void)
     check("crossentropy", "stable at logits of 1e3",
           fabs(big_loss - want_big) < 1e-5 && isfinite(big_grad[0]));
 
-    grad_target targets_fd[] = {{"logits", c.logits, c.dlogits, n}};
+    grad_target targets_fd[] = {{"logits", c.logits, c.dlogits, n, 0}};
     grad_check("crossentropy", &c, crossentropy_loss, crossentropy_grad,
                targets_fd, 1, 0, fd_eps, fd_tol);
     free(c.logits), free(c.losses), free(c.dlogits);
