@@ -5,16 +5,19 @@
 #
 #   scripts/setup.sh                 packages, corpus, release build in build/
 #   scripts/setup.sh --sanitize      also an ASan+UBSan build in build-asan/
+#   scripts/setup.sh --bench         also python3-torch, the peer of `moectl bench`
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
 sanitize=0
+bench=0
 for arg in "$@"; do
     case "$arg" in
         --sanitize) sanitize=1 ;;
-        -h|--help) sed -n '2,8p' "$0"; exit 0 ;;
+        --bench) bench=1 ;;
+        -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
         *) echo "setup.sh: unknown argument $arg" >&2; exit 2 ;;
     esac
 done
@@ -27,6 +30,9 @@ packages=(
     libncurses-dev
     bible-kjv tmux
 )
+if ((bench)); then
+    packages+=(python3-torch)
+fi
 
 missing=()
 for p in "${packages[@]}"; do

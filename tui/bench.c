@@ -358,8 +358,9 @@ static void measure_peer(const bench_options *opt, const config *cfg,
         /* The command is long: print it here rather than truncate it. */
         fprintf(stderr, "moectl bench: peer command: %s\n", command);
         snprintf(r->error, sizeof r->error,
-                 "the PyTorch peer failed (exit status %d); is python3-torch "
-                 "installed?", status);
+                 "the PyTorch peer failed (exit status %d); install "
+                 "python3-torch with scripts/setup.sh --bench, or skip the "
+                 "peer with --no-peer", status);
     } else {
         snprintf(r->torch_version, sizeof r->torch_version, "%s", version);
         r->ok = 1;

@@ -250,6 +250,31 @@ def case_corrupt_checkpoint(tmp):
         fail(f"mismatched checkpoint: exit {rc}, {err!r}")
 
 
+def case_bench(tmp):
+    """moectl bench runs end to end; its figures are consistent with each
+    other (no timing is asserted)."""
+    rc, out, err = run(["bench", TINY, "--no-peer", "--no-scaling",
+                        "--profile", "--steps", "3", "--warmup", "1",
+                        "--set", "data.path=" + CORPUS], tmp)
+    import re
+    m = re.search(r"moectl: (\d+) tokens/s .* step ([\d.]+) ms, ([\d.]+) "
+                  r"model GFLOP/s = (\d+)% of sgemm", out)
+    g = re.search(r"OpenBLAS sgemm 2048\^3 \(1 threads\): ([\d.]+) GFLOP/s",
+                  out)
+    if not m or not g:
+        fail("bench output lacks the throughput or sgemm line:\n" + out)
+    tokens_per_s, step_ms, gflops, share = (float(x) for x in m.groups())
+    if abs(tokens_per_s * step_ms / 1e3 - 8 * 32) > 0.05 * 8 * 32:
+        fail(f"tokens/s x step time should be the 256 tokens of a step: {out}")
+    if abs(100 * gflops / float(g.group(1)) - share) > 1.5:
+        fail("the sgemm share does not follow from the two figures")
+    parts = re.findall(r"^  (\w+) .*?([\d.]+) +([\d.]+)%$", out, re.M)
+    names = {p[0] for p in parts}
+    for part in ("attention", "router", "permute", "experts", "optimizer"):
+        if part not in names:
+            fail(f"--profile lacks {part}:\n{out}")
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="moectl-test-") as tmp:
         globals()["case_" + CASE](tmp)
