@@ -13,6 +13,7 @@ typedef struct bench_options {
     int scaling;         /* also the experts and seq_len scaling rows */
     int scaling_steps;
     int profile;         /* time per model part */
+    int repeats;         /* interleaved rounds; the best of each is kept */
 } bench_options;
 
 /* Prints the benchmark to stdout; returns an exit status. */

@@ -20,7 +20,8 @@ static const char usage_text[] =
     "       moectl run CONFIG [--headless] [--steps N] [--metrics PATH|-]\n"
     "                         [--resume CKPT|DIR] [--set KEY=VALUE]...\n"
     "       moectl check CONFIG [--set KEY=VALUE]...\n"
-    "       moectl bench [CONFIG] [--steps N] [--warmup N] [--profile]\n"
+    "       moectl bench [CONFIG] [--steps N] [--warmup N] [--repeat N]\n"
+    "                    [--profile]\n"
     "                    [--no-peer] [--no-scaling] [--set KEY=VALUE]...\n"
     "       moectl --help | --version\n"
     "\n"
@@ -33,7 +34,8 @@ static const char usage_text[] =
     "          OpenBLAS sgemm and the PyTorch peer (tests/bench/torch_peer.py\n"
     "          run by /usr/bin/python3), with scaling rows; --profile adds\n"
     "          the time per model part; --steps/--warmup set the measured\n"
-    "          and warm-up steps (20 and 5)\n"
+    "          and warm-up steps (20 and 5); --repeat N interleaved rounds,\n"
+    "          best of each kept (2)\n"
     "\n"
     "options:\n"
     "  --headless         run without the console (the console is not built\n"
@@ -126,7 +128,8 @@ static int parse_arguments(int argc, char **argv, arguments *a)
                           strcmp(arg, "--steps") == 0 ||
                           strcmp(arg, "--metrics") == 0 ||
                           strcmp(arg, "--resume") == 0 ||
-                          strcmp(arg, "--warmup") == 0;
+                          strcmp(arg, "--warmup") == 0 ||
+                          strcmp(arg, "--repeat") == 0;
         if (takes_value && !value)
             return usage_error("option %s needs a value", arg);
         if (strcmp(arg, "--set") == 0) {
@@ -146,6 +149,11 @@ static int parse_arguments(int argc, char **argv, arguments *a)
         } else if (bench && strcmp(arg, "--warmup") == 0) {
             if (parse_int(value, &a->bench.warmup) < 0)
                 return usage_error("--warmup needs a positive integer, got "
+                                   "\"%s\"", value);
+            i++;
+        } else if (bench && strcmp(arg, "--repeat") == 0) {
+            if (parse_int(value, &a->bench.repeats) < 0)
+                return usage_error("--repeat needs a positive integer, got "
                                    "\"%s\"", value);
             i++;
         } else if (bench && strcmp(arg, "--profile") == 0) {
@@ -198,6 +206,7 @@ int main(int argc, char **argv)
         .python = "/usr/bin/python3",
         .scaling = 1,
         .scaling_steps = 8,
+        .repeats = 2,
     };
     if (parse_arguments(argc, argv, &a) != 0)
         return EXIT_USAGE;

@@ -255,6 +255,7 @@ def case_bench(tmp):
     other (no timing is asserted)."""
     rc, out, err = run(["bench", TINY, "--no-peer", "--no-scaling",
                         "--profile", "--steps", "3", "--warmup", "1",
+                        "--repeat", "1",
                         "--set", "data.path=" + CORPUS], tmp)
     import re
     m = re.search(r"moectl: (\d+) tokens/s .* step ([\d.]+) ms, ([\d.]+) "
