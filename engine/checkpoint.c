@@ -171,10 +171,10 @@ int checkpoint_save(const char *dir, int keep, const model *m,
     put(&s, &h.tokens_seen, sizeof h.tokens_seen);
     put(&s, &h.seed, sizeof h.seed);
     put(&s, h.data_rng, sizeof h.data_rng);
-    /* Placement: the rank of each (layer, expert). One rank holds all. */
+    /* Placement: the rank of each (layer, expert). */
     size_t experts = (size_t)m->dims.L * m->dims.E;
     for (size_t i = 0; i < experts; i++) {
-        int32_t rank = 0;
+        int32_t rank = m->expert_rank ? m->expert_rank[i] : 0;
         put(&s, &rank, sizeof rank);
     }
     size_t bytes = m->param_count * sizeof(float);
@@ -232,7 +232,7 @@ static int resolve_path(const char *path, char *out, size_t size,
 }
 
 int checkpoint_load(const char *path, model *m, checkpoint_state *st,
-                    moe_error *err)
+                    int *placement, moe_error *err)
 {
     char file[CONFIG_PATH_MAX + 32];
     if (resolve_path(path, file, sizeof file, err) < 0)
@@ -278,6 +278,8 @@ int checkpoint_load(const char *path, model *m, checkpoint_state *st,
     for (size_t i = 0; i < experts; i++) {
         int32_t rank;
         get(&s, &rank, sizeof rank);
+        if (placement)
+            placement[i] = rank;
     }
     size_t bytes = m->param_count * sizeof(float);
     get(&s, m->param_memory, bytes);

@@ -20,14 +20,16 @@ typedef struct checkpoint_state {
 } checkpoint_state;
 
 /* Writes DIR/step-NNNNNNNN.ckpt (creating DIR) and, if path_out is not
- * NULL, stores its path there; then keeps only the newest `keep`. */
+ * NULL, stores its path there; then keeps only the newest `keep`. The
+ * placement recorded is m->expert_rank (all on rank 0 when NULL). */
 int checkpoint_save(const char *dir, int keep, const model *m,
                     const checkpoint_state *st, char *path_out,
                     size_t path_size, moe_error *err);
 
 /* Reads a checkpoint into m (whose shape must match) and st. `path` is a
- * checkpoint file or a directory, meaning its newest checkpoint. */
+ * checkpoint file or a directory, meaning its newest checkpoint. When
+ * placement (L, E) is not NULL it receives the recorded placement. */
 int checkpoint_load(const char *path, model *m, checkpoint_state *st,
-                    moe_error *err);
+                    int *placement, moe_error *err);
 
 #endif

@@ -101,9 +101,31 @@ int metrics_write_step(metrics_sink *sink, const step_stats *s,
                 row, json_integer(s->expert_load[(size_t)l * s->experts + e]));
         json_array_append_new(load, row);
     }
+    json_t *ranks = json_array(), *placement = json_array();
+    static const char *const backends[] = {"cpu", "cuda", "hip"};
+    for (int r = 0; s->rank && r < s->ranks; r++) {
+        const rank_stats *q = &s->rank[r];
+        const config_device *dev = &s->devices[r];
+        json_array_append_new(ranks, json_pack(
+            "{s:i, s:s, s:s, s:b, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I}",
+            "rank", r, "device", dev->name, "backend", backends[dev->backend],
+            "emulated", dev->slowdown != 1.0, "expert_ms", number(q->expert_ms),
+            "dense_ms", number(q->dense_ms), "alltoall_ms",
+            number(q->alltoall_ms), "allreduce_ms", number(q->allreduce_ms),
+            "idle_ms", number(q->idle_ms), "tokens", (json_int_t)q->tokens,
+            "experts", (json_int_t)q->experts, "migration_bytes",
+            (json_int_t)q->migration_bytes));
+    }
+    for (int l = 0; s->placement && l < s->layers; l++) {
+        json_t *row = json_array();
+        for (int e = 0; e < s->experts; e++)
+            json_array_append_new(
+                row, json_integer(s->placement[(size_t)l * s->experts + e]));
+        json_array_append_new(placement, row);
+    }
     json_t *record = json_pack(
         "{s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:I, s:o, "
-        "s:i, s:o}",
+        "s:i, s:o, s:o, s:o, s:i}",
         "type", "step", "step", s->step, "loss", number(s->loss),
         "lr", number(s->lr), "grad_norm", number(s->grad_norm),
         "tokens_per_s", number(s->tokens_per_s),
@@ -112,7 +134,8 @@ int metrics_write_step(metrics_sink *sink, const step_stats *s,
         "step_ms", number(s->step_s * 1e3), "tokens", s->tokens,
         "tokens_seen", (json_int_t)s->tokens_seen,
         "elapsed_s", number(s->elapsed_s), "dropped", s->dropped,
-        "expert_load", load);
+        "expert_load", load, "ranks", ranks, "placement", placement,
+        "placement_version", s->placement_version);
     return emit(sink, record, err);
 }
 
@@ -131,6 +154,15 @@ int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
     return emit(sink,
                 json_pack("{s:s, s:i, s:s}", "type", "checkpoint", "step",
                           step, "path", path),
+                err);
+}
+
+int metrics_write_event(metrics_sink *sink, int step, const char *command,
+                        moe_error *err)
+{
+    return emit(sink,
+                json_pack("{s:s, s:i, s:s}", "type", "event", "step", step,
+                          "command", command),
                 err);
 }
 

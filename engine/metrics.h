@@ -15,6 +15,18 @@
 typedef struct metrics_sink metrics_sink;
 
 /* What one training step measured. */
+/* What one rank measured in a step (milliseconds unless named). */
+typedef struct rank_stats {
+    double expert_ms;    /* its experts' GEMMs and SwiGLU */
+    double dense_ms;     /* everything else it computed */
+    double alltoall_ms;  /* token and gradient exchange, waiting included */
+    double allreduce_ms; /* summing replicated gradients */
+    double idle_ms;      /* the slowest rank's busy time minus its own */
+    double tokens;       /* rows its experts processed */
+    double experts;      /* experts it holds */
+    double migration_bytes; /* moved by its migrations so far */
+} rank_stats;
+
 typedef struct step_stats {
     int step;             /* 1-based index of the step just completed */
     double loss;          /* mean cross-entropy, nats per byte */
@@ -31,6 +43,11 @@ typedef struct step_stats {
     int dropped;          /* assignments dropped by capacity */
     int layers, experts;
     const int *expert_load; /* (layers, experts) tokens routed this step */
+    int ranks;              /* ranks in the job */
+    const rank_stats *rank; /* (ranks), on rank 0 */
+    const config_device *devices; /* (ranks) */
+    const int *placement;   /* (layers, experts) rank of each expert */
+    int placement_version;
 } step_stats;
 
 typedef struct run_summary {
@@ -56,6 +73,9 @@ int metrics_write_val(metrics_sink *sink, int step, double val_loss,
                       moe_error *err);
 int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
                              moe_error *err);
+/* A command applied at the boundary after `step`. */
+int metrics_write_event(metrics_sink *sink, int step, const char *command,
+                        moe_error *err);
 int metrics_write_summary(metrics_sink *sink, const run_summary *s,
                           moe_error *err);
 

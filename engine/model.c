@@ -260,6 +260,8 @@ void model_destroy(model *m)
 {
     if (!m)
         return;
+    expert_parallel_destroy(m->ep);
+    free(m->expert_rank);
     activations_destroy(m->acts);
     free(m->dispatch);
     free(m->param_memory);
@@ -375,6 +377,35 @@ static void layer_expert_views(model *m, int l)
     }
 }
 
+/* Shared experts of layer l: their output is SET in branch_out. */
+static void shared_forward(model *m, int l, const layer_acts *v, int N)
+{
+    const backend_ops *ops = m->be->ops;
+    void *ctx = m->be->ctx;
+    const int C = m->dims.C, S = m->dims.S;
+    ops->matmul_forward(ctx, v->shared_h13, v->ffn_norm_out,
+                        m->params.shared_w13 + (size_t)l * 2 * S * C, N, C,
+                        2 * S);
+    ops->swiglu_forward(ctx, v->shared_h, v->shared_h13, N, S);
+    ops->matmul_forward(ctx, m->acts->branch_out, v->shared_h,
+                        m->params.shared_w2 + (size_t)l * C * S, N, S, C);
+}
+
+/* This rank's shares of layer l's aux and z losses (rd: its dispatch,
+ * whose counts cover all tokens). */
+static void balance_losses(model *m, const layer_acts *v,
+                           const router_dispatch *rd, int N)
+{
+    const int K = m->dims.K, E = m->dims.E;
+    if (m->aux_loss_coef > 0.0)
+        m->aux_loss += router_aux_loss(NULL, v->router_probs, rd->selected, N,
+                                       m->total_tokens, K, E,
+                                       m->aux_loss_coef);
+    if (m->z_loss_coef > 0.0)
+        m->z_loss += router_z_loss(NULL, v->router_probs, v->router_lse, N,
+                                   m->total_tokens, E, m->z_loss_coef);
+}
+
 double model_forward(model *m, const int *inputs, const int *targets, int B)
 {
     const backend_ops *ops = m->be->ops;
@@ -388,6 +419,7 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     model_tensors *p = &m->params;
 
     m->last_batch = B;
+    m->total_tokens = N * (m->comm ? m->comm->world : 1);
     memcpy(a->inputs, inputs, (size_t)N * sizeof(int));
     memcpy(a->targets, targets, (size_t)N * sizeof(int));
     m->aux_loss = 0.0;
@@ -421,14 +453,26 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
                             p->router + (size_t)l * E * C, N, C, E);
         ops->router_forward(ctx, v.router_probs, v.router_lse, v.expert_index, v.gate,
                             v.router_logits, NULL, N, E, K);
+        if (m->ep) {
+            /* Dispatch, experts and combine across the ranks. */
+            if (S > 0)
+                shared_forward(m, l, &v, N);
+            else
+                memset(a->branch_out, 0, NC * sizeof(float));
+            lap(m, &fw[MODEL_PART_shared_experts]);
+            expert_parallel_forward(m->ep, l, v.ffn_norm_out, v.expert_index,
+                                    v.gate, a->branch_out);
+            lap(m, &fw[MODEL_PART_experts]);
+            balance_losses(m, &v, expert_parallel_dispatch(m->ep, l), N);
+            lap(m, &fw[MODEL_PART_router]);
+            memcpy(v.x_next, v.x_mid, NC * sizeof(float));
+            ops->add_inplace(ctx, v.x_next, a->branch_out, NC);
+            lap(m, &fw[MODEL_PART_norms]);
+            continue;
+        }
         router_build_dispatch(v.rd, v.expert_index, N, K, E,
                               router_capacity(m->capacity_factor, N, K, E));
-        if (m->aux_loss_coef > 0.0)
-            m->aux_loss += router_aux_loss(NULL, v.router_probs, v.rd->selected, N,
-                                           K, E, m->aux_loss_coef, 1.0);
-        if (m->z_loss_coef > 0.0)
-            m->z_loss += router_z_loss(NULL, v.router_probs, v.router_lse, N, E,
-                                       m->z_loss_coef, 1.0);
+        balance_losses(m, &v, v.rd, N);
         lap(m, &fw[MODEL_PART_router]);
 
         layer_expert_views(m, l);
@@ -443,12 +487,7 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
         lap(m, &fw[MODEL_PART_experts]);
 
         if (S > 0) {
-            ops->matmul_forward(ctx, v.shared_h13, v.ffn_norm_out,
-                                p->shared_w13 + (size_t)l * 2 * S * C, N, C,
-                                2 * S);
-            ops->swiglu_forward(ctx, v.shared_h, v.shared_h13, N, S);
-            ops->matmul_forward(ctx, a->branch_out, v.shared_h,
-                                p->shared_w2 + (size_t)l * C * S, N, S, C);
+            shared_forward(m, l, &v, N);
         } else {
             memset(a->branch_out, 0, NC * sizeof(float));
         }
@@ -468,11 +507,18 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     /* The logits become dlogits of the mean loss in place: the backward
      * pass needs nothing else from them. */
     ops->crossentropy_forward_backward(ctx, a->losses, a->logits, a->logits,
-                                       a->targets, N, V, 1.0f / N);
+                                       a->targets, N, V,
+                                       1.0f / m->total_tokens);
     double sum = 0.0;
     for (int i = 0; i < N; i++)
         sum += a->losses[i];
-    m->ce_loss = sum / N;
+    /* Each rank's shares of the three losses add up to the global ones. */
+    double losses[3] = {sum / m->total_tokens, m->aux_loss, m->z_loss};
+    if (m->comm)
+        comm_allreduce_sum_double(m->comm, losses, 3);
+    m->ce_loss = losses[0];
+    m->aux_loss = losses[1];
+    m->z_loss = losses[2];
     lap(m, &fw[MODEL_PART_head]);
     return m->ce_loss;
 }
@@ -527,6 +573,13 @@ void model_backward(model *m)
         }
         lap(m, &bw[MODEL_PART_shared_experts]);
 
+        const router_dispatch *rd =
+            m->ep ? expert_parallel_dispatch(m->ep, l) : v.rd;
+        if (m->ep) {
+            expert_parallel_backward(m->ep, l, a->d_resid, v.gate,
+                                     a->d_norm_out, a->d_gate);
+            lap(m, &bw[MODEL_PART_experts]);
+        } else {
         layer_expert_views(m, l);
         /* d_gate, d_expert_h, d_expert_h13 and d_expert_in are set by the
          * ops that produce them (backend.h): no zeroing. */
@@ -547,20 +600,21 @@ void model_backward(model *m)
         ops->moe_permute_backward(ctx, a->d_norm_out, a->d_expert_in,
                                   v.rd->token_of_slot, v.rd->slots, C);
         lap(m, &bw[MODEL_PART_permute]);
+        }
 
         /* Router: v.gate weights, then the balance losses. */
         memset(a->d_router_logits, 0, (size_t)N * E * sizeof(float));
         float *d_probs = NULL;
         if (m->aux_loss_coef > 0.0) {
-            router_aux_loss(a->d_router_probs, v.router_probs, v.rd->selected, N, K,
-                            E, m->aux_loss_coef, 1.0);
+            router_aux_loss(a->d_router_probs, v.router_probs, rd->selected, N,
+                            m->total_tokens, K, E, m->aux_loss_coef);
             d_probs = a->d_router_probs;
         }
         ops->router_backward(ctx, a->d_router_logits, a->d_gate, d_probs,
                              v.router_probs, v.expert_index, v.gate, N, E, K);
         if (m->z_loss_coef > 0.0)
-            router_z_loss(a->d_router_logits, v.router_probs, v.router_lse, N, E,
-                          m->z_loss_coef, 1.0);
+            router_z_loss(a->d_router_logits, v.router_probs, v.router_lse, N,
+                          m->total_tokens, E, m->z_loss_coef);
         ops->matmul_backward(ctx, a->d_norm_out,
                              g->router + (size_t)l * E * C, a->d_router_logits,
                              v.ffn_norm_out, p->router + (size_t)l * E * C, N, C,
@@ -599,7 +653,9 @@ void model_expert_load(const model *m, int *load)
 {
     const model_dims *d = &m->dims;
     for (int l = 0; l < d->L; l++)
-        memcpy(load + (size_t)l * d->E, m->dispatch[l].selected,
+        memcpy(load + (size_t)l * d->E,
+               m->ep ? expert_parallel_dispatch(m->ep, l)->selected
+                     : m->dispatch[l].selected,
                (size_t)d->E * sizeof(int));
 }
 
@@ -607,7 +663,8 @@ int model_dropped_assignments(const model *m)
 {
     int dropped = 0;
     for (int l = 0; l < m->dims.L; l++)
-        dropped += m->dispatch[l].dropped;
+        dropped += m->ep ? expert_parallel_dispatch(m->ep, l)->dropped
+                         : m->dispatch[l].dropped;
     return dropped;
 }
 
@@ -624,4 +681,28 @@ double model_flops_per_token(const model *m)
     double non_embedding = (double)model_active_params(m) -
                            (double)m->tensors[MODEL_TENSOR_wte].count;
     return 6.0 * non_embedding + 12.0 * d->L * d->C * d->T;
+}
+
+int model_distribute(model *m, const comm *c, const int *placement,
+                     moe_error *err)
+{
+    const model_dims *d = &m->dims;
+    size_t experts = (size_t)d->L * d->E;
+    m->expert_rank = malloc(experts * sizeof *m->expert_rank);
+    if (!m->expert_rank)
+        return error_set(err, "out of memory");
+    for (size_t i = 0; i < experts; i++)
+        m->expert_rank[i] = placement ? placement[i]
+                                      : (int)(i % (size_t)d->E) % c->world;
+    m->placement_version = 1;
+    m->comm = c;
+    if (c->world == 1)
+        return 0;
+    return expert_parallel_create(&m->ep, m, c, err);
+}
+
+int model_owns_expert(const model *m, int l, int e)
+{
+    return !m->comm ||
+           m->expert_rank[(size_t)l * m->dims.E + e] == m->comm->rank;
 }

@@ -15,8 +15,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/comm.h"
 #include "engine/config.h"
 #include "engine/error.h"
+#include "engine/expert_parallel.h"
 #include "engine/router.h"
 #include "kernels/backend.h"
 
@@ -132,6 +134,14 @@ typedef struct model {
     int *expert_index; /* (L, N, K) experts chosen by the last forward */
 
     model_profile profile; /* accumulates until model_profile_reset */
+
+    /* Expert parallelism (model_distribute); a lone rank leaves these
+     * NULL and world 1. */
+    const comm *comm;
+    expert_parallel *ep;
+    int *expert_rank;      /* (L, E) placement: the rank of each expert */
+    int placement_version;
+    int total_tokens;      /* tokens of the last forward over all ranks */
 } model;
 
 /* Builds a model for cfg with activations for `batch` sequences. */
@@ -154,6 +164,14 @@ void model_zero_grad(model *m);
 void model_backward(model *m);
 
 void model_profile_reset(model *m);
+
+/* Spreads the routed experts over the ranks of c (placement (L, E) of
+ * ranks, or NULL for round-robin by expert). Every rank then trains its
+ * own `batch` sequences of the global batch. */
+int model_distribute(model *m, const comm *c, const int *placement,
+                     moe_error *err);
+/* 1 when this rank holds expert e of layer l. */
+int model_owns_expert(const model *m, int l, int e);
 
 /* Tokens routed to each expert by the last forward: load (L, E). */
 void model_expert_load(const model *m, int *load);

@@ -17,6 +17,7 @@ typedef struct optimizer_settings {
     double eps;
     double weight_decay;
     double grad_clip; /* 0: off */
+    double lr_override; /* > 0: the operator set the rate (`lr VALUE`) */
 } optimizer_settings;
 
 void optimizer_settings_from_config(optimizer_settings *s, const config *cfg);
@@ -25,10 +26,15 @@ void optimizer_settings_from_config(optimizer_settings *s, const config *cfg);
  * cosine from lr down to min_lr at total_steps (and min_lr after). */
 double optimizer_lr(const optimizer_settings *s, int step);
 
-/* Global L2 norm of all gradients. */
+/* Sums the replicated (dense) gradients over the ranks; experts'
+ * gradients stay with their ranks. Nothing to do on one rank. */
+void optimizer_reduce_gradients(model *m);
+
+/* Global L2 norm of all gradients (after the reduction). */
 double optimizer_grad_norm(const model *m);
 
-/* One AdamW update of every tensor at 1-based `step` with learning rate lr;
+/* One AdamW update (after optimizer_reduce_gradients) of every tensor at
+ * 1-based `step` with learning rate lr;
  * gradients are scaled down so their global norm is at most grad_clip.
  * Returns the gradient norm before clipping. */
 double optimizer_step(model *m, const optimizer_settings *s, int step,

@@ -50,18 +50,18 @@ void router_build_dispatch(router_dispatch *d, const int *expert_index,
 }
 
 double router_aux_loss(float *dprobs, const float *probs, const int *selected,
-                       int N, int K, int E, double alpha, double scale)
+                       int N, int total, int K, int E, double alpha)
 {
     double loss = 0.0;
     for (int e = 0; e < E; e++) {
         double mean_prob = 0.0;
         for (int t = 0; t < N; t++)
             mean_prob += probs[(size_t)t * E + e];
-        mean_prob /= N;
-        double fraction = (double)selected[e] / ((double)N * K);
+        mean_prob /= total;
+        double fraction = (double)selected[e] / ((double)total * K);
         loss += fraction * mean_prob;
         if (dprobs) {
-            float g = (float)(scale * alpha * E * fraction / N);
+            float g = (float)(alpha * E * fraction / total);
             for (int t = 0; t < N; t++)
                 dprobs[(size_t)t * E + e] = g;
         }
@@ -70,16 +70,16 @@ double router_aux_loss(float *dprobs, const float *probs, const int *selected,
 }
 
 double router_z_loss(float *dlogits, const float *probs, const float *lse,
-                     int N, int E, double coef, double scale)
+                     int N, int total, int E, double coef)
 {
     double loss = 0.0;
     for (int t = 0; t < N; t++) {
         loss += (double)lse[t] * lse[t];
         if (dlogits) {
-            float g = (float)(scale * coef * 2.0 * lse[t] / N);
+            float g = (float)(coef * 2.0 * lse[t] / total);
             for (int e = 0; e < E; e++)
                 dlogits[(size_t)t * E + e] += g * probs[(size_t)t * E + e];
         }
     }
-    return coef * loss / N;
+    return coef * loss / total;
 }

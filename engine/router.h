@@ -24,16 +24,20 @@ int router_capacity(double capacity_factor, int N, int K, int E);
 void router_build_dispatch(router_dispatch *d, const int *expert_index,
                            int N, int K, int E, int capacity);
 
-/* Switch auxiliary loss α·E·Σ_i f_i·P_i, with f_i the fraction of the N*K
- * assignments that chose expert i and P_i the mean router probability.
- * When dprobs (N, E) is not NULL, it is SET to d(loss·scale)/dprobs
- * (f is treated as constant, as in Switch). Returns the loss. */
+/* Switch auxiliary loss α·E·Σ_i f_i·P_i over `total` tokens, with f_i the
+ * fraction of the total·K assignments that chose expert i (`selected` are
+ * counts over all tokens) and P_i the mean router probability. This call
+ * sees N of the tokens (probs (N, E)); it returns their share of the loss,
+ * so the shares of all ranks add up to it. When dprobs (N, E) is not NULL,
+ * it is SET to the gradient α·E·f_i/total (f treated as constant, as in
+ * Switch). */
 double router_aux_loss(float *dprobs, const float *probs, const int *selected,
-                       int N, int K, int E, double alpha, double scale);
+                       int N, int total, int K, int E, double alpha);
 
-/* Router z-loss coef·mean_t(lse_t²). When dlogits (N, E) is not NULL, ADDS
- * d(loss·scale)/dlogits = scale·coef·2·lse_t·p_te/N. Returns the loss. */
+/* Router z-loss coef·mean_t(lse_t²) over `total` tokens, of which this call
+ * sees N; returns their share. When dlogits (N, E) is not NULL, ADDS the
+ * gradient coef·2·lse_t·p_te/total. */
 double router_z_loss(float *dlogits, const float *probs, const float *lse,
-                     int N, int E, double coef, double scale);
+                     int N, int total, int E, double coef);
 
 #endif

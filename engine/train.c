@@ -14,38 +14,49 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-int trainer_create(trainer **out, const config *cfg, moe_error *err)
+int trainer_create(trainer **out, const config *cfg, const comm *c,
+                   moe_error *err)
 {
-    if (cfg->cluster.device_count != 1 ||
-        cfg->cluster.devices[0].backend != CONFIG_BACKEND_CPU)
-        return error_set(err, "%s: this build trains on one CPU rank, but "
-                              "cluster.devices lists %d device(s) starting "
-                              "with a %s one (multi-rank and GPU runs are not "
-                              "built yet)", cfg->source,
-                         cfg->cluster.device_count,
-                         cfg->cluster.devices[0].backend == CONFIG_BACKEND_CPU
-                             ? "cpu" : "GPU");
+    if (cfg->cluster.device_count != c->world)
+        return error_set(err, "%s: cluster.devices lists %d device(s) but "
+                              "the job has %d rank(s); start it with "
+                              "`moectl run`, which launches one rank per "
+                              "device", cfg->source,
+                         cfg->cluster.device_count, c->world);
+    const config_device *device = &cfg->cluster.devices[c->rank];
+    if (device->backend != CONFIG_BACKEND_CPU)
+        return error_set(err, "%s: device %d (%s) has a GPU backend, and "
+                              "GPU backends are not built yet", cfg->source,
+                         c->rank, device->name);
+    if (cfg->train.batch_size % c->world != 0)
+        return error_set(err, "%s: train.batch_size %d must be divisible "
+                              "by the %d ranks", cfg->source,
+                         cfg->train.batch_size, c->world);
     trainer *t = calloc(1, sizeof *t);
     if (!t)
         return error_set(err, "out of memory");
     t->cfg = *cfg;
+    t->comm = c;
+    t->local_batch = cfg->train.batch_size / c->world;
     optimizer_settings_from_config(&t->opt, cfg);
 
-    if (cpu_backend_init(&t->be, cfg->cluster.devices[0].threads) < 0) {
+    if (cpu_backend_init(&t->be, device->threads) < 0) {
         free(t);
         return error_set(err, "cannot start the CPU backend: out of memory");
     }
     if (dataset_load(&t->data, cfg->data.path, cfg->data.val_fraction,
                      cfg->model.seq_len, err) < 0)
         goto fail;
-    if (model_create(&t->model, cfg, &t->be, cfg->train.batch_size, err) < 0)
+    if (model_create(&t->model, cfg, &t->be, t->local_batch, err) < 0 ||
+        model_distribute(t->model, c, NULL, err) < 0)
         goto fail;
     size_t tokens = (size_t)cfg->train.batch_size * cfg->model.seq_len;
     t->inputs = malloc(tokens * sizeof *t->inputs);
     t->targets = malloc(tokens * sizeof *t->targets);
     t->expert_load = calloc((size_t)cfg->model.n_layers * cfg->moe.n_experts,
                             sizeof *t->expert_load);
-    if (!t->inputs || !t->targets || !t->expert_load) {
+    t->rank = calloc((size_t)c->world, sizeof *t->rank);
+    if (!t->inputs || !t->targets || !t->expert_load || !t->rank) {
         error_set(err, "out of memory");
         goto fail;
     }
@@ -69,20 +80,121 @@ void trainer_destroy(trainer *t)
     free(t->inputs);
     free(t->targets);
     free(t->expert_load);
+    free(t->rank);
     free(t);
+}
+
+/* Every rank leaves with the same verdict: rank 0's status and reason. */
+static int agree(const trainer *t, int status, moe_error *err)
+{
+    if (t->comm->world == 1)
+        return status;
+    comm_broadcast(t->comm, &status, sizeof status, 0);
+    if (status < 0)
+        comm_broadcast(t->comm, err->message, sizeof err->message, 0);
+    return status;
 }
 
 int trainer_resume(trainer *t, const char *path, moe_error *err)
 {
+    model *m = t->model;
+    const comm *c = t->comm;
+    size_t experts = (size_t)m->dims.L * m->dims.E;
+    int *placement = calloc(experts, sizeof *placement);
+    if (!placement)
+        return error_set(err, "out of memory");
+    /* Rank 0 reads, then hands every rank the same state. */
     checkpoint_state st;
-    if (checkpoint_load(path, t->model, &st, err) < 0)
+    memset(&st, 0, sizeof st);
+    int status = 0;
+    if (c->rank == 0) {
+        status = checkpoint_load(path, m, &st, placement, err);
+        if (status == 0 && st.seed != t->cfg.train.seed)
+            status = error_set(err, "%s was trained with train.seed %llu, "
+                                    "but the configuration has %llu", path,
+                               (unsigned long long)st.seed,
+                               (unsigned long long)t->cfg.train.seed);
+    }
+    if (agree(t, status, err) < 0) {
+        free(placement);
         return -1;
-    if (st.seed != t->cfg.train.seed)
-        return error_set(err, "%s was trained with train.seed %llu, but the "
-                              "configuration has %llu", path,
-                         (unsigned long long)st.seed,
-                         (unsigned long long)t->cfg.train.seed);
+    }
+    size_t bytes = m->param_count * sizeof(float);
+    comm_broadcast(c, m->param_memory, bytes, 0);
+    comm_broadcast(c, m->adam_m_memory, bytes, 0);
+    comm_broadcast(c, m->adam_v_memory, bytes, 0);
+    comm_broadcast(c, &st, sizeof st, 0);
+    comm_broadcast(c, placement, experts * sizeof *placement, 0);
+    /* The recorded placement stands when it was made for this many ranks;
+     * otherwise the experts are placed afresh. */
+    int highest = 0;
+    for (size_t i = 0; i < experts; i++)
+        highest = placement[i] > highest ? placement[i] : highest;
+    if (highest + 1 == c->world) {
+        memcpy(m->expert_rank, placement, experts * sizeof *placement);
+        m->placement_version++;
+    }
+    free(placement);
     t->state = st;
+    return 0;
+}
+
+/* Sends expert (l, e)'s weights and Adam moments between ranks. */
+static void transfer_expert(trainer *t, int l, int e, int from, int to)
+{
+    model *m = t->model;
+    const comm *c = t->comm;
+    if (from == to || (c->rank != from && c->rank != to))
+        return;
+    int ids[2] = {MODEL_TENSOR_expert_w13, MODEL_TENSOR_expert_w2};
+    float *slabs[3] = {m->param_memory, m->adam_m_memory, m->adam_v_memory};
+    for (int i = 0; i < 2; i++) {
+        const model_tensor_info *info = &m->tensors[ids[i]];
+        size_t slice = info->count / ((size_t)m->dims.L * m->dims.E);
+        size_t offset = info->offset + ((size_t)l * m->dims.E + e) * slice;
+        for (int k = 0; k < 3; k++) {
+            if (c->rank == from)
+                comm_send(c, slabs[k] + offset, slice * sizeof(float), to);
+            else
+                comm_recv(c, slabs[k] + offset, slice * sizeof(float), from);
+        }
+    }
+}
+
+size_t trainer_move_expert(trainer *t, int l, int e, int to)
+{
+    model *m = t->model;
+    int *rank = &m->expert_rank[(size_t)l * m->dims.E + e];
+    if (*rank == to)
+        return 0;
+    transfer_expert(t, l, e, *rank, to);
+    *rank = to;
+    m->placement_version++;
+    size_t slice = m->tensors[MODEL_TENSOR_expert_w13].count /
+                       ((size_t)m->dims.L * m->dims.E) +
+                   m->tensors[MODEL_TENSOR_expert_w2].count /
+                       ((size_t)m->dims.L * m->dims.E);
+    return 3 * slice * sizeof(float); /* weights and both moments */
+}
+
+int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
+                       moe_error *err)
+{
+    model *m = t->model;
+    /* Rank 0 writes the whole model: first it collects the experts other
+     * ranks hold. */
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++)
+            transfer_expert(t, l, e, m->expert_rank[(size_t)l * m->dims.E + e],
+                            0);
+    int status = 0;
+    if (t->comm->rank == 0)
+        status = checkpoint_save(t->cfg.checkpoint.dir, t->cfg.checkpoint.keep,
+                                 m, &t->state, path_out, path_size, err);
+    if (agree(t, status, err) < 0)
+        return -1;
+    if (t->comm->world > 1)
+        comm_broadcast(t->comm, path_out, path_size, 0);
     return 0;
 }
 
@@ -93,16 +205,22 @@ void trainer_step(trainer *t, step_stats *s)
     int B = cfg->train.batch_size, T = cfg->model.seq_len;
     int step = t->state.step + 1;
 
+    double experts_before = m->profile.forward_s[MODEL_PART_experts] +
+                            m->profile.backward_s[MODEL_PART_experts];
     double start = now_s();
     dataset_train_batch(&t->data, &t->state.data_rng, B, t->inputs,
                         t->targets);
     double batch_done = now_s();
-    double loss = model_forward(m, t->inputs, t->targets, B);
+    size_t shard = (size_t)t->comm->rank * t->local_batch * T;
+    double loss = model_forward(m, t->inputs + shard, t->targets + shard,
+                                t->local_batch);
     double forward_done = now_s();
     model_zero_grad(m);
     double zeroed = now_s();
     model_backward(m);
     double backward_done = now_s();
+    optimizer_reduce_gradients(m);
+    double reduced = now_s();
     double lr = optimizer_lr(&t->opt, step);
     double grad_norm = optimizer_step(m, &t->opt, step, lr);
     double end = now_s();
@@ -111,8 +229,39 @@ void trainer_step(trainer *t, step_stats *s)
     t->zero_grad_s += zeroed - forward_done;
     t->optimizer_s += end - backward_done;
 
+    /* This rank's share of the step, gathered on rank 0. */
+    rank_stats mine;
+    memset(&mine, 0, sizeof mine);
+    double expert_s = m->profile.forward_s[MODEL_PART_experts] +
+                      m->profile.backward_s[MODEL_PART_experts] -
+                      experts_before;
+    double alltoall_s = m->ep ? expert_parallel_take_alltoall_s(m->ep) : 0.0;
+    mine.alltoall_ms = alltoall_s * 1e3;
+    mine.expert_ms = (expert_s - alltoall_s) * 1e3;
+    mine.allreduce_ms = (reduced - backward_done) * 1e3;
+    mine.dense_ms = step_s * 1e3 - mine.expert_ms - mine.alltoall_ms -
+                    mine.allreduce_ms;
+    mine.tokens = m->ep ? (double)expert_parallel_rows(m->ep)
+                        : (double)t->local_batch * T * m->dims.K;
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++)
+            mine.experts += model_owns_expert(m, l, e);
+    mine.migration_bytes = (double)t->migration_bytes;
+    comm_gather(t->comm, &mine, sizeof mine, t->rank);
+    if (t->comm->rank == 0) {
+        double slowest = 0;
+        for (int r = 0; r < t->comm->world; r++) {
+            rank_stats *q = &t->rank[r];
+            double busy = q->expert_ms + q->dense_ms;
+            slowest = busy > slowest ? busy : slowest;
+        }
+        for (int r = 0; r < t->comm->world; r++)
+            t->rank[r].idle_ms =
+                slowest - (t->rank[r].expert_ms + t->rank[r].dense_ms);
+    }
+
     t->state.step = step;
-    t->state.tokens_seen += (uint64_t)B * T;
+    t->state.tokens_seen += (uint64_t)B * T; /* the global batch */
     t->train_s += step_s;
     model_expert_load(m, t->expert_load);
 
@@ -133,6 +282,11 @@ void trainer_step(trainer *t, step_stats *s)
     s->layers = m->dims.L;
     s->experts = m->dims.E;
     s->expert_load = t->expert_load;
+    s->ranks = t->comm->world;
+    s->rank = t->rank;
+    s->devices = t->cfg.cluster.devices;
+    s->placement = m->expert_rank;
+    s->placement_version = m->placement_version;
 }
 
 double trainer_validate(trainer *t)
@@ -140,19 +294,15 @@ double trainer_validate(trainer *t)
     const config *cfg = &t->cfg;
     int B = cfg->train.batch_size, count = cfg->train.eval_batches;
     double sum = 0.0;
+    size_t shard = (size_t)t->comm->rank * t->local_batch * cfg->model.seq_len;
     for (int i = 0; i < count; i++) {
         dataset_val_batch(&t->data, i, count, B, t->inputs, t->targets);
-        sum += model_forward(t->model, t->inputs, t->targets, B);
+        sum += model_forward(t->model, t->inputs + shard, t->targets + shard,
+                             t->local_batch);
     }
     return sum / count;
 }
 
-int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
-                       moe_error *err)
-{
-    return checkpoint_save(t->cfg.checkpoint.dir, t->cfg.checkpoint.keep,
-                           t->model, &t->state, path_out, path_size, err);
-}
 
 static int due(int step, int every)
 {
@@ -176,13 +326,52 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
     uint64_t tokens_at_start = t->state.tokens_seen;
     double train_s_at_start = t->train_s;
 
-    if (opt->metrics &&
-        metrics_write_run(opt->metrics, cfg, t->model, t->state.step, err) < 0)
+    /* Only rank 0 writes metrics and reports progress. */
+    int lead = t->comm->rank == 0;
+    if (!lead)
+        progress = NULL;
+    metrics_sink *metrics = lead ? opt->metrics : NULL;
+    if (metrics &&
+        metrics_write_run(metrics, cfg, t->model, t->state.step, err) < 0)
         return TRAIN_FAILED;
 
     train_outcome outcome = TRAIN_DONE;
+    int next_command = 0;
     while (t->state.step < opt->last_step) {
-        if (opt->stop_requested && *opt->stop_requested) {
+        /* Commands due at this boundary, on every rank alike. */
+        int stop_now = 0;
+        while (next_command < opt->scheduled_count &&
+               opt->scheduled[next_command].step <= t->state.step) {
+            const command *c = &opt->scheduled[next_command++].cmd;
+            char text[96];
+            command_format(c, text, sizeof text);
+            if (c->kind == COMMAND_MOVE) {
+                size_t bytes = trainer_move_expert(t, c->layer, c->expert,
+                                                   c->rank);
+                t->migration_bytes += bytes;
+            } else if (c->kind == COMMAND_LR) {
+                t->opt.lr_override = c->value;
+            } else if (c->kind == COMMAND_CHECKPOINT) {
+                if (trainer_checkpoint(t, checkpoint_path,
+                                       sizeof t->last_checkpoint, err) < 0)
+                    return TRAIN_FAILED;
+                checkpointed_step = t->state.step;
+            } else if (c->kind == COMMAND_STOP) {
+                stop_now = 1;
+            }
+            if (metrics && metrics_write_event(metrics, t->state.step, text,
+                                               err) < 0)
+                return TRAIN_FAILED;
+        }
+        if (stop_now) {
+            outcome = TRAIN_STOPPED;
+            summary->status = "stopped";
+            break;
+        }
+        /* A stop asked of any rank stops all of them at the same step. */
+        double stop = opt->stop_requested && *opt->stop_requested;
+        comm_allreduce_max_double(t->comm, &stop, 1);
+        if (stop) {
             outcome = TRAIN_STOPPED;
             summary->status = "stopped";
             break;
@@ -195,7 +384,7 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
                            "lower train.lr or a grad_clip)", s.step, s.loss);
             return TRAIN_FAILED;
         }
-        if (opt->metrics && metrics_write_step(opt->metrics, &s, err) < 0)
+        if (metrics && metrics_write_step(metrics, &s, err) < 0)
             return TRAIN_FAILED;
         if (progress && progress->on_step)
             progress->on_step(&s, opt->last_step, progress->user);
@@ -206,8 +395,8 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
             double val_loss = trainer_validate(t);
             summary->val_loss = val_loss;
             summary->val_step = s.step;
-            if (opt->metrics &&
-                metrics_write_val(opt->metrics, s.step, val_loss, err) < 0)
+            if (metrics &&
+                metrics_write_val(metrics, s.step, val_loss, err) < 0)
                 return TRAIN_FAILED;
             if (progress && progress->on_val)
                 progress->on_val(s.step, val_loss, progress->user);
@@ -217,9 +406,8 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
                                    err) < 0)
                 return TRAIN_FAILED;
             checkpointed_step = s.step;
-            if (opt->metrics && metrics_write_checkpoint(
-                                    opt->metrics, s.step, checkpoint_path,
-                                    err) < 0)
+            if (metrics && metrics_write_checkpoint(metrics, s.step,
+                                                    checkpoint_path, err) < 0)
                 return TRAIN_FAILED;
             if (progress && progress->on_checkpoint)
                 progress->on_checkpoint(s.step, checkpoint_path,
@@ -233,9 +421,9 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
                                err) < 0)
             return TRAIN_FAILED;
         checkpointed_step = t->state.step;
-        if (opt->metrics &&
-            metrics_write_checkpoint(opt->metrics, t->state.step,
-                                     checkpoint_path, err) < 0)
+        if (metrics &&
+            metrics_write_checkpoint(metrics, t->state.step, checkpoint_path,
+                                     err) < 0)
             return TRAIN_FAILED;
         if (progress && progress->on_checkpoint)
             progress->on_checkpoint(t->state.step, checkpoint_path,
@@ -251,7 +439,7 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
                   summary->elapsed_s
             : NAN;
     summary->checkpoint = checkpointed_step >= 0 ? checkpoint_path : NULL;
-    if (opt->metrics && metrics_write_summary(opt->metrics, summary, err) < 0)
+    if (metrics && metrics_write_summary(metrics, summary, err) < 0)
         return TRAIN_FAILED;
     return outcome;
 }

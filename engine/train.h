@@ -7,6 +7,8 @@
 #include <stdint.h>
 
 #include "engine/checkpoint.h"
+#include "engine/command.h"
+#include "engine/comm.h"
 #include "engine/config.h"
 #include "engine/data.h"
 #include "engine/error.h"
@@ -17,22 +19,29 @@
 
 typedef struct trainer {
     config cfg;
+    const comm *comm;       /* this rank in the job */
+    int local_batch;        /* sequences this rank trains per step */
     backend be;
     model *model;
     dataset data;
     optimizer_settings opt;
     checkpoint_state state; /* step, tokens seen, seed, data RNG */
-    int *inputs;            /* (B, T) */
+    int *inputs;            /* (B, T) the global batch; this rank trains
+                               rows [rank·local_batch, +local_batch) */
     int *targets;           /* (B, T) */
     int *expert_load;       /* (L, E) of the last step */
+    rank_stats *rank;       /* (world) of the last step, on rank 0 */
     double train_s;         /* time spent in training steps, this process */
     double data_s;          /* of which drawing batches */
     double zero_grad_s;     /* of which zeroing gradients */
     double optimizer_s;     /* of which clipping and AdamW */
     char last_checkpoint[CONFIG_PATH_MAX + 32];
+    size_t migration_bytes; /* moved by this rank's migrations so far */
 } trainer;
 
-int trainer_create(trainer **out, const config *cfg, moe_error *err);
+/* c: the ranks of the job (one rank per cluster device). */
+int trainer_create(trainer **out, const config *cfg, const comm *c,
+                   moe_error *err);
 void trainer_destroy(trainer *t);
 
 /* Continues from a checkpoint file, or the newest one in a directory. */
@@ -47,6 +56,10 @@ double trainer_validate(trainer *t);
 int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
                        moe_error *err);
 
+/* Moves expert (l, e) with its Adam moments to rank `to`; every rank calls
+ * it at the same step boundary. Returns the bytes moved. */
+size_t trainer_move_expert(trainer *t, int l, int e, int to);
+
 typedef struct train_progress {
     void (*on_step)(const step_stats *s, int last_step, void *user);
     void (*on_val)(int step, double val_loss, void *user);
@@ -60,8 +73,16 @@ typedef enum train_outcome {
     TRAIN_FAILED,  /* see err */
 } train_outcome;
 
+/* A command to apply at the step boundary after step `step`. */
+typedef struct scheduled_command {
+    int step;
+    command cmd;
+} scheduled_command;
+
 typedef struct train_run_options {
     int last_step;                /* stop after this step (≤ train.steps) */
+    const scheduled_command *scheduled; /* in step order; may be NULL */
+    int scheduled_count;
     metrics_sink *metrics;        /* may be NULL */
     const train_progress *progress; /* may be NULL */
     volatile sig_atomic_t *stop_requested; /* may be NULL */

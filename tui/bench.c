@@ -68,7 +68,8 @@ static json_t *measure_training(void *arg)
     moe_error err = {{0}};
     trainer *t = NULL;
     json_t *out;
-    if (trainer_create(&t, cfg, &err) < 0) {
+    comm alone = {.rank = 0, .world = 1};
+    if (trainer_create(&t, cfg, &alone, &err) < 0) {
         out = json_pack("{s:s}", "error", err.message);
     } else {
         double *tokens_per_s = calloc((size_t)steps, sizeof(double));
@@ -317,8 +318,8 @@ static void measure_peer(const bench_options *opt, const config *cfg,
 {
     memset(r, 0, sizeof *r);
     r->threads = threads;
-    char command[4096];
-    snprintf(command, sizeof command,
+    char shell_line[4096];
+    snprintf(shell_line, sizeof shell_line,
              "env -u OMP_WAIT_POLICY -u OPENBLAS_THREAD_TIMEOUT "
              "-u OPENBLAS_CORETYPE %s '%s' --corpus '%s' --d-model %d "
              "--layers %d --heads %d --seq %d --batch %d --experts %d "
@@ -337,7 +338,7 @@ static void measure_peer(const bench_options *opt, const config *cfg,
              cfg->model.rope_theta, cfg->model.norm_eps,
              cfg->data.val_fraction, (unsigned long long)cfg->train.seed,
              threads, opt->warmup, opt->steps);
-    FILE *p = popen(command, "r");
+    FILE *p = popen(shell_line, "r");
     if (!p) {
         snprintf(r->error, sizeof r->error, "cannot start %s", opt->python);
         return;
@@ -356,7 +357,7 @@ static void measure_peer(const bench_options *opt, const config *cfg,
                     "loss_first", &r->loss_first, "loss_last", &r->loss_last,
                     "torch", &version) != 0) {
         /* The command is long: print it here rather than truncate it. */
-        fprintf(stderr, "moectl bench: peer command: %s\n", command);
+        fprintf(stderr, "moectl bench: peer command: %s\n", shell_line);
         snprintf(r->error, sizeof r->error,
                  "the PyTorch peer failed (exit status %d); install "
                  "python3-torch with scripts/setup.sh --bench, or skip the "

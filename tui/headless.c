@@ -1,11 +1,13 @@
 #include "tui/headless.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "engine/command.h"
 #include "engine/train.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -85,7 +87,8 @@ static void on_checkpoint(int step, const char *path, void *user)
         fprintf(stderr, "step %d  checkpoint %s\n", step, path);
 }
 
-int headless_run(const config *cfg, const headless_options *opt)
+int headless_run(const config *cfg, const headless_options *opt,
+                 const comm *c)
 {
     moe_error err = {{0}};
     int last_step = opt->steps > 0 ? opt->steps : cfg->train.steps;
@@ -100,7 +103,52 @@ int headless_run(const config *cfg, const headless_options *opt)
     trainer *t = NULL;
     metrics_sink *metrics = NULL;
     int status = 1;
-    if (trainer_create(&t, cfg, &err) < 0)
+    scheduled_command *scheduled = NULL;
+    if (opt->at_count > 0) {
+        scheduled = calloc((size_t)opt->at_count, sizeof *scheduled);
+        if (!scheduled) {
+            error_set(&err, "out of memory");
+            goto done;
+        }
+    }
+    command_limits limits = {cfg->model.n_layers, cfg->moe.n_experts,
+                             cfg->cluster.device_count};
+    for (int i = 0; i < opt->at_count; i++) {
+        char *end;
+        long step = strtol(opt->at[i], &end, 10);
+        char reason[256];
+        if (end == opt->at[i] || *end != ':' || step < 0 ||
+            step > cfg->train.steps) {
+            error_set(&err, "--at %s: expected STEP:COMMAND with STEP in "
+                            "0..%d", opt->at[i], cfg->train.steps);
+            status = 2;
+            goto done;
+        }
+        if (command_parse(end + 1, &limits, &scheduled[i].cmd, reason,
+                          sizeof reason) < 0) {
+            error_set(&err, "--at %s: %s", opt->at[i], reason);
+            status = 2;
+            goto done;
+        }
+        if (scheduled[i].cmd.kind == COMMAND_PAUSE ||
+            scheduled[i].cmd.kind == COMMAND_RESUME ||
+            scheduled[i].cmd.kind == COMMAND_STATUS) {
+            error_set(&err, "--at %s: only move, lr, checkpoint and stop can "
+                            "be scheduled", opt->at[i]);
+            status = 2;
+            goto done;
+        }
+        scheduled[i].step = (int)step;
+    }
+    /* In step order; equal steps keep their order on the command line. */
+    for (int i = 1; i < opt->at_count; i++)
+        for (int j = i; j > 0 && scheduled[j - 1].step > scheduled[j].step;
+             j--) {
+            scheduled_command tmp = scheduled[j];
+            scheduled[j] = scheduled[j - 1];
+            scheduled[j - 1] = tmp;
+        }
+    if (trainer_create(&t, cfg, c, &err) < 0)
         goto done;
     if (opt->resume && trainer_resume(t, opt->resume, &err) < 0)
         goto done;
@@ -110,7 +158,8 @@ int headless_run(const config *cfg, const headless_options *opt)
         status = 2;
         goto done;
     }
-    if (opt->metrics && metrics_open(&metrics, opt->metrics, &err) < 0)
+    if (c->rank == 0 && opt->metrics &&
+        metrics_open(&metrics, opt->metrics, &err) < 0)
         goto done;
 
     progress_state p = {
@@ -122,6 +171,8 @@ int headless_run(const config *cfg, const headless_options *opt)
     train_progress progress = {on_step, on_val, on_checkpoint, &p};
     train_run_options run = {
         .last_step = last_step,
+        .scheduled = scheduled,
+        .scheduled_count = opt->at_count,
         .metrics = metrics,
         .progress = &progress,
         .stop_requested = &stop_requested,
@@ -134,10 +185,12 @@ int headless_run(const config *cfg, const headless_options *opt)
     sigaction(SIGINT, &sa, NULL);
     sigaction(SIGTERM, &sa, NULL);
 
-    fprintf(stderr, "moectl: training %s (%zu parameters, %zu active) on %s, "
-                    "steps %d..%d\n", cfg->name, t->model->param_count,
-            model_active_params(t->model), cfg->cluster.devices[0].name,
-            t->state.step + 1, last_step);
+    if (c->rank == 0)
+        fprintf(stderr, "moectl: training %s (%zu parameters, %zu active) on "
+                        "%d rank%s, steps %d..%d\n", cfg->name,
+                t->model->param_count, model_active_params(t->model),
+                c->world, c->world > 1 ? "s" : "", t->state.step + 1,
+                last_step);
     run_summary summary;
     train_outcome outcome = trainer_run(t, &run, &summary, &err);
     end_line(&p);
@@ -146,7 +199,8 @@ int headless_run(const config *cfg, const headless_options *opt)
 
     char elapsed[32];
     format_duration(elapsed, sizeof elapsed, summary.elapsed_s);
-    fprintf(stderr, "moectl: %s at step %d: loss %.4f, val_loss %.4f, "
+    if (c->rank == 0)
+        fprintf(stderr, "moectl: %s at step %d: loss %.4f, val_loss %.4f, "
                     "%.0f tokens/s, %s%s%s\n",
             outcome == TRAIN_STOPPED ? "stopped" : "done", summary.last_step,
             summary.loss, summary.val_loss, summary.tokens_per_s, elapsed,
@@ -154,9 +208,14 @@ int headless_run(const config *cfg, const headless_options *opt)
             summary.checkpoint ? summary.checkpoint : "");
     status = outcome == TRAIN_STOPPED ? 3 : 0;
 done:
-    if (status != 0 && status != 3)
-        fprintf(stderr, "moectl: %s\n", err.message);
+    if (status != 0 && status != 3) {
+        if (c->world == 1)
+            fprintf(stderr, "moectl: %s\n", err.message);
+        else
+            fprintf(stderr, "moectl: rank %d: %s\n", c->rank, err.message);
+    }
     metrics_close(metrics);
     trainer_destroy(t);
+    free(scheduled);
     return status;
 }

@@ -3,16 +3,20 @@
 #ifndef MOECTL_TUI_HEADLESS_H
 #define MOECTL_TUI_HEADLESS_H
 
+#include "engine/comm.h"
 #include "engine/config.h"
 
 typedef struct headless_options {
     int steps;               /* stop after this step; 0: train.steps */
     const char *metrics;     /* path, "-" for stdout, or NULL */
     const char *resume;      /* checkpoint file or directory, or NULL */
+    const char *const *at;   /* "STEP:COMMAND" lines (--at), in any order */
+    int at_count;
 } headless_options;
 
 /* Exit status: 0 done, 1 runtime failure, 2 bad input, 3 stopped by a
  * signal after a clean checkpoint. */
-int headless_run(const config *cfg, const headless_options *opt);
+int headless_run(const config *cfg, const headless_options *opt,
+                 const comm *c);
 
 #endif

@@ -1,11 +1,13 @@
 /* moectl: the command-line entry. Parses arguments, loads the
  * configuration and hands over to a driver; only this file decides to
  * quit. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "engine/comm.h"
 #include "engine/config.h"
 #include "moectl_build.h"
 #include "tui/bench.h"
@@ -18,7 +20,8 @@ static const char usage_text[] =
     "usage: moectl [CONFIG]                       train CONFIG (default: the\n"
     "                                             embedded configs/default.yaml)\n"
     "       moectl run CONFIG [--headless] [--steps N] [--metrics PATH|-]\n"
-    "                         [--resume CKPT|DIR] [--set KEY=VALUE]...\n"
+    "                         [--resume CKPT|DIR] [--at STEP:COMMAND]...\n"
+    "                         [--set KEY=VALUE]...\n"
     "       moectl check CONFIG [--set KEY=VALUE]...\n"
     "       moectl bench [CONFIG] [--steps N] [--warmup N] [--repeat N]\n"
     "                    [--profile]\n"
@@ -45,6 +48,9 @@ static const char usage_text[] =
     "  --metrics PATH     write JSON Lines metrics to PATH ('-': stdout)\n"
     "  --resume PATH      continue from a checkpoint file, or the newest one\n"
     "                     in a checkpoint directory\n"
+    "  --at STEP:COMMAND  apply a command (move L.E R, lr VALUE, checkpoint,\n"
+    "                     stop) at the boundary after STEP, e.g.\n"
+    "                     --at '50:move 1.3 0'\n"
     "  --set KEY=VALUE    override a configuration key, e.g.\n"
     "                     --set train.lr=1e-3 --set cluster.devices.0.threads=1\n"
     "\n"
@@ -98,6 +104,8 @@ typedef struct arguments {
     const char *config_path; /* NULL: the embedded default */
     const char *sets[MAX_SETS];
     int set_count;
+    const char *at[MAX_SETS];
+    int at_count;
     headless_options headless;
     bench_options bench;
 } arguments;
@@ -129,6 +137,7 @@ static int parse_arguments(int argc, char **argv, arguments *a)
                           strcmp(arg, "--metrics") == 0 ||
                           strcmp(arg, "--resume") == 0 ||
                           strcmp(arg, "--warmup") == 0 ||
+                          strcmp(arg, "--at") == 0 ||
                           strcmp(arg, "--repeat") == 0;
         if (takes_value && !value)
             return usage_error("option %s needs a value", arg);
@@ -137,6 +146,12 @@ static int parse_arguments(int argc, char **argv, arguments *a)
                 return usage_error("too many --set options (at most %s)",
                                    "256");
             a->sets[a->set_count++] = value;
+            i++;
+        } else if (strcmp(arg, "--at") == 0) {
+            if (a->at_count == MAX_SETS)
+                return usage_error("too many --at options (at most %s)",
+                                   "256");
+            a->at[a->at_count++] = value;
             i++;
         } else if (strcmp(arg, "--headless") == 0) {
             /* Every run is headless until the console exists. */
@@ -176,11 +191,76 @@ static int parse_arguments(int argc, char **argv, arguments *a)
             return usage_error("unexpected argument \"%s\"", arg);
         }
     }
+    a->headless.at = a->at;
+    a->headless.at_count = a->at_count;
     if (strcmp(a->command, "run") != 0 &&
-        (a->headless.metrics || a->headless.resume ||
+        (a->headless.metrics || a->headless.resume || a->at_count ||
          (!bench && a->headless.steps)))
         return usage_error("%s takes only CONFIG and --set", a->command);
     return 0;
+}
+
+/* One rank per cluster device: a job of several devices starts under
+ * mpirun (this process becomes mpirun), each rank runs this same command
+ * line and joins the job. */
+static int launch_mpirun(const config *cfg, int argc, char **argv)
+{
+    char self[4096];
+    ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+    if (n <= 0) {
+        fprintf(stderr, "moectl: cannot find its own executable\n");
+        return EXIT_RUNTIME;
+    }
+    self[n] = '\0';
+    char ranks[16];
+    snprintf(ranks, sizeof ranks, "%d", cfg->cluster.device_count);
+    char **args = calloc((size_t)argc + 16, sizeof *args);
+    if (!args)
+        return EXIT_RUNTIME;
+    int k = 0;
+    args[k++] = "mpirun";
+    args[k++] = "-np";
+    args[k++] = ranks;
+    /* More ranks than cores is normal on small machines; ranks bring their
+     * own thread settings. */
+    args[k++] = "--oversubscribe";
+    args[k++] = "--bind-to";
+    args[k++] = "none";
+    args[k++] = self;
+    for (int i = 1; i < argc; i++)
+        args[k++] = argv[i];
+    args[k] = NULL;
+    if (getuid() == 0) {
+        setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+        setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+    }
+    fflush(NULL);
+    execvp("mpirun", args);
+    fprintf(stderr, "moectl: cannot start mpirun for %d ranks: %s (install "
+                    "openmpi-bin, or run scripts/setup.sh)\n",
+            cfg->cluster.device_count, strerror(errno));
+    free(args);
+    return EXIT_RUNTIME;
+}
+
+static int run_ranks(const config *cfg, const headless_options *opt,
+                     int argc, char **argv)
+{
+    comm c;
+    moe_error err = {{0}};
+    if (comm_init(&c, &argc, &argv, &err) < 0) {
+        fprintf(stderr, "moectl: %s\n", err.message);
+        return EXIT_RUNTIME;
+    }
+    if (c.world == 1 && cfg->cluster.device_count > 1)
+        return launch_mpirun(cfg, argc, argv);
+    int status = headless_run(cfg, opt, &c);
+    /* A rank that failed alone would leave the others waiting in a
+     * collective: end the whole job. */
+    if (c.world > 1 && status != 0 && status != 3)
+        comm_abort(&c, status);
+    comm_finish(&c);
+    return status;
 }
 
 int main(int argc, char **argv)
@@ -229,5 +309,5 @@ int main(int argc, char **argv)
     }
     if (strcmp(a.command, "bench") == 0)
         return bench_run(&cfg, &a.bench);
-    return headless_run(&cfg, &a.headless);
+    return run_ranks(&cfg, &a.headless, argc, argv);
 }

@@ -132,7 +132,7 @@ static void test_aux_loss(void)
         selected[b]++;
     }
     double alpha = 0.37;
-    double loss = router_aux_loss(dprobs, probs, selected, N, K, E, alpha, 1.0);
+    double loss = router_aux_loss(dprobs, probs, selected, N, N, K, E, alpha);
     double naive = 0;
     for (int e = 0; e < E; e++) {
         double P = 0;
@@ -150,9 +150,9 @@ static void test_aux_loss(void)
         float saved = probs[i];
         double h = 1e-2;
         probs[i] = saved + (float)h;
-        double up = router_aux_loss(NULL, probs, selected, N, K, E, alpha, 1.0);
+        double up = router_aux_loss(NULL, probs, selected, N, N, K, E, alpha);
         probs[i] = saved - (float)h;
-        double down = router_aux_loss(NULL, probs, selected, N, K, E, alpha, 1.0);
+        double down = router_aux_loss(NULL, probs, selected, N, N, K, E, alpha);
         probs[i] = saved;
         double numeric = (up - down) / (2 * h);
         max_err = fmax(max_err, fabs(numeric - dprobs[i]));
@@ -166,7 +166,7 @@ static void test_aux_loss(void)
         uniform[i] = 1.0f / E;
     for (int e = 0; e < E; e++)
         even[e] = N * K / E;
-    double balanced = router_aux_loss(NULL, uniform, even, N, K, E, alpha, 1.0);
+    double balanced = router_aux_loss(NULL, uniform, even, N, N, K, E, alpha);
     double expect = alpha * E * E * ((double)(N * K / E) / (N * K)) / E;
     EXPECT(fabs(balanced - expect) < 1e-6, "balanced aux %g, want %g",
            balanced, expect);
@@ -185,7 +185,7 @@ static void test_z_loss(void)
     double coef = 0.05;
     for (int i = 0; i < N * E; i++)
         dlogits[i] = 0.25f; /* checks that the gradient is added */
-    double loss = router_z_loss(dlogits, probs, lse, N, E, coef, 1.0);
+    double loss = router_z_loss(dlogits, probs, lse, N, N, E, coef);
     double naive = 0;
     for (int t = 0; t < N; t++) {
         double s = 0;
@@ -204,7 +204,7 @@ static void test_z_loss(void)
         for (int side = 0; side < 2; side++) {
             logits[i] = saved + (float)(side ? -h : h);
             softmax_rows(probs, lse, logits, N, E);
-            values[side] = router_z_loss(NULL, probs, lse, N, E, coef, 1.0);
+            values[side] = router_z_loss(NULL, probs, lse, N, N, E, coef);
         }
         logits[i] = saved;
         double numeric = (values[0] - values[1]) / (2 * h);

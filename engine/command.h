@@ -1,0 +1,41 @@
+/* The one command language of moectl: the console's `:` prompt, headless
+ * scripts and the control socket all parse commands here. */
+#ifndef MOECTL_ENGINE_COMMAND_H
+#define MOECTL_ENGINE_COMMAND_H
+
+#include <stddef.h>
+
+typedef enum command_kind {
+    COMMAND_PAUSE,
+    COMMAND_RESUME,
+    COMMAND_STOP,
+    COMMAND_CHECKPOINT,
+    COMMAND_LR,     /* value */
+    COMMAND_MOVE,   /* layer, expert, rank */
+    COMMAND_STATUS,
+} command_kind;
+
+typedef struct command {
+    command_kind kind;
+    double value;   /* lr */
+    int layer;      /* move */
+    int expert;     /* move */
+    int rank;       /* move */
+} command;
+
+/* Limits a command is checked against (out-of-range is an error). */
+typedef struct command_limits {
+    int layers;
+    int experts;
+    int ranks;
+} command_limits;
+
+/* Parses one line (surrounding blanks ignored). On error returns -1 and
+ * writes a one-line reason (no trailing newline) into reason. */
+int command_parse(const char *line, const command_limits *limits,
+                  command *out, char *reason, size_t reason_size);
+
+/* Writes the command back in the grammar, e.g. "move 2.5 1". */
+void command_format(const command *c, char *out, size_t size);
+
+#endif

@@ -1,0 +1,389 @@
+#include "engine/expert_parallel.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/model.h"
+#include "engine/router.h"
+
+/* What one layer keeps from forward to backward. Slots are global (as a
+ * one-rank run numbers them); "outgoing" are the slots of this rank's
+ * tokens, ordered by (destination rank, slot); "mine" are the slots of
+ * this rank's experts, in slot order. */
+typedef struct ep_layer {
+    router_dispatch dispatch; /* global, identical on every rank */
+    int *outgoing_slot;       /* (N_local*K) */
+    int *outgoing_token;      /* (N_local*K) local token of each */
+    int *position_of;         /* (N_local*K) assignment -> outgoing index, -1 */
+    int outgoing;
+    int *send_rows;           /* (world) outgoing rows per destination */
+    int *recv_rows;           /* (world) incoming rows per source */
+    int *recv_position;       /* (N*K) my i-th slot's row in the receive order */
+    int mine;                 /* slots of my experts */
+    int *group_rows;          /* (E) rows per expert here: 0 if not mine */
+    float *returned;          /* (N_local*K, C) expert outputs, outgoing order */
+    float *expert_in;         /* (N*K, C) my slots' inputs */
+    float *expert_h13;        /* (N*K, 2F) */
+    float *expert_h;          /* (N*K, F) */
+    float *expert_out;        /* (N*K, C) */
+} ep_layer;
+
+struct expert_parallel {
+    model *m;
+    const comm *c;
+    int N_local, N_total; /* tokens */
+    ep_layer *layers;
+    int *global_index;    /* (N_total*K) scratch */
+    int *scratch;         /* (2E) dispatch scratch */
+    int *order;           /* (N_total*K) scratch */
+    float *send;          /* (N_total*K, max(C, 2F)) staging */
+    float *recv;          /* same */
+    float *d_expert_out, *d_expert_h, *d_expert_h13, *d_expert_in; /* (N*K, ·) */
+    float *d_returned;    /* (N_local*K, C) */
+    long rows;
+    double alltoall_s;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void *take(size_t bytes, int *failed)
+{
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (!p)
+        *failed = 1;
+    return p;
+}
+
+int expert_parallel_create(expert_parallel **out, model *m, const comm *c,
+                           moe_error *err)
+{
+    const model_dims *d = &m->dims;
+    expert_parallel *ep = calloc(1, sizeof *ep);
+    if (!ep)
+        return error_set(err, "out of memory");
+    ep->m = m;
+    ep->c = c;
+    ep->N_local = m->batch * d->T;
+    ep->N_total = ep->N_local * c->world;
+    size_t NK = (size_t)ep->N_total * d->K, local_NK = (size_t)ep->N_local * d->K;
+    size_t widest = (size_t)(d->C > 2 * d->F ? d->C : 2 * d->F);
+    int failed = 0;
+    ep->layers = take((size_t)d->L * sizeof *ep->layers, &failed);
+    ep->global_index = take(NK * sizeof(int), &failed);
+    ep->scratch = take((size_t)2 * d->E * sizeof(int), &failed);
+    ep->order = take(NK * sizeof(int), &failed);
+    ep->send = take(NK * widest * sizeof(float), &failed);
+    ep->recv = take(NK * widest * sizeof(float), &failed);
+    ep->d_expert_out = take(NK * d->C * sizeof(float), &failed);
+    ep->d_expert_h = take(NK * d->F * sizeof(float), &failed);
+    ep->d_expert_h13 = take(NK * 2 * d->F * sizeof(float), &failed);
+    ep->d_expert_in = take(NK * d->C * sizeof(float), &failed);
+    ep->d_returned = take(local_NK * d->C * sizeof(float), &failed);
+    for (int l = 0; !failed && l < d->L; l++) {
+        ep_layer *y = &ep->layers[l];
+        y->dispatch.group_rows = take((size_t)d->E * sizeof(int), &failed);
+        y->dispatch.selected = take((size_t)d->E * sizeof(int), &failed);
+        y->dispatch.token_of_slot = take(NK * sizeof(int), &failed);
+        y->dispatch.slot_of = take(NK * sizeof(int), &failed);
+        y->dispatch.scratch = ep->scratch;
+        y->outgoing_slot = take(local_NK * sizeof(int), &failed);
+        y->outgoing_token = take(local_NK * sizeof(int), &failed);
+        y->position_of = take(local_NK * sizeof(int), &failed);
+        y->send_rows = take((size_t)c->world * sizeof(int), &failed);
+        y->recv_rows = take((size_t)c->world * sizeof(int), &failed);
+        y->recv_position = take(NK * sizeof(int), &failed);
+        y->group_rows = take((size_t)d->E * sizeof(int), &failed);
+        y->returned = take(local_NK * d->C * sizeof(float), &failed);
+        y->expert_in = take(NK * d->C * sizeof(float), &failed);
+        y->expert_h13 = take(NK * 2 * d->F * sizeof(float), &failed);
+        y->expert_h = take(NK * d->F * sizeof(float), &failed);
+        y->expert_out = take(NK * d->C * sizeof(float), &failed);
+    }
+    if (failed) {
+        expert_parallel_destroy(ep);
+        return error_set(err, "out of memory for expert-parallel buffers");
+    }
+    *out = ep;
+    return 0;
+}
+
+void expert_parallel_destroy(expert_parallel *ep)
+{
+    if (!ep)
+        return;
+    for (int l = 0; ep->layers && l < ep->m->dims.L; l++) {
+        ep_layer *y = &ep->layers[l];
+        free(y->dispatch.group_rows);
+        free(y->dispatch.selected);
+        free(y->dispatch.token_of_slot);
+        free(y->dispatch.slot_of);
+        free(y->outgoing_slot);
+        free(y->outgoing_token);
+        free(y->position_of);
+        free(y->send_rows);
+        free(y->recv_rows);
+        free(y->recv_position);
+        free(y->group_rows);
+        free(y->returned);
+        free(y->expert_in);
+        free(y->expert_h13);
+        free(y->expert_h);
+        free(y->expert_out);
+    }
+    free(ep->layers);
+    free(ep->global_index);
+    free(ep->scratch);
+    free(ep->order);
+    free(ep->send);
+    free(ep->recv);
+    free(ep->d_expert_out);
+    free(ep->d_expert_h);
+    free(ep->d_expert_h13);
+    free(ep->d_expert_in);
+    free(ep->d_returned);
+    free(ep);
+}
+
+/* Expert of every slot, from the dispatch's group sizes. */
+static void slot_experts(const router_dispatch *rd, int E, int *expert_of)
+{
+    int s = 0;
+    for (int e = 0; e < E; e++)
+        for (int i = 0; i < rd->group_rows[e]; i++)
+            expert_of[s++] = e;
+}
+
+/* Builds the layer's global dispatch and the send/receive plan. */
+static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
+{
+    model *m = ep->m;
+    const model_dims *d = &m->dims;
+    const comm *c = ep->c;
+    ep_layer *y = &ep->layers[l];
+    const int K = d->K, E = d->E, world = c->world;
+    const int *rank_of = m->expert_rank + (size_t)l * E;
+    int first_token = c->rank * ep->N_local;
+
+    comm_allgather_int(c, expert_index, ep->N_local * K, ep->global_index);
+    router_build_dispatch(&y->dispatch, ep->global_index, ep->N_total, K, E,
+                          router_capacity(m->capacity_factor, ep->N_total, K,
+                                          E));
+    int *expert_of = ep->order;
+    slot_experts(&y->dispatch, E, expert_of);
+
+    /* Outgoing: slots of my tokens, by destination then slot. */
+    memset(y->send_rows, 0, (size_t)world * sizeof(int));
+    for (int s = 0; s < y->dispatch.slots; s++) {
+        int t = y->dispatch.token_of_slot[s];
+        if (t >= first_token && t < first_token + ep->N_local)
+            y->send_rows[rank_of[expert_of[s]]]++;
+    }
+    int *start = malloc((size_t)world * 2 * sizeof(int));
+    int *fill = start + world;
+    int at = 0;
+    for (int r = 0; r < world; r++) {
+        start[r] = at;
+        fill[r] = 0;
+        at += y->send_rows[r];
+    }
+    y->outgoing = at;
+    for (int i = 0; i < ep->N_local * K; i++)
+        y->position_of[i] = -1;
+    for (int s = 0; s < y->dispatch.slots; s++) {
+        int t = y->dispatch.token_of_slot[s];
+        if (t < first_token || t >= first_token + ep->N_local)
+            continue;
+        int dest = rank_of[expert_of[s]];
+        int pos = start[dest] + fill[dest]++;
+        y->outgoing_slot[pos] = s;
+        y->outgoing_token[pos] = t - first_token;
+    }
+    /* Assignment -> outgoing position, for combining returned rows. */
+    for (int pos = 0; pos < y->outgoing; pos++) {
+        int s = y->outgoing_slot[pos];
+        int t = y->dispatch.token_of_slot[s] - first_token;
+        for (int k = 0; k < K; k++)
+            if (y->dispatch.slot_of[(size_t)(t + first_token) * K + k] == s)
+                y->position_of[(size_t)t * K + k] = pos;
+    }
+
+    /* Mine: slots of my experts in slot order; their rows arrive grouped
+     * by source rank (the token's rank), each source in slot order. */
+    memset(y->recv_rows, 0, (size_t)world * sizeof(int));
+    y->mine = 0;
+    for (int e = 0; e < E; e++)
+        y->group_rows[e] = rank_of[e] == c->rank ? y->dispatch.group_rows[e]
+                                                  : 0;
+    for (int s = 0; s < y->dispatch.slots; s++)
+        if (rank_of[expert_of[s]] == c->rank)
+            y->recv_rows[y->dispatch.token_of_slot[s] / ep->N_local]++;
+    at = 0;
+    for (int r = 0; r < world; r++) {
+        start[r] = at;
+        fill[r] = 0;
+        at += y->recv_rows[r];
+    }
+    for (int s = 0; s < y->dispatch.slots; s++) {
+        if (rank_of[expert_of[s]] != c->rank)
+            continue;
+        int source = y->dispatch.token_of_slot[s] / ep->N_local;
+        y->recv_position[y->mine++] = start[source] + fill[source]++;
+    }
+    free(start);
+}
+
+/* Rows in `from` (receive order) to my slot order in `to`, or back. */
+static void gather_rows(float *to, const float *from, const int *position,
+                        int count, int row)
+{
+    for (int i = 0; i < count; i++)
+        memcpy(to + (size_t)i * row, from + (size_t)position[i] * row,
+               (size_t)row * sizeof(float));
+}
+
+static void scatter_rows(float *to, const float *from, const int *position,
+                         int count, int row)
+{
+    for (int i = 0; i < count; i++)
+        memcpy(to + (size_t)position[i] * row, from + (size_t)i * row,
+               (size_t)row * sizeof(float));
+}
+
+static void alltoall(expert_parallel *ep, const float *send,
+                     const int *send_rows, float *recv, const int *recv_rows,
+                     int row)
+{
+    double start = now_s();
+    comm_alltoallv_rows(ep->c, send, send_rows, recv, recv_rows, row);
+    ep->alltoall_s += now_s() - start;
+}
+
+static void expert_views(model *m, int l, const float **w13, const float **w2,
+                         float **dw13, float **dw2)
+{
+    const model_dims *d = &m->dims;
+    size_t w13_size = (size_t)2 * d->F * d->C, w2_size = (size_t)d->C * d->F;
+    for (int e = 0; e < d->E; e++) {
+        size_t expert = (size_t)l * d->E + e;
+        if (w13) {
+            w13[e] = m->params.expert_w13 + expert * w13_size;
+            w2[e] = m->params.expert_w2 + expert * w2_size;
+        }
+        if (dw13) {
+            dw13[e] = m->grads.expert_w13 + expert * w13_size;
+            dw2[e] = m->grads.expert_w2 + expert * w2_size;
+        }
+    }
+}
+
+void expert_parallel_forward(expert_parallel *ep, int l,
+                             const float *norm_out, const int *expert_index,
+                             const float *gate, float *out)
+{
+    model *m = ep->m;
+    const model_dims *d = &m->dims;
+    const backend_ops *ops = m->be->ops;
+    void *ctx = m->be->ctx;
+    const int C = d->C, F = d->F, E = d->E, K = d->K;
+    ep_layer *y = &ep->layers[l];
+
+    if (l == 0)
+        ep->rows = 0;
+    plan_layer(ep, l, expert_index);
+    ops->moe_permute(ctx, ep->send, norm_out, y->outgoing_token, y->outgoing,
+                     C);
+    alltoall(ep, ep->send, y->send_rows, ep->recv, y->recv_rows, C);
+    gather_rows(y->expert_in, ep->recv, y->recv_position, y->mine, C);
+
+    const float **w13 = malloc((size_t)E * 2 * sizeof *w13);
+    const float **w2 = w13 + E;
+    expert_views(m, l, w13, w2, NULL, NULL);
+    ops->grouped_matmul_forward(ctx, y->expert_h13, y->expert_in, w13,
+                                y->group_rows, E, C, 2 * F);
+    ops->swiglu_forward(ctx, y->expert_h, y->expert_h13, y->mine, F);
+    ops->grouped_matmul_forward(ctx, y->expert_out, y->expert_h, w2,
+                                y->group_rows, E, F, C);
+    free(w13);
+    ep->rows += y->mine;
+
+    scatter_rows(ep->send, y->expert_out, y->recv_position, y->mine, C);
+    alltoall(ep, ep->send, y->recv_rows, y->returned, y->send_rows, C);
+    ops->moe_unpermute(ctx, out, y->returned, y->position_of, gate,
+                       ep->N_local, K, C);
+}
+
+void expert_parallel_backward(expert_parallel *ep, int l, const float *dout,
+                              const float *gate, float *dnorm_out,
+                              float *dgate)
+{
+    model *m = ep->m;
+    const model_dims *d = &m->dims;
+    const backend_ops *ops = m->be->ops;
+    void *ctx = m->be->ctx;
+    const int C = d->C, F = d->F, E = d->E, K = d->K;
+    ep_layer *y = &ep->layers[l];
+
+    memset(ep->d_returned, 0, (size_t)y->outgoing * C * sizeof(float));
+    ops->moe_unpermute_backward(ctx, ep->d_returned, dgate, dout, y->returned,
+                                y->position_of, gate, ep->N_local, K, C);
+    alltoall(ep, ep->d_returned, y->send_rows, ep->recv, y->recv_rows, C);
+    gather_rows(ep->d_expert_out, ep->recv, y->recv_position, y->mine, C);
+
+    const float **w13 = malloc((size_t)E * 2 * sizeof *w13);
+    const float **w2 = w13 + E;
+    float **dw13 = malloc((size_t)E * 2 * sizeof *dw13);
+    float **dw2 = dw13 + E;
+    expert_views(m, l, w13, w2, dw13, dw2);
+    ops->grouped_matmul_backward(ctx, ep->d_expert_h, dw2, ep->d_expert_out,
+                                 y->expert_h, w2, y->group_rows, E, F, C);
+    ops->swiglu_backward(ctx, ep->d_expert_h13, ep->d_expert_h, y->expert_h13,
+                         y->mine, F);
+    ops->grouped_matmul_backward(ctx, ep->d_expert_in, dw13, ep->d_expert_h13,
+                                 y->expert_in, w13, y->group_rows, E, C,
+                                 2 * F);
+    free(w13);
+    free(dw13);
+
+    scatter_rows(ep->send, ep->d_expert_in, y->recv_position, y->mine, C);
+    alltoall(ep, ep->send, y->recv_rows, ep->recv, y->send_rows, C);
+    /* Add each token's rows back in global slot order, as one rank does:
+     * outgoing is ordered by destination first, so reorder. */
+    int *position_of_slot = ep->order;
+    for (int s = 0; s < y->dispatch.slots; s++)
+        position_of_slot[s] = -1;
+    for (int pos = 0; pos < y->outgoing; pos++)
+        position_of_slot[y->outgoing_slot[pos]] = pos;
+    for (int s = 0; s < y->dispatch.slots; s++) {
+        int pos = position_of_slot[s];
+        if (pos < 0)
+            continue;
+        const float *row = ep->recv + (size_t)pos * C;
+        float *dst = dnorm_out + (size_t)y->outgoing_token[pos] * C;
+        for (int j = 0; j < C; j++)
+            dst[j] += row[j];
+    }
+}
+
+const router_dispatch *expert_parallel_dispatch(const expert_parallel *ep,
+                                               int l)
+{
+    return &ep->layers[l].dispatch;
+}
+
+long expert_parallel_rows(const expert_parallel *ep)
+{
+    return ep->rows;
+}
+
+double expert_parallel_take_alltoall_s(expert_parallel *ep)
+{
+    double s = ep->alltoall_s;
+    ep->alltoall_s = 0;
+    return s;
+}
