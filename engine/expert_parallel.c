@@ -381,6 +381,11 @@ long expert_parallel_rows(const expert_parallel *ep)
     return ep->rows;
 }
 
+double expert_parallel_peek_alltoall_s(const expert_parallel *ep)
+{
+    return ep->alltoall_s;
+}
+
 double expert_parallel_take_alltoall_s(expert_parallel *ep)
 {
     double s = ep->alltoall_s;

@@ -45,6 +45,9 @@ const struct router_dispatch *expert_parallel_dispatch(
 /* Rows this rank's experts processed in the last forward (all layers). */
 long expert_parallel_rows(const expert_parallel *ep);
 
+/* Seconds spent in all-to-all since the last take. */
+double expert_parallel_peek_alltoall_s(const expert_parallel *ep);
+
 /* Seconds spent in all-to-all since the last call (and resets). */
 double expert_parallel_take_alltoall_s(expert_parallel *ep);
 

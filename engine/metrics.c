@@ -1,23 +1,33 @@
 #include "engine/metrics.h"
 
 #include <jansson.h>
+
+#include "engine/control.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 struct metrics_sink {
-    FILE *f;
+    FILE *f; /* NULL: no file */
     int owned;
     char path[CONFIG_PATH_MAX];
+    control_server *control;
 };
+
+void metrics_attach_control(metrics_sink *sink, control_server *s)
+{
+    sink->control = s;
+}
 
 int metrics_open(metrics_sink **out, const char *path, moe_error *err)
 {
     metrics_sink *sink = calloc(1, sizeof *sink);
     if (!sink)
         return error_set(err, "out of memory");
-    snprintf(sink->path, sizeof sink->path, "%s", path);
-    if (strcmp(path, "-") == 0) {
+    snprintf(sink->path, sizeof sink->path, "%s", path ? path : "");
+    if (!path) {
+        sink->f = NULL;
+    } else if (strcmp(path, "-") == 0) {
         sink->f = stdout;
     } else {
         sink->f = fopen(path, "w");
@@ -37,7 +47,7 @@ void metrics_close(metrics_sink *sink)
         return;
     if (sink->owned)
         fclose(sink->f);
-    else
+    else if (sink->f)
         fflush(sink->f);
     free(sink);
 }
@@ -52,9 +62,17 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
 {
     if (!record)
         return error_set(err, "out of memory building a metrics record");
-    int rc = json_dumpf(record, sink->f, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *text = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(record);
-    if (rc < 0 || fputc('\n', sink->f) == EOF || fflush(sink->f) != 0)
+    if (!text)
+        return error_set(err, "out of memory writing a metrics record");
+    if (sink->control)
+        control_broadcast(sink->control, text);
+    int failed = sink->f && (fputs(text, sink->f) == EOF ||
+                             fputc('\n', sink->f) == EOF ||
+                             fflush(sink->f) != 0);
+    free(text);
+    if (failed)
         return error_set_errno(err, "cannot write metrics to %s", sink->path);
     return 0;
 }
@@ -157,12 +175,12 @@ int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
                 err);
 }
 
-int metrics_write_event(metrics_sink *sink, int step, const char *command,
+int metrics_write_event(metrics_sink *sink, int step, const char *command_text,
                         moe_error *err)
 {
     return emit(sink,
                 json_pack("{s:s, s:i, s:s}", "type", "event", "step", step,
-                          "command", command),
+                          "command", command_text),
                 err);
 }
 

@@ -13,6 +13,7 @@
 #include "engine/model.h"
 
 typedef struct metrics_sink metrics_sink;
+struct control_server;
 
 /* What one training step measured. */
 /* What one rank measured in a step (milliseconds unless named). */
@@ -61,8 +62,11 @@ typedef struct run_summary {
     const char *status;     /* "done" | "stopped" */
 } run_summary;
 
-/* path "-" writes to standard output. */
+/* path "-" writes to standard output; NULL writes no file (records then
+ * only go to a control server). */
 int metrics_open(metrics_sink **out, const char *path, moe_error *err);
+/* Every record written from now on also goes to the clients of s. */
+void metrics_attach_control(metrics_sink *sink, struct control_server *s);
 void metrics_close(metrics_sink *sink);
 
 int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
@@ -74,7 +78,7 @@ int metrics_write_val(metrics_sink *sink, int step, double val_loss,
 int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
                              moe_error *err);
 /* A command applied at the boundary after `step`. */
-int metrics_write_event(metrics_sink *sink, int step, const char *command,
+int metrics_write_event(metrics_sink *sink, int step, const char *command_text,
                         moe_error *err);
 int metrics_write_summary(metrics_sink *sink, const run_summary *s,
                           moe_error *err);

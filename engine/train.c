@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "engine/control.h"
 #include "kernels/cpu/cpu_backend.h"
 
 static double now_s(void)
@@ -219,6 +220,19 @@ void trainer_step(trainer *t, step_stats *s)
     double zeroed = now_s();
     model_backward(m);
     double backward_done = now_s();
+    /* An emulated slow device (cluster.devices[].slowdown, labelled
+     * "emulated" in metrics): its compute takes that many times longer. */
+    double slowdown = t->cfg.cluster.devices[t->comm->rank].slowdown;
+    if (slowdown > 1.0) {
+        double compute = backward_done - start;
+        if (m->ep)
+            compute -= expert_parallel_peek_alltoall_s(m->ep);
+        double extra = (slowdown - 1.0) * (compute > 0 ? compute : 0);
+        struct timespec nap = {(time_t)extra,
+                               (long)((extra - (double)(time_t)extra) * 1e9)};
+        nanosleep(&nap, NULL);
+        backward_done = now_s();
+    }
     optimizer_reduce_gradients(m);
     double reduced = now_s();
     double lr = optimizer_lr(&t->opt, step);
@@ -309,6 +323,134 @@ static int due(int step, int every)
     return every > 0 && step % every == 0;
 }
 
+enum { APPLIED_STOP = 1 };
+
+typedef struct boundary_state {
+    trainer *t;
+    const train_run_options *opt;
+    metrics_sink *metrics;
+    char *checkpoint_path;
+    int *checkpointed_step;
+    int paused;
+} boundary_state;
+
+/* Applies one command on every rank (all call it with the same command).
+ * A reply for the requester goes to reply. Returns APPLIED_* flags, or -1
+ * on a failure (err). */
+static int apply_command(boundary_state *b, const command *c, char *reply,
+                         size_t reply_size, moe_error *err)
+{
+    trainer *t = b->t;
+    char text[96];
+    command_format(c, text, sizeof text);
+    int flags = 0;
+    char local[256] = "";
+    switch (c->kind) {
+    case COMMAND_MOVE: {
+        size_t bytes = trainer_move_expert(t, c->layer, c->expert, c->rank);
+        t->migration_bytes += bytes;
+        snprintf(local, sizeof local, "expert %d.%d on rank %d from step %d "
+                 "(%zu bytes moved, placement version %d)", c->layer,
+                 c->expert, c->rank, t->state.step + 1, bytes,
+                 t->model->placement_version);
+        break;
+    }
+    case COMMAND_LR:
+        t->opt.lr_override = c->value;
+        snprintf(local, sizeof local, "lr %g from step %d", c->value,
+                 t->state.step + 1);
+        break;
+    case COMMAND_CHECKPOINT:
+        if (trainer_checkpoint(t, b->checkpoint_path,
+                               sizeof t->last_checkpoint, err) < 0)
+            return -1;
+        *b->checkpointed_step = t->state.step;
+        snprintf(local, sizeof local, "%s", b->checkpoint_path);
+        if (b->metrics && metrics_write_checkpoint(b->metrics, t->state.step,
+                                                   b->checkpoint_path,
+                                                   err) < 0)
+            return -1;
+        break;
+    case COMMAND_STOP:
+        flags |= APPLIED_STOP;
+        snprintf(local, sizeof local, "stopping after step %d with a "
+                 "checkpoint", t->state.step);
+        break;
+    case COMMAND_PAUSE:
+        b->paused = 1;
+        snprintf(local, sizeof local, "paused after step %d", t->state.step);
+        break;
+    case COMMAND_RESUME:
+        snprintf(local, sizeof local, "%s", b->paused ? "resumed"
+                                                      : "was not paused");
+        b->paused = 0;
+        break;
+    case COMMAND_STATUS:
+        snprintf(local, sizeof local, "step %d of %d, %s, lr %g, %d rank%s, "
+                 "placement version %d", t->state.step, b->opt->last_step,
+                 b->paused ? "paused" : "running",
+                 optimizer_lr(&t->opt, t->state.step + 1), t->comm->world,
+                 t->comm->world > 1 ? "s" : "", t->model->placement_version);
+        break;
+    }
+    if (reply)
+        snprintf(reply, reply_size, "%s", local);
+    if (c->kind != COMMAND_STATUS && b->metrics &&
+        metrics_write_event(b->metrics, t->state.step, text, err) < 0)
+        return -1;
+    return flags;
+}
+
+enum { BOUNDARY_MAX_COMMANDS = 64 };
+
+/* Rank 0 drains the control socket and hands the commands to every rank,
+ * which apply them in the same order; repeated while paused. */
+static int serve_controls(boundary_state *b, moe_error *err)
+{
+    trainer *t = b->t;
+    const comm *c = t->comm;
+    control_server *control = b->opt->control;
+    const model_dims *d = &t->model->dims;
+    command_limits limits = {d->L, d->E, c->world};
+    int flags = 0;
+    for (;;) {
+        control_request requests[BOUNDARY_MAX_COMMANDS];
+        command commands[BOUNDARY_MAX_COMMANDS];
+        int count = 0;
+        if (c->rank == 0 && control)
+            count = control_poll(control, &limits, requests,
+                                 BOUNDARY_MAX_COMMANDS);
+        for (int i = 0; i < count; i++)
+            commands[i] = requests[i].cmd;
+        /* One broadcast a step when nothing happens: the count. */
+        comm_broadcast(c, &count, sizeof count, 0);
+        if (count > 0)
+            comm_broadcast(c, commands, (size_t)count * sizeof *commands, 0);
+        for (int i = 0; i < count; i++) {
+            char reply[256];
+            int applied = apply_command(b, &commands[i], reply, sizeof reply,
+                                        err);
+            if (applied < 0) {
+                if (c->rank == 0)
+                    control_reply(control, &requests[i], 0, err->message);
+                return -1;
+            }
+            flags |= applied;
+            if (c->rank == 0)
+                control_reply(control, &requests[i], 1, reply);
+        }
+        /* Rank 0 decides for all: without a socket nothing could resume. */
+        int paused = b->paused && !(flags & APPLIED_STOP) && control;
+        comm_broadcast(c, &paused, sizeof paused, 0);
+        if (!paused)
+            return flags;
+        if (c->rank == 0) {
+            struct timespec nap = {0, 20 * 1000 * 1000};
+            nanosleep(&nap, NULL);
+        }
+    }
+}
+
 train_outcome trainer_run(trainer *t, const train_run_options *opt,
                           run_summary *summary, moe_error *err)
 {
@@ -337,32 +479,27 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
 
     train_outcome outcome = TRAIN_DONE;
     int next_command = 0;
+    boundary_state boundary = {.t = t, .opt = opt, .metrics = metrics,
+                               .checkpoint_path = checkpoint_path,
+                               .checkpointed_step = &checkpointed_step};
     while (t->state.step < opt->last_step) {
-        /* Commands due at this boundary, on every rank alike. */
+        /* Commands due at this boundary, on every rank alike: scheduled
+         * ones, then what clients of the control socket sent. While paused
+         * the job waits here, still answering commands. */
         int stop_now = 0;
         while (next_command < opt->scheduled_count &&
                opt->scheduled[next_command].step <= t->state.step) {
-            const command *c = &opt->scheduled[next_command++].cmd;
-            char text[96];
-            command_format(c, text, sizeof text);
-            if (c->kind == COMMAND_MOVE) {
-                size_t bytes = trainer_move_expert(t, c->layer, c->expert,
-                                                   c->rank);
-                t->migration_bytes += bytes;
-            } else if (c->kind == COMMAND_LR) {
-                t->opt.lr_override = c->value;
-            } else if (c->kind == COMMAND_CHECKPOINT) {
-                if (trainer_checkpoint(t, checkpoint_path,
-                                       sizeof t->last_checkpoint, err) < 0)
-                    return TRAIN_FAILED;
-                checkpointed_step = t->state.step;
-            } else if (c->kind == COMMAND_STOP) {
-                stop_now = 1;
-            }
-            if (metrics && metrics_write_event(metrics, t->state.step, text,
-                                               err) < 0)
+            int flags = apply_command(&boundary,
+                                      &opt->scheduled[next_command++].cmd,
+                                      NULL, 0, err);
+            if (flags < 0)
                 return TRAIN_FAILED;
+            stop_now |= flags & APPLIED_STOP;
         }
+        int flags = serve_controls(&boundary, err);
+        if (flags < 0)
+            return TRAIN_FAILED;
+        stop_now |= flags & APPLIED_STOP;
         if (stop_now) {
             outcome = TRAIN_STOPPED;
             summary->status = "stopped";

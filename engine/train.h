@@ -79,8 +79,11 @@ typedef struct scheduled_command {
     command cmd;
 } scheduled_command;
 
+struct control_server;
+
 typedef struct train_run_options {
     int last_step;                /* stop after this step (≤ train.steps) */
+    struct control_server *control; /* rank 0's control socket, or NULL */
     const scheduled_command *scheduled; /* in step order; may be NULL */
     int scheduled_count;
     metrics_sink *metrics;        /* may be NULL */

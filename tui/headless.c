@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "engine/command.h"
+#include "engine/control.h"
 #include "engine/train.h"
 
 static volatile sig_atomic_t stop_requested;
@@ -102,6 +103,7 @@ int headless_run(const config *cfg, const headless_options *opt,
 
     trainer *t = NULL;
     metrics_sink *metrics = NULL;
+    control_server *control = NULL;
     int status = 1;
     scheduled_command *scheduled = NULL;
     if (opt->at_count > 0) {
@@ -158,9 +160,19 @@ int headless_run(const config *cfg, const headless_options *opt,
         status = 2;
         goto done;
     }
-    if (c->rank == 0 && opt->metrics &&
-        metrics_open(&metrics, opt->metrics, &err) < 0)
-        goto done;
+    if (c->rank == 0) {
+        /* Records go to the metrics file and to the control socket's
+         * clients; commands come back through the socket. */
+        if (metrics_open(&metrics, opt->metrics, &err) < 0)
+            goto done;
+        if (control_open(&control, opt->socket, &err) < 0) {
+            status = opt->socket ? 2 : 1;
+            goto done;
+        }
+        metrics_attach_control(metrics, control);
+        fprintf(stderr, "moectl: control socket %s (moectl ctl %s status)\n",
+                control_path(control), control_path(control));
+    }
 
     progress_state p = {
         .tty = isatty(STDERR_FILENO),
@@ -173,6 +185,7 @@ int headless_run(const config *cfg, const headless_options *opt,
         .last_step = last_step,
         .scheduled = scheduled,
         .scheduled_count = opt->at_count,
+        .control = control,
         .metrics = metrics,
         .progress = &progress,
         .stop_requested = &stop_requested,
@@ -191,6 +204,12 @@ int headless_run(const config *cfg, const headless_options *opt,
                 t->model->param_count, model_active_params(t->model),
                 c->world, c->world > 1 ? "s" : "", t->state.step + 1,
                 last_step);
+    for (int r = 0; c->rank == 0 && r < cfg->cluster.device_count; r++)
+        if (cfg->cluster.devices[r].slowdown != 1.0)
+            fprintf(stderr, "moectl: rank %d (%s) is EMULATED %.2fx slower "
+                            "(cluster.devices[%d].slowdown)\n", r,
+                    cfg->cluster.devices[r].name,
+                    cfg->cluster.devices[r].slowdown, r);
     run_summary summary;
     train_outcome outcome = trainer_run(t, &run, &summary, &err);
     end_line(&p);
@@ -215,6 +234,7 @@ done:
             fprintf(stderr, "moectl: rank %d: %s\n", c->rank, err.message);
     }
     metrics_close(metrics);
+    control_close(control);
     trainer_destroy(t);
     free(scheduled);
     return status;

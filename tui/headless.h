@@ -10,6 +10,8 @@ typedef struct headless_options {
     int steps;               /* stop after this step; 0: train.steps */
     const char *metrics;     /* path, "-" for stdout, or NULL */
     const char *resume;      /* checkpoint file or directory, or NULL */
+    const char *socket;      /* control socket path, or NULL for a fresh
+                                private directory */
     const char *const *at;   /* "STEP:COMMAND" lines (--at), in any order */
     int at_count;
 } headless_options;

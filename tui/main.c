@@ -11,6 +11,7 @@
 #include "engine/config.h"
 #include "moectl_build.h"
 #include "tui/bench.h"
+#include "tui/ctl.h"
 #include "tui/headless.h"
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
@@ -21,8 +22,10 @@ static const char usage_text[] =
     "                                             embedded configs/default.yaml)\n"
     "       moectl run CONFIG [--headless] [--steps N] [--metrics PATH|-]\n"
     "                         [--resume CKPT|DIR] [--at STEP:COMMAND]...\n"
+    "                         [--socket PATH]\n"
     "                         [--set KEY=VALUE]...\n"
     "       moectl check CONFIG [--set KEY=VALUE]...\n"
+    "       moectl ctl SOCKET COMMAND...\n"
     "       moectl bench [CONFIG] [--steps N] [--warmup N] [--repeat N]\n"
     "                    [--profile]\n"
     "                    [--no-peer] [--no-scaling] [--set KEY=VALUE]...\n"
@@ -31,6 +34,8 @@ static const char usage_text[] =
     "commands:\n"
     "  run     train; a progress line goes to stderr (redrawn in place on a\n"
     "          terminal), metrics go to --metrics as JSON Lines\n"
+    "  ctl     send one command to a running job's control socket: pause,\n"
+    "          resume, stop, checkpoint, status, lr VALUE, move L.E R\n"
     "  check   validate CONFIG with its overrides and print the resolved\n"
     "          configuration\n"
     "  bench   training speed of CONFIG (default configs/bench.yaml) against\n"
@@ -48,6 +53,8 @@ static const char usage_text[] =
     "  --metrics PATH     write JSON Lines metrics to PATH ('-': stdout)\n"
     "  --resume PATH      continue from a checkpoint file, or the newest one\n"
     "                     in a checkpoint directory\n"
+    "  --socket PATH      the control socket (default: a fresh private\n"
+    "                     directory, printed at start)\n"
     "  --at STEP:COMMAND  apply a command (move L.E R, lr VALUE, checkpoint,\n"
     "                     stop) at the boundary after STEP, e.g.\n"
     "                     --at '50:move 1.3 0'\n"
@@ -138,6 +145,7 @@ static int parse_arguments(int argc, char **argv, arguments *a)
                           strcmp(arg, "--resume") == 0 ||
                           strcmp(arg, "--warmup") == 0 ||
                           strcmp(arg, "--at") == 0 ||
+                          strcmp(arg, "--socket") == 0 ||
                           strcmp(arg, "--repeat") == 0;
         if (takes_value && !value)
             return usage_error("option %s needs a value", arg);
@@ -146,6 +154,9 @@ static int parse_arguments(int argc, char **argv, arguments *a)
                 return usage_error("too many --set options (at most %s)",
                                    "256");
             a->sets[a->set_count++] = value;
+            i++;
+        } else if (strcmp(arg, "--socket") == 0) {
+            a->headless.socket = value;
             i++;
         } else if (strcmp(arg, "--at") == 0) {
             if (a->at_count == MAX_SETS)
@@ -195,6 +206,7 @@ static int parse_arguments(int argc, char **argv, arguments *a)
     a->headless.at_count = a->at_count;
     if (strcmp(a->command, "run") != 0 &&
         (a->headless.metrics || a->headless.resume || a->at_count ||
+         a->headless.socket ||
          (!bench && a->headless.steps)))
         return usage_error("%s takes only CONFIG and --set", a->command);
     return 0;
@@ -275,6 +287,9 @@ int main(int argc, char **argv)
             return 0;
         }
     }
+    if (argc > 1 && strcmp(argv[1], "ctl") == 0)
+        return ctl_run(argc > 2 ? argv[2] : NULL, argc > 3 ? argc - 3 : 0,
+                       argv + 3);
     apply_thread_environment(argv);
 
     arguments a;

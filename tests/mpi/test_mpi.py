@@ -211,6 +211,118 @@ def case_kill_rank(tmp):
     print(f"job ended {took:.1f} s after kill -9 of rank 1: {line.strip()}")
 
 
+def ctl(sock, *words):
+    p = subprocess.run([MOECTL, "ctl", sock] + list(words),
+                       capture_output=True, text=True, timeout=30)
+    return p.returncode, p.stdout.strip(), p.stderr.strip()
+
+
+def wait_for(predicate, what, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    fail("timed out waiting for " + what)
+
+
+def case_control(tmp):
+    """Steering a 2-rank job through its control socket with moectl ctl."""
+    import socket as sockets
+    metrics = os.path.join(tmp, "c.jsonl")
+    sock = os.path.join(tmp, "control.sock")
+    os.chmod(tmp, 0o700)
+    args = [MOECTL, "run", config(2), "--metrics", metrics, "--socket", sock,
+            "--set", "data.path=" + CORPUS,
+            "--set", "checkpoint.dir=" + os.path.join(tmp, "c"),
+            "--set", "train.steps=1000000", "--set", "train.eval_every=0"]
+    p = subprocess.Popen(args, cwd=tmp, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        def records():
+            try:
+                return [json.loads(l) for l in open(metrics)
+                        if l.endswith("\n")]
+            except OSError:
+                return []
+        def last_step():
+            st = [r for r in records() if r["type"] == "step"]
+            return st[-1] if st else None
+        wait_for(lambda: (last_step() or {}).get("step", 0) >= 3, "steps")
+        if os.stat(sock).st_mode & 0o777 != 0o600:
+            fail(f"socket mode {oct(os.stat(sock).st_mode)}")
+
+        rc, out, err = ctl(sock, "status")
+        if rc != 0 or "running" not in out or "2 ranks" not in out:
+            fail(f"status: {rc} {out!r} {err!r}")
+        # Malformed and out-of-range commands change nothing.
+        for words, needle in ((["move", "9.0", "1"], "layer 9 is out of range"),
+                              (["move", "0.1", "5"], "rank 5 is out of range"),
+                              (["lr", "fast"], "expected a number"),
+                              (["paws"], "unknown command")):
+            rc, out, err = ctl(sock, *words)
+            if rc != 1 or needle not in err:
+                fail(f"{words}: {rc} {out!r} {err!r}")
+
+        # A client that connects, sends half a line and vanishes.
+        c = sockets.socket(sockets.AF_UNIX, sockets.SOCK_STREAM)
+        c.connect(sock)
+        c.sendall(b"move 0.")
+        c.close()
+
+        rc, out, _ = ctl(sock, "lr", "0.0001")
+        if rc != 0:
+            fail(f"lr: {rc} {out}")
+        at = wait_for(lambda: next((r["step"] for r in records()
+                                    if r["type"] == "event"
+                                    and r["command"] == "lr 0.0001"), None),
+                      "the lr event")
+        wait_for(lambda: (last_step() or {}).get("step", 0) > at + 1, "steps")
+        after = [r for r in records() if r["type"] == "step"
+                 and r["step"] > at]
+        if any(r["lr"] != 0.0001 for r in after):
+            fail("lr 0.0001 did not take effect")
+
+        before = last_step()["placement"][0][0]
+        target = 1 - before
+        rc, out, _ = ctl(sock, "move", "0.0", str(target))
+        if rc != 0 or "placement version" not in out:
+            fail(f"move: {rc} {out}")
+        wait_for(lambda: last_step()["placement"][0][0] == target,
+                 "the move in the placement")
+
+        rc, out, _ = ctl(sock, "pause")
+        if rc != 0:
+            fail(f"pause: {rc} {out}")
+        paused_at = last_step()["step"]
+        time.sleep(1.0)
+        if last_step()["step"] != paused_at:
+            fail("training went on while paused")
+        rc, out, _ = ctl(sock, "status")
+        if "paused" not in out:
+            fail(f"status while paused: {out}")
+        rc, out, _ = ctl(sock, "resume")
+        wait_for(lambda: last_step()["step"] > paused_at + 2, "resumed steps")
+
+        rc, out, _ = ctl(sock, "stop")
+        if rc != 0:
+            fail(f"stop: {rc} {out}")
+        _, err = p.communicate(timeout=60)
+        if p.returncode != 3:
+            fail(f"stop: exit {p.returncode}\n{err[-2000:]}")
+        summary = records()[-1]
+        if summary["type"] != "summary" or not summary["checkpoint"]:
+            fail(f"after stop: {summary}")
+        if os.path.exists(sock):
+            fail("the socket was left behind")
+        print(f"status, lr, move, pause/resume, stop over the socket; "
+              f"stopped at step {summary['last_step']}")
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
 def main():
     if shutil.which("mpirun") is None:
         print("mpirun is not installed")
