@@ -176,12 +176,13 @@ int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
 }
 
 int metrics_write_event(metrics_sink *sink, int step, const char *command_text,
-                        moe_error *err)
+                        double duration_ms, moe_error *err)
 {
-    return emit(sink,
-                json_pack("{s:s, s:i, s:s}", "type", "event", "step", step,
-                          "command", command_text),
-                err);
+    json_t *record = json_pack("{s:s, s:i, s:s}", "type", "event", "step",
+                               step, "command", command_text);
+    if (record && isfinite(duration_ms))
+        json_object_set_new(record, "duration_ms", json_real(duration_ms));
+    return emit(sink, record, err);
 }
 
 int metrics_write_summary(metrics_sink *sink, const run_summary *s,

@@ -79,7 +79,7 @@ int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
                              moe_error *err);
 /* A command applied at the boundary after `step`. */
 int metrics_write_event(metrics_sink *sink, int step, const char *command_text,
-                        moe_error *err);
+                        double duration_ms, moe_error *err);
 int metrics_write_summary(metrics_sink *sink, const run_summary *s,
                           moe_error *err);
 

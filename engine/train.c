@@ -344,10 +344,13 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
     char text[96];
     command_format(c, text, sizeof text);
     int flags = 0;
+    double duration_ms = NAN;
     char local[256] = "";
     switch (c->kind) {
     case COMMAND_MOVE: {
+        double move_start = now_s();
         size_t bytes = trainer_move_expert(t, c->layer, c->expert, c->rank);
+        duration_ms = (now_s() - move_start) * 1e3;
         t->migration_bytes += bytes;
         snprintf(local, sizeof local, "expert %d.%d on rank %d from step %d "
                  "(%zu bytes moved, placement version %d)", c->layer,
@@ -396,7 +399,8 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
     if (reply)
         snprintf(reply, reply_size, "%s", local);
     if (c->kind != COMMAND_STATUS && b->metrics &&
-        metrics_write_event(b->metrics, t->state.step, text, err) < 0)
+        metrics_write_event(b->metrics, t->state.step, text, duration_ms,
+                            err) < 0)
         return -1;
     return flags;
 }

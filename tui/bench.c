@@ -397,6 +397,107 @@ static void print_profile(const run_result *r)
            100 * sum / total);
 }
 
+/* One row of the rank scaling: the bench model on `ranks` CPU ranks
+ * (threads split between them), run through `moectl run`, which starts
+ * mpirun. With more than one rank, expert 0.0 moves to rank 1 after the
+ * warm-up, to time a migration. */
+typedef struct ranks_row {
+    int ok;
+    double tokens_per_s;  /* median of the measured steps */
+    double step_ms;       /* median */
+    double alltoall_share; /* rank 0's all-to-all time / step time */
+    double move_ms;       /* the migration, NAN on one rank */
+    char error[256];
+} ranks_row;
+
+static void measure_ranks(const config *base, const bench_options *opt,
+                          int ranks, ranks_row *row)
+{
+    memset(row, 0, sizeof *row);
+    row->move_ms = NAN;
+    config cfg = *base;
+    int threads = base->cluster.devices[0].threads / ranks;
+    cfg.cluster.device_count = ranks;
+    for (int r = 0; r < ranks; r++) {
+        cfg.cluster.devices[r] = base->cluster.devices[0];
+        snprintf(cfg.cluster.devices[r].name,
+                 sizeof cfg.cluster.devices[r].name, "cpu%d", r);
+        cfg.cluster.devices[r].threads = threads > 0 ? threads : 1;
+    }
+    char dir[] = "/tmp/moectl-bench-XXXXXX";
+    if (!mkdtemp(dir)) {
+        snprintf(row->error, sizeof row->error, "mkdtemp: %s",
+                 strerror(errno));
+        return;
+    }
+    char yaml[64], metrics[64], command_line[6144], self[4096] = "";
+    ssize_t self_length = readlink("/proc/self/exe", self, sizeof self - 1);
+    self[self_length > 0 ? self_length : 0] = '\0';
+    snprintf(yaml, sizeof yaml, "%s/ranks.yaml", dir);
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(yaml, "w");
+    if (!f) {
+        snprintf(row->error, sizeof row->error, "cannot write %s", yaml);
+        return;
+    }
+    config_print(&cfg, f);
+    fclose(f);
+    int steps = opt->warmup + opt->steps;
+    char move[64] = "";
+    if (ranks > 1)
+        snprintf(move, sizeof move, "--at '%d:move 0.0 1'", opt->warmup);
+    snprintf(command_line, sizeof command_line,
+             "'%s' run %s --steps %d --metrics %s %s "
+             "--set train.eval_every=0 --set checkpoint.every=0 "
+             "--set checkpoint.dir=%s/ckpt >/dev/null 2>&1",
+             self, yaml, steps, metrics, move, dir);
+    int status = self[0] ? system(command_line) : -1;
+    FILE *in = status == 0 ? fopen(metrics, "r") : NULL;
+    if (!in) {
+        snprintf(row->error, sizeof row->error,
+                 "the %d-rank run failed (exit status %d)", ranks, status);
+    } else {
+        double *tps = calloc((size_t)steps, sizeof(double));
+        double *ms = calloc((size_t)steps, sizeof(double));
+        double share = 0;
+        int n = 0;
+        char line[1 << 16];
+        while (tps && ms && fgets(line, sizeof line, in)) {
+            json_error_t jerr;
+            json_t *r = json_loads(line, 0, &jerr);
+            const char *type = json_string_value(json_object_get(r, "type"));
+            int step = (int)json_integer_value(json_object_get(r, "step"));
+            if (type && strcmp(type, "step") == 0 && step > opt->warmup &&
+                n < steps) {
+                tps[n] = json_real_value(json_object_get(r, "tokens_per_s"));
+                ms[n] = json_real_value(json_object_get(r, "step_ms"));
+                json_t *rank0 = json_array_get(json_object_get(r, "ranks"), 0);
+                share += json_real_value(json_object_get(rank0, "alltoall_ms")) /
+                         ms[n];
+                n++;
+            } else if (type && strcmp(type, "event") == 0) {
+                row->move_ms =
+                    json_real_value(json_object_get(r, "duration_ms"));
+            }
+            json_decref(r);
+        }
+        fclose(in);
+        if (n > 0) {
+            row->tokens_per_s = median(tps, n);
+            row->step_ms = median(ms, n);
+            row->alltoall_share = share / n;
+            row->ok = 1;
+        } else {
+            snprintf(row->error, sizeof row->error, "no measured steps");
+        }
+        free(tps);
+        free(ms);
+    }
+    snprintf(command_line, sizeof command_line, "rm -rf '%s'", dir);
+    if (system(command_line) != 0)
+        fprintf(stderr, "moectl bench: could not remove %s\n", dir);
+}
+
 int bench_run(const config *base, const bench_options *opt)
 {
     int threads = base->cluster.devices[0].threads;
@@ -502,6 +603,26 @@ int bench_run(const config *base, const bench_options *opt)
             printf("  %-22s %12.0f %10.1f %12.1f %12.1f\n", label,
                    r.tokens_per_s, r.step_ms, r.optimizer_ms,
                    r.tokens_per_s * r.flops_per_token / 1e9);
+        }
+    }
+    if (opt->ranks) {
+        printf("\nRanks (the bench model on N CPU ranks under mpirun, threads "
+               "split between them; median of %d steps after %d warm-up):\n",
+               opt->steps, opt->warmup);
+        printf("  %-6s %12s %10s %15s %18s\n", "ranks", "tokens/s",
+               "step ms", "all-to-all share", "move one expert ms");
+        for (int ranks = 1; ranks <= 4; ranks *= 2) {
+            ranks_row r;
+            measure_ranks(base, opt, ranks, &r);
+            if (!r.ok) {
+                printf("  %-6d %s\n", ranks, r.error);
+                continue;
+            }
+            char move[32] = "-";
+            if (ranks > 1)
+                snprintf(move, sizeof move, "%.2f", r.move_ms);
+            printf("  %-6d %12.0f %10.1f %14.1f%% %18s\n", ranks,
+                   r.tokens_per_s, r.step_ms, 100 * r.alltoall_share, move);
         }
     }
     if (opt->profile)

@@ -14,6 +14,7 @@ typedef struct bench_options {
     int scaling_steps;
     int profile;         /* time per model part */
     int repeats;         /* interleaved rounds; the best of each is kept */
+    int ranks;           /* also the 1, 2, 4 rank rows */
 } bench_options;
 
 /* Prints the benchmark to stdout; returns an exit status. */

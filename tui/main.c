@@ -28,7 +28,8 @@ static const char usage_text[] =
     "       moectl ctl SOCKET COMMAND...\n"
     "       moectl bench [CONFIG] [--steps N] [--warmup N] [--repeat N]\n"
     "                    [--profile]\n"
-    "                    [--no-peer] [--no-scaling] [--set KEY=VALUE]...\n"
+    "                    [--no-peer] [--no-scaling] [--no-ranks]\n"
+    "                    [--set KEY=VALUE]...\n"
     "       moectl --help | --version\n"
     "\n"
     "commands:\n"
@@ -43,7 +44,8 @@ static const char usage_text[] =
     "          run by /usr/bin/python3), with scaling rows; --profile adds\n"
     "          the time per model part; --steps/--warmup set the measured\n"
     "          and warm-up steps (20 and 5); --repeat N interleaved rounds,\n"
-    "          best of each kept (2)\n"
+    "          best of each kept (2); rank rows: tokens/s on 1, 2, 4 MPI\n"
+    "          ranks, the all-to-all share, the time to move one expert\n"
     "\n"
     "options:\n"
     "  --headless         run without the console (the console is not built\n"
@@ -186,6 +188,8 @@ static int parse_arguments(int argc, char **argv, arguments *a)
             a->bench.profile = 1;
         } else if (bench && strcmp(arg, "--no-peer") == 0) {
             a->bench.peer = NULL;
+        } else if (bench && strcmp(arg, "--no-ranks") == 0) {
+            a->bench.ranks = 0;
         } else if (bench && strcmp(arg, "--no-scaling") == 0) {
             a->bench.scaling = 0;
         } else if (strcmp(arg, "--metrics") == 0) {
@@ -302,6 +306,7 @@ int main(int argc, char **argv)
         .scaling = 1,
         .scaling_steps = 8,
         .repeats = 2,
+        .ranks = 1,
     };
     if (parse_arguments(argc, argv, &a) != 0)
         return EXIT_USAGE;

@@ -274,6 +274,12 @@ def case_bench(tmp):
     for part in ("attention", "router", "permute", "experts", "optimizer"):
         if part not in names:
             fail(f"--profile lacks {part}:\n{out}")
+    rows = re.findall(r"^  ([124]) +(\d+) +([\d.]+) +([\d.]+)% +(\S+)$", out,
+                      re.M)
+    if [r[0] for r in rows] != ["1", "2", "4"]:
+        fail(f"the rank rows are missing:\n{out}")
+    if rows[0][4] != "-" or not all(float(r[4]) > 0 for r in rows[1:]):
+        fail(f"migration times: {rows}")
 
 
 def main():
