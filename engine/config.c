@@ -60,6 +60,10 @@ struct schema_field {
 #define STRING_FIELD(k, off, max_length)                                     \
     {.key = k, .kind = FIELD_STRING, .offset = off, .min = 1,                \
      .max = max_length}
+/* A string that may be empty ("": not set). */
+#define OPTIONAL_STRING_FIELD(k, off, max_length)                            \
+    {.key = k, .kind = FIELD_STRING, .offset = off, .min = 0,                \
+     .max = max_length}
 #define ENUM_FIELD(k, off, value_names)                                      \
     {.key = k, .kind = FIELD_ENUM, .offset = off, .names = value_names}
 #define SECTION_FIELD(k, fields)                                             \
@@ -150,6 +154,14 @@ static const schema_field checkpoint_fields[] = {
     END_FIELDS,
 };
 
+static const schema_field launcher_fields[] = {
+    OPTIONAL_STRING_FIELD("hostfile", CFG(launcher.hostfile),
+                          STRING_MAX(config, launcher.hostfile)),
+    OPTIONAL_STRING_FIELD("mpirun_args", CFG(launcher.mpirun_args),
+                          STRING_MAX(config, launcher.mpirun_args)),
+    END_FIELDS,
+};
+
 static const schema_field root_fields[] = {
     SECTION_FIELD("cluster",    cluster_fields),
     SECTION_FIELD("model",      model_fields),
@@ -157,6 +169,7 @@ static const schema_field root_fields[] = {
     SECTION_FIELD("train",      train_fields),
     SECTION_FIELD("data",       data_fields),
     SECTION_FIELD("checkpoint", checkpoint_fields),
+    SECTION_FIELD("launcher",   launcher_fields),
     END_FIELDS,
 };
 

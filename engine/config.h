@@ -91,6 +91,12 @@ typedef struct config {
         int every;             /* 0: only at the end of the run */
         int keep;              /* newest checkpoints kept in dir */
     } checkpoint;
+
+    /* How `moectl run` starts mpirun for several devices ("": not set). */
+    struct {
+        char hostfile[CONFIG_PATH_MAX];
+        char mpirun_args[CONFIG_PATH_MAX]; /* extra words, space-separated */
+    } launcher;
 } config;
 
 /* Sets every field to its default. */

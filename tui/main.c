@@ -230,7 +230,13 @@ static int launch_mpirun(const config *cfg, int argc, char **argv)
     self[n] = '\0';
     char ranks[16];
     snprintf(ranks, sizeof ranks, "%d", cfg->cluster.device_count);
-    char **args = calloc((size_t)argc + 16, sizeof *args);
+    static char extra[CONFIG_PATH_MAX];
+    snprintf(extra, sizeof extra, "%s", cfg->launcher.mpirun_args);
+    int extra_words = 0;
+    for (char *p = extra; *p; p++)
+        extra_words += (p == extra || p[-1] == ' ') && *p != ' ';
+    char **args = calloc((size_t)argc + (size_t)extra_words + 16,
+                         sizeof *args);
     if (!args)
         return EXIT_RUNTIME;
     int k = 0;
@@ -242,6 +248,12 @@ static int launch_mpirun(const config *cfg, int argc, char **argv)
     args[k++] = "--oversubscribe";
     args[k++] = "--bind-to";
     args[k++] = "none";
+    if (cfg->launcher.hostfile[0]) {
+        args[k++] = "--hostfile";
+        args[k++] = (char *)cfg->launcher.hostfile;
+    }
+    for (char *word = strtok(extra, " "); word; word = strtok(NULL, " "))
+        args[k++] = word;
     args[k++] = self;
     for (int i = 1; i < argc; i++)
         args[k++] = argv[i];

@@ -219,7 +219,7 @@ static void test_sets(void)
     EXPECT(config_load(&cfg, path, sets, 10, &err) == -1);
     EXPECT(strcmp(err.message,
                   "--set:1:1: unknown section \"--set\" (expected one of: "
-                  "cluster, model, moe, train, data, checkpoint)\n"
+                  "cluster, model, moe, train, data, checkpoint, launcher)\n"
                   "  --set=ignored\n"
                   "  ^") == 0);
 
