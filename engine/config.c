@@ -96,6 +96,8 @@ static const schema_field cluster_fields[] = {
      .min = 1, .max = CONFIG_MAX_DEVICES, .children = device_fields,
      .count_offset = CFG(cluster.device_count),
      .item_size = sizeof(config_device), .item_init = device_init},
+    OPTIONAL_STRING_FIELD("placement", CFG(cluster.placement),
+                          STRING_MAX(config, cluster.placement)),
     END_FIELDS,
 };
 
@@ -1122,9 +1124,72 @@ static int fail_cross(load_ctx *ctx, size_t offset_a, size_t offset_b,
     return fail_at(ctx, &blamed->at, "%s: %s", blamed->path, message);
 }
 
+int config_placement(const config *cfg, int *placement, char *reason,
+                     size_t reason_size)
+{
+    const char *p = cfg->cluster.placement;
+    int L = cfg->model.n_layers, E = cfg->moe.n_experts;
+    int groups = 0, in_group = 0, total = 0;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    if (!*p)
+        return 0;
+    for (;;) {
+        while (*p == ' ' || *p == '\t' || *p == ',')
+            p++;
+        if (*p == ';' || *p == '\0') {
+            if (in_group != E) {
+                snprintf(reason, reason_size, "layer group %d has %d ranks; "
+                         "expected moe.n_experts = %d", groups + 1, in_group,
+                         E);
+                return -1;
+            }
+            groups++;
+            in_group = 0;
+            if (*p == '\0')
+                break;
+            p++;
+            continue;
+        }
+        char *end;
+        long rank = strtol(p, &end, 10);
+        if (end == p || rank < 0 || rank >= cfg->cluster.device_count) {
+            snprintf(reason, reason_size, "expected a rank in 0..%d, got "
+                     "\"%.*s\"", cfg->cluster.device_count - 1,
+                     (int)strcspn(p, " \t,;"), p);
+            return -1;
+        }
+        if (groups >= L || in_group >= E) {
+            snprintf(reason, reason_size, "too many ranks: expected %d "
+                     "group(s) of %d (layers x experts)", L, E);
+            return -1;
+        }
+        if (placement)
+            placement[groups * E + in_group] = (int)rank;
+        in_group++;
+        total++;
+        p = end;
+    }
+    if (groups != 1 && groups != L) {
+        snprintf(reason, reason_size, "%d layer groups; expected 1 (for every "
+                 "layer) or model.n_layers = %d", groups, L);
+        return -1;
+    }
+    if (groups == 1 && placement)
+        for (int l = 1; l < L; l++)
+            memcpy(placement + (size_t)l * E, placement,
+                   (size_t)E * sizeof *placement);
+    (void)total;
+    return 1;
+}
+
 static int check_cross_fields(load_ctx *ctx)
 {
     const config *c = ctx->cfg;
+    char reason[256];
+    if (config_placement(c, NULL, reason, sizeof reason) < 0)
+        return fail_cross(ctx, CFG(cluster.placement), CFG(cluster.placement),
+                          "%s", reason);
     if (c->model.d_model % c->model.n_heads != 0)
         return fail_cross(ctx, CFG(model.d_model), CFG(model.n_heads),
                           "model.d_model (%d) must be a multiple of "

@@ -42,6 +42,10 @@ typedef struct config {
         char currency[16];
         int device_count;
         config_device devices[CONFIG_MAX_DEVICES];
+        /* The rank of each routed expert: "" for round-robin, or groups of
+         * n_experts ranks separated by ';', one group for every layer or
+         * one per layer, e.g. "0 0 1 1" or "0 1 0 1; 1 0 1 0". */
+        char placement[4096];
     } cluster;
 
     struct {
@@ -114,6 +118,12 @@ int config_load(config *cfg, const char *path, const char *const *sets,
 int config_load_text(config *cfg, const char *source, const char *text,
                      size_t length, const char *const *sets, int set_count,
                      moe_error *err);
+
+/* Fills placement (n_layers, n_experts) from cluster.placement and
+ * returns 1, or returns 0 when it is empty (round-robin). On a malformed
+ * value returns -1 with a one-line reason. */
+int config_placement(const config *cfg, int *placement, char *reason,
+                     size_t reason_size);
 
 /* Writes the fully resolved configuration as YAML that config_load reads
  * back to the same values. */

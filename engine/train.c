@@ -48,8 +48,22 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
     if (dataset_load(&t->data, cfg->data.path, cfg->data.val_fraction,
                      cfg->model.seq_len, err) < 0)
         goto fail;
-    if (model_create(&t->model, cfg, &t->be, t->local_batch, err) < 0 ||
-        model_distribute(t->model, c, NULL, err) < 0)
+    int *placement = calloc((size_t)cfg->model.n_layers * cfg->moe.n_experts,
+                            sizeof *placement);
+    char reason[256];
+    int placed = placement ? config_placement(cfg, placement, reason,
+                                              sizeof reason) : -1;
+    if (placed < 0) {
+        error_set(err, "%s: cluster.placement: %s", cfg->source,
+                  placement ? reason : "out of memory");
+        free(placement);
+        goto fail;
+    }
+    int made = model_create(&t->model, cfg, &t->be, t->local_batch, err) == 0 &&
+               model_distribute(t->model, c, placed ? placement : NULL,
+                                err) == 0;
+    free(placement);
+    if (!made)
         goto fail;
     size_t tokens = (size_t)cfg->train.batch_size * cfg->model.seq_len;
     t->inputs = malloc(tokens * sizeof *t->inputs);

@@ -126,7 +126,15 @@ def case_migration(tmp):
     moved_bytes = sum(r["migration_bytes"] for r in moved[40]["ranks"])
     if moved_bytes <= 0:
         fail("no migration bytes counted")
-    print("3 migrations: 40 steps bit-identical to the run without them")
+    # An initial placement from the configuration: also identical.
+    placed = steps(train(tmp, "placed", 2, ["--steps", "40"],
+                         ["cluster.placement=1 1 0 0; 0 1 1 0"])[0])
+    if placed[1]["placement"] != [[1, 1, 0, 0], [0, 1, 1, 0]]:
+        fail(f"configured placement not used: {placed[1]['placement']}")
+    for s in base:
+        if exact(base[s]) != exact(placed[s]):
+            fail(f"step {s} differs under the configured placement")
+    print("3 migrations and a configured placement: 40 steps bit-identical to the run without them")
 
 
 def case_resume_ranks(tmp):
