@@ -9,17 +9,7 @@
 #include "engine/rng.h"
 #include "engine/router.h"
 
-static int failures;
-
-#define EXPECT(cond, ...)                                                      \
-    do {                                                                       \
-        if (!(cond)) {                                                         \
-            failures++;                                                        \
-            printf("FAIL %s:%d: ", __FILE__, __LINE__);                        \
-            printf(__VA_ARGS__);                                               \
-            printf("\n");                                                      \
-        }                                                                      \
-    } while (0)
+#include "tests/expect.h"
 
 static void softmax_rows(float *probs, float *lse, const float *logits, int N,
                          int E)
