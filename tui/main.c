@@ -2,8 +2,10 @@
  * configuration and hands over to a driver; only this file decides to
  * quit. */
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -216,6 +218,14 @@ static int parse_arguments(int argc, char **argv, arguments *a)
     return 0;
 }
 
+static volatile sig_atomic_t mpirun_pid;
+
+static void forward_signal(int sig)
+{
+    if (mpirun_pid > 0)
+        kill((pid_t)mpirun_pid, sig);
+}
+
 /* One rank per cluster device: a job of several devices starts under
  * mpirun (this process becomes mpirun), each rank runs this same command
  * line and joins the job. */
@@ -262,13 +272,54 @@ static int launch_mpirun(const config *cfg, int argc, char **argv)
         setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
         setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
     }
+    /* mpirun reports any rank's nonzero exit as its own failure, so rank 0
+     * leaves the job's real status (3 for a clean stop, say) in a file. */
+    char status_dir[] = "/tmp/moectl-job-XXXXXX", status_path[64];
+    if (!mkdtemp(status_dir)) {
+        fprintf(stderr, "moectl: cannot create a temporary directory: %s\n",
+                strerror(errno));
+        free(args);
+        return EXIT_RUNTIME;
+    }
+    snprintf(status_path, sizeof status_path, "%s/status", status_dir);
+    setenv("MOECTL_JOB_STATUS_FILE", status_path, 1);
     fflush(NULL);
-    execvp("mpirun", args);
-    fprintf(stderr, "moectl: cannot start mpirun for %d ranks: %s (install "
-                    "openmpi-bin, or run scripts/setup.sh)\n",
-            cfg->cluster.device_count, strerror(errno));
+    pid_t child = fork();
+    if (child == 0) {
+        execvp("mpirun", args);
+        fprintf(stderr, "moectl: cannot start mpirun for %d ranks: %s "
+                        "(install openmpi-bin, or run scripts/setup.sh)\n",
+                cfg->cluster.device_count, strerror(errno));
+        _exit(EXIT_RUNTIME);
+    }
     free(args);
-    return EXIT_RUNTIME;
+    if (child < 0) {
+        fprintf(stderr, "moectl: cannot fork: %s\n", strerror(errno));
+        rmdir(status_dir);
+        return EXIT_RUNTIME;
+    }
+    /* Signals go to mpirun, which passes them to the ranks. */
+    mpirun_pid = child;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    int wstatus = 0;
+    while (waitpid(child, &wstatus, 0) < 0 && errno == EINTR)
+        ;
+    int status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : EXIT_RUNTIME;
+    FILE *f = fopen(status_path, "r");
+    if (f) {
+        int reported;
+        if (fscanf(f, "%d", &reported) == 1)
+            status = reported;
+        fclose(f);
+        unlink(status_path);
+    }
+    rmdir(status_dir);
+    return status;
 }
 
 static int run_ranks(const config *cfg, const headless_options *opt,
@@ -283,6 +334,14 @@ static int run_ranks(const config *cfg, const headless_options *opt,
     if (c.world == 1 && cfg->cluster.device_count > 1)
         return launch_mpirun(cfg, argc, argv);
     int status = headless_run(cfg, opt, &c);
+    const char *status_file = getenv("MOECTL_JOB_STATUS_FILE");
+    if (c.world > 1 && c.rank == 0 && status_file) {
+        FILE *f = fopen(status_file, "w");
+        if (f) {
+            fprintf(f, "%d\n", status);
+            fclose(f);
+        }
+    }
     /* A rank that failed alone would leave the others waiting in a
      * collective: end the whole job. */
     if (c.world > 1 && status != 0 && status != 3)

@@ -226,6 +226,33 @@ def case_kill_rank(tmp):
     print(f"job ended {took:.1f} s after kill -9 of rank 1: {line.strip()}")
 
 
+def case_signal(tmp):
+    """SIGINT to a 2-rank job: every rank stops at the same step, rank 0
+    writes a checkpoint, and the job exits 3 like a one-rank run."""
+    metrics = os.path.join(tmp, "s.jsonl")
+    ckpt = os.path.join(tmp, "s")
+    args = [MOECTL, "run", config(2), "--metrics", metrics,
+            "--set", "data.path=" + CORPUS, "--set", "checkpoint.dir=" + ckpt,
+            "--set", "train.steps=1000000", "--set", "train.eval_every=0"]
+    p = subprocess.Popen(args, cwd=tmp, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    try:
+        wait_for(lambda: os.path.exists(metrics) and
+                 open(metrics).read().count('"type":"step"') > 5, "steps")
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    if p.returncode != 3:
+        fail(f"SIGINT: exit {p.returncode}, want 3\n{err[-2000:]}")
+    summary = [json.loads(l) for l in open(metrics)][-1]
+    if summary["status"] != "stopped" or not os.path.exists(
+            summary["checkpoint"]):
+        fail(f"after SIGINT: {summary}")
+    print(f"stopped at step {summary['last_step']} with exit 3")
+
+
 def ctl(sock, *words):
     p = subprocess.run([MOECTL, "ctl", sock] + list(words),
                        capture_output=True, text=True, timeout=30)
