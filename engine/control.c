@@ -41,7 +41,21 @@ struct control_server {
     control_client clients[CONTROL_MAX_CLIENTS];
     control_request queue[CONTROL_QUEUE_MAX];
     int queue_head, queue_len;
+    /* The latest record of each kind a new client needs to draw the job
+     * at once (the run, the last step, the last validation). */
+    char *remembered[CONTROL_REMEMBERED_MAX];
 };
+
+void control_remember(control_server *s, int kind, const char *line)
+{
+    if (!s || kind < 0 || kind >= CONTROL_REMEMBERED_MAX)
+        return;
+    char *copy = strdup(line);
+    if (!copy)
+        return;
+    free(s->remembered[kind]);
+    s->remembered[kind] = copy;
+}
 
 static int control_set_flags(int fd)
 {
@@ -340,6 +354,9 @@ const char *control_path(const control_server *s)
 
 void control_close(control_server *s)
 {
+    if (s)
+        for (int k = 0; k < CONTROL_REMEMBERED_MAX; k++)
+            free(s->remembered[k]);
     if (!s)
         return;
     for (int i = 0; i < CONTROL_MAX_CLIENTS; i++)
@@ -403,6 +420,9 @@ static void control_accept(control_server *s, const command_limits *limits)
         if (++s->last_generation == 0)
             s->last_generation = 1;
         c->generation = s->last_generation;
+        for (int k = 0; k < CONTROL_REMEMBERED_MAX; k++)
+            if (s->remembered[k])
+                control_client_send(c, s->remembered[k]);
         /* A command sent right after connecting is read in this poll. */
         control_client_read(s, slot, limits);
     }

@@ -74,4 +74,10 @@ void control_broadcast(control_server *s, const char *line);
 
 int control_client_count(const control_server *s);
 
+/* Kinds of record sent to every client as it attaches, in this order. */
+enum { CONTROL_REMEMBER_RUN, CONTROL_REMEMBER_STEP, CONTROL_REMEMBER_VAL,
+       CONTROL_REMEMBERED_MAX };
+/* Keeps a copy of line as the latest record of kind. */
+void control_remember(control_server *s, int kind, const char *line);
+
 #endif

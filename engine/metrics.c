@@ -63,11 +63,21 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
     if (!record)
         return error_set(err, "out of memory building a metrics record");
     char *text = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER);
-    json_decref(record);
-    if (!text)
+    if (!text) {
+        json_decref(record);
         return error_set(err, "out of memory writing a metrics record");
-    if (sink->control)
+    }
+    if (sink->control) {
         control_broadcast(sink->control, text);
+        const char *type = json_string_value(json_object_get(record, "type"));
+        if (type && strcmp(type, "run") == 0)
+            control_remember(sink->control, CONTROL_REMEMBER_RUN, text);
+        else if (type && strcmp(type, "step") == 0)
+            control_remember(sink->control, CONTROL_REMEMBER_STEP, text);
+        else if (type && strcmp(type, "val") == 0)
+            control_remember(sink->control, CONTROL_REMEMBER_VAL, text);
+    }
+    json_decref(record);
     int failed = sink->f && (fputs(text, sink->f) == EOF ||
                              fputc('\n', sink->f) == EOF ||
                              fflush(sink->f) != 0);

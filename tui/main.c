@@ -13,6 +13,7 @@
 #include "engine/config.h"
 #include "moectl_build.h"
 #include "tui/bench.h"
+#include "tui/console.h"
 #include "tui/ctl.h"
 #include "tui/headless.h"
 
@@ -28,6 +29,7 @@ static const char usage_text[] =
     "                         [--set KEY=VALUE]...\n"
     "       moectl check CONFIG [--set KEY=VALUE]...\n"
     "       moectl ctl SOCKET COMMAND...\n"
+    "       moectl attach SOCKET\n"
     "       moectl bench [CONFIG] [--steps N] [--warmup N] [--repeat N]\n"
     "                    [--profile]\n"
     "                    [--no-peer] [--no-scaling] [--no-ranks]\n"
@@ -37,6 +39,10 @@ static const char usage_text[] =
     "commands:\n"
     "  run     train; a progress line goes to stderr (redrawn in place on a\n"
     "          terminal), metrics go to --metrics as JSON Lines\n"
+    "  run     on a terminal, opens the console on the job (detach with q,\n"
+    "          reattach with moectl attach); --headless or no terminal:\n"
+    "          a progress line instead\n"
+    "  attach  open the console on a running job's control socket\n"
     "  ctl     send one command to a running job's control socket: pause,\n"
     "          resume, stop, checkpoint, status, lr VALUE, move L.E R\n"
     "  check   validate CONFIG with its overrides and print the resolved\n"
@@ -50,8 +56,7 @@ static const char usage_text[] =
     "          ranks, the all-to-all share, the time to move one expert\n"
     "\n"
     "options:\n"
-    "  --headless         run without the console (the console is not built\n"
-    "                     yet, so every run is headless for now)\n"
+    "  --headless         run without the console\n"
     "  --steps N          stop after step N; the learning-rate schedule still\n"
     "                     spans train.steps (change that with --set)\n"
     "  --metrics PATH     write JSON Lines metrics to PATH ('-': stdout)\n"
@@ -119,6 +124,8 @@ typedef struct arguments {
     int at_count;
     headless_options headless;
     bench_options bench;
+    int headless_flag; /* --headless given */
+    int first_option;  /* argv index after the command word */
 } arguments;
 
 static int parse_int(const char *text, int *out)
@@ -140,6 +147,7 @@ static int parse_arguments(int argc, char **argv, arguments *a)
                      strcmp(argv[i], "bench") == 0))
         a->command = argv[i++];
     int bench = strcmp(a->command, "bench") == 0;
+    a->first_option = i;
     for (; i < argc; i++) {
         const char *arg = argv[i];
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
@@ -169,7 +177,7 @@ static int parse_arguments(int argc, char **argv, arguments *a)
             a->at[a->at_count++] = value;
             i++;
         } else if (strcmp(arg, "--headless") == 0) {
-            /* Every run is headless until the console exists. */
+            a->headless_flag = 1;
         } else if (strcmp(arg, "--steps") == 0) {
             if (parse_int(value, bench ? &a->bench.steps
                                        : &a->headless.steps) < 0)
@@ -365,6 +373,13 @@ int main(int argc, char **argv)
     if (argc > 1 && strcmp(argv[1], "ctl") == 0)
         return ctl_run(argc > 2 ? argv[2] : NULL, argc > 3 ? argc - 3 : 0,
                        argv + 3);
+    if (argc > 1 && strcmp(argv[1], "attach") == 0) {
+        if (argc != 3) {
+            fprintf(stderr, "usage: moectl attach SOCKET\n");
+            return EXIT_USAGE;
+        }
+        return console_attach(argv[2]);
+    }
     apply_thread_environment(argv);
 
     arguments a;
@@ -400,5 +415,23 @@ int main(int argc, char **argv)
     }
     if (strcmp(a.command, "bench") == 0)
         return bench_run(&cfg, &a.bench);
+    /* On a terminal, and unless --headless: the console, which runs this
+     * same command line headless as its job. A rank started by mpirun is
+     * never a console. */
+    if (!a.headless_flag && isatty(STDIN_FILENO) && isatty(STDOUT_FILENO) &&
+        !getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE")) {
+        char **engine = calloc((size_t)argc + 3, sizeof *engine);
+        if (!engine)
+            return EXIT_RUNTIME;
+        int n = 0;
+        engine[n++] = argv[0];
+        engine[n++] = "run";
+        for (int i = a.first_option; i < argc; i++)
+            engine[n++] = argv[i];
+        engine[n++] = "--headless";
+        int status = console_launch(engine, n);
+        free(engine);
+        return status;
+    }
     return run_ranks(&cfg, &a.headless, argc, argv);
 }

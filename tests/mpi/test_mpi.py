@@ -168,7 +168,7 @@ def case_resume_ranks(tmp):
 
 
 def rank_pid(parent, rank):
-    """The pid of MPI rank `rank` among parent's descendants."""
+    """The pid of MPI rank `rank` in the session `parent` leads."""
     for pid in os.listdir("/proc"):
         if not pid.isdigit():
             continue
@@ -177,8 +177,12 @@ def rank_pid(parent, rank):
             cmd = open(f"/proc/{pid}/cmdline", "rb").read()
         except OSError:
             continue
-        if (b"OMPI_COMM_WORLD_RANK=%d" % rank in env and b"moectl" in cmd
-                and b"mpirun" not in cmd.split(b"\0")[0]):
+        try:
+            ours = os.getsid(int(pid)) == parent  # this test's job only
+        except OSError:
+            continue
+        if (ours and b"OMPI_COMM_WORLD_RANK=%d" % rank in env
+                and b"moectl" in cmd and b"mpirun" not in cmd.split(b"\0")[0]):
             return int(pid)
     return None
 
