@@ -423,11 +423,23 @@ static void draw_footer(console *c, const layout_rect *r)
     case MODE_COMMAND:
         snprintf(line, sizeof line, ":%s", c->input);
         break;
-    case MODE_MOVE:
-        snprintf(line, sizeof line, "move expert %d.%d to rank %d "
-                 "(left/right to choose, Enter to move, Esc to cancel)",
-                 c->cursor_layer, c->cursor_expert, c->move_target);
+    case MODE_MOVE: {
+        /* The choices with each rank's load, the chosen one bracketed. */
+        int n = snprintf(line, sizeof line, "move expert %d.%d to rank %d:",
+                         c->cursor_layer, c->cursor_expert, c->move_target);
+        for (int i = 0; i < c->v.device_count && n > 0 &&
+                        n < (int)sizeof line - 1; i++) {
+            const view_rank *k = i < c->v.rank_count ? &c->v.ranks[i] : NULL;
+            n += snprintf(line + n, sizeof line - (size_t)n, " %s%d %s %.0ftok"
+                          "%s", i == c->move_target ? "[" : "", i,
+                          c->v.devices[i].name, k ? k->tokens : 0.0,
+                          i == c->move_target ? "]" : "");
+        }
+        if (n > 0 && n < (int)sizeof line - 1)
+            snprintf(line + n, sizeof line - (size_t)n,
+                     "  Enter moves, Esc cancels");
         break;
+    }
     case MODE_CONFIRM_STOP:
         snprintf(line, sizeof line, "Stop the job (checkpoint first)? y/n");
         break;
