@@ -166,10 +166,8 @@ def run_checks(metrics):
     tmux("new-window", "-t", SESSION,
          f"TERM=xterm-256color {MOECTL} attach {socket_path}; "
          f"echo ATTACH-EXIT $?; sleep 60")
-    wait_for(lambda: "Expert load" in screen() and "step" in screen(),
-             "the attached console")
-    if not re.search(r"step \d+/1000000", screen()):
-        fail("the attached console shows no step")
+    wait_for(lambda: re.search(r"step \d+/1000000", screen()),
+             "the attached console to show the job")
     keys("s")
     keys("y")
     wait_for(lambda: "ATTACH-EXIT" in screen(), "the job to stop", 60)
