@@ -285,7 +285,7 @@ static void draw_heatmap(console *c, const layout_rect *r)
         return;
     int row = r->row + 1;
     int cell = 3, label = 6;
-    int shown = (r->cols - label) / cell;
+    int shown = (r->cols - label - 1) / cell; /* a gap before the next panel */
     if (shown > v->experts)
         shown = v->experts;
     int stats_col = r->col + label + shown * cell + 1;
