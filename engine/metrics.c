@@ -67,6 +67,10 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
         json_decref(record);
         return error_set(err, "out of memory writing a metrics record");
     }
+    int failed = sink->f && (fputs(text, sink->f) == EOF ||
+                             fputc('\n', sink->f) == EOF ||
+                             fflush(sink->f) != 0);
+    /* Clients hear of a record once it is in the file. */
     if (sink->control) {
         control_broadcast(sink->control, text);
         const char *type = json_string_value(json_object_get(record, "type"));
@@ -78,9 +82,6 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
             control_remember(sink->control, CONTROL_REMEMBER_VAL, text);
     }
     json_decref(record);
-    int failed = sink->f && (fputs(text, sink->f) == EOF ||
-                             fputc('\n', sink->f) == EOF ||
-                             fflush(sink->f) != 0);
     free(text);
     if (failed)
         return error_set_errno(err, "cannot write metrics to %s", sink->path);
