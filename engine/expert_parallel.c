@@ -264,24 +264,6 @@ static void alltoall(expert_parallel *ep, const float *send,
     ep->alltoall_s += now_s() - start;
 }
 
-static void expert_views(model *m, int l, const float **w13, const float **w2,
-                         float **dw13, float **dw2)
-{
-    const model_dims *d = &m->dims;
-    size_t w13_size = (size_t)2 * d->F * d->C, w2_size = (size_t)d->C * d->F;
-    for (int e = 0; e < d->E; e++) {
-        size_t expert = (size_t)l * d->E + e;
-        if (w13) {
-            w13[e] = m->params.expert_w13 + expert * w13_size;
-            w2[e] = m->params.expert_w2 + expert * w2_size;
-        }
-        if (dw13) {
-            dw13[e] = m->grads.expert_w13 + expert * w13_size;
-            dw2[e] = m->grads.expert_w2 + expert * w2_size;
-        }
-    }
-}
-
 void expert_parallel_forward(expert_parallel *ep, int l,
                              const float *norm_out, const int *expert_index,
                              const float *gate, float *out)
@@ -301,15 +283,12 @@ void expert_parallel_forward(expert_parallel *ep, int l,
     alltoall(ep, ep->send, y->send_rows, ep->recv, y->recv_rows, C);
     gather_rows(y->expert_in, ep->recv, y->recv_position, y->mine, C);
 
-    const float **w13 = malloc((size_t)E * 2 * sizeof *w13);
-    const float **w2 = w13 + E;
-    expert_views(m, l, w13, w2, NULL, NULL);
-    ops->grouped_matmul_forward(ctx, y->expert_h13, y->expert_in, w13,
+    model_expert_weights w = model_expert_views(m, l);
+    ops->grouped_matmul_forward(ctx, y->expert_h13, y->expert_in, w.w13,
                                 y->group_rows, E, C, 2 * F);
     ops->swiglu_forward(ctx, y->expert_h, y->expert_h13, y->mine, F);
-    ops->grouped_matmul_forward(ctx, y->expert_out, y->expert_h, w2,
+    ops->grouped_matmul_forward(ctx, y->expert_out, y->expert_h, w.w2,
                                 y->group_rows, E, F, C);
-    free(w13);
     ep->rows += y->mine;
 
     scatter_rows(ep->send, y->expert_out, y->recv_position, y->mine, C);
@@ -335,20 +314,14 @@ void expert_parallel_backward(expert_parallel *ep, int l, const float *dout,
     alltoall(ep, ep->d_returned, y->send_rows, ep->recv, y->recv_rows, C);
     gather_rows(ep->d_expert_out, ep->recv, y->recv_position, y->mine, C);
 
-    const float **w13 = malloc((size_t)E * 2 * sizeof *w13);
-    const float **w2 = w13 + E;
-    float **dw13 = malloc((size_t)E * 2 * sizeof *dw13);
-    float **dw2 = dw13 + E;
-    expert_views(m, l, w13, w2, dw13, dw2);
-    ops->grouped_matmul_backward(ctx, ep->d_expert_h, dw2, ep->d_expert_out,
-                                 y->expert_h, w2, y->group_rows, E, F, C);
+    model_expert_weights w = model_expert_views(m, l);
+    ops->grouped_matmul_backward(ctx, ep->d_expert_h, w.dw2, ep->d_expert_out,
+                                 y->expert_h, w.w2, y->group_rows, E, F, C);
     ops->swiglu_backward(ctx, ep->d_expert_h13, ep->d_expert_h, y->expert_h13,
                          y->mine, F);
-    ops->grouped_matmul_backward(ctx, ep->d_expert_in, dw13, ep->d_expert_h13,
-                                 y->expert_in, w13, y->group_rows, E, C,
-                                 2 * F);
-    free(w13);
-    free(dw13);
+    ops->grouped_matmul_backward(ctx, ep->d_expert_in, w.dw13,
+                                 ep->d_expert_h13, y->expert_in, w.w13,
+                                 y->group_rows, E, C, 2 * F);
 
     scatter_rows(ep->send, ep->d_expert_in, y->recv_position, y->mine, C);
     alltoall(ep, ep->send, y->recv_rows, ep->recv, y->send_rows, C);

@@ -377,6 +377,13 @@ static void layer_expert_views(model *m, int l)
     }
 }
 
+model_expert_weights model_expert_views(model *m, int l)
+{
+    layer_expert_views(m, l);
+    model_activations *a = m->acts;
+    return (model_expert_weights){a->w13, a->w2, a->dw13, a->dw2};
+}
+
 /* Shared experts of layer l: their output is SET in branch_out. */
 static void shared_forward(model *m, int l, const layer_acts *v, int N)
 {

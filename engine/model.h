@@ -165,6 +165,14 @@ void model_backward(model *m);
 
 void model_profile_reset(model *m);
 
+/* Per-expert weight and gradient pointers of layer l, for grouped GEMMs;
+ * valid until the next call. */
+typedef struct model_expert_weights {
+    const float **w13, **w2; /* (E) */
+    float **dw13, **dw2;     /* (E) */
+} model_expert_weights;
+model_expert_weights model_expert_views(model *m, int l);
+
 /* Spreads the routed experts over the ranks of c (placement (L, E) of
  * ranks, or NULL for round-robin by expert). Every rank then trains its
  * own `batch` sequences of the global batch. */
