@@ -74,6 +74,8 @@ _Static_assert(sizeof(config_backend) == sizeof(int),
                "FIELD_ENUM stores enums as int");
 
 static const char *const backend_names[] = {"cpu", "cuda", "hip", NULL};
+static const char *const policy_names[] = {"off", "suggest", "auto", NULL};
+static const char *const dense_names[] = {"replicated", "sharded", NULL};
 
 static const schema_field device_fields[] = {
     STRING_FIELD("name",           DEV(name), STRING_MAX(config_device, name)),
@@ -84,6 +86,8 @@ static const schema_field device_fields[] = {
     REAL_FIELD("peak_tflops",      DEV(peak_tflops), 0, NO_MAX, OPEN_MIN),
     REAL_FIELD("memory_gb",        DEV(memory_gb), 0, NO_MAX, OPEN_MIN),
     REAL_FIELD("slowdown",         DEV(slowdown), 1, 1000, 0),
+    INT_FIELD("count",             DEV(count), 1, 1000000),
+    REAL_FIELD("utilization",      DEV(utilization), 0, 1, 0),
     END_FIELDS,
 };
 
@@ -98,6 +102,7 @@ static const schema_field cluster_fields[] = {
      .item_size = sizeof(config_device), .item_init = device_init},
     OPTIONAL_STRING_FIELD("placement", CFG(cluster.placement),
                           STRING_MAX(config, cluster.placement)),
+    REAL_FIELD("link_gbps", CFG(cluster.link_gbps), 0, NO_MAX, OPEN_MIN),
     END_FIELDS,
 };
 
@@ -109,6 +114,8 @@ static const schema_field model_fields[] = {
     REAL_FIELD("rope_theta", CFG(model.rope_theta), 0, NO_MAX, OPEN_MIN),
     REAL_FIELD("norm_eps",   CFG(model.norm_eps), 0, 1, OPEN_MIN),
     REAL_FIELD("init_std",   CFG(model.init_std), 0, 1, OPEN_MIN),
+    INT_FIELD("n_kv_heads",  CFG(model.n_kv_heads), 0, 256),
+    INT_FIELD("vocab_size",  CFG(model.vocab_size), 2, 16777216),
     END_FIELDS,
 };
 
@@ -120,6 +127,24 @@ static const schema_field moe_fields[] = {
     REAL_FIELD("capacity_factor", CFG(moe.capacity_factor), 0, NO_MAX, 0),
     REAL_FIELD("aux_loss_coef",   CFG(moe.aux_loss_coef), 0, NO_MAX, 0),
     REAL_FIELD("z_loss_coef",     CFG(moe.z_loss_coef), 0, NO_MAX, 0),
+    END_FIELDS,
+};
+
+static const schema_field balance_fields[] = {
+    REAL_FIELD("bias_update_rate",    CFG(balance.bias_update_rate), 0, 1, 0),
+    INT_FIELD("routing_warmup_steps", CFG(balance.routing_warmup_steps), 0,
+              1000000000),
+    REAL_FIELD("load_ema",            CFG(balance.load_ema), 0, 1, OPEN_MAX),
+    ENUM_FIELD("policy",              CFG(balance.policy), policy_names),
+    INT_FIELD("every",                CFG(balance.every), 1, 1000000000),
+    REAL_FIELD("min_gain",            CFG(balance.min_gain), 0, 1, OPEN_MAX),
+    END_FIELDS,
+};
+
+static const schema_field plan_fields[] = {
+    REAL_FIELD("bytes_per_param", CFG(plan.bytes_per_param), 0, 1024,
+               OPEN_MIN),
+    ENUM_FIELD("dense",           CFG(plan.dense), dense_names),
     END_FIELDS,
 };
 
@@ -168,9 +193,11 @@ static const schema_field root_fields[] = {
     SECTION_FIELD("cluster",    cluster_fields),
     SECTION_FIELD("model",      model_fields),
     SECTION_FIELD("moe",        moe_fields),
+    SECTION_FIELD("balance",    balance_fields),
     SECTION_FIELD("train",      train_fields),
     SECTION_FIELD("data",       data_fields),
     SECTION_FIELD("checkpoint", checkpoint_fields),
+    SECTION_FIELD("plan",       plan_fields),
     SECTION_FIELD("launcher",   launcher_fields),
     END_FIELDS,
 };
@@ -191,6 +218,8 @@ static void device_init(void *item)
     device->peak_tflops = 1.0;
     device->memory_gb = 24;
     device->slowdown = 1.0;
+    device->count = 1;
+    device->utilization = 0;
 }
 
 void config_defaults(config *cfg)
@@ -202,6 +231,7 @@ void config_defaults(config *cfg)
 
     strcpy(cfg->cluster.currency, "USD");
     cfg->cluster.device_count = 1;
+    cfg->cluster.link_gbps = 10;
     device_init(&cfg->cluster.devices[0]);
 
     cfg->model.d_model = 128;
@@ -211,6 +241,8 @@ void config_defaults(config *cfg)
     cfg->model.rope_theta = 10000;
     cfg->model.norm_eps = 1e-5;
     cfg->model.init_std = 0.02;
+    cfg->model.n_kv_heads = 0;
+    cfg->model.vocab_size = CONFIG_VOCAB_SIZE;
 
     cfg->moe.n_experts = 8;
     cfg->moe.top_k = 2;
@@ -219,6 +251,16 @@ void config_defaults(config *cfg)
     cfg->moe.capacity_factor = 0;
     cfg->moe.aux_loss_coef = 0.01;
     cfg->moe.z_loss_coef = 1e-4;
+
+    cfg->balance.bias_update_rate = 0;
+    cfg->balance.routing_warmup_steps = 0;
+    cfg->balance.load_ema = 0.9;
+    cfg->balance.policy = CONFIG_POLICY_OFF;
+    cfg->balance.every = 50;
+    cfg->balance.min_gain = 0.05;
+
+    cfg->plan.bytes_per_param = 16;
+    cfg->plan.dense = CONFIG_DENSE_REPLICATED;
 
     cfg->train.steps = 2000;
     cfg->train.batch_size = 16;
@@ -1201,6 +1243,11 @@ static int check_cross_fields(load_ctx *ctx)
                           "the head dimension model.d_model / model.n_heads "
                           "= %d / %d = %d must be even (RoPE rotates pairs)",
                           c->model.d_model, c->model.n_heads, head_dim);
+    if (c->model.n_kv_heads > 0 && c->model.n_heads % c->model.n_kv_heads)
+        return fail_cross(ctx, CFG(model.n_kv_heads), CFG(model.n_heads),
+                          "model.n_heads (%d) must be a multiple of "
+                          "model.n_kv_heads (%d)",
+                          c->model.n_heads, c->model.n_kv_heads);
     if (c->moe.top_k > c->moe.n_experts)
         return fail_cross(ctx, CFG(moe.top_k), CFG(moe.n_experts),
                           "moe.top_k (%d) must not exceed moe.n_experts (%d)",

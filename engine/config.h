@@ -32,7 +32,24 @@ typedef struct config_device {
     double peak_tflops;    /* dense fp32/bf16 peak used for MFU */
     double memory_gb;
     double slowdown;       /* >= 1: emulate a slower device (labelled) */
+    int count;             /* identical devices this entry stands for; a
+                              training run lists one entry per rank, so
+                              count > 1 is for `moectl plan` */
+    double utilization;    /* expected fraction of peak_tflops reached on
+                              this workload, for `moectl plan`; 0: not
+                              stated */
 } config_device;
+
+typedef enum config_policy {
+    CONFIG_POLICY_OFF,     /* placement changes only by hand */
+    CONFIG_POLICY_SUGGEST, /* plan every N steps; the operator applies */
+    CONFIG_POLICY_AUTO,    /* apply the plan when its gain is worth it */
+} config_policy;
+
+typedef enum config_dense {
+    CONFIG_DENSE_REPLICATED, /* every rank holds all dense state (moectl) */
+    CONFIG_DENSE_SHARDED,    /* dense state divided over ranks (ZeRO-3) */
+} config_dense;
 
 typedef struct config {
     char name[CONFIG_NAME_MAX];   /* file name without directory and .yaml */
@@ -46,6 +63,7 @@ typedef struct config {
          * n_experts ranks separated by ';', one group for every layer or
          * one per layer, e.g. "0 0 1 1" or "0 1 0 1; 1 0 1 0". */
         char placement[4096];
+        double link_gbps;  /* GB/s between ranks: prices expert moves */
     } cluster;
 
     struct {
@@ -56,6 +74,10 @@ typedef struct config {
         double rope_theta;
         double norm_eps;
         double init_std;
+        int n_kv_heads;    /* key/value heads (grouped-query attention);
+                              0: n_heads. Training needs n_heads. */
+        int vocab_size;    /* training reads bytes (256); other values
+                              describe models for `moectl plan` */
     } model;
 
     struct {
@@ -67,6 +89,17 @@ typedef struct config {
         double aux_loss_coef;  /* Switch auxiliary loss α */
         double z_loss_coef;    /* router z-loss coefficient */
     } moe;
+
+    /* Routing-side and placement-side balancing. */
+    struct {
+        double bias_update_rate; /* DeepSeek-V3 aux-free bias step u; 0: off */
+        int routing_warmup_steps; /* Ling stochastic routing warm-up; 0: off */
+        double load_ema;         /* decay of the per-expert load average */
+        config_policy policy;
+        int every;               /* steps between plans (suggest, auto) */
+        double min_gain;         /* auto applies a plan predicted to cut the
+                                    step time by at least this fraction */
+    } balance;
 
     struct {
         int steps;
@@ -95,6 +128,12 @@ typedef struct config {
         int every;             /* 0: only at the end of the run */
         int keep;              /* newest checkpoints kept in dir */
     } checkpoint;
+
+    /* The analytic model of `moectl plan`. */
+    struct {
+        double bytes_per_param; /* weights, gradients and optimizer state */
+        config_dense dense;
+    } plan;
 
     /* How `moectl run` starts mpirun for several devices ("": not set). */
     struct {

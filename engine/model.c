@@ -4,6 +4,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
 
 #include "engine/rng.h"
 
@@ -20,12 +23,54 @@ static double monotonic_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
+/* Emulates a slower device (model_set_slowdown): the compute of the lap
+ * just ended (its all-to-all waits excluded) is stretched by sleeping
+ * (slowdown - 1) times as long. Short debts are carried to a later lap so
+ * that the sleep's own overshoot is paid back rather than accumulated. */
+static double emulate_slowdown(model *m, double now)
+{
+    model_profile *p = &m->profile;
+    double waited = m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
+    double compute = now - p->lap_start - (waited - p->lap_comm);
+    p->lap_comm = waited;
+    p->slowdown_debt_s += (m->slowdown - 1.0) * (compute > 0 ? compute : 0);
+    if (p->slowdown_debt_s < 50e-6)
+        return now;
+    double debt = p->slowdown_debt_s;
+    struct timespec nap = {(time_t)debt,
+                           (long)((debt - (double)(time_t)debt) * 1e9)};
+    nanosleep(&nap, NULL);
+    double after = monotonic_s();
+    p->slowdown_debt_s -= after - now;
+    return after;
+}
+
 /* Adds the time since the previous lap to `bucket`. */
 static void lap(model *m, double *bucket)
 {
     double now = monotonic_s();
+    if (m->slowdown > 1.0)
+        now = emulate_slowdown(m, now);
     *bucket += now - m->profile.lap_start;
     m->profile.lap_start = now;
+}
+
+/* Starts the laps of a forward or backward pass. */
+static void lap_begin(model *m)
+{
+    m->profile.lap_start = monotonic_s();
+    m->profile.lap_comm = m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
+}
+
+void model_set_slowdown(model *m, double slowdown)
+{
+    m->slowdown = slowdown;
+#ifdef PR_SET_TIMERSLACK
+    /* Sleeps of tens of microseconds: the default 50 us slack would
+     * swamp them. */
+    if (slowdown > 1.0)
+        prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+#endif
 }
 
 void model_profile_reset(model *m)
@@ -432,7 +477,7 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     m->aux_loss = 0.0;
     m->z_loss = 0.0;
     double *fw = m->profile.forward_s;
-    m->profile.lap_start = monotonic_s();
+    lap_begin(m);
 
     ops->embedding_forward(ctx, a->resid, a->inputs, p->wte, N, C);
     lap(m, &fw[MODEL_PART_embedding]);
@@ -547,7 +592,7 @@ void model_backward(model *m)
     model_activations *a = m->acts;
     model_tensors *p = &m->params, *g = &m->grads;
     double *bw = m->profile.backward_s;
-    m->profile.lap_start = monotonic_s();
+    lap_begin(m);
 
     memset(a->d_resid, 0, NC * sizeof(float));
     memset(a->d_norm_out, 0, NC * sizeof(float));

@@ -102,6 +102,8 @@ typedef struct model_profile {
     double forward_s[MODEL_PART_COUNT];
     double backward_s[MODEL_PART_COUNT];
     double lap_start; /* monotonic seconds at the last lap */
+    double lap_comm;  /* all-to-all seconds at the last lap */
+    double slowdown_debt_s; /* emulated slowdown not yet slept */
 } model_profile;
 
 typedef struct model {
@@ -113,6 +115,7 @@ typedef struct model {
     double aux_loss_coef;
     double z_loss_coef;
     double capacity_factor;
+    double slowdown; /* > 1: emulate a slower device (model_set_slowdown) */
     const backend *be;
 
     size_t param_count;
@@ -164,6 +167,12 @@ void model_zero_grad(model *m);
 void model_backward(model *m);
 
 void model_profile_reset(model *m);
+
+/* Emulates a device `slowdown` times slower (cluster.devices[].slowdown):
+ * every lap of compute in forward and backward is followed by a sleep
+ * (slowdown - 1) times as long, so the all-to-all partners wait for it
+ * layer by layer as they would for a slow device. 1: off. */
+void model_set_slowdown(model *m, double slowdown);
 
 /* Per-expert weight and gradient pointers of layer l, for grouped GEMMs;
  * valid until the next call. */

@@ -24,6 +24,20 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
                               "`moectl run`, which launches one rank per "
                               "device", cfg->source,
                          cfg->cluster.device_count, c->world);
+    for (int i = 0; i < cfg->cluster.device_count; i++)
+        if (cfg->cluster.devices[i].count != 1)
+            return error_set(err, "%s: cluster.devices[%d].count is %d: a "
+                                  "training run lists one device entry per "
+                                  "rank (count is for `moectl plan`)",
+                             cfg->source, i, cfg->cluster.devices[i].count);
+    if (cfg->model.vocab_size != CONFIG_VOCAB_SIZE ||
+        (cfg->model.n_kv_heads != 0 &&
+         cfg->model.n_kv_heads != cfg->model.n_heads))
+        return error_set(err, "%s: model.vocab_size %d and model.n_kv_heads "
+                              "%d describe a model for `moectl plan`; the "
+                              "trainer reads bytes (vocab_size 256) with "
+                              "n_kv_heads equal to n_heads", cfg->source,
+                         cfg->model.vocab_size, cfg->model.n_kv_heads);
     const config_device *device = &cfg->cluster.devices[c->rank];
     if (device->backend != CONFIG_BACKEND_CPU)
         return error_set(err, "%s: device %d (%s) has a GPU backend, and "
@@ -76,6 +90,8 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
         goto fail;
     }
     model_init_params(t->model, cfg->train.seed);
+    /* An emulated slow device: labelled "emulated" in metrics. */
+    model_set_slowdown(t->model, device->slowdown);
     t->state.seed = cfg->train.seed;
     rng_seed(&t->state.data_rng, cfg->train.seed, 2);
     *out = t;
@@ -234,19 +250,6 @@ void trainer_step(trainer *t, step_stats *s)
     double zeroed = now_s();
     model_backward(m);
     double backward_done = now_s();
-    /* An emulated slow device (cluster.devices[].slowdown, labelled
-     * "emulated" in metrics): its compute takes that many times longer. */
-    double slowdown = t->cfg.cluster.devices[t->comm->rank].slowdown;
-    if (slowdown > 1.0) {
-        double compute = backward_done - start;
-        if (m->ep)
-            compute -= expert_parallel_peek_alltoall_s(m->ep);
-        double extra = (slowdown - 1.0) * (compute > 0 ? compute : 0);
-        struct timespec nap = {(time_t)extra,
-                               (long)((extra - (double)(time_t)extra) * 1e9)};
-        nanosleep(&nap, NULL);
-        backward_done = now_s();
-    }
     optimizer_reduce_gradients(m);
     double reduced = now_s();
     double lr = optimizer_lr(&t->opt, step);

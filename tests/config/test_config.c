@@ -219,7 +219,8 @@ static void test_sets(void)
     EXPECT(config_load(&cfg, path, sets, 10, &err) == -1);
     EXPECT(strcmp(err.message,
                   "--set:1:1: unknown section \"--set\" (expected one of: "
-                  "cluster, model, moe, train, data, checkpoint, launcher)\n"
+                  "cluster, model, moe, balance, train, data, checkpoint, "
+                  "plan, launcher)\n"
                   "  --set=ignored\n"
                   "  ^") == 0);
 
