@@ -3,6 +3,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +11,12 @@
 #include <unistd.h>
 
 #define CHECKPOINT_MAGIC "MOECTLCK"
-#define CHECKPOINT_VERSION 1u
+/* Version 2 added the routing-side balancing state after the Adam moments.
+ * Version 1 files are still read: they predate bias balancing and the
+ * routing warm-up, so their runs had a zero bias and no logit statistics,
+ * which is what loading them gives. */
+#define CHECKPOINT_VERSION 2u
+#define CHECKPOINT_VERSION_NO_BALANCE 1u
 
 /* The header, written field by field in this order. */
 typedef struct checkpoint_header {
@@ -52,6 +58,37 @@ static void get(stream *s, void *data, size_t n)
         memset(data, 0, n);
     }
     hash_bytes(s, data, n);
+}
+
+/* Routing-side balancing: bias (L, E) float, running logit mean and
+ * variance (L) double each, and whether those are set (int32). */
+static void put_balance_state(stream *s, const model *m)
+{
+    const size_t L = (size_t)m->dims.L, E = (size_t)m->dims.E;
+    int32_t ready = m->router_logit_stats_ready;
+    put(s, m->router_bias, L * E * sizeof *m->router_bias);
+    put(s, m->router_logit_mean, L * sizeof(double));
+    put(s, m->router_logit_var, L * sizeof(double));
+    put(s, &ready, sizeof ready);
+}
+
+static void get_balance_state(stream *s, model *m, uint32_t version)
+{
+    const size_t L = (size_t)m->dims.L, E = (size_t)m->dims.E;
+    int32_t ready = 0;
+    if (version == CHECKPOINT_VERSION_NO_BALANCE) {
+        memset(m->router_bias, 0, L * E * sizeof *m->router_bias);
+        memset(m->router_logit_mean, 0, L * sizeof(double));
+        memset(m->router_logit_var, 0, L * sizeof(double));
+    } else {
+        get(s, m->router_bias, L * E * sizeof *m->router_bias);
+        get(s, m->router_logit_mean, L * sizeof(double));
+        get(s, m->router_logit_var, L * sizeof(double));
+        get(s, &ready, sizeof ready);
+    }
+    for (size_t l = 0; l < L; l++)
+        m->router_logit_std[l] = sqrt(m->router_logit_var[l]);
+    m->router_logit_stats_ready = ready != 0;
 }
 
 static void dims_of(const model *m, int32_t dims[9])
@@ -181,6 +218,7 @@ int checkpoint_save(const char *dir, int keep, const model *m,
     put(&s, m->param_memory, bytes);
     put(&s, m->adam_m_memory, bytes);
     put(&s, m->adam_v_memory, bytes);
+    put_balance_state(&s, m);
     uint64_t checksum = s.hash;
     put(&s, &checksum, sizeof checksum);
 
@@ -255,7 +293,8 @@ int checkpoint_load(const char *path, model *m, checkpoint_state *st,
     get(&s, &h.tokens_seen, sizeof h.tokens_seen);
     get(&s, &h.seed, sizeof h.seed);
     get(&s, h.data_rng, sizeof h.data_rng);
-    if (s.failed || h.version != CHECKPOINT_VERSION) {
+    if (s.failed || (h.version != CHECKPOINT_VERSION &&
+                     h.version != CHECKPOINT_VERSION_NO_BALANCE)) {
         fclose(s.f);
         return error_set(err, "%s: unsupported checkpoint version %u", file,
                          h.version);
@@ -285,6 +324,7 @@ int checkpoint_load(const char *path, model *m, checkpoint_state *st,
     get(&s, m->param_memory, bytes);
     get(&s, m->adam_m_memory, bytes);
     get(&s, m->adam_v_memory, bytes);
+    get_balance_state(&s, m, h.version);
     uint64_t expected = s.hash, checksum;
     get(&s, &checksum, sizeof checksum);
     int trailing = fgetc(s.f) != EOF;

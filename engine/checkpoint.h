@@ -1,5 +1,6 @@
-/* Checkpoints: weights, both Adam moments, step, RNG state, data position
- * and expert placement in one file, written to a temp file, fsynced, then
+/* Checkpoints: weights, both Adam moments, step, RNG state, data position,
+ * expert placement and the routing-side balancing state (router bias,
+ * running logit statistics) in one file, written to a temp file, fsynced, then
  * renamed into place, so a crash never leaves a half-written checkpoint
  * under a checkpoint's name. A checksum covers the whole file. */
 #ifndef MOECTL_ENGINE_CHECKPOINT_H

@@ -11,7 +11,7 @@
 #include <string.h>
 
 /* One more word than any command takes, to report the first extra one. */
-enum { WORDS_MAX = 4, QUOTE_MAX = 40 };
+enum { WORDS_MAX = 7, QUOTE_MAX = 40 };
 
 typedef struct word {
     const char *text;   /* not NUL-terminated at len */
@@ -25,26 +25,35 @@ static int command_parse_lr(const word *args, const command_limits *limits,
                             command *out, char *reason, size_t reason_size);
 static int command_parse_move(const word *args, const command_limits *limits,
                               command *out, char *reason, size_t reason_size);
+static int command_parse_policy(const word *args, const command_limits *limits,
+                                command *out, char *reason,
+                                size_t reason_size);
 
 static const struct command_spec {
     const char *name;
     command_kind kind;
-    int n_args;
+    int n_args;     /* at least */
+    int max_args;   /* at most */
     const char *usage;
     command_args_fn parse_args;   /* NULL when n_args is 0 */
 } command_specs[] = {
-    {"pause", COMMAND_PAUSE, 0, "pause", NULL},
-    {"resume", COMMAND_RESUME, 0, "resume", NULL},
-    {"stop", COMMAND_STOP, 0, "stop", NULL},
-    {"checkpoint", COMMAND_CHECKPOINT, 0, "checkpoint", NULL},
-    {"status", COMMAND_STATUS, 0, "status", NULL},
-    {"lr", COMMAND_LR, 1, "lr VALUE", command_parse_lr},
-    {"move", COMMAND_MOVE, 2, "move L.E R", command_parse_move},
+    {"pause", COMMAND_PAUSE, 0, 0, "pause", NULL},
+    {"resume", COMMAND_RESUME, 0, 0, "resume", NULL},
+    {"stop", COMMAND_STOP, 0, 0, "stop", NULL},
+    {"checkpoint", COMMAND_CHECKPOINT, 0, 0, "checkpoint", NULL},
+    {"status", COMMAND_STATUS, 0, 0, "status", NULL},
+    {"lr", COMMAND_LR, 1, 1, "lr VALUE", command_parse_lr},
+    {"move", COMMAND_MOVE, 2, 2, "move L.E R", command_parse_move},
+    {"plan", COMMAND_PLAN, 0, 0, "plan", NULL},
+    {"apply", COMMAND_APPLY, 0, 0, "apply", NULL},
+    {"policy", COMMAND_POLICY, 1, 5,
+     "policy off|suggest|auto [every N] [min-gain X]", command_parse_policy},
 };
 enum { COMMAND_SPECS = sizeof command_specs / sizeof command_specs[0] };
 
 static const char command_list[] =
-    "pause, resume, stop, checkpoint, status, lr VALUE, move L.E R";
+    "pause, resume, stop, checkpoint, status, lr VALUE, move L.E R, plan, "
+    "apply, policy off|suggest|auto [every N] [min-gain X]";
 
 static int command_fail(char *reason, size_t reason_size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -205,6 +214,74 @@ static int command_parse_move(const word *args, const command_limits *limits,
     return 0;
 }
 
+static const char *const policy_names[] = {"off", "suggest", "auto"};
+
+/* policy off|suggest|auto [every N] [min-gain X]: X a fraction (0.05) or a
+ * percentage (5%). args ends with a NULL-text word. */
+static int command_parse_policy(const word *args, const command_limits *limits,
+                                command *out, char *reason,
+                                size_t reason_size)
+{
+    (void)limits;
+    char quoted[QUOTE_MAX + 4];
+    out->policy = -1;
+    for (int i = 0; i < 3; i++)
+        if (word_is(&args[0], policy_names[i]))
+            out->policy = i;
+    if (out->policy < 0)
+        return command_fail(reason, reason_size,
+                            "policy: expected off, suggest or auto, got "
+                            "\"%s\"",
+                            command_quote(&args[0], quoted, sizeof quoted));
+    out->every = 0;
+    out->min_gain = -1;
+    for (const word *w = &args[1]; w->text; w += 2) {
+        const word *value = &w[1];
+        int every = word_is(w, "every"), gain = word_is(w, "min-gain");
+        if (!every && !gain)
+            return command_fail(reason, reason_size,
+                                "policy: expected \"every N\" or \"min-gain "
+                                "X\", got \"%s\"",
+                                command_quote(w, quoted, sizeof quoted));
+        if (!value->text)
+            return command_fail(reason, reason_size, "policy: %s needs a "
+                                "value (usage: policy off|suggest|auto "
+                                "[every N] [min-gain X])",
+                                every ? "every" : "min-gain");
+        const char *end = value->text + value->len;
+        if (every) {
+            long n;
+            const char *e;
+            if (command_strtoi(value->text, &e, &n) < 0 || e != end ||
+                n < 1 || n > 1000000000)
+                return command_fail(reason, reason_size,
+                                    "policy: every expects a step count "
+                                    "(1..1000000000), got \"%s\"",
+                                    command_quote(value, quoted,
+                                                  sizeof quoted));
+            out->every = (int)n;
+        } else {
+            char *e;
+            double x = command_strtod(value->text, &e);
+            if (e == value->text) {
+                x = NAN;
+            } else if (e < end && *e == '%') {
+                x /= 100;
+                e++;
+            }
+            if (e != end || !(x >= 0 && x < 1))
+                return command_fail(reason, reason_size,
+                                    "policy: min-gain expects a fraction of "
+                                    "a step, 0 <= X < 1 (like 0.05 or 5%%), "
+                                    "got \"%s\"",
+                                    command_quote(value, quoted,
+                                                  sizeof quoted));
+            out->min_gain = x;
+        }
+    }
+    return 0;
+}
+
 /* The usage words after the name, from the first one not given. */
 static const char *command_missing(const struct command_spec *spec, int given)
 {
@@ -242,12 +319,14 @@ int command_parse(const char *line, const command_limits *limits,
         return command_fail(reason, reason_size, "%s: missing %s (usage: %s)",
                             spec->name, command_missing(spec, given),
                             spec->usage);
-    if (given > spec->n_args)
+    if (given > spec->max_args)
         return command_fail(
             reason, reason_size, "%s: unexpected argument \"%s\" (usage: %s)",
             spec->name,
-            command_quote(&words[1 + spec->n_args], quoted, sizeof quoted),
+            command_quote(&words[1 + spec->max_args], quoted, sizeof quoted),
             spec->usage);
+    if (given < WORDS_MAX - 1)
+        words[1 + given] = (word){NULL, 0};
 
     command parsed = {.kind = spec->kind};
     if (spec->parse_args &&
@@ -279,6 +358,23 @@ void command_format(const command *c, char *out, size_t size)
     case COMMAND_MOVE:
         snprintf(out, size, "%s %d.%d %d", name, c->layer, c->expert, c->rank);
         break;
+    case COMMAND_POLICY: {
+        int n = snprintf(out, size, "%s %s", name,
+                         c->policy >= 0 && c->policy < 3
+                             ? policy_names[c->policy] : "?");
+        if (c->every > 0 && n >= 0 && (size_t)n < size)
+            n += snprintf(out + n, size - (size_t)n, " every %d", c->every);
+        if (c->min_gain >= 0 && n >= 0 && (size_t)n < size) {
+            locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+            locale_t previous = c_locale ? uselocale(c_locale) : (locale_t)0;
+            snprintf(out + n, size - (size_t)n, " min-gain %.6g", c->min_gain);
+            if (c_locale) {
+                uselocale(previous);
+                freelocale(c_locale);
+            }
+        }
+        break;
+    }
     default:
         snprintf(out, size, "%s", name);
         break;

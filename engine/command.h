@@ -13,7 +13,13 @@ typedef enum command_kind {
     COMMAND_LR,     /* value */
     COMMAND_MOVE,   /* layer, expert, rank */
     COMMAND_STATUS,
+    COMMAND_PLAN,   /* show the planner's moves and predicted gain */
+    COMMAND_APPLY,  /* carry out the last plan (or a fresh one) */
+    COMMAND_POLICY, /* policy, every, min_gain */
 } command_kind;
+
+/* The balance policies, in the order of config_policy. */
+enum { COMMAND_POLICY_OFF, COMMAND_POLICY_SUGGEST, COMMAND_POLICY_AUTO };
 
 typedef struct command {
     command_kind kind;
@@ -21,6 +27,9 @@ typedef struct command {
     int layer;      /* move */
     int expert;     /* move */
     int rank;       /* move */
+    int policy;     /* policy: COMMAND_POLICY_* */
+    int every;      /* policy: steps between plans; 0 keeps the current */
+    double min_gain; /* policy: fraction of a step; < 0 keeps the current */
 } command;
 
 /* Limits a command is checked against (out-of-range is an error). */

@@ -119,6 +119,68 @@ int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
     return emit(sink, record, err);
 }
 
+/* Per-layer imbalance of this step's load: max/mean, coefficient of
+ * variation and dead (unrouted) experts; the load average; cost and MFU. */
+static void add_balance(json_t *record, const step_stats *s)
+{
+    json_t *max_mean = json_array(), *cv = json_array(), *dead = json_array();
+    json_t *ema = json_array();
+    for (int l = 0; l < s->layers; l++) {
+        const int *row = s->expert_load + (size_t)l * s->experts;
+        double sum = 0, sq = 0, max = 0;
+        int zeros = 0;
+        for (int e = 0; e < s->experts; e++) {
+            sum += row[e];
+            sq += (double)row[e] * row[e];
+            max = row[e] > max ? row[e] : max;
+            zeros += row[e] == 0;
+        }
+        double mean = sum / s->experts;
+        double var = sq / s->experts - mean * mean;
+        json_array_append_new(max_mean, number(mean > 0 ? max / mean : NAN));
+        json_array_append_new(cv, number(mean > 0 ? sqrt(fmax(var, 0)) / mean
+                                                  : NAN));
+        json_array_append_new(dead, json_integer(zeros));
+        if (s->load_ema) {
+            json_t *cells = json_array();
+            for (int e = 0; e < s->experts; e++)
+                json_array_append_new(cells, json_real(round(
+                    s->load_ema[(size_t)l * s->experts + e] * 100) / 100));
+            json_array_append_new(ema, cells);
+        }
+    }
+    json_object_set_new(record, "imbalance", json_pack(
+        "{s:o, s:o, s:o}", "max_mean", max_mean, "cv", cv, "dead", dead));
+    if (s->load_ema)
+        json_object_set_new(record, "load_ema", ema);
+    else
+        json_decref(ema);
+    if (s->router_bias) {
+        json_t *bias = json_array();
+        for (int l = 0; l < s->layers; l++) {
+            json_t *cells = json_array();
+            for (int e = 0; e < s->experts; e++)
+                json_array_append_new(cells, json_real(
+                    s->router_bias[(size_t)l * s->experts + e]));
+            json_array_append_new(bias, cells);
+        }
+        json_object_set_new(record, "router_bias", bias);
+    }
+    json_object_set_new(record, "routing_mix", number(s->routing_mix));
+    json_object_set_new(record, "straggler",
+                        s->straggler >= 0 ? json_integer(s->straggler)
+                                          : json_null());
+    json_object_set_new(record, "ideal_tokens_per_s",
+                        number(s->ideal_tokens_per_s));
+    json_object_set_new(record, "mfu", number(s->mfu));
+    json_object_set_new(record, "cost_per_hour", number(s->cost_per_hour));
+    json_object_set_new(record, "cost_per_mtok", number(s->cost_per_mtok));
+    json_object_set_new(record, "cost_per_btok",
+                        number(s->cost_per_mtok * 1e3));
+    json_object_set_new(record, "cost_per_ttok",
+                        number(s->cost_per_mtok * 1e6));
+}
+
 int metrics_write_step(metrics_sink *sink, const step_stats *s,
                        moe_error *err)
 {
@@ -144,6 +206,13 @@ int metrics_write_step(metrics_sink *sink, const step_stats *s,
             "idle_ms", number(q->idle_ms), "tokens", (json_int_t)q->tokens,
             "experts", (json_int_t)q->experts, "migration_bytes",
             (json_int_t)q->migration_bytes));
+        json_t *row = json_array_get(ranks, json_array_size(ranks) - 1);
+        json_object_set_new(row, "expert_flops_per_s",
+                            number(q->expert_flops_per_s));
+        json_object_set_new(row, "state_gb", number(q->state_bytes * 1e-9));
+        json_object_set_new(row, "capacity_gb",
+                            number(q->capacity_bytes * 1e-9));
+        json_object_set_new(row, "rss_gb", number(q->rss_bytes * 1e-9));
     }
     for (int l = 0; s->placement && l < s->layers; l++) {
         json_t *row = json_array();
@@ -165,6 +234,8 @@ int metrics_write_step(metrics_sink *sink, const step_stats *s,
         "elapsed_s", number(s->elapsed_s), "dropped", s->dropped,
         "expert_load", load, "ranks", ranks, "placement", placement,
         "placement_version", s->placement_version);
+    if (record)
+        add_balance(record, s);
     return emit(sink, record, err);
 }
 
@@ -187,12 +258,20 @@ int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
 }
 
 int metrics_write_event(metrics_sink *sink, int step, const char *command_text,
-                        double duration_ms, moe_error *err)
+                        const char *reply, double duration_ms,
+                        moe_error *err)
 {
     json_t *record = json_pack("{s:s, s:i, s:s}", "type", "event", "step",
                                step, "command", command_text);
+    if (record && reply)
+        json_object_set_new(record, "reply", json_string(reply));
     if (record && isfinite(duration_ms))
         json_object_set_new(record, "duration_ms", json_real(duration_ms));
+    return emit(sink, record, err);
+}
+
+int metrics_write_record(metrics_sink *sink, json_t *record, moe_error *err)
+{
     return emit(sink, record, err);
 }
 

@@ -26,6 +26,12 @@ typedef struct rank_stats {
     double tokens;       /* rows its experts processed */
     double experts;      /* experts it holds */
     double migration_bytes; /* moved by its migrations so far */
+    double expert_flops_per_s; /* achieved on its expert work (emulated
+                                  slowdown included) */
+    double state_bytes;  /* model state it needs: dense state and the
+                            experts it hosts (16 bytes a parameter) */
+    double capacity_bytes; /* cluster.devices[].memory_gb */
+    double rss_bytes;    /* resident memory of its process */
 } rank_stats;
 
 typedef struct step_stats {
@@ -49,6 +55,16 @@ typedef struct step_stats {
     const config_device *devices; /* (ranks) */
     const int *placement;   /* (layers, experts) rank of each expert */
     int placement_version;
+    /* Balance and cost, on rank 0. */
+    const double *load_ema; /* (layers, experts) moving average of load */
+    const float *router_bias; /* (layers, experts) aux-free balance bias */
+    double routing_mix;     /* Ling warm-up weight of the real logits */
+    int straggler;          /* the rank the others waited for, -1: none */
+    double ideal_tokens_per_s; /* with expert work split in proportion to
+                                  the ranks' measured speeds */
+    double cost_per_hour;   /* Σ price_per_hour */
+    double cost_per_mtok;   /* cost per 1M tokens at this step's speed */
+    double mfu;             /* 6·active·tokens_per_s / Σ peak */
 } step_stats;
 
 typedef struct run_summary {
@@ -77,9 +93,15 @@ int metrics_write_val(metrics_sink *sink, int step, double val_loss,
                       moe_error *err);
 int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
                              moe_error *err);
-/* A command applied at the boundary after `step`. */
+/* A command applied at the boundary after `step`, with its reply (may be
+ * NULL) and how long it took (NAN: not timed). */
 int metrics_write_event(metrics_sink *sink, int step, const char *command_text,
-                        double duration_ms, moe_error *err);
+                        const char *reply, double duration_ms,
+                        moe_error *err);
+/* Any record built by the caller (it is consumed). */
+struct json_t;
+int metrics_write_record(metrics_sink *sink, struct json_t *record,
+                         moe_error *err);
 int metrics_write_summary(metrics_sink *sink, const run_summary *s,
                           moe_error *err);
 

@@ -144,6 +144,10 @@ struct model_activations {
     const float **w2;
     float **dw13;
     float **dw2;
+    /* Routing warm-up scratch: (sequences of the global batch, 2) logit
+     * sums, then (E) scores. */
+    double *routing_scratch;
+    size_t routing_scratch_count;
 };
 
 static void dims_from_config(model_dims *d, const config *cfg)
@@ -233,7 +237,21 @@ static void activations_destroy(model_activations *a)
     free(a->w2);
     free(a->dw13);
     free(a->dw2);
+    free(a->routing_scratch);
     free(a);
+}
+
+/* Sizes the routing warm-up scratch for a global batch over `world` ranks. */
+static int routing_scratch_reserve(model *m, int world)
+{
+    model_activations *a = m->acts;
+    size_t count = (size_t)2 * m->batch * world + (size_t)m->dims.E;
+    double *scratch = realloc(a->routing_scratch, count * sizeof *scratch);
+    if (!scratch)
+        return -1;
+    a->routing_scratch = scratch;
+    a->routing_scratch_count = count;
+    return 0;
 }
 
 int model_create(model **out, const config *cfg, const backend *be, int batch,
@@ -250,6 +268,10 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     m->aux_loss_coef = cfg->moe.aux_loss_coef;
     m->z_loss_coef = cfg->moe.z_loss_coef;
     m->capacity_factor = cfg->moe.capacity_factor;
+    m->bias_update_rate = cfg->balance.bias_update_rate;
+    m->routing_warmup_steps = cfg->balance.routing_warmup_steps;
+    m->routing_seed = cfg->train.seed;
+    m->routing_mix = 1.0;
     m->be = be;
 
     const model_dims *d = &m->dims;
@@ -268,12 +290,20 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     m->adam_m_memory = malloc(bytes);
     m->adam_v_memory = malloc(bytes);
     m->dispatch = calloc((size_t)d->L, sizeof *m->dispatch);
+    m->router_bias = calloc((size_t)d->L * d->E, sizeof *m->router_bias);
+    /* mean, var, std, pending mean, pending var: (L) each */
+    m->router_logit_mean = calloc((size_t)5 * d->L, sizeof(double));
     if (!m->param_memory || !m->grad_memory || !m->adam_m_memory ||
-        !m->adam_v_memory || !m->dispatch) {
+        !m->adam_v_memory || !m->dispatch || !m->router_bias ||
+        !m->router_logit_mean) {
         model_destroy(m);
         return error_set(err, "out of memory for %zu parameters",
                          m->param_count);
     }
+    m->router_logit_var = m->router_logit_mean + d->L;
+    m->router_logit_std = m->router_logit_mean + 2 * d->L;
+    m->pending_logit_mean = m->router_logit_mean + 3 * d->L;
+    m->pending_logit_var = m->router_logit_mean + 4 * d->L;
     tensor_views(&m->params, m->param_memory, m->tensors);
     tensor_views(&m->grads, m->grad_memory, m->tensors);
     tensor_views(&m->adam_m, m->adam_m_memory, m->tensors);
@@ -285,6 +315,10 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     if (activations_create(&m->acts, d, batch, err) < 0) {
         model_destroy(m);
         return -1;
+    }
+    if (routing_scratch_reserve(m, 1) < 0) {
+        model_destroy(m);
+        return error_set(err, "out of memory for routing scratch");
     }
     model_activations *a = m->acts;
     size_t SK = (size_t)batch * d->T * d->K;
@@ -309,6 +343,8 @@ void model_destroy(model *m)
     free(m->expert_rank);
     activations_destroy(m->acts);
     free(m->dispatch);
+    free(m->router_bias);
+    free(m->router_logit_mean);
     free(m->param_memory);
     free(m->grad_memory);
     free(m->adam_m_memory);
@@ -458,6 +494,108 @@ static void balance_losses(model *m, const layer_acts *v,
                                    m->total_tokens, E, m->z_loss_coef);
 }
 
+/* The global dispatch counts of layer l's last forward. */
+static const int *layer_selected(const model *m, int l)
+{
+    return m->ep ? expert_parallel_dispatch(m->ep, l)->selected
+                 : m->dispatch[l].selected;
+}
+
+static int warmup_active(const model *m)
+{
+    return m->routing_step > 0 && m->routing_step <= m->routing_warmup_steps;
+}
+
+/* Layer l's top-k during the routing warm-up, replacing the kernel's
+ * choice (probs, logits and lse stay). The batch's logit mean and variance
+ * are summed per sequence; each sequence lives on one rank and the others
+ * contribute zeros, so the all-reduce is exact in any order, and the
+ * sequence sums are then added in sequence order: the statistics, like the
+ * noise keyed by global token index, do not depend on the rank count. */
+static void warmup_route(model *m, int l, const layer_acts *v, int B)
+{
+    const int T = m->dims.T, E = m->dims.E, K = m->dims.K;
+    const int world = m->comm ? m->comm->world : 1;
+    const int rank = m->comm ? m->comm->rank : 0;
+    const int sequences = B * world;
+    double *partial = m->acts->routing_scratch; /* (sequences, 2) */
+    double *scores = partial + (size_t)2 * sequences;
+    memset(partial, 0, (size_t)2 * sequences * sizeof *partial);
+    for (int b = 0; b < B; b++)
+        router_logit_sums(partial + (size_t)2 * (rank * B + b),
+                          v->router_logits + (size_t)b * T * E, T, E);
+    if (m->comm)
+        comm_allreduce_sum_double(m->comm, partial, 2 * sequences);
+    double sum = 0.0, sum_squares = 0.0;
+    for (int s = 0; s < sequences; s++) {
+        sum += partial[2 * s];
+        sum_squares += partial[2 * s + 1];
+    }
+    double count = (double)sequences * T * E;
+    double mean = sum / count;
+    double var = fmax(sum_squares / count - mean * mean, 0.0);
+    if (m->router_logit_stats_ready) {
+        const double decay = ROUTER_LOGIT_EMA_DECAY;
+        mean = decay * m->router_logit_mean[l] + (1.0 - decay) * mean;
+        var = decay * m->router_logit_var[l] + (1.0 - decay) * var;
+    }
+    m->pending_logit_mean[l] = mean;
+    m->pending_logit_var[l] = var;
+
+    router_warmup w = {
+        .mix = m->routing_mix,
+        .mean = mean,
+        .std = sqrt(var),
+        .seed = m->routing_seed,
+        .step = m->routing_step,
+        .layer = l,
+        .first_token = (long)rank * B * T,
+    };
+    router_select_warmup(v->expert_index, v->gate, v->router_logits,
+                         v->router_probs, m->router_bias + (size_t)l * E, &w,
+                         scores, B * T, E, K);
+}
+
+void model_begin_train_step(model *m, int step)
+{
+    m->routing_step = step;
+    m->routing_mix = router_warmup_mix(step, m->routing_warmup_steps);
+}
+
+void model_end_train_step(model *m)
+{
+    const model_dims *d = &m->dims;
+    if (m->routing_step <= 0)
+        return;
+    if (warmup_active(m)) {
+        for (int l = 0; l < d->L; l++) {
+            m->router_logit_mean[l] = m->pending_logit_mean[l];
+            m->router_logit_var[l] = m->pending_logit_var[l];
+            m->router_logit_std[l] = sqrt(m->router_logit_var[l]);
+        }
+        m->router_logit_stats_ready = 1;
+    }
+    if (m->bias_update_rate > 0.0)
+        for (int l = 0; l < d->L; l++)
+            router_bias_update(m->router_bias + (size_t)l * d->E,
+                               layer_selected(m, l), d->E,
+                               m->bias_update_rate);
+    m->routing_step = 0;
+}
+
+void model_broadcast_balance_state(model *m, int root)
+{
+    if (!m->comm)
+        return;
+    const model_dims *d = &m->dims;
+    comm_broadcast(m->comm, m->router_bias,
+                   (size_t)d->L * d->E * sizeof *m->router_bias, root);
+    comm_broadcast(m->comm, m->router_logit_mean,
+                   (size_t)3 * d->L * sizeof(double), root);
+    comm_broadcast(m->comm, &m->router_logit_stats_ready,
+                   sizeof m->router_logit_stats_ready, root);
+}
+
 double model_forward(model *m, const int *inputs, const int *targets, int B)
 {
     const backend_ops *ops = m->be->ops;
@@ -503,8 +641,12 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
         lap(m, &fw[MODEL_PART_norms]);
         ops->matmul_forward(ctx, v.router_logits, v.ffn_norm_out,
                             p->router + (size_t)l * E * C, N, C, E);
-        ops->router_forward(ctx, v.router_probs, v.router_lse, v.expert_index, v.gate,
-                            v.router_logits, NULL, N, E, K);
+        /* A zero bias (balancing off) selects exactly as no bias. */
+        ops->router_forward(ctx, v.router_probs, v.router_lse, v.expert_index,
+                            v.gate, v.router_logits,
+                            m->router_bias + (size_t)l * E, N, E, K);
+        if (warmup_active(m))
+            warmup_route(m, l, &v, B);
         if (m->ep) {
             /* Dispatch, experts and combine across the ranks. */
             if (S > 0)
@@ -705,9 +847,7 @@ void model_expert_load(const model *m, int *load)
 {
     const model_dims *d = &m->dims;
     for (int l = 0; l < d->L; l++)
-        memcpy(load + (size_t)l * d->E,
-               m->ep ? expert_parallel_dispatch(m->ep, l)->selected
-                     : m->dispatch[l].selected,
+        memcpy(load + (size_t)l * d->E, layer_selected(m, l),
                (size_t)d->E * sizeof(int));
 }
 
@@ -748,6 +888,8 @@ int model_distribute(model *m, const comm *c, const int *placement,
                                       : (int)(i % (size_t)d->E) % c->world;
     m->placement_version = 1;
     m->comm = c;
+    if (routing_scratch_reserve(m, c->world) < 0)
+        return error_set(err, "out of memory for routing scratch");
     if (c->world == 1)
         return 0;
     return expert_parallel_create(&m->ep, m, c, err);

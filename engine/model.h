@@ -145,6 +145,25 @@ typedef struct model {
     int *expert_rank;      /* (L, E) placement: the rank of each expert */
     int placement_version;
     int total_tokens;      /* tokens of the last forward over all ranks */
+
+    /* Routing-side balancing state: training state, in checkpoints and
+     * identical on every rank. Bias balancing (balance.bias_update_rate):
+     * top-k selects by probs + router_bias, gate weights stay unbiased.
+     * Routing warm-up (balance.routing_warmup_steps): during the first
+     * steps top-k selects by softmax(w·logits + (1−w)·noise) + bias, noise
+     * drawn from the running logit statistics (router_select_warmup). */
+    double bias_update_rate;
+    int routing_warmup_steps;
+    uint64_t routing_seed;     /* train.seed: keys the routing noise */
+    float *router_bias;        /* (L, E) */
+    double *router_logit_mean; /* (L) running mean of the router logits */
+    double *router_logit_var;  /* (L) running variance */
+    double *router_logit_std;  /* (L) its square root, for metrics */
+    int router_logit_stats_ready; /* the running statistics hold a step */
+    double routing_mix;        /* w of the last training step; 1: off/over */
+    int routing_step;          /* training step being routed, 0: plain */
+    double *pending_logit_mean; /* (L) statistics including this step's */
+    double *pending_logit_var;  /* (L)   batch, kept at model_end_train_step */
 } model;
 
 /* Builds a model for cfg with activations for `batch` sequences. */
@@ -167,6 +186,21 @@ void model_zero_grad(model *m);
 void model_backward(model *m);
 
 void model_profile_reset(model *m);
+
+/* Marks the next forwards as those of training step `step` (1-based): the
+ * routing warm-up applies to them while step ≤ balance.routing_warmup_steps.
+ * Any other forward (validation, benchmarks) routes plainly, by
+ * probs + router_bias, and changes no balancing state. */
+void model_begin_train_step(model *m, int step);
+
+/* Ends the training step begun by model_begin_train_step, after its
+ * forward: keeps the step's running logit statistics and moves the router
+ * bias by the step's global expert loads. Every rank calls it and reaches
+ * the same state; it communicates nothing. */
+void model_end_train_step(model *m);
+
+/* Gives every rank root's routing-side balancing state (after a resume). */
+void model_broadcast_balance_state(model *m, int root);
 
 /* Emulates a device `slowdown` times slower (cluster.devices[].slowdown):
  * every lap of compute in forward and backward is followed by a sleep

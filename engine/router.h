@@ -1,8 +1,11 @@
 /* Host-side routing bookkeeping around the backend's router kernel:
- * building the expert-sorted dispatch (dropless or with a capacity limit)
- * and the routing-side balance losses with their gradients. */
+ * building the expert-sorted dispatch (dropless or with a capacity limit),
+ * the routing-side balance losses with their gradients, auxiliary-loss-free
+ * bias balancing and the stochastic routing warm-up. */
 #ifndef MOECTL_ENGINE_ROUTER_H
 #define MOECTL_ENGINE_ROUTER_H
+
+#include <stdint.h>
 
 /* Expert-sorted dispatch of N tokens × K choices over E experts. */
 typedef struct router_dispatch {
@@ -39,5 +42,54 @@ double router_aux_loss(float *dprobs, const float *probs, const int *selected,
  * gradient coef·2·lse_t·p_te/total. */
 double router_z_loss(float *dlogits, const float *probs, const float *lse,
                      int N, int total, int E, double coef);
+
+/* Auxiliary-loss-free bias balancing (DeepSeek-V3): after a training step
+ * with per-expert loads load (E) (assignments over all ranks), every
+ * b_i += rate · sign(mean_load − load_i); an expert exactly at the mean
+ * keeps its bias. The comparison is done in integers (Σ load vs E·load_i),
+ * so it is exact. */
+void router_bias_update(float *bias, const int *load, int E, double rate);
+
+/* The routing warm-up's mixing weight w for training step `step` (1-based)
+ * of a `warmup_steps`-step warm-up: w = (step − 1) / warmup_steps while
+ * step ≤ warmup_steps (0 at step 1, (W−1)/W at step W), then 1. A warm-up
+ * of 0 steps is off: always 1. */
+double router_warmup_mix(int step, int warmup_steps);
+
+/* Decay of the running logit statistics the warm-up noise is drawn from:
+ * μ ← d·μ + (1−d)·batch mean, and likewise the variance. */
+#define ROUTER_LOGIT_EMA_DECAY 0.9
+
+/* A standard normal draw from a counter-based generator keyed by
+ * (seed, step, layer, global token index, expert): the same key always
+ * gives the same number, whichever rank draws it and in whatever order. */
+double router_noise_normal(uint64_t seed, int step, int layer, long token,
+                           int expert);
+
+/* Σ x and Σ x² (in double, in row order) of `rows` rows of E logits. */
+void router_logit_sums(double sums[2], const float *logits, int rows, int E);
+
+/* What the warm-up's selection mixes in. */
+typedef struct router_warmup {
+    double mix;       /* w: weight of the logits, 1 − w of the noise */
+    double mean, std; /* the noise is Normal(mean, std) */
+    uint64_t seed;    /* the noise key: seed, step, layer, token, expert */
+    int step;
+    int layer;
+    long first_token; /* global index of row 0 */
+} router_warmup;
+
+/* Top-k selection during the routing warm-up, for N tokens. The scores are
+ * softmax(w·logits + (1−w)·noise) + bias, noise_{t,e} = mean + std·
+ * router_noise_normal(seed, step, layer, first_token + t, e); with w ≥ 1
+ * they are probs + bias, exactly as the backend's router_forward. Writes
+ * expert_index (N, K), descending, ties to the lower index, and
+ * gate_weight (N, K): the unbiased, unmixed probs (N, E) of the chosen
+ * experts renormalised to sum 1. bias (E) may be NULL; scratch holds E
+ * doubles. */
+void router_select_warmup(int *expert_index, float *gate_weight,
+                          const float *logits, const float *probs,
+                          const float *bias, const router_warmup *w,
+                          double *scratch, int N, int E, int K);
 
 #endif

@@ -4,8 +4,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "engine/control.h"
+#include "engine/cost.h"
 #include "kernels/cpu/cpu_backend.h"
 
 static double now_s(void)
@@ -13,6 +15,19 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Resident memory of this process, from /proc (NAN elsewhere). */
+static double resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return NAN;
+    long pages_total = 0, pages_resident = 0;
+    int got = fscanf(f, "%ld %ld", &pages_total, &pages_resident);
+    fclose(f);
+    return got == 2 ? (double)pages_resident * (double)sysconf(_SC_PAGESIZE)
+                    : NAN;
 }
 
 int trainer_create(trainer **out, const config *cfg, const comm *c,
@@ -89,6 +104,10 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
         error_set(err, "out of memory");
         goto fail;
     }
+    if (balancer_create(&t->bal, cfg, c->world, err) < 0)
+        goto fail;
+    t->price_per_hour = cost_price_per_hour(cfg);
+    t->peak_flops = cost_peak_flops(cfg);
     model_init_params(t->model, cfg->train.seed);
     /* An emulated slow device: labelled "emulated" in metrics. */
     model_set_slowdown(t->model, device->slowdown);
@@ -112,6 +131,7 @@ void trainer_destroy(trainer *t)
     free(t->targets);
     free(t->expert_load);
     free(t->rank);
+    balancer_destroy(&t->bal);
     free(t);
 }
 
@@ -155,6 +175,7 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
     comm_broadcast(c, m->adam_m_memory, bytes, 0);
     comm_broadcast(c, m->adam_v_memory, bytes, 0);
     comm_broadcast(c, &st, sizeof st, 0);
+    model_broadcast_balance_state(m, 0);
     comm_broadcast(c, placement, experts * sizeof *placement, 0);
     /* The recorded placement stands when it was made for this many ranks;
      * otherwise the experts are placed afresh. */
@@ -243,6 +264,7 @@ void trainer_step(trainer *t, step_stats *s)
                         t->targets);
     double batch_done = now_s();
     size_t shard = (size_t)t->comm->rank * t->local_batch * T;
+    model_begin_train_step(m, step);
     double loss = model_forward(m, t->inputs + shard, t->targets + shard,
                                 t->local_batch);
     double forward_done = now_s();
@@ -278,6 +300,15 @@ void trainer_step(trainer *t, step_stats *s)
         for (int e = 0; e < m->dims.E; e++)
             mine.experts += model_owns_expert(m, l, e);
     mine.migration_bytes = (double)t->migration_bytes;
+    double expert_params = 3.0 * m->dims.C * m->dims.F;
+    mine.expert_flops_per_s = expert_s - alltoall_s > 0
+        ? mine.tokens * 6.0 * expert_params / (expert_s - alltoall_s) : NAN;
+    mine.state_bytes = 16.0 * ((double)m->param_count -
+                               (m->dims.L * m->dims.E - mine.experts) *
+                                   expert_params);
+    mine.capacity_bytes =
+        t->cfg.cluster.devices[t->comm->rank].memory_gb * 1e9;
+    mine.rss_bytes = resident_bytes();
     comm_gather(t->comm, &mine, sizeof mine, t->rank);
     if (t->comm->rank == 0) {
         double slowest = 0;
@@ -295,6 +326,7 @@ void trainer_step(trainer *t, step_stats *s)
     t->state.tokens_seen += (uint64_t)B * T; /* the global batch */
     t->train_s += step_s;
     model_expert_load(m, t->expert_load);
+    model_end_train_step(m);
 
     memset(s, 0, sizeof *s);
     s->step = step;
@@ -318,6 +350,17 @@ void trainer_step(trainer *t, step_stats *s)
     s->devices = t->cfg.cluster.devices;
     s->placement = m->expert_rank;
     s->placement_version = m->placement_version;
+    s->straggler = -1;
+    s->ideal_tokens_per_s = NAN;
+    s->router_bias = t->cfg.balance.bias_update_rate > 0 ? m->router_bias
+                                                          : NULL;
+    s->routing_mix = m->routing_mix;
+    s->cost_per_hour = t->price_per_hour;
+    s->cost_per_mtok = cost_per_mtok(t->price_per_hour, s->tokens_per_s);
+    s->mfu = cost_mfu((double)model_active_params(m), s->tokens_per_s,
+                      t->peak_flops);
+    if (t->comm->rank == 0)
+        balancer_observe(&t->bal, s);
 }
 
 double trainer_validate(trainer *t)
@@ -340,7 +383,7 @@ static int due(int step, int every)
     return every > 0 && step % every == 0;
 }
 
-enum { APPLIED_STOP = 1 };
+enum { APPLIED_STOP = 1, APPLIED_REFUSED = 2 };
 
 typedef struct boundary_state {
     trainer *t;
@@ -351,9 +394,105 @@ typedef struct boundary_state {
     int paused;
 } boundary_state;
 
-/* Applies one command on every rank (all call it with the same command).
- * A reply for the requester goes to reply. Returns APPLIED_* flags, or -1
- * on a failure (err). */
+enum plan_action { PLAN_SHOW, PLAN_APPLY, PLAN_AUTO };
+
+/* Rank 0 plans from its measurements; every rank learns the verdict and,
+ * when the plan is to be carried out, the new placement, and makes the
+ * same moves in the same order. A "plan" record describes the proposal.
+ * Returns 0 (reply says what happened; *refused when there was no plan),
+ * or -1 on a failure to write metrics. */
+static int plan_collective(boundary_state *bs, const char *trigger,
+                           enum plan_action action, char *reply,
+                           size_t reply_size, int *refused, moe_error *err)
+{
+    trainer *t = bs->t;
+    model *m = t->model;
+    balancer *b = &t->bal;
+    const comm *c = t->comm;
+    size_t cells = (size_t)m->dims.L * m->dims.E;
+    int verdict[2] = {0, 0}; /* planned (0) or not (-1); apply */
+    char text[512] = "";
+    if (c->rank == 0) {
+        int reuse = action == PLAN_APPLY && b->have_proposal &&
+                    b->proposal_version == m->placement_version;
+        if (!reuse)
+            verdict[0] = balancer_plan(b, m->expert_rank, m->placement_version,
+                                       text, sizeof text);
+        if (verdict[0] == 0) {
+            double gain = 1.0 - b->after_s / b->before_s;
+            verdict[1] = b->proposal_moves > 0 &&
+                         (action == PLAN_APPLY ||
+                          (action == PLAN_AUTO && gain >= b->min_gain));
+            balancer_describe(b, m->expert_rank, text, sizeof text);
+            if (action == PLAN_AUTO && !verdict[1] && b->proposal_moves > 0)
+                snprintf(text + strlen(text), sizeof text - strlen(text),
+                         "; kept: gain below min-gain %g%%",
+                         b->min_gain * 100);
+            if (bs->metrics &&
+                balancer_write_plan(b, bs->metrics, t->state.step, trigger,
+                                    verdict[1], m->expert_rank, err) < 0)
+                verdict[0] = -2;
+        }
+    }
+    if (c->world > 1)
+        comm_broadcast(c, verdict, sizeof verdict, 0);
+    if (verdict[0] == -2)
+        return -1;
+    snprintf(reply, reply_size, "%s", text);
+    *refused = verdict[0] < 0;
+    if (!verdict[1])
+        return 0;
+    if (c->world > 1)
+        comm_broadcast(c, b->proposal, cells * sizeof *b->proposal, 0);
+    double start = now_s();
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++) {
+            int to = b->proposal[(size_t)l * m->dims.E + e];
+            t->migration_bytes += trainer_move_expert(t, l, e, to);
+        }
+    double took_ms = (now_s() - start) * 1e3;
+    if (c->rank == 0) {
+        b->have_proposal = 0;
+        b->pending_result = 1;
+        b->applied_step = t->state.step;
+        b->applied_before_s = b->step_s;
+        b->applied_after_s = b->after_s;
+        b->measured_sum_s = 0;
+        b->measured_steps = 0;
+        snprintf(reply + strlen(reply), reply_size - strlen(reply),
+                 "; applied in %.1f ms, placement version %d", took_ms,
+                 m->placement_version);
+    }
+    return 0;
+}
+
+/* The balance policy's turn at the boundary after a step: every rank
+ * calls it, and knows from the policy (the same everywhere) whether rank 0
+ * will plan. */
+static int policy_tick(boundary_state *bs, moe_error *err)
+{
+    trainer *t = bs->t;
+    balancer *b = &t->bal;
+    if (b->policy == CONFIG_POLICY_OFF || t->state.step == 0 ||
+        t->state.step % b->every != 0 || t->comm->world == 1)
+        return 0;
+    char reply[512];
+    int refused;
+    int auto_ = b->policy == CONFIG_POLICY_AUTO;
+    if (plan_collective(bs, auto_ ? "auto" : "suggest",
+                        auto_ ? PLAN_AUTO : PLAN_SHOW, reply, sizeof reply,
+                        &refused, err) < 0)
+        return -1;
+    if (bs->metrics &&
+        metrics_write_event(bs->metrics, t->state.step,
+                            auto_ ? "policy auto" : "policy suggest", reply,
+                            NAN, err) < 0)
+        return -1;
+    return 0;
+}
+
+static const char *const policy_words[] = {"off", "suggest", "auto"};
+
 static int apply_command(boundary_state *b, const command *c, char *reply,
                          size_t reply_size, moe_error *err)
 {
@@ -405,18 +544,58 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
                                                       : "was not paused");
         b->paused = 0;
         break;
+    case COMMAND_PLAN:
+    case COMMAND_APPLY: {
+        int refused = 0;
+        int apply = c->kind == COMMAND_APPLY;
+        if (t->comm->world == 1) {
+            snprintf(local, sizeof local, "%s: one rank holds every expert; "
+                     "there is nothing to place", apply ? "apply" : "plan");
+            flags |= APPLIED_REFUSED;
+            break;
+        }
+        double start = now_s();
+        if (plan_collective(b, apply ? "apply" : "plan",
+                            apply ? PLAN_APPLY : PLAN_SHOW, local,
+                            sizeof local, &refused, err) < 0)
+            return -1;
+        if (apply)
+            duration_ms = (now_s() - start) * 1e3;
+        if (refused)
+            flags |= APPLIED_REFUSED;
+        break;
+    }
+    case COMMAND_POLICY: {
+        balancer *bal = &t->bal;
+        bal->policy = (config_policy)c->policy;
+        if (c->every > 0)
+            bal->every = c->every;
+        if (c->min_gain >= 0)
+            bal->min_gain = c->min_gain;
+        int next = (t->state.step / bal->every + 1) * bal->every;
+        if (bal->policy == CONFIG_POLICY_OFF)
+            snprintf(local, sizeof local, "policy off: placement changes "
+                     "only by hand");
+        else
+            snprintf(local, sizeof local, "policy %s every %d min-gain %g%%: "
+                     "next plan after step %d", policy_words[bal->policy],
+                     bal->every, bal->min_gain * 100, next);
+        break;
+    }
     case COMMAND_STATUS:
         snprintf(local, sizeof local, "step %d of %d, %s, lr %g, %d rank%s, "
-                 "placement version %d", t->state.step, b->opt->last_step,
-                 b->paused ? "paused" : "running",
+                 "placement version %d, policy %s", t->state.step,
+                 b->opt->last_step, b->paused ? "paused" : "running",
                  optimizer_lr(&t->opt, t->state.step + 1), t->comm->world,
-                 t->comm->world > 1 ? "s" : "", t->model->placement_version);
+                 t->comm->world > 1 ? "s" : "", t->model->placement_version,
+                 policy_words[t->bal.policy]);
         break;
     }
     if (reply)
         snprintf(reply, reply_size, "%s", local);
     if (c->kind != COMMAND_STATUS && b->metrics &&
-        metrics_write_event(b->metrics, t->state.step, text, duration_ms,
+        metrics_write_event(b->metrics, t->state.step, text,
+                            t->comm->rank == 0 ? local : NULL, duration_ms,
                             err) < 0)
         return -1;
     return flags;
@@ -456,9 +635,10 @@ static int serve_controls(boundary_state *b, moe_error *err)
                     control_reply(control, &requests[i], 0, err->message);
                 return -1;
             }
-            flags |= applied;
+            flags |= applied & ~APPLIED_REFUSED;
             if (c->rank == 0)
-                control_reply(control, &requests[i], 1, reply);
+                control_reply(control, &requests[i],
+                              !(applied & APPLIED_REFUSED), reply);
         }
         /* Rank 0 decides for all: without a socket nothing could resume. */
         int paused = b->paused && !(flags & APPLIED_STOP) && control;
@@ -517,6 +697,8 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
                 return TRAIN_FAILED;
             stop_now |= flags & APPLIED_STOP;
         }
+        if (policy_tick(&boundary, err) < 0)
+            return TRAIN_FAILED;
         int flags = serve_controls(&boundary, err);
         if (flags < 0)
             return TRAIN_FAILED;
@@ -543,6 +725,8 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
             return TRAIN_FAILED;
         }
         if (metrics && metrics_write_step(metrics, &s, err) < 0)
+            return TRAIN_FAILED;
+        if (lead && balancer_follow_up(&t->bal, &s, metrics, err) < 0)
             return TRAIN_FAILED;
         if (progress && progress->on_step)
             progress->on_step(&s, opt->last_step, progress->user);

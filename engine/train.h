@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdint.h>
 
+#include "engine/balancer.h"
 #include "engine/checkpoint.h"
 #include "engine/command.h"
 #include "engine/comm.h"
@@ -37,6 +38,9 @@ typedef struct trainer {
     double optimizer_s;     /* of which clipping and AdamW */
     char last_checkpoint[CONFIG_PATH_MAX + 32];
     size_t migration_bytes; /* moved by this rank's migrations so far */
+    balancer bal;           /* measurements on rank 0; policy on all */
+    double price_per_hour;  /* Σ over the devices */
+    double peak_flops;      /* Σ over the devices */
 } trainer;
 
 /* c: the ranks of the job (one rank per cluster device). */

@@ -16,6 +16,7 @@
 #include "tui/console.h"
 #include "tui/ctl.h"
 #include "tui/headless.h"
+#include "tui/plan.h"
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 enum { MAX_SETS = 256 };
@@ -28,6 +29,7 @@ static const char usage_text[] =
     "                         [--socket PATH]\n"
     "                         [--set KEY=VALUE]...\n"
     "       moectl check CONFIG [--set KEY=VALUE]...\n"
+    "       moectl plan CONFIG [--json] [--set KEY=VALUE]...\n"
     "       moectl ctl SOCKET COMMAND...\n"
     "       moectl attach SOCKET\n"
     "       moectl bench [CONFIG] [--steps N] [--warmup N] [--repeat N]\n"
@@ -47,6 +49,11 @@ static const char usage_text[] =
     "          resume, stop, checkpoint, status, lr VALUE, move L.E R\n"
     "  check   validate CONFIG with its overrides and print the resolved\n"
     "          configuration\n"
+    "  plan    what training CONFIG would cost, from an analytic model (no\n"
+    "          training): step time, tokens/s, MFU and cost per 1M/1B/1T\n"
+    "          tokens on the configured devices and on every mix of them,\n"
+    "          each device at its stated utilization (expected MFU);\n"
+    "          --json prints one JSON object\n"
     "  bench   training speed of CONFIG (default configs/bench.yaml) against\n"
     "          OpenBLAS sgemm and the PyTorch peer (tests/bench/torch_peer.py\n"
     "          run by /usr/bin/python3), with scaling rows; --profile adds\n"
@@ -124,6 +131,7 @@ typedef struct arguments {
     int at_count;
     headless_options headless;
     bench_options bench;
+    plan_options plan;
     int headless_flag; /* --headless given */
     int first_option;  /* argv index after the command word */
 } arguments;
@@ -144,9 +152,11 @@ static int parse_arguments(int argc, char **argv, arguments *a)
     a->command = "run";
     if (i < argc && (strcmp(argv[i], "run") == 0 ||
                      strcmp(argv[i], "check") == 0 ||
-                     strcmp(argv[i], "bench") == 0))
+                     strcmp(argv[i], "bench") == 0 ||
+                     strcmp(argv[i], "plan") == 0))
         a->command = argv[i++];
     int bench = strcmp(a->command, "bench") == 0;
+    int plan = strcmp(a->command, "plan") == 0;
     a->first_option = i;
     for (; i < argc; i++) {
         const char *arg = argv[i];
@@ -202,6 +212,8 @@ static int parse_arguments(int argc, char **argv, arguments *a)
             a->bench.ranks = 0;
         } else if (bench && strcmp(arg, "--no-scaling") == 0) {
             a->bench.scaling = 0;
+        } else if (plan && strcmp(arg, "--json") == 0) {
+            a->plan.json = 1;
         } else if (strcmp(arg, "--metrics") == 0) {
             a->headless.metrics = value;
             i++;
@@ -400,8 +412,9 @@ int main(int argc, char **argv)
         a.config_path = access("configs/bench.yaml", R_OK) == 0
                             ? "configs/bench.yaml"
                             : MOECTL_SOURCE_ROOT "/configs/bench.yaml";
-    if (strcmp(a.command, "check") == 0 && !a.config_path)
-        return usage_error("%s needs a CONFIG file", "check");
+    if ((strcmp(a.command, "check") == 0 || strcmp(a.command, "plan") == 0) &&
+        !a.config_path)
+        return usage_error("%s needs a CONFIG file", a.command);
 
     static config cfg;
     moe_error err = {{0}};
@@ -415,6 +428,8 @@ int main(int argc, char **argv)
     }
     if (strcmp(a.command, "bench") == 0)
         return bench_run(&cfg, &a.bench);
+    if (strcmp(a.command, "plan") == 0)
+        return plan_run(&cfg, &a.plan);
     /* On a terminal, and unless --headless: the console, which runs this
      * same command line headless as its job. A rank started by mpirun is
      * never a console. */

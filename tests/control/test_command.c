@@ -11,7 +11,9 @@
 static const command_limits limits = {.layers = 4, .experts = 8, .ranks = 3};
 
 #define COMMANDS "(commands: pause, resume, stop, checkpoint, status, " \
-                 "lr VALUE, move L.E R)"
+                 "lr VALUE, move L.E R, plan, apply, policy " \
+                 "off|suggest|auto [every N] [min-gain X])"
+#define POLICY_USAGE "(usage: policy off|suggest|auto [every N] [min-gain X])"
 
 static void expect_valid(const char *line, command want)
 {
@@ -28,6 +30,12 @@ static void expect_valid(const char *line, command want)
     if (want.kind == COMMAND_LR)
         EXPECT(got.value == want.value, "\"%s\": value %.17g, want %.17g",
                line, got.value, want.value);
+    if (want.kind == COMMAND_POLICY)
+        EXPECT(got.policy == want.policy && got.every == want.every &&
+                   got.min_gain == want.min_gain,
+               "\"%s\": policy %d every %d min-gain %g, want %d %d %g", line,
+               got.policy, got.every, got.min_gain, want.policy, want.every,
+               want.min_gain);
     if (want.kind == COMMAND_MOVE)
         EXPECT(got.layer == want.layer && got.expert == want.expert &&
                    got.rank == want.rank,
@@ -70,6 +78,24 @@ static void test_valid(void)
     expect_valid("move 3.7 2", /* n - 1 for each limit */
                  (command){.kind = COMMAND_MOVE, .layer = 3, .expert = 7,
                            .rank = 2});
+    expect_valid("plan", (command){.kind = COMMAND_PLAN});
+    expect_valid("apply", (command){.kind = COMMAND_APPLY});
+    expect_valid("policy off",
+                 (command){.kind = COMMAND_POLICY,
+                           .policy = COMMAND_POLICY_OFF, .min_gain = -1});
+    expect_valid("policy suggest every 10",
+                 (command){.kind = COMMAND_POLICY,
+                           .policy = COMMAND_POLICY_SUGGEST, .every = 10,
+                           .min_gain = -1});
+    expect_valid("policy auto every 20 min-gain 0.05",
+                 (command){.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_AUTO,
+                           .every = 20, .min_gain = 0.05});
+    expect_valid("policy auto min-gain 5% every 1",
+                 (command){.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_AUTO,
+                           .every = 1, .min_gain = 0.05});
+    expect_valid("policy auto min-gain 0",
+                 (command){.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_AUTO,
+                           .min_gain = 0});
     expect_valid("move 03.007 002",
                  (command){.kind = COMMAND_MOVE, .layer = 3, .expert = 7,
                            .rank = 2});
@@ -111,6 +137,36 @@ static void test_errors(void)
     expect_error("lr 1e-999", "lr: 1e-999 is out of range (0 < VALUE <= 1)");
     expect_error("lr inf", "lr: inf is out of range (0 < VALUE <= 1)");
     expect_error("lr nan", "lr: nan is out of range (0 < VALUE <= 1)");
+
+    expect_error("plan now", "plan: unexpected argument \"now\" (usage: plan)");
+    expect_error("apply 1", "apply: unexpected argument \"1\" (usage: apply)");
+    expect_error("policy", "policy: missing off|suggest|auto [every N] "
+                           "[min-gain X] " POLICY_USAGE);
+    expect_error("policy sometimes", "policy: expected off, suggest or auto, "
+                                     "got \"sometimes\"");
+    expect_error("policy auto every", "policy: every needs a value " POLICY_USAGE);
+    expect_error("policy auto min-gain",
+                 "policy: min-gain needs a value " POLICY_USAGE);
+    expect_error("policy auto often 3",
+                 "policy: expected \"every N\" or \"min-gain X\", got "
+                 "\"often\"");
+    expect_error("policy auto every 0",
+                 "policy: every expects a step count (1..1000000000), got "
+                 "\"0\"");
+    expect_error("policy auto every 2.5",
+                 "policy: every expects a step count (1..1000000000), got "
+                 "\"2.5\"");
+    expect_error("policy auto min-gain 1",
+                 "policy: min-gain expects a fraction of a step, 0 <= X < 1 "
+                 "(like 0.05 or 5%), got \"1\"");
+    expect_error("policy auto min-gain -0.1",
+                 "policy: min-gain expects a fraction of a step, 0 <= X < 1 "
+                 "(like 0.05 or 5%), got \"-0.1\"");
+    expect_error("policy auto min-gain 5%%",
+                 "policy: min-gain expects a fraction of a step, 0 <= X < 1 "
+                 "(like 0.05 or 5%), got \"5%%\"");
+    expect_error("policy auto every 5 min-gain 0.1 x",
+                 "policy: unexpected argument \"x\" " POLICY_USAGE);
 
     expect_error("move", "move: missing L.E R (usage: move L.E R)");
     expect_error("move 2.5", "move: missing R (usage: move L.E R)");
@@ -176,10 +232,16 @@ static void test_format(void)
         {.kind = COMMAND_LR, .value = 1.5e-7},
         {.kind = COMMAND_MOVE, .layer = 2, .expert = 5, .rank = 1},
         {.kind = COMMAND_MOVE, .layer = 3, .expert = 7, .rank = 2},
+        {.kind = COMMAND_PLAN},
+        {.kind = COMMAND_APPLY},
+        {.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_OFF, .min_gain = -1},
+        {.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_AUTO, .every = 20,
+         .min_gain = 0.05},
     };
     const char *text[] = {"pause", "resume", "stop", "checkpoint", "status",
                           "lr 0.0003", "lr 1", "lr 0.000123456", "lr 1.5e-07",
-                          "move 2.5 1", "move 3.7 2"};
+                          "move 2.5 1", "move 3.7 2", "plan", "apply",
+                          "policy off", "policy auto every 20 min-gain 0.05"};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char line[64];
         command_format(&cases[i], line, sizeof line);

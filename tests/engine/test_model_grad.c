@@ -1,6 +1,8 @@
 /* Whole-model gradient check: the analytic gradient of ce + aux + z loss
  * against central finite differences, for a sample of every parameter
- * tensor of a small model, dropless and with a capacity limit. */
+ * tensor of a small model, dropless and with a capacity limit, and with
+ * bias balancing and the routing warm-up active (selection by biased,
+ * noise-mixed scores is piecewise constant and treated as constant). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,7 +24,71 @@ static int routing_equal(const model *m, const int *routing, size_t n)
     return memcmp(m->expert_index, routing, n * sizeof(int)) == 0;
 }
 
-static int check(const char *label, double capacity_factor, int n_shared)
+/* Bias balancing and warm-up state through the model's step API: step 1
+ * initialises the logit statistics and moves the bias by its loads; a
+ * forward outside a training step changes neither. Then the bias is made
+ * random and step 4 of a 10-step warm-up (w = 0.3) is left begun, so the
+ * gradient check runs on warm-up routing. Returns nonzero on failure. */
+static int prepare_balance(model *m, const int *inputs, const int *targets,
+                           int B, rng *r)
+{
+    const int L = m->dims.L, E = m->dims.E, N = B * m->dims.T, K = m->dims.K;
+    int failed = 0, load[64];
+    model_begin_train_step(m, 1);
+    model_forward(m, inputs, targets, B);
+    model_expert_load(m, load);
+    model_end_train_step(m);
+    for (int l = 0; l < L; l++)
+        for (int e = 0; e < E; e++) {
+            int above = E * load[l * E + e] - N * K;
+            float want = above < 0 ? 0.01f : above > 0 ? -0.01f : 0.0f;
+            if (m->router_bias[l * E + e] != want) {
+                printf("FAIL: bias[%d][%d] %g after load %d, want %g\n", l,
+                       e, m->router_bias[l * E + e], load[l * E + e], want);
+                failed = 1;
+            }
+        }
+    if (!m->router_logit_stats_ready || !(m->router_logit_std[0] > 0) ||
+        m->routing_mix != 0.0) {
+        printf("FAIL: after step 1: stats ready %d, std %g, mix %g\n",
+               m->router_logit_stats_ready, m->router_logit_std[0],
+               m->routing_mix);
+        failed = 1;
+    }
+    float bias[64];
+    double mean = m->router_logit_mean[1], var = m->router_logit_var[1];
+    memcpy(bias, m->router_bias, (size_t)L * E * sizeof(float));
+    model_forward(m, inputs, targets, B); /* as validation does */
+    model_end_train_step(m);              /* no step begun: nothing */
+    if (memcmp(bias, m->router_bias, (size_t)L * E * sizeof(float)) != 0 ||
+        mean != m->router_logit_mean[1] || var != m->router_logit_var[1]) {
+        printf("FAIL: a forward outside a training step changed the "
+               "balancing state\n");
+        failed = 1;
+    }
+
+    for (int i = 0; i < L * E; i++)
+        m->router_bias[i] = (float)(0.05 * rng_normal(r));
+    model_forward(m, inputs, targets, B);
+    size_t count = (size_t)L * N * K;
+    int *plain = malloc(count * sizeof *plain);
+    memcpy(plain, m->expert_index, count * sizeof *plain);
+    model_begin_train_step(m, 4);
+    model_forward(m, inputs, targets, B);
+    size_t changed = 0;
+    for (size_t i = 0; i < count; i++)
+        changed += plain[i] != m->expert_index[i];
+    free(plain);
+    if (m->routing_mix != 0.3 || changed < count / 4) {
+        printf("FAIL: warm-up at w %g changed only %zu of %zu choices\n",
+               m->routing_mix, changed, count);
+        failed = 1;
+    }
+    return failed;
+}
+
+static int check(const char *label, double capacity_factor, int n_shared,
+                 int balance)
 {
     config cfg;
     config_defaults(&cfg);
@@ -38,6 +104,10 @@ static int check(const char *label, double capacity_factor, int n_shared)
     cfg.moe.capacity_factor = capacity_factor;
     cfg.moe.aux_loss_coef = 0.1;
     cfg.moe.z_loss_coef = 0.01;
+    if (balance) {
+        cfg.balance.bias_update_rate = 0.01;
+        cfg.balance.routing_warmup_steps = 10;
+    }
     const int B = 3, N = B * cfg.model.seq_len;
 
     backend be;
@@ -56,6 +126,7 @@ static int check(const char *label, double capacity_factor, int n_shared)
         inputs[i] = (int)rng_below(&r, 256);
         targets[i] = (int)rng_below(&r, 256);
     }
+    int failed = balance && prepare_balance(m, inputs, targets, B, &r);
 
     objective(m, inputs, targets, B);
     size_t routing_count = (size_t)cfg.model.n_layers * N * cfg.moe.top_k;
@@ -103,7 +174,7 @@ static int check(const char *label, double capacity_factor, int n_shared)
         printf("  %-11s max |analytic - numeric| = %.2e\n", t->name, worst);
     }
     double relative = sqrt(diff2 / norm2);
-    int failed = bad > 0 || relative > 1e-2 || skipped * 10 > checked;
+    failed |= bad > 0 || relative > 1e-2 || skipped * 10 > checked;
     printf("%s %s: %d checked, %d skipped (routing flipped), %d bad, "
            "relative error %.2e, %d dropped assignments\n",
            failed ? "FAIL" : "ok", label, checked, skipped, bad, relative,
@@ -121,7 +192,9 @@ static int check(const char *label, double capacity_factor, int n_shared)
 int main(void)
 {
     int failed = 0;
-    failed |= check("dropless, 1 shared expert", 0.0, 1);
-    failed |= check("capacity 0.75, no shared expert", 0.75, 0);
+    failed |= check("dropless, 1 shared expert", 0.0, 1, 0);
+    failed |= check("capacity 0.75, no shared expert", 0.75, 0, 0);
+    failed |= check("bias balancing and routing warm-up, 1 shared expert",
+                    0.0, 1, 1);
     return failed;
 }

@@ -1,6 +1,8 @@
 /* Router bookkeeping: dispatch building (dropless and with capacity), the
  * Switch auxiliary loss and the z-loss, their values against naive
- * formulas and their gradients against finite differences. */
+ * formulas and their gradients against finite differences; bias balancing
+ * (update rule, biased selection with unbiased gates) and the routing
+ * warm-up (schedule, noise statistics, mixed selection, chunk invariance). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,6 +10,7 @@
 
 #include "engine/rng.h"
 #include "engine/router.h"
+#include "kernels/cpu/cpu_backend.h"
 
 #include "tests/expect.h"
 
@@ -205,6 +208,303 @@ static void test_z_loss(void)
     printf("z loss: value %.6f, max grad error %.2e\n", loss, max_err);
 }
 
+static void test_bias_update(void)
+{
+    enum { E = 9 };
+    rng r;
+    rng_seed(&r, 17, 0);
+    int tied = 0;
+    for (int trial = 0; trial < 50; trial++) {
+        int load[E];
+        float bias[E], before[E];
+        for (int e = 0; e < E; e++) {
+            load[e] = (int)rng_below(&r, 200);
+            bias[e] = before[e] = (float)(0.1 * rng_normal(&r));
+        }
+        /* Some experts exactly at the mean: Σ load = E·load_i. */
+        if (trial % 2) {
+            int total = 0;
+            for (int e = 0; e < E - 1; e++)
+                total += load[e];
+            int at_mean = total / (E - 1);
+            load[0] = load[3] = at_mean;
+            total = 0;
+            for (int e = 0; e < E - 1; e++)
+                total += load[e];
+            load[E - 1] = E * at_mean - total; /* makes the mean at_mean */
+            if (load[E - 1] < 0)
+                continue;
+        }
+        double rate = 0.001 + 0.01 * rng_uniform(&r);
+        router_bias_update(bias, load, E, rate);
+        double mean = 0;
+        for (int e = 0; e < E; e++)
+            mean += load[e];
+        mean /= E;
+        for (int e = 0; e < E; e++) {
+            float want = load[e] < mean   ? before[e] + (float)rate
+                         : load[e] > mean ? before[e] - (float)rate
+                                          : before[e];
+            EXPECT(bias[e] == want, "trial %d: bias[%d] %.9g, want %.9g "
+                   "(load %d, mean %g)", trial, e, bias[e], want, load[e],
+                   mean);
+        }
+        if (trial % 2) {
+            EXPECT(bias[0] == before[0] && bias[3] == before[3],
+                   "an expert at the mean load moved");
+            tied++;
+        }
+    }
+    EXPECT(tied >= 10, "only %d trials had loads at the mean", tied);
+    printf("bias update: sign(mean - load), no move at the mean (%d trials "
+           "with ties)\n", tied);
+}
+
+/* Naive top-k of scores (E): descending, ties to the lower index. */
+static void naive_top_k(int *index, const double *scores, int E, int K)
+{
+    int order[64];
+    for (int e = 0; e < E; e++)
+        order[e] = e;
+    for (int i = 1; i < E; i++) /* stable insertion sort, descending */
+        for (int j = i; j > 0 && scores[order[j]] > scores[order[j - 1]]; j--) {
+            int t = order[j];
+            order[j] = order[j - 1];
+            order[j - 1] = t;
+        }
+    for (int k = 0; k < K; k++)
+        index[k] = order[k];
+}
+
+static void random_logits(rng *r, float *logits, int N, int E)
+{
+    for (int i = 0; i < N * E; i++)
+        logits[i] = (float)(1.5 * rng_normal(r));
+    /* Exact ties within some rows. */
+    for (int t = 0; t < N; t += 5)
+        logits[t * E + 3] = logits[t * E + 1];
+}
+
+static void test_biased_selection(void)
+{
+    enum { N = 41, E = 8, K = 3 };
+    rng r;
+    rng_seed(&r, 19, 0);
+    backend be;
+    if (cpu_backend_init(&be, 1) < 0) {
+        EXPECT(0, "cannot start the CPU backend");
+        return;
+    }
+    float logits[N * E], probs[N * E], lse[N], bias[E], gate[N * K],
+        plain_gate[N * K], host_gate[N * K];
+    int index[N * K], plain_index[N * K], host_index[N * K];
+    random_logits(&r, logits, N, E);
+    for (int e = 0; e < E; e++)
+        bias[e] = (float)(0.08 * rng_normal(&r));
+    bias[1] = bias[3] = 0.02f; /* keeps the tied pair tied */
+    be.ops->router_forward(be.ctx, probs, lse, index, gate, logits, bias, N,
+                           E, K);
+    be.ops->router_forward(be.ctx, probs, lse, plain_index, plain_gate,
+                           logits, NULL, N, E, K);
+    int differs = 0;
+    for (int t = 0; t < N; t++) {
+        double scores[E];
+        int want[K];
+        for (int e = 0; e < E; e++)
+            scores[e] = (double)(probs[t * E + e] + bias[e]);
+        naive_top_k(want, scores, E, K);
+        double chosen = 0;
+        for (int k = 0; k < K; k++) {
+            EXPECT(index[t * K + k] == want[k], "token %d choice %d: %d, "
+                   "want %d", t, k, index[t * K + k], want[k]);
+            chosen += probs[t * E + want[k]];
+            differs |= index[t * K + k] != plain_index[t * K + k];
+        }
+        /* Gate weights: the unbiased probs renormalised. */
+        for (int k = 0; k < K; k++)
+            EXPECT(fabs(gate[t * K + k] - probs[t * E + want[k]] / chosen) <
+                       1e-6, "token %d gate %d: %g", t, k, gate[t * K + k]);
+    }
+    EXPECT(differs, "the bias changed no selection: the test is too weak");
+
+    /* The warm-up's host selection at w = 1 is the kernel's, bit for bit,
+     * however the noise is set. */
+    router_warmup w = {.mix = 1.0, .mean = 0.3, .std = 2.0, .seed = 5,
+                       .step = 3, .layer = 1, .first_token = 100};
+    double scratch[E];
+    router_select_warmup(host_index, host_gate, logits, probs, bias, &w,
+                         scratch, N, E, K);
+    EXPECT(memcmp(host_index, index, sizeof index) == 0 &&
+               memcmp(host_gate, gate, sizeof gate) == 0,
+           "host selection at w = 1 differs from the kernel's");
+    router_select_warmup(host_index, host_gate, logits, probs, NULL, &w,
+                         scratch, N, E, K);
+    EXPECT(memcmp(host_index, plain_index, sizeof index) == 0 &&
+               memcmp(host_gate, plain_gate, sizeof gate) == 0,
+           "host selection at w = 1 without bias differs from the kernel's");
+    cpu_backend_finish(&be);
+    printf("biased selection: naive top-k of probs + b, unbiased gates, "
+           "w = 1 equals the kernel\n");
+}
+
+static void test_warmup_mix(void)
+{
+    EXPECT(router_warmup_mix(1, 0) == 1.0 && router_warmup_mix(7, 0) == 1.0,
+           "a warm-up of 0 steps is off");
+    const int W = 8;
+    for (int s = 1; s <= W; s++)
+        EXPECT(router_warmup_mix(s, W) == (double)(s - 1) / W,
+               "w at step %d of %d: %g", s, W, router_warmup_mix(s, W));
+    EXPECT(router_warmup_mix(1, W) == 0.0, "w starts at 0");
+    EXPECT(router_warmup_mix(W + 1, W) == 1.0 &&
+               router_warmup_mix(W + 50, W) == 1.0, "w is 1 after warm-up");
+    printf("warm-up mix: (step - 1) / %d, then 1\n", W);
+}
+
+static void test_noise(void)
+{
+    /* Noise ~ Normal(mean, std): sample moments over many keys. */
+    const double mu = 1.3, sigma = 0.7;
+    const int tokens = 4000, experts = 50;
+    double sum = 0, sum2 = 0, cross = 0, fourth = 0;
+    for (long t = 0; t < tokens; t++)
+        for (int e = 0; e < experts; e++) {
+            double z = router_noise_normal(42, 3, 1, t, e);
+            double x = mu + sigma * z;
+            sum += x;
+            sum2 += x * x;
+            fourth += z * z * z * z;
+            /* Another step, same token and expert: independent. */
+            cross += z * router_noise_normal(42, 4, 1, t, e);
+        }
+    double n = (double)tokens * experts;
+    double mean = sum / n, std = sqrt(sum2 / n - mean * mean);
+    EXPECT(fabs(mean - mu) < 5 * sigma / sqrt(n), "noise mean %g, want %g",
+           mean, mu);
+    EXPECT(fabs(std - sigma) < 0.01 * sigma, "noise std %g, want %g", std,
+           sigma);
+    EXPECT(fabs(fourth / n - 3.0) < 0.1, "noise kurtosis %g, want 3",
+           fourth / n);
+    EXPECT(fabs(cross / n) < 5 / sqrt(n), "draws of two steps correlate: %g",
+           cross / n);
+    EXPECT(router_noise_normal(42, 3, 1, 17, 2) ==
+               router_noise_normal(42, 3, 1, 17, 2),
+           "one key, two values");
+    EXPECT(router_noise_normal(42, 3, 1, 17, 2) !=
+                   router_noise_normal(43, 3, 1, 17, 2) &&
+               router_noise_normal(42, 3, 1, 17, 2) !=
+                   router_noise_normal(42, 3, 0, 17, 2),
+           "seed and layer do not change the draw");
+    printf("noise: mean %.4f (want %.1f), std %.4f (want %.1f) over %.0f "
+           "draws\n", mean, mu, std, sigma, n);
+}
+
+/* Mixed selection against a naive computation, and the same selection
+ * whether the tokens are routed in one call or in chunks with their global
+ * indices: rank invariance in miniature. */
+static void test_mixed_selection(void)
+{
+    enum { N = 60, E = 6, K = 2 };
+    rng r;
+    rng_seed(&r, 23, 0);
+    backend be;
+    if (cpu_backend_init(&be, 1) < 0) {
+        EXPECT(0, "cannot start the CPU backend");
+        return;
+    }
+    float logits[N * E], probs[N * E], lse[N], bias[E], gate[N * K],
+        chunk_gate[N * K];
+    int index[N * K], chunk_index[N * K];
+    random_logits(&r, logits, N, E);
+    for (int e = 0; e < E; e++)
+        bias[e] = (float)(0.05 * rng_normal(&r));
+    be.ops->router_forward(be.ctx, probs, lse, index, gate, logits, bias, N,
+                           E, K);
+    const double mixes[] = {0.0, 0.35, 0.9};
+    for (int i = 0; i < 3; i++) {
+        router_warmup w = {.mix = mixes[i], .mean = -0.4, .std = 1.7,
+                           .seed = 1234, .step = 5, .layer = 2,
+                           .first_token = 480};
+        double scratch[E];
+        router_select_warmup(index, gate, logits, probs, bias, &w, scratch,
+                             N, E, K);
+        int kernel_agrees = 0;
+        int plain[N * K];
+        float plain_gate[N * K];
+        be.ops->router_forward(be.ctx, probs, lse, plain, plain_gate, logits,
+                               bias, N, E, K);
+        for (int t = 0; t < N; t++) {
+            double mixed[E], max = -INFINITY, sum = 0, scores[E];
+            for (int e = 0; e < E; e++) {
+                double noise = w.mean + w.std * router_noise_normal(
+                                   w.seed, w.step, w.layer, w.first_token + t,
+                                   e);
+                mixed[e] = w.mix * logits[t * E + e] + (1 - w.mix) * noise;
+                max = fmax(max, mixed[e]);
+            }
+            for (int e = 0; e < E; e++)
+                sum += exp(mixed[e] - max);
+            for (int e = 0; e < E; e++)
+                scores[e] = exp(mixed[e] - max) / sum + bias[e];
+            int want[K];
+            naive_top_k(want, scores, E, K);
+            double chosen = 0;
+            for (int k = 0; k < K; k++) {
+                EXPECT(index[t * K + k] == want[k], "w %g token %d choice "
+                       "%d: %d, want %d", w.mix, t, k, index[t * K + k],
+                       want[k]);
+                chosen += probs[t * E + want[k]];
+            }
+            for (int k = 0; k < K; k++)
+                EXPECT(fabs(gate[t * K + k] - probs[t * E + want[k]] / chosen)
+                           < 1e-6, "w %g token %d: gate not the unmixed "
+                           "probs", w.mix, t);
+            kernel_agrees += memcmp(index + t * K, plain + t * K,
+                                    K * sizeof(int)) == 0;
+        }
+        if (w.mix < 0.5)
+            EXPECT(kernel_agrees < N * 3 / 4, "w %g: the noise changed "
+                   "only %d of %d selections", w.mix, N - kernel_agrees, N);
+
+        /* Chunks of 7, 0, 20 and the rest, each with its global index. */
+        const int cuts[] = {0, 7, 7, 27, N};
+        for (int c = 0; c + 1 < 5; c++) {
+            router_warmup part = w;
+            part.first_token = w.first_token + cuts[c];
+            router_select_warmup(chunk_index + cuts[c] * K,
+                                 chunk_gate + cuts[c] * K,
+                                 logits + cuts[c] * E, probs + cuts[c] * E,
+                                 bias, &part, scratch, cuts[c + 1] - cuts[c],
+                                 E, K);
+        }
+        EXPECT(memcmp(chunk_index, index, sizeof index) == 0 &&
+                   memcmp(chunk_gate, gate, sizeof gate) == 0,
+               "w %g: routing in chunks differs from routing at once", w.mix);
+        printf("mixed selection w = %.2f: naive agrees, %d of %d tokens "
+               "routed differently from plain, chunk-invariant\n", w.mix,
+               N - kernel_agrees, N);
+    }
+    cpu_backend_finish(&be);
+}
+
+static void test_logit_sums(void)
+{
+    enum { N = 13, E = 5 };
+    rng r;
+    rng_seed(&r, 29, 0);
+    float logits[N * E];
+    for (int i = 0; i < N * E; i++)
+        logits[i] = (float)(0.5 + rng_normal(&r));
+    double sums[2], s = 0, s2 = 0;
+    router_logit_sums(sums, logits, N, E);
+    for (int i = 0; i < N * E; i++) {
+        s += logits[i];
+        s2 += (double)logits[i] * logits[i];
+    }
+    EXPECT(sums[0] == s && sums[1] == s2, "logit sums %g %g, want %g %g",
+           sums[0], sums[1], s, s2);
+}
+
 int main(void)
 {
     test_dispatch(0);   /* dropless */
@@ -212,6 +512,12 @@ int main(void)
     test_dispatch(5);   /* 0.5: many drops */
     test_aux_loss();
     test_z_loss();
+    test_bias_update();
+    test_biased_selection();
+    test_warmup_mix();
+    test_noise();
+    test_mixed_selection();
+    test_logit_sums();
     EXPECT(router_capacity(0.0, 10, 2, 4) == 20, "dropless capacity");
     EXPECT(router_capacity(1.0, 10, 2, 4) == 5, "capacity 1.0");
     EXPECT(router_capacity(1.25, 10, 2, 4) == 7, "capacity rounds up");

@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Balance benchmark: does `policy auto` bring a job with a slow device
+close to the ideal for those device speeds?
+
+One 4-rank run per case of tests/mpi/tiny4.yaml (configs/tiny.yaml's model
+on four one-thread CPU ranks), rank 3 at `slowdown: 2.0` (emulated), the
+default round-robin placement. The policy stays off for the first part of
+the run, then `policy auto` is switched on with --at. Everything is read
+from that run's metrics records:
+
+  before   median tokens/s of the steps before the policy was switched on
+  after    median tokens/s of the last third of the run
+  ideal    median of the step records' ideal_tokens_per_s over the same
+           steps as `after`: measured communication and time outside
+           expert work kept, all expert rows split over the ranks in
+           proportion to their measured speeds
+
+usage: balance_bench.py MOECTL [--steps N] [--experts E ...] [--slowdown S]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def run_case(moectl, experts, steps, slowdown, switch_at, every, workdir):
+    metrics = os.path.join(workdir, f"balance-{experts}.jsonl")
+    args = [moectl, "run", os.path.join(ROOT, "tests/mpi/tiny4.yaml"),
+            "--headless", "--metrics", metrics,
+            "--set", f"train.steps={steps}",
+            "--set", f"moe.n_experts={experts}",
+            "--set", f"cluster.devices.3.slowdown={slowdown}",
+            "--set", "train.eval_every=0",
+            "--set", "checkpoint.every=0",
+            "--set", f"checkpoint.dir={workdir}/ckpt-{experts}",
+            "--at", f"{switch_at}:policy auto every {every} min-gain 0.02"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"balance_bench: {' '.join(args)} failed:\n{done.stderr}")
+    records = [json.loads(line) for line in open(metrics)]
+    by_step = {r["step"]: r for r in records if r["type"] == "step"}
+    plans = [r for r in records if r["type"] == "plan"]
+    results = [r for r in records if r["type"] == "plan_result"]
+    warm = max(20, switch_at // 5)
+    before = [by_step[s] for s in range(warm, switch_at + 1)]
+    after = [by_step[s] for s in range(steps - steps // 3, steps + 1)]
+    med = lambda rows, key: statistics.median(r[key] for r in rows)
+    out = {
+        "experts": experts,
+        "before": med(before, "tokens_per_s"),
+        "after": med(after, "tokens_per_s"),
+        "ideal_before": med(before, "ideal_tokens_per_s"),
+        "ideal": med(after, "ideal_tokens_per_s"),
+        "applied": sum(1 for p in plans if p["applied"]),
+        "moves": sum(len(p["moves"]) for p in plans if p["applied"]),
+        "results": results,
+        "slow_experts_before": before[-1]["ranks"][3]["experts"],
+        "slow_experts_after": after[-1]["ranks"][3]["experts"],
+        "cost_before": med(before, "cost_per_mtok"),
+        "cost_after": med(after, "cost_per_mtok"),
+    }
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("moectl")
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--experts", type=int, nargs="+", default=[4, 16])
+    ap.add_argument("--slowdown", type=float, default=2.0)
+    ap.add_argument("--every", type=int, default=100)
+    a = ap.parse_args()
+    switch_at = a.steps // 4
+    print(f"balance bench: tests/mpi/tiny4.yaml, 4 CPU ranks, rank 3 at "
+          f"slowdown {a.slowdown:g} (emulated), {a.steps} steps, policy auto "
+          f"(every {a.every}, min-gain 2%) from step {switch_at}")
+    print(f"{'experts/layer':>13} {'before tok/s':>12} {'after tok/s':>11} "
+          f"{'ideal tok/s':>11} {'before/ideal':>12} {'after/ideal':>11} "
+          f"{'moves':>5} {'slow rank experts':>17} {'cost/1M before->after':>22}")
+    with tempfile.TemporaryDirectory(prefix="moectl-balance-") as work:
+        for experts in a.experts:
+            r = run_case(a.moectl, experts, a.steps, a.slowdown, switch_at,
+                         a.every, work)
+            print(f"{experts:>13} {r['before']:>12,.0f} {r['after']:>11,.0f} "
+                  f"{r['ideal']:>11,.0f} {r['before'] / r['ideal_before']:>12.1%} "
+                  f"{r['after'] / r['ideal']:>11.1%} {r['moves']:>5} "
+                  f"{r['slow_experts_before']:>8.0f} -> {r['slow_experts_after']:<6.0f} "
+                  f"{r['cost_before']:>10.4g} -> {r['cost_after']:<9.4g}")
+            for res in r["results"]:
+                print(f"{'':>13} plan applied after step {res['applied_step']}: "
+                      f"step {res['before_ms']:.3f} ms before, predicted "
+                      f"{res['predicted_ms']:.3f}, measured {res['measured_ms']:.3f} "
+                      f"over {res['steps']} steps")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+#!/usr/bin/env python3
+"""Placement-side balancing on a live 4-rank job (tests/mpi/tiny4.yaml with
+16 experts a layer, rank 3 emulated 4x slower).
+
+usage: test_balance.py CASE MOECTL SOURCE_ROOT
+
+  policy_auto  `policy auto` from step 100 moves experts off the slow rank,
+               raises tokens/s (the direction only: medians before and
+               after, in the same run), writes plan and plan_result
+               records, and leaves the loss trajectory bit for bit equal
+               to the same run without the policy.
+  commands     `plan` proposes without moving, `apply` moves and is
+               measured afterwards, `policy suggest` proposes on schedule,
+               and one rank refuses plan with a reason.
+"""
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+
+CASE, MOECTL, ROOT = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
+if "ASAN_OPTIONS" in os.environ:  # see test_mpi.py
+    os.environ["ASAN_OPTIONS"] += ":detect_leaks=0"
+CORPUS = os.path.join(ROOT, "data", "kjv.txt")
+SLOW = ["--set", "moe.n_experts=16", "--set", "moe.expert_hidden=256",
+        "--set", "cluster.devices.3.slowdown=4",
+        "--set", "train.eval_every=0", "--set", "checkpoint.every=0"]
+
+
+def fail(msg):
+    print("FAIL:", msg)
+    sys.exit(1)
+
+
+def train(tmp, name, ranks, extra):
+    metrics = os.path.join(tmp, name + ".jsonl")
+    args = [MOECTL, "run", os.path.join(ROOT, "tests", "mpi",
+                                        f"tiny{ranks}.yaml"),
+            "--headless", "--metrics", metrics,
+            "--set", "data.path=" + CORPUS,
+            "--set", "checkpoint.dir=" + os.path.join(tmp, name)] + extra
+    p = subprocess.run(args, cwd=tmp, capture_output=True, text=True,
+                       timeout=600)
+    if p.returncode != 0:
+        fail(f"{' '.join(args)} exited {p.returncode}:\n{p.stderr[-3000:]}")
+    return [json.loads(line) for line in open(metrics)]
+
+
+def of(records, kind):
+    return [r for r in records if r["type"] == kind]
+
+
+def case_policy_auto(tmp):
+    steps = 400
+    auto = train(tmp, "auto", 4, SLOW + [
+        "--set", f"train.steps={steps}", "--at", "100:policy auto every 50 min-gain 0.02"])
+    still = train(tmp, "still", 4, SLOW + ["--set", f"train.steps={steps}"])
+    a, b = of(auto, "step"), of(still, "step")
+    if len(a) != steps or len(b) != steps:
+        fail(f"expected {steps} step records, got {len(a)} and {len(b)}")
+    # Migration never changes the math.
+    for x, y in zip(a, b):
+        if (repr(x["loss"]), repr(x["grad_norm"]), x["expert_load"]) != \
+           (repr(y["loss"]), repr(y["grad_norm"]), y["expert_load"]):
+            fail(f"step {x['step']}: loss {x['loss']!r} with policy auto, "
+                 f"{y['loss']!r} without")
+    plans = of(auto, "plan")
+    applied = [p for p in plans if p["applied"]]
+    if not applied:
+        fail(f"policy auto applied no plan: {plans}")
+    for p in plans:
+        if p["trigger"] != "auto" or p["step"] % 50 != 0 or p["step"] < 100:
+            fail(f"unexpected plan record {p}")
+        if p["applied"] and p["predicted_gain"] < 0.02:
+            fail(f"applied a plan below min-gain: {p}")
+    first = applied[0]
+    if not first["predicted_after_ms"] < first["predicted_before_ms"]:
+        fail(f"the first applied plan predicts no gain: {first}")
+    results = of(auto, "plan_result")
+    if not results or results[0]["applied_step"] != first["step"]:
+        fail(f"no plan_result for the plan applied at step {first['step']}: "
+             f"{results}")
+    slow_before = a[99]["ranks"][3]["experts"]
+    slow_after = a[-1]["ranks"][3]["experts"]
+    if not slow_after < slow_before:
+        fail(f"the slow rank still holds {slow_after} experts "
+             f"(had {slow_before})")
+    if a[-1]["placement_version"] <= a[99]["placement_version"]:
+        fail("the placement version did not change")
+    # Direction: faster after than before, in the same run.
+    before = statistics.median(s["tokens_per_s"] for s in a[20:100])
+    after = statistics.median(s["tokens_per_s"] for s in a[-100:])
+    print(f"tokens/s before {before:,.0f}, after {after:,.0f} "
+          f"({after / before:.2f}x); slow rank experts {slow_before:.0f} -> "
+          f"{slow_after:.0f}; {len(applied)} plan(s) applied")
+    if not after > before:
+        fail(f"policy auto did not raise tokens/s: {before:.0f} -> {after:.0f}")
+    for s in a[-100:]:
+        if s["straggler"] is None or s["ideal_tokens_per_s"] is None:
+            fail(f"step {s['step']}: straggler or ideal missing")
+
+
+def case_commands(tmp):
+    run = train(tmp, "cmds", 4, SLOW + [
+        "--steps", "160", "--at", "40:plan", "--at", "60:apply",
+        "--at", "100:policy suggest every 20"])
+    plans = of(run, "plan")
+    by = {}
+    for p in plans:
+        by.setdefault(p["trigger"], []).append(p)
+    if [p["step"] for p in by.get("plan", [])] != [40] or by["plan"][0]["applied"]:
+        fail(f"plan at step 40 should propose without moving: {plans}")
+    if [p["step"] for p in by.get("apply", [])] != [60] or not by["apply"][0]["applied"]:
+        fail(f"apply at step 60 should move: {plans}")
+    suggested = [p["step"] for p in by.get("suggest", [])]
+    if suggested != [100, 120, 140, 160] and suggested != [100, 120, 140]:
+        fail(f"policy suggest every 20 from step 100 planned at {suggested}")
+    if any(p["applied"] for p in by["suggest"]):
+        fail("policy suggest moved experts")
+    steps = {s["step"]: s for s in of(run, "step")}
+    if steps[41]["placement"] != steps[40]["placement"]:
+        fail("plan moved experts")
+    moves = by["apply"][0]["moves"]
+    if not moves:
+        fail("apply found nothing to move on a 4x slower rank")
+    for layer, expert, src, dst in moves:
+        if steps[60]["placement"][layer][expert] != src or \
+           steps[61]["placement"][layer][expert] != dst:
+            fail(f"move {layer}.{expert} {src}->{dst} is not what happened")
+    if steps[160]["placement"] != steps[61]["placement"]:
+        fail("policy suggest changed the placement")
+    events = {e["step"]: e for e in of(run, "event")}
+    if "move" not in events[60].get("reply", "") and \
+       "->" not in events[60].get("reply", ""):
+        fail(f"apply's reply does not describe the moves: {events[60]}")
+    if not of(run, "plan_result"):
+        fail("no plan_result after apply")
+
+    one = train(tmp, "one", 1, ["--steps", "3", "--at", "1:plan"])
+    reply = of(one, "event")[0].get("reply", "")
+    if "nothing to place" not in reply:
+        fail(f"plan on one rank replied {reply!r}")
+
+
+def main():
+    if subprocess.run(["which", "mpirun"], capture_output=True).returncode:
+        print("mpirun not found: skipped")
+        sys.exit(77)
+    if not os.path.exists(CORPUS):
+        fail(f"{CORPUS} is missing: run scripts/setup.sh")
+    with tempfile.TemporaryDirectory(prefix="moectl-balance-") as tmp:
+        {"policy_auto": case_policy_auto, "commands": case_commands}[CASE](tmp)
+    print("ok")
+
+
+if __name__ == "__main__":
+    main()
