@@ -123,9 +123,11 @@ void balancer_observe(balancer *b, step_stats *s)
     if (b->ranks == 1)
         s->straggler = -1;
     average(&b->step_s, s->step_s, b->decay, first);
-    /* What the compute model leaves unexplained is communication; the
-     * ideal keeps it and splits every layer's expert rows over the ranks
-     * in proportion to their speed, so all finish each layer together. */
+    /* What the compute model leaves unexplained is communication. The
+     * ideal keeps everything measured but the expert phase, whose rows it
+     * splits over the ranks in proportion to their speed, layer by layer,
+     * so that all ranks finish each layer together: this step's time less
+     * the excess of the layers' slowest ranks over that split. */
     double ideal = NAN;
     if (now) {
         planner_problem p = problem(b, now, s->placement);
@@ -138,8 +140,8 @@ void balancer_observe(balancer *b, step_stats *s)
             speed += b->planner_ranks[r].rate;
             base = fmax(base, b->planner_ranks[r].base_s);
         }
-        average(&b->ideal_s, b->comm_s + base + rows / speed, b->decay,
-                first);
+        double excess = compute - base - rows / speed;
+        b->ideal_s = s->step_s - (excess > 0 ? excess : 0);
         ideal = s->tokens / b->ideal_s;
     }
     if (now != step_load)

@@ -20,8 +20,9 @@ typedef struct balancer {
     planner_rank *planner_ranks; /* (ranks) built for the planner */
     double comm_s;         /* step time the compute model does not explain */
     double step_s;         /* measured step time */
-    double ideal_s;        /* step time with expert work split in proportion
-                              to speed (see balancer_observe) */
+    double ideal_s;        /* the last step's time had its expert work been
+                              split in proportion to speed (see
+                              balancer_observe) */
     double expert_bytes;   /* one expert's state: weights, grad, 2 moments */
     double move_bytes;     /* what a move ships: weights and 2 moments */
     double dense_bytes;    /* replicated state on every rank */

@@ -170,6 +170,7 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
     const int *rank_of = m->expert_rank + (size_t)l * E;
     int first_token = c->rank * ep->N_local;
 
+    model_slowdown_sync(m);
     comm_allgather_int(c, expert_index, ep->N_local * K, ep->global_index);
     router_build_dispatch(&y->dispatch, ep->global_index, ep->N_total, K, E,
                           router_capacity(m->capacity_factor, ep->N_total, K,
@@ -259,6 +260,7 @@ static void alltoall(expert_parallel *ep, const float *send,
                      const int *send_rows, float *recv, const int *recv_rows,
                      int row)
 {
+    model_slowdown_sync(ep->m);
     double start = now_s();
     comm_alltoallv_rows(ep->c, send, send_rows, recv, recv_rows, row);
     ep->alltoall_s += now_s() - start;

@@ -116,6 +116,14 @@ int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
         d->H, "seq_len", d->T, "experts", d->E, "top_k", d->K,
         "expert_hidden", d->F, "shared_hidden", d->S,
         "resumed_from", resumed_step, "currency", cfg->cluster.currency);
+    static const char *const policies[] = {"off", "suggest", "auto"};
+    if (record)
+        json_object_set_new(record, "balance", json_pack(
+            "{s:s, s:i, s:f, s:f, s:i}", "policy",
+            policies[cfg->balance.policy], "every", cfg->balance.every,
+            "min_gain", cfg->balance.min_gain, "bias_update_rate",
+            cfg->balance.bias_update_rate, "routing_warmup_steps",
+            cfg->balance.routing_warmup_steps));
     return emit(sink, record, err);
 }
 

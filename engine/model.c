@@ -23,34 +23,55 @@ static double monotonic_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Emulates a slower device (model_set_slowdown): the compute of the lap
- * just ended (its all-to-all waits excluded) is stretched by sleeping
- * (slowdown - 1) times as long. Short debts are carried to a later lap so
- * that the sleep's own overshoot is paid back rather than accumulated. */
-static double emulate_slowdown(model *m, double now)
+/* Emulates a slower device (model_set_slowdown): every stretch of compute
+ * (its all-to-all waits excluded) adds (slowdown - 1) times its length to
+ * a debt of sleep. The debt is slept at the end of each lap when it has
+ * grown past 50 us (shorter sleeps are mostly overshoot, which is paid
+ * back from the debt rather than accumulated), and always in full before
+ * the rank next talks to the others, so that they wait for it there as
+ * they would for a slow device. */
+static void slowdown_charge(model *m, double now)
 {
     model_profile *p = &m->profile;
     double waited = m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
-    double compute = now - p->lap_start - (waited - p->lap_comm);
-    p->lap_comm = waited;
+    double compute = now - p->slowdown_mark - (waited - p->slowdown_comm);
+    p->slowdown_mark = now;
+    p->slowdown_comm = waited;
     p->slowdown_debt_s += (m->slowdown - 1.0) * (compute > 0 ? compute : 0);
-    if (p->slowdown_debt_s < 50e-6)
-        return now;
+}
+
+static double slowdown_pay(model *m, double now, double at_least_s)
+{
+    model_profile *p = &m->profile;
     double debt = p->slowdown_debt_s;
+    if (debt < at_least_s || debt <= 0)
+        return now;
     struct timespec nap = {(time_t)debt,
                            (long)((debt - (double)(time_t)debt) * 1e9)};
     nanosleep(&nap, NULL);
     double after = monotonic_s();
     p->slowdown_debt_s -= after - now;
+    p->slowdown_mark = after;
     return after;
+}
+
+void model_slowdown_sync(model *m)
+{
+    if (m->slowdown <= 1.0)
+        return;
+    double now = monotonic_s();
+    slowdown_charge(m, now);
+    slowdown_pay(m, now, 0.0);
 }
 
 /* Adds the time since the previous lap to `bucket`. */
 static void lap(model *m, double *bucket)
 {
     double now = monotonic_s();
-    if (m->slowdown > 1.0)
-        now = emulate_slowdown(m, now);
+    if (m->slowdown > 1.0) {
+        slowdown_charge(m, now);
+        now = slowdown_pay(m, now, 50e-6);
+    }
     *bucket += now - m->profile.lap_start;
     m->profile.lap_start = now;
 }
@@ -59,7 +80,9 @@ static void lap(model *m, double *bucket)
 static void lap_begin(model *m)
 {
     m->profile.lap_start = monotonic_s();
-    m->profile.lap_comm = m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
+    m->profile.slowdown_mark = m->profile.lap_start;
+    m->profile.slowdown_comm =
+        m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
 }
 
 void model_set_slowdown(model *m, double slowdown)
@@ -524,8 +547,10 @@ static void warmup_route(model *m, int l, const layer_acts *v, int B)
     for (int b = 0; b < B; b++)
         router_logit_sums(partial + (size_t)2 * (rank * B + b),
                           v->router_logits + (size_t)b * T * E, T, E);
-    if (m->comm)
+    if (m->comm) {
+        model_slowdown_sync(m);
         comm_allreduce_sum_double(m->comm, partial, 2 * sequences);
+    }
     double sum = 0.0, sum_squares = 0.0;
     for (int s = 0; s < sequences; s++) {
         sum += partial[2 * s];
@@ -708,8 +733,10 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
         sum += a->losses[i];
     /* Each rank's shares of the three losses add up to the global ones. */
     double losses[3] = {sum / m->total_tokens, m->aux_loss, m->z_loss};
-    if (m->comm)
+    if (m->comm) {
+        model_slowdown_sync(m);
         comm_allreduce_sum_double(m->comm, losses, 3);
+    }
     m->ce_loss = losses[0];
     m->aux_loss = losses[1];
     m->z_loss = losses[2];
@@ -841,6 +868,13 @@ void model_backward(model *m)
     }
     ops->embedding_backward(ctx, g->wte, a->d_resid, a->inputs, N, C);
     lap(m, &bw[MODEL_PART_embedding]);
+    /* The gradient reduction comes next: the emulated debt is paid first,
+     * inside the last lap's time. */
+    if (m->slowdown > 1.0) {
+        model_slowdown_sync(m);
+        bw[MODEL_PART_embedding] += monotonic_s() - m->profile.lap_start;
+        m->profile.lap_start = monotonic_s();
+    }
 }
 
 void model_expert_load(const model *m, int *load)

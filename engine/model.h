@@ -102,7 +102,8 @@ typedef struct model_profile {
     double forward_s[MODEL_PART_COUNT];
     double backward_s[MODEL_PART_COUNT];
     double lap_start; /* monotonic seconds at the last lap */
-    double lap_comm;  /* all-to-all seconds at the last lap */
+    double slowdown_mark;   /* compute before this is charged */
+    double slowdown_comm;   /* all-to-all seconds at the mark */
     double slowdown_debt_s; /* emulated slowdown not yet slept */
 } model_profile;
 
@@ -207,6 +208,9 @@ void model_broadcast_balance_state(model *m, int root);
  * (slowdown - 1) times as long, so the all-to-all partners wait for it
  * layer by layer as they would for a slow device. 1: off. */
 void model_set_slowdown(model *m, double slowdown);
+/* Sleeps the emulated slowdown owed so far: called before every exchange
+ * with other ranks. */
+void model_slowdown_sync(model *m);
 
 /* Per-expert weight and gradient pointers of layer l, for grouped GEMMs;
  * valid until the next call. */

@@ -584,11 +584,13 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
     }
     case COMMAND_STATUS:
         snprintf(local, sizeof local, "step %d of %d, %s, lr %g, %d rank%s, "
-                 "placement version %d, policy %s", t->state.step,
-                 b->opt->last_step, b->paused ? "paused" : "running",
+                 "placement version %d, policy %s every %d min-gain %g%%",
+                 t->state.step, b->opt->last_step,
+                 b->paused ? "paused" : "running",
                  optimizer_lr(&t->opt, t->state.step + 1), t->comm->world,
                  t->comm->world > 1 ? "s" : "", t->model->placement_version,
-                 policy_words[t->bal.policy]);
+                 policy_words[t->bal.policy], t->bal.every,
+                 t->bal.min_gain * 100);
         break;
     }
     if (reply)

@@ -61,6 +61,9 @@ typedef struct console {
     size_t inlen;
     int connected;
     int dirty;
+    /* The policy b last asked for until the job confirms it, so that b
+     * pressed twice quickly still steps off -> suggest -> auto. */
+    view_policy policy_wanted;
 } console;
 
 /* ---- the socket ------------------------------------------------------ */
@@ -82,7 +85,8 @@ static int connect_socket(const char *path)
     return fd;
 }
 
-static void send_command(console *c, const char *line)
+/* Sends one command; echo logs it as "> line" in the event log. */
+static void send_line(console *c, const char *line, int echo)
 {
     char text[LINE_MAX_INPUT + 2];
     int n = snprintf(text, sizeof text, "%s\n", line);
@@ -90,12 +94,17 @@ static void send_command(console *c, const char *line)
         send(c->fd, text, (size_t)n, MSG_NOSIGNAL) != (ssize_t)n) {
         view_event(&c->v, "error: the job's control socket is gone");
         c->connected = 0;
-    } else {
-        char echo[LINE_MAX_INPUT + 8];
-        snprintf(echo, sizeof echo, "> %s", line);
-        view_event(&c->v, echo);
+    } else if (echo) {
+        char logged[LINE_MAX_INPUT + 8];
+        snprintf(logged, sizeof logged, "> %s", line);
+        view_event(&c->v, logged);
     }
     c->dirty = 1;
+}
+
+static void send_command(console *c, const char *line)
+{
+    send_line(c, line, 1);
 }
 
 /* Reads what the job sent; returns 0 when the socket closed. */
@@ -115,6 +124,8 @@ static int read_records(console *c)
         while ((nl = memchr(start, '\n', c->inlen - (size_t)(start - c->inbuf)))) {
             *nl = '\0';
             view_apply(&c->v, start);
+            if (c->v.policy == c->policy_wanted)
+                c->policy_wanted = VIEW_POLICY_UNKNOWN;
             c->dirty = 1;
             start = nl + 1;
         }
@@ -126,13 +137,48 @@ static int read_records(console *c)
 
 /* ---- drawing --------------------------------------------------------- */
 
+/* Display columns of a UTF-8 text whose glyphs are all one column wide
+ * (ours are: ASCII and a few arrows). */
+static int text_cols(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* Writes at most cols columns of s, never splitting a UTF-8 glyph. */
+static void put_text(int row, int col, const char *s, int cols)
+{
+    int bytes = 0, used = 0;
+    while (s[bytes] && used < cols) {
+        bytes++;
+        while (((unsigned char)s[bytes] & 0xC0) == 0x80)
+            bytes++;
+        used++;
+    }
+    if (bytes > 0)
+        mvaddnstr(row, col, s, bytes);
+}
+
+/* A panel's title on its first row, a column clear of the next panel. */
 static void box_title(const layout_rect *r, const char *title)
 {
     if (r->rows < 2 || r->cols < 4)
         return;
     attron(A_BOLD);
-    mvprintw(r->row, r->col, "%.*s", r->cols, title);
+    put_text(r->row, r->col, title, r->cols - 1);
     attroff(A_BOLD);
+}
+
+/* The longest of texts (longest first) that fits in cols columns. */
+static const char *longest_fitting(const char *const *texts, int count,
+                                   int cols)
+{
+    for (int i = 0; i < count - 1; i++)
+        if (text_cols(texts[i]) <= cols)
+            return texts[i];
+    return texts[count - 1];
 }
 
 static void format_duration(char *out, size_t size, double s)
@@ -153,6 +199,8 @@ static void format_money(char *out, size_t size, double x, const char *cur)
         snprintf(out, size, "%.2fM %s", x / 1e6, cur);
     else if (x >= 1e3)
         snprintf(out, size, "%.1fk %s", x / 1e3, cur);
+    else if (x > 0 && x < 1e-3) /* 0.00006766, not 6.766e-05 */
+        snprintf(out, size, "%.*f %s", 3 - (int)floor(log10(x)), x, cur);
     else
         snprintf(out, size, "%.4g %s", x, cur);
 }
@@ -163,9 +211,9 @@ static void draw_header(console *c, const layout_rect *r)
     char elapsed[16], eta[16];
     format_duration(elapsed, sizeof elapsed, v->have_step ? v->elapsed_s : NAN);
     double remaining = NAN;
-    if (v->have_step && v->smoothed_tokens_per_s > 0 && v->tokens_per_step > 0)
+    if (v->have_step && v->tokens_per_s.avg > 0 && v->tokens_per_step > 0)
         remaining = (double)(v->steps_total - v->step) * v->tokens_per_step /
-                    v->smoothed_tokens_per_s;
+                    v->tokens_per_s.avg;
     format_duration(eta, sizeof eta, remaining);
     char left[256];
     snprintf(left, sizeof left, " moectl  %s  [%s]  step %d/%d ",
@@ -206,7 +254,7 @@ static void draw_loss(console *c, const layout_rect *r)
     else
         snprintf(title, sizeof title, "Loss n/a");
     box_title(r, title);
-    int rows = r->rows - 1, cols = r->cols;
+    int rows = r->rows - 1, cols = r->cols - 1; /* a gap to the next */
     if (rows < 2 || cols < 12 || v->history_count == 0)
         return;
     plot_series series[2] = {{v->loss_history, v->history_count},
@@ -226,41 +274,83 @@ static void draw_loss(console *c, const layout_rect *r)
     free(text);
 }
 
+static void format_bytes(char *out, size_t size, double bytes)
+{
+    static const char *const units[] = {"B", "KB", "MB", "GB", "TB"};
+    if (!isfinite(bytes) || bytes < 0) {
+        snprintf(out, size, "n/a");
+        return;
+    }
+    int u = 0;
+    while (bytes >= 1000 && u < 4) {
+        bytes /= 1000;
+        u++;
+    }
+    snprintf(out, size, "%.3g %s", bytes, units[u]);
+}
+
+/* x in format, or n/a when it is not a number. */
+static const char *real_text(char *out, size_t size, const char *format,
+                             double x)
+{
+    if (isfinite(x))
+        snprintf(out, size, format, x);
+    else
+        snprintf(out, size, "n/a");
+    return out;
+}
+
+/* A line per figure; below 6 lines the cost per hour and per 1M tokens
+ * share one, below 7 the footnote goes. */
 static void draw_speed(console *c, const layout_rect *r)
 {
     const view *v = &c->v;
     box_title(r, "Throughput and cost");
-    int row = r->row + 1, width = r->cols;
+    int lines = r->rows - 1, row = r->row + 1;
+    if (lines < 1)
+        return;
     if (!v->have_step) {
-        mvprintw(row, r->col, "%.*s", width, "n/a until the first step");
+        put_text(row, r->col, "n/a until the first step", r->cols);
         return;
     }
-    mvprintw(row++, r->col, "%.*s", width, "");
-    char line[128];
-    snprintf(line, sizeof line, "tokens/s %.0f now, %.0f avg",
-             v->tokens_per_s, v->smoothed_tokens_per_s);
-    mvprintw(row - 1, r->col, "%.*s", width, line);
-    if (row < r->row + r->rows)
-        mvprintw(row++, r->col, "%.1f GFLOP/s, step %.1f ms",
-                 v->model_flops_per_s / 1e9, v->step_ms);
-    double per_hour, per_mtok;
-    char a[32], b[32], d[32];
-    if (view_price_per_hour(v, &per_hour) && row < r->row + r->rows) {
-        format_money(a, sizeof a, per_hour, v->currency);
-        mvprintw(row++, r->col, "price %s/hour, %d device%s", a,
-                 v->device_count, v->device_count > 1 ? "s" : "");
+    char text[8][128];
+    int n = 0;
+    char now[32] = "n/a", avg[32] = "n/a";
+    if (v->tokens_per_s.valid) {
+        snprintf(now, sizeof now, "%.0f", v->tokens_per_s.now);
+        snprintf(avg, sizeof avg, "%.0f", v->tokens_per_s.avg);
     }
-    if (view_cost_per_mtok(v, &per_mtok)) {
-        format_money(a, sizeof a, per_mtok, v->currency);
-        format_money(b, sizeof b, per_mtok * 1e3, v->currency);
-        format_money(d, sizeof d, per_mtok * 1e6, v->currency);
-        if (row < r->row + r->rows)
-            mvprintw(row++, r->col, "%s per 1M tokens", a);
-        if (row < r->row + r->rows)
-            mvprintw(row++, r->col, "1B %s  1T %s", b, d);
-        if (row < r->row + r->rows)
-            mvprintw(row++, r->col, "(at the avg rate)");
+    snprintf(text[n++], sizeof text[0], "tokens/s %s now, %s avg", now, avg);
+    char mfu[32], ideal[32], flops[32], step[32];
+    real_text(mfu, sizeof mfu, "%.3g%%", v->mfu.valid ? v->mfu.avg * 100
+                                                      : NAN);
+    real_text(ideal, sizeof ideal, "%.0f%%",
+              v->efficiency.valid ? v->efficiency.avg * 100 : NAN);
+    snprintf(text[n++], sizeof text[0], "MFU %s, %s of ideal", mfu, ideal);
+    snprintf(text[n++], sizeof text[0], "%s GFLOP/s, step %s ms",
+             real_text(flops, sizeof flops, "%.1f",
+                       v->model_flops_per_s / 1e9),
+             real_text(step, sizeof step, "%.1f", v->step_ms));
+    view_cost cost;
+    int have_cost = view_cost_now(v, &cost);
+    char hour[32], mtok[32], btok[32], ttok[32];
+    const char *cur = v->currency;
+    format_money(hour, sizeof hour, have_cost ? cost.per_hour : NAN, cur);
+    format_money(mtok, sizeof mtok, have_cost ? cost.per_mtok : NAN, cur);
+    format_money(btok, sizeof btok, have_cost ? cost.per_btok : NAN, cur);
+    format_money(ttok, sizeof ttok, have_cost ? cost.per_ttok : NAN, cur);
+    if (lines >= 6) {
+        snprintf(text[n++], sizeof text[0], "cost %s/hour, %d device%s", hour,
+                 v->device_count, v->device_count == 1 ? "" : "s");
+        snprintf(text[n++], sizeof text[0], "%s per 1M tokens", mtok);
+    } else {
+        snprintf(text[n++], sizeof text[0], "%s/h, 1M %s", hour, mtok);
     }
+    snprintf(text[n++], sizeof text[0], "1B %s  1T %s", btok, ttok);
+    if (lines >= 7)
+        snprintf(text[n++], sizeof text[0], "(MFU, cost: moving averages)");
+    for (int i = 0; i < n && i < lines; i++)
+        put_text(row + i, r->col, text[i], r->cols);
 }
 
 static int load_level(double ratio)
@@ -276,23 +366,20 @@ static int load_level(double ratio)
     return COLOR_PAIR_HOT;
 }
 
-static void draw_heatmap(console *c, const layout_rect *r)
+/* A layer's imbalance as the engine measured it, or computed from this
+ * step's load for engines that do not publish it. */
+static void layer_stats(const view *v, int l, char *out, size_t size)
 {
-    const view *v = &c->v;
-    box_title(r, c->color ? "Expert load: 10 x tokens / layer mean"
-                          : "Expert load: .:-=+*#%@ by tokens / layer mean");
-    if (!v->have_run || !v->have_step)
-        return;
-    int row = r->row + 1;
-    int cell = 3, label = 6;
-    int shown = (r->cols - label - 1) / cell; /* a gap before the next panel */
-    if (shown > v->experts)
-        shown = v->experts;
-    int stats_col = r->col + label + shown * cell + 1;
-    for (int l = 0; l < v->layers && row < r->row + r->rows - 1; l++, row++) {
+    double max_mean = NAN, cv = NAN;
+    int dead = -1;
+    if (v->have_imbalance) {
+        max_mean = v->max_mean[l];
+        cv = v->cv[l];
+        dead = v->dead[l];
+    } else {
         const int *load = v->expert_load + (size_t)l * v->experts;
         double mean = 0, max = 0, var = 0;
-        int dead = 0;
+        dead = 0;
         for (int e = 0; e < v->experts; e++) {
             mean += load[e];
             max = load[e] > max ? load[e] : max;
@@ -301,89 +388,375 @@ static void draw_heatmap(console *c, const layout_rect *r)
         mean /= v->experts;
         for (int e = 0; e < v->experts; e++)
             var += (load[e] - mean) * (load[e] - mean);
-        double cv = mean > 0 ? sqrt(var / v->experts) / mean : 0;
+        if (mean > 0) {
+            max_mean = max / mean;
+            cv = sqrt(var / v->experts) / mean;
+        }
+    }
+    char m[16] = "n/a", k[16] = "n/a", d[16] = "n/a";
+    if (isfinite(max_mean))
+        snprintf(m, sizeof m, "%.2fx", max_mean);
+    if (isfinite(cv))
+        snprintf(k, sizeof k, "%.2f", cv);
+    if (dead >= 0)
+        snprintf(d, sizeof d, "%d", dead);
+    snprintf(out, size, "max %s cv %s dead %s", m, k, d);
+}
+
+static void draw_heatmap(console *c, const layout_rect *r)
+{
+    const view *v = &c->v;
+    int ema = v->have_load_ema;
+    if (c->color)
+        box_title(r, ema ? "Expert load: 10 x avg tokens / layer mean"
+                         : "Expert load: 10 x tokens / layer mean");
+    else
+        box_title(r, ema ? "Expert load .:-=+*#%@ = avg tokens / mean"
+                         : "Expert load .:-=+*#%@ = tokens / mean");
+    if (!v->have_run || !v->have_step || v->layers == 0 || v->experts == 0)
+        return;
+    double share;
+    int straggler = view_straggler(v, &share);
+    int row = r->row + 1, end = r->row + r->rows - 1; /* last: selection */
+    int cell = 3, label = 6;
+    int shown = (r->cols - label - 1) / cell; /* a gap before the next panel */
+    if (shown > v->experts)
+        shown = v->experts;
+    int stats_col = r->col + label + shown * cell + 1;
+    int room = r->col + r->cols - stats_col - 1; /* a gap to the next */
+    int stats_beside = room >= 24;
+    for (int l = 0; l < v->layers && row < end; l++, row++) {
+        size_t first = (size_t)l * v->experts;
+        const int *load = v->expert_load + first;
+        const double *avg = v->load_ema + first;
+        double mean = 0;
+        for (int e = 0; e < v->experts; e++)
+            mean += ema ? avg[e] : load[e];
+        mean /= v->experts;
         mvprintw(row, r->col, "L%-4d", l);
         for (int e = 0; e < shown; e++) {
-            double ratio = mean > 0 ? load[e] / mean : 0;
+            double value = ema ? avg[e] : load[e];
+            double ratio = mean > 0 && isfinite(value) ? value / mean : 0;
             int selected = l == c->cursor_layer && e == c->cursor_expert;
+            int on_straggler = straggler >= 0 &&
+                               v->placement[first + e] == straggler;
             int pair = load_level(ratio);
+            attr_t attrs = (selected ? A_REVERSE : 0) |
+                           (on_straggler ? A_UNDERLINE | A_BOLD : 0);
             if (c->color)
                 attron(COLOR_PAIR(pair));
-            if (selected)
-                attron(A_REVERSE);
+            attron(attrs);
             char text[8];
             if (c->color)
-                snprintf(text, sizeof text, "%2.0f ", ratio * 10 > 99 ? 99
-                                                                      : ratio * 10);
+                snprintf(text, sizeof text, "%2.0f ",
+                         ratio * 10 > 99 ? 99 : ratio * 10);
             else
                 snprintf(text, sizeof text, "%c%c ",
                          " .:-=+*#%@"[ratio >= 1.8 ? 9 : (int)(ratio * 5)],
-                         selected ? '<' : ' ');
+                         selected ? '<' : on_straggler ? '!' : ' ');
             mvaddstr(row, r->col + label + e * cell, text);
-            if (selected)
-                attroff(A_REVERSE);
+            attroff(attrs);
             if (c->color)
                 attroff(COLOR_PAIR(pair));
         }
-        int room = r->col + r->cols - stats_col - 1; /* a gap to the next */
-        if (room >= 24) {
+        if (stats_beside) {
             char stats[64];
-            snprintf(stats, sizeof stats, "max %.2fx cv %.2f dead %d",
-                     mean > 0 ? max / mean : 0, cv, dead);
-            mvprintw(row, stats_col, "%.*s", room, stats);
+            layer_stats(v, l, stats, sizeof stats);
+            put_text(row, stats_col, stats, room);
         }
+    }
+    /* The legend, on the row above the selection when the layers left it
+     * free. */
+    if (row < end && v->straggler_count > 0) {
+        char legend[128];
+        int hosted = 0;
+        for (int i = 0; straggler >= 0 && i < v->layers * v->experts; i++)
+            hosted += v->placement[i] == straggler;
+        if (straggler >= 0 && hosted)
+            snprintf(legend, sizeof legend, "%s on straggler %d (%.0f%% of "
+                     "steps)", c->color ? "underlined:" : "!:", straggler,
+                     share * 100);
+        else if (straggler >= 0)
+            snprintf(legend, sizeof legend, "straggler %d (%.0f%% of steps) "
+                     "hosts no expert", straggler, share * 100);
+        else
+            snprintf(legend, sizeof legend, "no straggler");
+        put_text(end - 1, r->col, legend, r->cols - 1);
     }
     int l = c->cursor_layer, e = c->cursor_expert;
     if (l < v->layers && e < v->experts) {
         size_t at = (size_t)l * v->experts + e;
-        mvprintw(r->row + r->rows - 1, r->col,
-                 "%.*s", r->cols, "");
-        char line[128];
-        snprintf(line, sizeof line, "expert %d.%d on rank %d: %d tokens "
-                 "this step%s", l, e, v->placement[at], v->expert_load[at],
-                 shown < v->experts ? " (more experts than fit)" : "");
-        mvprintw(r->row + r->rows - 1, r->col, "%.*s", r->cols, line);
+        char line[192], extra[64] = "";
+        if (ema && isfinite(v->load_ema[at]))
+            snprintf(extra, sizeof extra, ", avg %.0f", v->load_ema[at]);
+        int n = snprintf(line, sizeof line, "expert %d.%d on rank %d: %d "
+                         "tokens%s%s", l, e, v->placement[at],
+                         v->expert_load[at], extra,
+                         shown < v->experts ? " (more experts than fit)"
+                                            : "");
+        if (!stats_beside && n > 0 && n < (int)sizeof line) {
+            char stats[64];
+            layer_stats(v, l, stats, sizeof stats);
+            snprintf(line + n, sizeof line - (size_t)n, "; L%d %s", l, stats);
+        }
+        put_text(end, r->col, line, r->cols - 1);
+    }
+}
+
+/* A device row is fields joined by spaces. When they do not fit, the
+ * least important go first; the bar (if any) takes what is left. */
+typedef struct row_field {
+    char text[128];
+    int keep;       /* higher stays longer */
+    int bar;        /* the compute/communication bar: fills the rest */
+} row_field;
+
+static void fit_fields(row_field *fields, int count, int cols, int bar_min,
+                       int *bar_cols)
+{
+    for (;;) {
+        int used = 0, drop = -1, present = 0;
+        for (int i = 0; i < count; i++) {
+            if (fields[i].keep < 0)
+                continue;
+            used += (present++ ? 1 : 0) +
+                    (fields[i].bar ? bar_min : text_cols(fields[i].text));
+            if (!fields[i].bar &&
+                (drop < 0 || fields[i].keep < fields[drop].keep))
+                drop = i;
+        }
+        if (used <= cols || drop < 0) {
+            *bar_cols = bar_min + (cols > used ? cols - used : 0);
+            return;
+        }
+        fields[drop].keep = -1;
+    }
+}
+
+/* The split of a rank's step: compute #, all-to-all =, all-reduce -,
+ * idle . */
+static void rank_bar(const view_rank *k, char *bar, int width)
+{
+    double parts[4] = {k->expert_ms + k->dense_ms, k->alltoall_ms,
+                       k->allreduce_ms, k->idle_ms};
+    double total = 0;
+    for (int p = 0; p < 4; p++)
+        total += isfinite(parts[p]) ? parts[p] : 0;
+    const char marks[4] = {'#', '=', '-', '.'};
+    int at = 0;
+    for (int p = 0; p < 4 && total > 0; p++) {
+        int n = isfinite(parts[p]) ? (int)(parts[p] / total * width + 0.5)
+                                   : 0;
+        for (int j = 0; j < n && at < width; j++)
+            bar[at++] = marks[p];
+    }
+    while (at < width)
+        bar[at++] = ' ';
+    bar[at] = '\0';
+}
+
+static void draw_fields(int row, int col, int cols, const row_field *fields,
+                        int count, const view_rank *k, int bar_cols)
+{
+    move(row, col);
+    int used = 0, present = 0;
+    for (int i = 0; i < count && used < cols; i++) {
+        if (fields[i].keep < 0)
+            continue;
+        if (present++) {
+            addch(' ');
+            used++;
+        }
+        if (fields[i].bar) {
+            char bar[256];
+            int width = bar_cols < (int)sizeof bar ? bar_cols
+                                                   : (int)sizeof bar - 1;
+            if (width > cols - used)
+                width = cols - used;
+            if (k)
+                rank_bar(k, bar, width);
+            else
+                snprintf(bar, sizeof bar, "%-*s", width, "n/a");
+            addnstr(bar, width);
+            used += width;
+        } else {
+            getyx(stdscr, row, col);
+            put_text(row, col, fields[i].text, cols - used);
+            used += text_cols(fields[i].text);
+        }
     }
 }
 
 static void draw_devices(console *c, const layout_rect *r)
 {
     const view *v = &c->v;
-    box_title(r, "Devices  # compute = all-to-all - all-reduce . idle");
-    /* Two lines a device when they fit: who it is, then where its step
-     * went. */
+    static const char *const titles[] = {
+        "Devices  # compute = all-to-all - all-reduce . idle",
+        "Devices  # compute = a2a - allreduce . idle",
+        "Devices  #compute =a2a -allred .idle",
+        "Devices #comp =a2a -red .idle",
+    };
+    box_title(r, longest_fitting(titles, 4, r->cols - 1));
+    double share;
+    int straggler = view_straggler(v, &share);
+    /* Two lines a device when they fit: who it is and what it holds, then
+     * where its step went. */
     int two = r->rows - 1 >= 2 * v->device_count;
     int row = r->row + 1, end = r->row + r->rows;
+    int cols = r->cols - 1; /* a gap to the screen edge */
     for (int i = 0; i < v->device_count && row < end; i++) {
         const view_device *d = &v->devices[i];
         const view_rank *k = i < v->rank_count ? &v->ranks[i] : NULL;
-        char line[256], bar[128] = "";
-        snprintf(line, sizeof line, "%d %s %s%s %d exp %.3g %s/h", i,
-                 d->name, d->backend, d->emulated ? " EMULATED" : "",
-                 k ? k->experts : 0, d->price_per_hour, v->currency);
-        mvprintw(row++, r->col, "%.*s", r->cols, line);
-        int width = r->cols - 14;
-        if (width > (int)sizeof bar - 1)
-            width = (int)sizeof bar - 1;
-        if (k && width > 4) {
-            double parts[4] = {k->expert_ms + k->dense_ms, k->alltoall_ms,
-                               k->allreduce_ms, k->idle_ms};
-            double total = parts[0] + parts[1] + parts[2] + parts[3];
-            const char marks[4] = {'#', '=', '-', '.'};
-            int at = 0;
-            for (int p = 0; p < 4 && total > 0; p++) {
-                int n = (int)(parts[p] / total * width + 0.5);
-                for (int j = 0; j < n && at < width; j++)
-                    bar[at++] = marks[p];
-            }
-            bar[at] = '\0';
+        char state[16], capacity[16];
+        format_bytes(state, sizeof state, k ? k->state_gb * 1e9 : NAN);
+        format_bytes(capacity, sizeof capacity,
+                     k ? k->capacity_gb * 1e9 : NAN);
+        enum { NAME, EMU, EXPERTS, PRICE, MEM, BACKEND, BAR, TOKENS, FLOPS,
+               MARK, FIELDS };
+        row_field f[FIELDS];
+        memset(f, 0, sizeof f);
+        snprintf(f[NAME].text, sizeof f[NAME].text, "%d %s", i, d->name);
+        snprintf(f[BACKEND].text, sizeof f[BACKEND].text, "%s", d->backend);
+        snprintf(f[EMU].text, sizeof f[EMU].text, "%s",
+                 d->emulated ? "EMULATED" : "");
+        snprintf(f[EXPERTS].text, sizeof f[EXPERTS].text, "%d exp",
+                 k ? k->experts : 0);
+        snprintf(f[PRICE].text, sizeof f[PRICE].text, "%.3g %s/h",
+                 d->price_per_hour, v->currency);
+        snprintf(f[MEM].text, sizeof f[MEM].text, "mem %s/%s", state,
+                 capacity);
+        snprintf(f[TOKENS].text, sizeof f[TOKENS].text, "%.0f tok",
+                 k ? k->tokens : NAN);
+        if (k && isfinite(k->expert_flops_per_s))
+            snprintf(f[FLOPS].text, sizeof f[FLOPS].text, "%.3g GFLOP/s",
+                     k->expert_flops_per_s / 1e9);
+        else
+            snprintf(f[FLOPS].text, sizeof f[FLOPS].text, "GFLOP/s n/a");
+        if (i == straggler)
+            snprintf(f[MARK].text, sizeof f[MARK].text, "%s straggler %.0f%%",
+                     c->utf8 ? "\u25c0" : "<", share * 100);
+        f[BAR].bar = 1;
+        /* What an operator looks for first stays longest: who, emulated,
+         * straggler; then speed and what it holds. */
+        int keep[FIELDS] = {[NAME] = 9, [EMU] = 8, [MARK] = 7, [FLOPS] = 5,
+                            [EXPERTS] = 4, [TOKENS] = 3, [MEM] = 2,
+                            [PRICE] = 1, [BACKEND] = 0};
+        for (int j = 0; j < FIELDS; j++)
+            f[j].keep = f[j].text[0] || f[j].bar ? keep[j] : -1;
+        int bar_cols;
+        attr_t attrs = i == straggler ? A_BOLD : 0;
+        if (c->color && i == straggler)
+            attrs |= COLOR_PAIR(COLOR_PAIR_BAD);
+        attron(attrs);
+        if (two && k) {
+            /* Line 1: who and what it holds; line 2: bar, tokens, speed. */
+            row_field a[6] = {f[NAME], f[BACKEND], f[EMU], f[EXPERTS],
+                              f[MEM], f[PRICE]};
+            row_field b[4] = {f[BAR], f[TOKENS], f[FLOPS], f[MARK]};
+            fit_fields(a, 6, cols, 0, &bar_cols);
+            draw_fields(row++, r->col, cols, a, 6, k, 0);
+            fit_fields(b, 4, cols - 2, 8, &bar_cols);
+            draw_fields(row++, r->col + 2, cols - 2, b, 4, k, bar_cols);
+        } else {
+            row_field a[FIELDS] = {f[NAME], f[EMU], f[BAR], f[TOKENS],
+                                   f[FLOPS], f[EXPERTS], f[MEM], f[PRICE],
+                                   f[BACKEND], f[MARK]};
+            fit_fields(a, FIELDS, cols, 4, &bar_cols);
+            draw_fields(row++, r->col, cols, a, FIELDS, k, bar_cols);
         }
-        if (!two || row >= end || !k)
-            continue;
-        snprintf(line, sizeof line, "  %-*s %7.0f tok", width > 0 ? width : 0,
-                 bar, k->tokens);
-        mvprintw(row++, r->col, "%.*s", r->cols, line);
+        attroff(attrs);
     }
+}
+
+static const char *plan_trigger_name(const char *trigger)
+{
+    if (strcmp(trigger, "suggest") == 0)
+        return "suggested";
+    if (strcmp(trigger, "apply") == 0)
+        return "by apply";
+    if (strcmp(trigger, "plan") == 0)
+        return "by plan";
+    return trigger;
+}
+
+/* The balance band: the policy; the latest plan; the latest applied plan,
+ * measured. Each line has a full and a compact form for narrow screens. */
+static void draw_balance(console *c, const layout_rect *r)
+{
+    const view *v = &c->v;
+    if (r->rows < 3)
+        return;
+    int cols = r->cols - 1;
+    char full[256], compact[256], every[64] = "";
+    if (v->policy != VIEW_POLICY_OFF && v->policy_every > 0)
+        snprintf(every, sizeof every, " every %d steps, min-gain %.3g%%",
+                 v->policy_every, v->policy_min_gain * 100);
+    snprintf(full, sizeof full, "Balance  policy %s%s",
+             view_policy_name(v->policy), every);
+    box_title(r, full);
+
+    const view_plan *p = &v->plan;
+    const view_plan_result *q = &v->plan_result;
+    if (!p->have) {
+        snprintf(full, sizeof full, "no plan yet: a plans and applies, :plan "
+                 "only plans, b sets the policy");
+        snprintf(compact, sizeof compact, "no plan yet");
+    } else if (p->moves == 0) {
+        char before[32];
+        real_text(before, sizeof before, "%.3g ms", p->before_ms);
+        snprintf(full, sizeof full, "plan at step %d (%s): the placement is "
+                 "already the best found, step %s", p->step,
+                 plan_trigger_name(p->trigger), before);
+        snprintf(compact, sizeof compact, "plan at step %d (%s): no move "
+                 "helps, step %s", p->step, plan_trigger_name(p->trigger),
+                 before);
+    } else {
+        char moved[16], state[48] = "applied";
+        format_bytes(moved, sizeof moved, p->moved_bytes);
+        int measured = q->have && q->applied_step >= p->step;
+        if (!p->applied)
+            snprintf(state, sizeof state, "not applied (a applies it)");
+        else if (!measured && v->policy_every > 0)
+            snprintf(state, sizeof state, "applied, measuring until step %d",
+                     p->step + v->policy_every);
+        else if (!measured)
+            snprintf(state, sizeof state, "applied, measuring");
+        char before[32], after[32], gain[32];
+        real_text(before, sizeof before, "%.3g", p->before_ms);
+        real_text(after, sizeof after, "%.3g", p->after_ms);
+        real_text(gain, sizeof gain, "%.1f%%", p->gain * 100);
+        snprintf(full, sizeof full, "plan at step %d (%s): %d move%s, "
+                 "%s -> %s ms predicted, gain %s, %s; %s", p->step,
+                 plan_trigger_name(p->trigger), p->moves,
+                 p->moves == 1 ? "" : "s", before, after, gain, moved, state);
+        snprintf(compact, sizeof compact, "plan %d (%s): %d moves, %s -> %s "
+                 "ms (gain %s), %s", p->step, plan_trigger_name(p->trigger),
+                 p->moves, before, after, gain, state);
+    }
+    const char *plan_lines[] = {full, compact};
+    put_text(r->row + 1, r->col, longest_fitting(plan_lines, 2, cols), cols);
+
+    if (q->have) {
+        char predicted[32], measured[32], error[32], before[32];
+        real_text(predicted, sizeof predicted, "%.3g", q->predicted_ms);
+        real_text(measured, sizeof measured, "%.3g", q->measured_ms);
+        real_text(error, sizeof error, "%+.0f%%",
+                  (q->measured_ms / q->predicted_ms - 1) * 100);
+        real_text(before, sizeof before, "%.3g", q->before_ms);
+        snprintf(full, sizeof full, "plan at step %d: predicted %s ms, "
+                 "measured %s ms (%s) over %d steps, before %s ms",
+                 q->applied_step, predicted, measured, error, q->steps,
+                 before);
+        snprintf(compact, sizeof compact, "plan at step %d: predicted %s ms, "
+                 "measured %s ms (%s)", q->applied_step, predicted, measured,
+                 error);
+    } else {
+        snprintf(full, sizeof full, "no applied plan measured yet");
+        snprintf(compact, sizeof compact, "%s", full);
+    }
+    const char *result_lines[] = {full, compact};
+    put_text(r->row + 2, r->col, longest_fitting(result_lines, 2, cols),
+             cols);
 }
 
 static void draw_events(console *c, const layout_rect *r)
@@ -397,7 +770,7 @@ static void draw_events(console *c, const layout_rect *r)
     if (first < v->event_count - VIEW_EVENTS)
         first = v->event_count - VIEW_EVENTS;
     for (int i = first, row = r->row + 1; i < v->event_count; i++, row++)
-        mvprintw(row, r->col, "%.*s", r->cols, v->events[i % VIEW_EVENTS]);
+        put_text(row, r->col, v->events[i % VIEW_EVENTS], r->cols);
 }
 
 static const char *const help_lines[] = {
@@ -407,10 +780,17 @@ static const char *const help_lines[] = {
     "  s          stop (asks first): checkpoint, then end the job",
     "  arrows/hjkl move over the expert heatmap",
     "  m          move the selected expert to another rank",
-    "  :          command line: pause, resume, stop, checkpoint, status,",
-    "             lr VALUE, move L.E R (up/down: history)",
+    "  a          apply the suggested plan (or plan now and apply)",
+    "  b          balance policy: off -> suggest -> auto -> off",
+    "  :          command line (up/down: history): pause, resume, stop,",
+    "             checkpoint, status, lr VALUE, move L.E R, plan, apply,",
+    "             policy off|suggest|auto [every N] [min-gain X]",
     "  ?          this help",
     "  q          leave: detach (the job goes on) or stop it",
+    "",
+    "Heatmap: 10 x tokens (moving average) / layer mean. Underlined, or !",
+    "without colour: hosted on the straggler, the rank the others waited",
+    "for most often over the last 64 steps (marked in Devices).",
     "",
     "Press any key to close.",
 };
@@ -448,9 +828,9 @@ static void draw_footer(console *c, const layout_rect *r)
                  "s stop the job, Esc stay");
         break;
     default:
-        snprintf(line, sizeof line, "p pause/resume  c checkpoint  s stop  "
-                 "m move  : command  ? help  q quit%s",
-                 c->connected ? "" : "  [disconnected]");
+        snprintf(line, sizeof line, "%sp pause  c checkpoint  s stop  m move  "
+                 "a apply  b policy  : cmd  ? help  q quit",
+                 c->connected ? "" : "[disconnected]  ");
     }
     attron(A_REVERSE);
     mvprintw(r->row, r->col, "%-*.*s", r->cols, r->cols, line);
@@ -480,6 +860,7 @@ static void draw(console *c)
         draw_speed(c, &lay.panel[LAYOUT_SPEED]);
         draw_heatmap(c, &lay.panel[LAYOUT_HEATMAP]);
         draw_devices(c, &lay.panel[LAYOUT_DEVICES]);
+        draw_balance(c, &lay.panel[LAYOUT_BALANCE]);
         draw_events(c, &lay.panel[LAYOUT_EVENTS]);
     }
     if (c->mode == MODE_HELP) {
@@ -548,6 +929,24 @@ static reaction normal_key(console *c, int key)
     case 'c':
         send_command(c, "checkpoint");
         return REDRAW;
+    case 'a':
+        /* The engine applies its last plan if the placement has not
+         * changed since, or plans afresh; its reply says which. */
+        send_command(c, "apply");
+        return REDRAW;
+    case 'b': {
+        view_policy from = c->policy_wanted != VIEW_POLICY_UNKNOWN
+                               ? c->policy_wanted
+                               : v->policy;
+        view_policy next = from == VIEW_POLICY_SUGGEST ? VIEW_POLICY_AUTO
+                           : from == VIEW_POLICY_AUTO  ? VIEW_POLICY_OFF
+                                                       : VIEW_POLICY_SUGGEST;
+        char line[32];
+        snprintf(line, sizeof line, "policy %s", view_policy_name(next));
+        send_command(c, line);
+        c->policy_wanted = next;
+        return REDRAW;
+    }
     case 's':
         c->mode = MODE_CONFIRM_STOP;
         return REDRAW;
@@ -685,6 +1084,10 @@ static int run_console(console *c)
     sigaction(SIGHUP, &sa, NULL);
     atexit(restore_terminal);
     setup_terminal(c);
+    /* The records do not carry the balance policy; the reply to status
+     * does (and lands in the event log). */
+    if (c->connected)
+        send_line(c, "status", 0);
     c->dirty = 1;
     int status = 0, leave = 0;
     while (!leave && !quit_signal) {
@@ -728,6 +1131,7 @@ static void console_init(console *c)
 {
     memset(c, 0, sizeof *c);
     c->fd = -1;
+    c->policy_wanted = VIEW_POLICY_UNKNOWN;
     view_init(&c->v);
 }
 

@@ -11,6 +11,19 @@
 #include "engine/control.h"
 #include "engine/train.h"
 
+int headless_check_steps(const config *cfg, const headless_options *opt,
+                         int report)
+{
+    if (opt->steps <= cfg->train.steps)
+        return 0;
+    if (report)
+        fprintf(stderr, "moectl: --steps %d is past train.steps %d (the "
+                        "schedule ends there; raise it with --set "
+                        "train.steps=%d)\n", opt->steps, cfg->train.steps,
+                opt->steps);
+    return -1;
+}
+
 static volatile sig_atomic_t stop_requested;
 
 static void on_signal(int sig)
@@ -93,13 +106,8 @@ int headless_run(const config *cfg, const headless_options *opt,
 {
     moe_error err = {{0}};
     int last_step = opt->steps > 0 ? opt->steps : cfg->train.steps;
-    if (last_step > cfg->train.steps) {
-        fprintf(stderr, "moectl: --steps %d is past train.steps %d (the "
-                        "schedule ends there; raise it with --set "
-                        "train.steps=%d)\n", last_step, cfg->train.steps,
-                last_step);
+    if (headless_check_steps(cfg, opt, c->rank == 0) < 0)
         return 2;
-    }
 
     trainer *t = NULL;
     metrics_sink *metrics = NULL;

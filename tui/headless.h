@@ -18,6 +18,11 @@ typedef struct headless_options {
 
 /* Exit status: 0 done, 1 runtime failure, 2 bad input, 3 stopped by a
  * signal after a clean checkpoint. */
+/* --steps past train.steps is bad input: returns -1, after saying why on
+ * stderr when `report` is set. */
+int headless_check_steps(const config *cfg, const headless_options *opt,
+                         int report);
+
 int headless_run(const config *cfg, const headless_options *opt,
                  const comm *c);
 

@@ -2,16 +2,21 @@
  *
  *   row 0             HEADER                              full width
  *   top band          LOSS (60% of cols) | SPEED (rest)    30% of body, >= 6
- *   middle band       HEATMAP            | DEVICES (rest)  max(layers, ranks) + 3
+ *   middle band       HEATMAP            | DEVICES (rest)  the rows they want
+ *   balance band      BALANCE                             3 rows, 2+ ranks
  *   bottom band       EVENTS                              the rest, >= 4
  *   last row          FOOTER                              full width
  *
- * The body is rows 1 .. rows-2. The middle band gets the rows it wants
- * unless that would leave EVENTS fewer than EVENTS_MIN_ROWS; everything a
- * bigger terminal adds beyond that goes to the top band (30%) and EVENTS.
+ * The body is rows 1 .. rows-2. The middle band wants a title, a row per
+ * layer, a legend and the selected expert on the heatmap's side, and a
+ * title and two rows per rank on the devices' side; it gets that unless
+ * EVENTS would be left fewer than EVENTS_MIN_ROWS. Everything a bigger
+ * terminal adds beyond that goes to the top band (30%) and EVENTS. The
+ * balance band (a title, the latest plan, its measured result) is shown
+ * only for jobs of two ranks or more: one rank has nothing to place.
  *
  * Sizes at 80x24 (body 22 rows): top band 6 rows, LOSS 48 cols, SPEED 32;
- * the middle band 3..12 rows; EVENTS 4..13 rows; the heatmap 34..52 cols and
+ * the middle band 3..9 rows; EVENTS 4..13 rows; the heatmap 34..52 cols and
  * DEVICES 28..46 cols. These minimums are what a 24-row, 80-column terminal
  * affords, so every panel is shown from 80x24 up. */
 #include "tui/layout.h"
@@ -24,11 +29,10 @@ enum {
     TOP_PERCENT = 30,          /* of the body rows */
     TOP_MIN_ROWS = 6,          /* a box, a title and a 4-line plot */
     LOSS_PERCENT = 60,         /* of the columns */
-    EVENTS_MIN_ROWS = 4,       /* a box around two log lines */
-    /* Panels are boxed: one row or column of border on each side. The
-     * heatmap and device panels add one title row: want + 3 rows. */
-    BORDER_COLS = 2,
-    BAND_EXTRA_ROWS = 3,
+    EVENTS_MIN_ROWS = 4,       /* a title and three log lines */
+    BALANCE_ROWS = 3,          /* a title, the plan, its result */
+    BORDER_COLS = 2,           /* a column kept clear at each side */
+    HEATMAP_EXTRA_ROWS = 3,    /* title, legend, the selected expert */
     HEATMAP_LABEL_COLS = 6,    /* "L12  " */
     HEATMAP_CELL_COLS = 3,     /* one expert */
     HEATMAP_STATS_COLS = 26,   /* per-layer max/min load, imbalance */
@@ -72,9 +76,10 @@ void layout_compute(layout *out, int rows, int cols,
 
     int body = rows - 2;
     int top = max_int(TOP_MIN_ROWS, body * TOP_PERCENT / 100);
-    int middle = min_int(max_int(layers, ranks) + BAND_EXTRA_ROWS,
-                         body - top - EVENTS_MIN_ROWS);
-    int events = body - top - middle;
+    int balance = ranks >= 2 ? BALANCE_ROWS : 0;
+    int middle = min_int(max_int(layers + HEATMAP_EXTRA_ROWS, 1 + 2 * ranks),
+                         body - top - balance - EVENTS_MIN_ROWS);
+    int events = body - top - middle - balance;
 
     int loss_cols = cols * LOSS_PERCENT / 100;
     int heatmap_want = BORDER_COLS + HEATMAP_LABEL_COLS +
@@ -89,5 +94,8 @@ void layout_compute(layout *out, int rows, int cols,
     out->panel[LAYOUT_DEVICES] =
         rect(row, heatmap_cols, middle, cols - heatmap_cols);
     row += middle;
+    if (balance > 0)
+        out->panel[LAYOUT_BALANCE] = rect(row, 0, balance, cols);
+    row += balance;
     out->panel[LAYOUT_EVENTS] = rect(row, 0, events, cols);
 }

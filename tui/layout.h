@@ -13,7 +13,9 @@ typedef enum layout_panel {
     LAYOUT_LOSS,      /* loss and validation-loss plot, lr */
     LAYOUT_SPEED,     /* throughput and cost */
     LAYOUT_HEATMAP,   /* expert load: layers x experts, per-layer stats */
-    LAYOUT_DEVICES,   /* one row per rank */
+    LAYOUT_DEVICES,   /* one or two rows per rank */
+    LAYOUT_BALANCE,   /* policy, latest plan and its measured result;
+                         hidden for a job of fewer than 2 ranks */
     LAYOUT_EVENTS,    /* event log */
     LAYOUT_FOOTER,    /* 1 row: keys, or the command line */
     LAYOUT_PANEL_COUNT
@@ -31,7 +33,8 @@ typedef struct layout {
 } layout;
 
 /* Places every panel inside rows x cols. Panels never overlap and never
- * leave the screen; the header is row 0 and the footer the last row. */
+ * leave the screen; the header is row 0 and the footer the last row. A
+ * hidden panel is all zeros. */
 void layout_compute(layout *out, int rows, int cols,
                     const layout_options *opt);
 

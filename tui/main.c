@@ -351,8 +351,12 @@ static int run_ranks(const config *cfg, const headless_options *opt,
         fprintf(stderr, "moectl: %s\n", err.message);
         return EXIT_RUNTIME;
     }
-    if (c.world == 1 && cfg->cluster.device_count > 1)
+    if (c.world == 1 && cfg->cluster.device_count > 1) {
+        /* Bad input is refused before any rank starts. */
+        if (headless_check_steps(cfg, opt, 1) < 0)
+            return EXIT_USAGE;
         return launch_mpirun(cfg, argc, argv);
+    }
     int status = headless_run(cfg, opt, &c);
     const char *status_file = getenv("MOECTL_JOB_STATUS_FILE");
     if (c.world > 1 && c.rank == 0 && status_file) {

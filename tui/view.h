@@ -6,7 +6,35 @@
 
 #include <stddef.h>
 
-enum { VIEW_HISTORY = 4096, VIEW_EVENTS = 64, VIEW_MAX_RANKS = 64 };
+enum {
+    VIEW_HISTORY = 4096,
+    VIEW_EVENTS = 64,
+    VIEW_EVENT_BYTES = 256,
+    VIEW_MAX_RANKS = 64,
+    /* The straggler shown is the rank most often waited for over this
+     * many steps: the per-step one changes too often to read. */
+    VIEW_STRAGGLER_WINDOW = 64,
+};
+
+/* The balance policy, as far as the records tell (see view_apply). */
+typedef enum view_policy {
+    VIEW_POLICY_UNKNOWN = -1,
+    VIEW_POLICY_OFF,
+    VIEW_POLICY_SUGGEST,
+    VIEW_POLICY_AUTO,
+} view_policy;
+
+/* A measured figure from step records: the latest value and its moving
+ * average, valid 0 when the latest record lacked it (absent or null) so
+ * that it shows as n/a, not stale. The average weighs each record by what
+ * the figure is per: rates (tokens/s, MFU) by the step's time, so that
+ * they are total work over total time, and costs per token by its tokens;
+ * each record's weight decays by 0.9 per newer one. */
+typedef struct view_figure {
+    double now, avg;
+    double weighted_sum, weight; /* moving sums behind avg */
+    int valid;
+} view_figure;
 
 typedef struct view_device {
     char name[64];
@@ -19,7 +47,29 @@ typedef struct view_rank {
     double expert_ms, dense_ms, alltoall_ms, allreduce_ms, idle_ms;
     double tokens;
     int experts;
+    double expert_flops_per_s;     /* NAN when not published */
+    double state_gb, capacity_gb;  /* model state it needs / device memory */
+    double rss_gb;
 } view_rank;
+
+/* The latest "plan" record. */
+typedef struct view_plan {
+    int have;
+    int step;
+    char trigger[16];   /* plan, apply, suggest, auto */
+    int applied;
+    int moves;
+    double before_ms, after_ms; /* predicted step time */
+    double gain;                /* predicted fraction of a step saved */
+    double moved_bytes;
+} view_plan;
+
+/* The latest "plan_result" record: an applied plan, measured. */
+typedef struct view_plan_result {
+    int have;
+    int step, applied_step, steps;
+    double before_ms, predicted_ms, measured_ms;
+} view_plan_result;
 
 typedef struct view {
     /* From the run record. */
@@ -36,10 +86,25 @@ typedef struct view {
     /* From step records. */
     int have_step;
     int step;
-    double loss, lr, tokens_per_s, smoothed_tokens_per_s, model_flops_per_s;
+    double loss, lr, model_flops_per_s;
     double elapsed_s, step_ms;
+    view_figure tokens_per_s;        /* by time */
+    view_figure mfu;                 /* 0..1, by time */
+    view_figure efficiency;          /* tokens_per_s / ideal_tokens_per_s,
+                                        by time: ideal time / time */
+    view_figure cost_per_hour;       /* in currency, by time */
+    view_figure cost_per_mtok, cost_per_btok, cost_per_ttok; /* by tokens */
     int *expert_load;   /* (layers, experts) of the last step */
     int *placement;     /* (layers, experts) */
+    double *load_ema;   /* (layers, experts) moving average of tokens */
+    int have_load_ema;  /* the last step record had load_ema */
+    double *max_mean;   /* (layers) this step's max/mean load; NAN n/a */
+    double *cv;         /* (layers) coefficient of variation; NAN n/a */
+    int *dead;          /* (layers) experts routed nothing; -1 n/a */
+    int have_imbalance; /* the last step record had imbalance */
+    int straggler;      /* rank the others waited for this step; -1 none */
+    int stragglers[VIEW_STRAGGLER_WINDOW]; /* ring of the last steps' */
+    int straggler_count;                    /* total ever seen */
     int placement_version;
     int rank_count;
     view_rank ranks[VIEW_MAX_RANKS];
@@ -51,11 +116,27 @@ typedef struct view {
     int have_val;
     double val_loss;
 
+    /* Balance: the latest plan and result, and the policy. The engine
+     * publishes the policy only in replies to `status` and `policy`, in
+     * `policy ...` events and through plan triggers (auto, suggest). */
+    view_plan plan;
+    view_plan_result plan_result;
+    view_policy policy;
+    int policy_every;        /* 0: not known */
+    double policy_min_gain;  /* fraction; NAN: not known */
+
     /* Status: running, paused, stopped, done, failed. */
     char status[16];
 
-    char events[VIEW_EVENTS][160];
+    char events[VIEW_EVENTS][VIEW_EVENT_BYTES];
     int event_count;      /* total ever added; the last VIEW_EVENTS kept */
+
+    /* To show a command's reply once: the last event record's command,
+     * reply and slot, and whether a plan record came since. */
+    char last_command[96];
+    char last_reply[VIEW_EVENT_BYTES];
+    int last_event_index;   /* -1: none */
+    int plan_before_event;
 } view;
 
 void view_init(view *v);
@@ -68,9 +149,21 @@ int view_apply(view *v, const char *line);
 /* Adds a line to the event log. */
 void view_event(view *v, const char *text);
 
-/* Cost figures derived from measurements: price per hour of all devices,
- * cost per 1M tokens at the smoothed rate. Return 0 when not measurable. */
-int view_price_per_hour(const view *v, double *per_hour);
-int view_cost_per_mtok(const view *v, double *cost);
+/* The rank most often the straggler over the last VIEW_STRAGGLER_WINDOW
+ * steps, and the fraction of those steps; -1 when none was published. */
+int view_straggler(const view *v, double *share);
+
+/* Cost in the run's currency: the step records' figures, averaged (see
+ * view_figure); for older engines that lack them, derived from the
+ * devices' prices and the averaged tokens/s. Returns 0 when not
+ * measurable. */
+typedef struct view_cost {
+    double per_hour;
+    double per_mtok, per_btok, per_ttok; /* per 1e6, 1e9, 1e12 tokens */
+} view_cost;
+int view_cost_now(const view *v, view_cost *out);
+
+/* The policy's name (off, suggest, auto) or "n/a". */
+const char *view_policy_name(view_policy policy);
 
 #endif

@@ -74,11 +74,17 @@ def main():
     ap.add_argument("--experts", type=int, nargs="+", default=[4, 16])
     ap.add_argument("--slowdown", type=float, default=2.0)
     ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--planner", help="test_planner binary (default: next "
+                    "to MOECTL in the build tree)")
     a = ap.parse_args()
     switch_at = a.steps // 4
     print(f"balance bench: tests/mpi/tiny4.yaml, 4 CPU ranks, rank 3 at "
           f"slowdown {a.slowdown:g} (emulated), {a.steps} steps, policy auto "
           f"(every {a.every}, min-gain 2%) from step {switch_at}")
+    planner = a.planner or os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(a.moectl))),
+        "tests", "engine", "test_planner")
+    print("planner " + planner_scale(planner) + " (target: under 1 s)")
     print(f"{'experts/layer':>13} {'before tok/s':>12} {'after tok/s':>11} "
           f"{'ideal tok/s':>11} {'before/ideal':>12} {'after/ideal':>11} "
           f"{'moves':>5} {'slow rank experts':>17} {'cost/1M before->after':>22}")
@@ -96,6 +102,16 @@ def main():
                       f"step {res['before_ms']:.3f} ms before, predicted "
                       f"{res['predicted_ms']:.3f}, measured {res['measured_ms']:.3f} "
                       f"over {res['steps']} steps")
+
+
+def planner_scale(path):
+    """The planner on 64 experts x 88 layers x 1,000 ranks: the scale case
+    of tests/engine/test_planner.c, which prints its own timing."""
+    done = subprocess.run([path], capture_output=True, text=True)
+    for line in done.stdout.splitlines():
+        if line.startswith("scale "):
+            return line
+    return f"{path}: no scale line (exit {done.returncode})"
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 /* Console layout: the exact sizes at 80x24, and invariants over every size
  * from 1x1 to 120x260 (and a sample up to 300x1000) with several options:
- * panels stay on screen, never overlap, tile the screen from 80x24 up, and
- * grow with the terminal. */
+ * panels stay on screen, never overlap, tile the screen from 80x24 up (the
+ * balance band only for 2+ ranks), and grow with the terminal. */
 #include <stdio.h>
 #include <string.h>
 
@@ -10,7 +10,8 @@
 #include "tests/expect.h"
 
 static const char *const panel_name[LAYOUT_PANEL_COUNT] = {
-    "header", "loss", "speed", "heatmap", "devices", "events", "footer",
+    "header", "loss", "speed", "heatmap", "devices", "balance", "events",
+    "footer",
 };
 
 static const layout_options options[] = {
@@ -104,15 +105,17 @@ static int check(int rows, int cols, const layout_options *opt)
         return failures - before;
     }
 
+    int ranks = opt ? max_int(opt->ranks, 0) : 0;
     for (int i = 0; i < LAYOUT_PANEL_COUNT; i++)
-        EXPECT(p[i].rows > 0 && p[i].cols > 0, "%s: %s is empty", where,
-               panel_name[i]);
+        if (i != LAYOUT_BALANCE)
+            EXPECT(p[i].rows > 0 && p[i].cols > 0, "%s: %s is empty", where,
+                   panel_name[i]);
     EXPECT(area == (long)rows * cols, "%s: panels cover %ld of %ld cells",
            where, area, (long)rows * cols);
 
     layout_rect loss = p[LAYOUT_LOSS], speed = p[LAYOUT_SPEED];
     layout_rect heatmap = p[LAYOUT_HEATMAP], devices = p[LAYOUT_DEVICES];
-    layout_rect events = p[LAYOUT_EVENTS];
+    layout_rect balance = p[LAYOUT_BALANCE], events = p[LAYOUT_EVENTS];
     int body = rows - 2;
 
     /* Bands, top to bottom; the side panels share their band's rows. */
@@ -126,8 +129,19 @@ static int check(int rows, int cols, const layout_options *opt)
                devices.rows == heatmap.rows && heatmap.col == 0 &&
                devices.col == heatmap.cols,
            "%s: middle band", where);
-    EXPECT(events.row == heatmap.row + heatmap.rows && events.col == 0 &&
-               events.cols == cols && events.row + events.rows == rows - 1,
+    /* The balance band: three rows under the middle band for 2+ ranks. */
+    if (ranks >= 2)
+        EXPECT(balance.row == heatmap.row + heatmap.rows &&
+                   balance.col == 0 && balance.rows == 3 &&
+                   balance.cols == cols,
+               "%s: balance at %d,%d %dx%d", where, balance.row,
+               balance.col, balance.rows, balance.cols);
+    else
+        EXPECT(!visible(balance), "%s: balance shown for %d rank(s)", where,
+               ranks);
+    EXPECT(events.row == heatmap.row + heatmap.rows + balance.rows &&
+               events.col == 0 && events.cols == cols &&
+               events.row + events.rows == rows - 1,
            "%s: events at %d,%d %dx%d", where, events.row, events.col,
            events.rows, events.cols);
 
@@ -138,10 +152,11 @@ static int check(int rows, int cols, const layout_options *opt)
     EXPECT(loss.cols * 100 >= cols * 59 && loss.cols * 100 <= cols * 61,
            "%s: loss %d of %d cols", where, loss.cols, cols);
 
-    /* Middle band: the rows it wants, unless events would get fewer than 4. */
+    /* Middle band: the rows it wants (the heatmap a title, the layers, a
+     * legend and the selected expert; the devices a title and two rows a
+     * rank), unless events would get fewer than 4. */
     int layers = opt ? max_int(opt->layers, 0) : 0;
-    int ranks = opt ? max_int(opt->ranks, 0) : 0;
-    int want = max_int(layers, ranks) + 3;
+    int want = max_int(layers + 3, 1 + 2 * ranks);
     EXPECT(events.rows >= 4, "%s: events %d rows", where, events.rows);
     EXPECT(heatmap.rows == want || (heatmap.rows < want && events.rows == 4),
            "%s: middle band %d rows, wants %d, events %d", where,
@@ -221,19 +236,26 @@ static void check_80x24(void)
     expect_rect(&l, LAYOUT_SPEED, 1, 48, 6, 32, "80x24 2/4/2");
     expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 5, 46, "80x24 2/4/2");
     expect_rect(&l, LAYOUT_DEVICES, 7, 46, 5, 34, "80x24 2/4/2");
-    expect_rect(&l, LAYOUT_EVENTS, 12, 0, 11, 80, "80x24 2/4/2");
+    expect_rect(&l, LAYOUT_BALANCE, 12, 0, 3, 80, "80x24 2/4/2");
+    expect_rect(&l, LAYOUT_EVENTS, 15, 0, 8, 80, "80x24 2/4/2");
     expect_rect(&l, LAYOUT_FOOTER, 23, 0, 1, 80, "80x24 2/4/2");
 
     layout_compute(&l, 24, 80, &options[1]); /* 4 layers, 16 experts, 4 ranks */
     expect_rect(&l, LAYOUT_LOSS, 1, 0, 6, 48, "80x24 4/16/4");
     expect_rect(&l, LAYOUT_SPEED, 1, 48, 6, 32, "80x24 4/16/4");
-    expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 7, 52, "80x24 4/16/4");
-    expect_rect(&l, LAYOUT_DEVICES, 7, 52, 7, 28, "80x24 4/16/4");
-    expect_rect(&l, LAYOUT_EVENTS, 14, 0, 9, 80, "80x24 4/16/4");
+    expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 9, 52, "80x24 4/16/4");
+    expect_rect(&l, LAYOUT_DEVICES, 7, 52, 9, 28, "80x24 4/16/4");
+    expect_rect(&l, LAYOUT_BALANCE, 16, 0, 3, 80, "80x24 4/16/4");
+    expect_rect(&l, LAYOUT_EVENTS, 19, 0, 4, 80, "80x24 4/16/4");
 
     layout_compute(&l, 24, 80, &options[6]); /* 1000 of each */
-    expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 12, 52, "80x24 1000s");
+    expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 9, 52, "80x24 1000s");
     expect_rect(&l, LAYOUT_EVENTS, 19, 0, 4, 80, "80x24 1000s");
+
+    layout_compute(&l, 24, 80, &options[3]); /* one rank: no balance */
+    expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 4, 37, "80x24 1/1/1");
+    expect_rect(&l, LAYOUT_BALANCE, 0, 0, 0, 0, "80x24 1/1/1");
+    expect_rect(&l, LAYOUT_EVENTS, 11, 0, 12, 80, "80x24 1/1/1");
 
     layout_compute(&l, 23, 80, &options[0]);
     EXPECT(l.too_small, "80x23 is not too small");
@@ -242,8 +264,9 @@ static void check_80x24(void)
 
     layout_compute(&l, 50, 200, &options[1]); /* a bigger terminal */
     expect_rect(&l, LAYOUT_LOSS, 1, 0, 14, 120, "50x200 4/16/4");
-    expect_rect(&l, LAYOUT_HEATMAP, 15, 0, 7, 82, "50x200 4/16/4");
-    expect_rect(&l, LAYOUT_EVENTS, 22, 0, 27, 200, "50x200 4/16/4");
+    expect_rect(&l, LAYOUT_HEATMAP, 15, 0, 9, 82, "50x200 4/16/4");
+    expect_rect(&l, LAYOUT_BALANCE, 24, 0, 3, 200, "50x200 4/16/4");
+    expect_rect(&l, LAYOUT_EVENTS, 27, 0, 22, 200, "50x200 4/16/4");
 }
 
 int main(void)

@@ -330,7 +330,9 @@ static void test_malformed(void)
     client_say(&a, "paws\n");
     EXPECT_LINE(&a, s, "{\"type\":\"reply\",\"ok\":false,\"error\":\"unknown "
                        "command \\\"paws\\\" (commands: pause, resume, stop, "
-                       "checkpoint, status, lr VALUE, move L.E R)\"}");
+                       "checkpoint, status, lr VALUE, move L.E R, plan, "
+                       "apply, policy off|suggest|auto [every N] [min-gain "
+                       "X])\"}");
     EXPECT(poll_requests(s, req, 1, 8, 100) == 0,
            "a malformed line came back from control_poll");
 

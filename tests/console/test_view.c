@@ -1,0 +1,289 @@
+/* The console's view of a job, fed records as the engine writes them
+ * (engine/metrics.c, engine/balancer.c, engine/control.c): every figure
+ * comes from a record, a missing one is n/a, and the balance policy is
+ * learned from the records that carry it. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tui/view.h"
+
+#include "tests/expect.h"
+
+static const char run_record[] =
+    "{\"type\":\"run\",\"config\":\"tiny2\",\"devices\":["
+    "{\"name\":\"cpu0\",\"backend\":\"cpu\",\"price_per_hour\":0.05,"
+    "\"emulated\":false},"
+    "{\"name\":\"cpu1\",\"backend\":\"cpu\",\"price_per_hour\":0.07,"
+    "\"emulated\":true}],"
+    "\"tokens_per_step\":256,\"steps\":1000,\"model\":{\"layers\":2,"
+    "\"experts\":3},\"currency\":\"EUR\"}";
+
+/* A step record in the current format: step, ms, mfu (NAN: null), ideal
+ * tokens/s, cost per 1M, straggler (a JSON value). */
+static void step_record(char *out, size_t size, int step, double step_ms,
+                        double mfu, double ideal, double mtok,
+                        const char *straggler)
+{
+    double tokens_per_s = 256 / (step_ms * 1e-3);
+    char mfu_text[32] = "null";
+    if (!isnan(mfu))
+        snprintf(mfu_text, sizeof mfu_text, "%.17g", mfu);
+    snprintf(out, size,
+             "{\"type\":\"step\",\"step\":%d,\"loss\":2.5,\"lr\":0.01,"
+             "\"tokens_per_s\":%.17g,\"model_flops_per_s\":1e9,"
+             "\"step_ms\":%.17g,\"tokens\":256,\"elapsed_s\":1,"
+             "\"expert_load\":[[10,0,20],[5,5,5]],"
+             "\"ranks\":[{\"expert_ms\":1,\"dense_ms\":1,\"alltoall_ms\":0.5,"
+             "\"allreduce_ms\":0.5,\"idle_ms\":0,\"tokens\":256,"
+             "\"experts\":3,\"expert_flops_per_s\":2.5e9,\"state_gb\":0.001,"
+             "\"capacity_gb\":24,\"rss_gb\":0.03},"
+             "{\"expert_ms\":2,\"dense_ms\":1,\"alltoall_ms\":0.5,"
+             "\"allreduce_ms\":0.5,\"idle_ms\":0,\"tokens\":256,"
+             "\"experts\":3,\"expert_flops_per_s\":null,\"state_gb\":0.001,"
+             "\"capacity_gb\":24,\"rss_gb\":0.03}],"
+             "\"placement\":[[0,0,1],[1,1,0]],\"placement_version\":1,"
+             "\"imbalance\":{\"max_mean\":[2.0,1.0],\"cv\":[0.8,0.0],"
+             "\"dead\":[1,0]},"
+             "\"load_ema\":[[11.5,0.5,18],[5,5.25,4.75]],"
+             "\"straggler\":%s,\"ideal_tokens_per_s\":%.17g,\"mfu\":%s,"
+             "\"cost_per_hour\":0.12,\"cost_per_mtok\":%.17g,"
+             "\"cost_per_btok\":%.17g,\"cost_per_ttok\":%.17g}",
+             step, tokens_per_s, step_ms, straggler, ideal, mfu_text, mtok,
+             mtok * 1e3, mtok * 1e6);
+}
+
+static int near(double a, double b)
+{
+    return fabs(a - b) <= 1e-9 * fmax(1, fabs(b));
+}
+
+static const char *last_event(const view *v)
+{
+    return v->event_count ? v->events[(v->event_count - 1) % VIEW_EVENTS]
+                          : "";
+}
+
+static void check_figures(void)
+{
+    view v;
+    view_init(&v);
+    view_cost cost;
+    EXPECT(!view_cost_now(&v, &cost), "cost before any step");
+    EXPECT(view_apply(&v, run_record) == 0, "run record");
+    char line[4096];
+    /* Two steps, the second twice as slow: rates average by time. */
+    step_record(line, sizeof line, 1, 1.0, 0.02, 128000, 0.1, "1");
+    EXPECT(view_apply(&v, line) == 0, "step 1");
+    EXPECT(v.mfu.valid && near(v.mfu.avg, 0.02), "mfu %g", v.mfu.avg);
+    EXPECT(near(v.efficiency.now, 2.0), "efficiency %g", v.efficiency.now);
+    step_record(line, sizeof line, 2, 2.0, 0.01, 128000, 0.2, "1");
+    view_apply(&v, line);
+    /* Weights 0.9 * 1 ms and 0.1 * 2 ms. */
+    double tokens_avg = (0.09 * 256000 * 1 + 0.1 * 128000 * 2) /
+                        (0.09 * 1 + 0.1 * 2);
+    EXPECT(near(v.tokens_per_s.avg, tokens_avg), "tokens/s avg %g, want %g",
+           v.tokens_per_s.avg, tokens_avg);
+    EXPECT(near(v.tokens_per_s.now, 128000), "tokens/s now %g",
+           v.tokens_per_s.now);
+    EXPECT(near(v.mfu.avg, (0.09 * 0.02 + 0.1 * 0.01 * 2) / 0.29),
+           "mfu avg %g", v.mfu.avg);
+    /* Cost per token averages by tokens, the same each step. */
+    EXPECT(view_cost_now(&v, &cost), "cost");
+    EXPECT(near(cost.per_mtok, (0.09 * 0.1 + 0.1 * 0.2) / 0.19) &&
+               near(cost.per_btok, cost.per_mtok * 1e3) &&
+               near(cost.per_ttok, cost.per_mtok * 1e6) &&
+               near(cost.per_hour, 0.12),
+           "cost %g %g %g %g", cost.per_hour, cost.per_mtok, cost.per_btok,
+           cost.per_ttok);
+    EXPECT(strcmp(v.currency, "EUR") == 0, "currency %s", v.currency);
+
+    /* The grids, the imbalance and the ranks' new fields. */
+    EXPECT(v.have_load_ema && near(v.load_ema[2], 18) &&
+               near(v.load_ema[4], 5.25),
+           "load_ema");
+    EXPECT(v.have_imbalance && near(v.max_mean[0], 2.0) &&
+               near(v.cv[0], 0.8) && v.dead[0] == 1 && v.dead[1] == 0,
+           "imbalance");
+    EXPECT(v.placement[2] == 1 && v.expert_load[2] == 20, "grids");
+    EXPECT(v.rank_count == 2 && near(v.ranks[0].expert_flops_per_s, 2.5e9) &&
+               isnan(v.ranks[1].expert_flops_per_s) &&
+               near(v.ranks[1].capacity_gb, 24) &&
+               near(v.ranks[1].state_gb, 0.001),
+           "ranks");
+    EXPECT(v.devices[1].emulated && !v.devices[0].emulated, "emulated");
+
+    /* A null figure is n/a at once, not the last value. */
+    step_record(line, sizeof line, 3, 2.0, NAN, 128000, 0.2, "1");
+    EXPECT(view_apply(&v, line) == 0, "step with mfu null");
+    EXPECT(!v.mfu.valid && v.tokens_per_s.valid, "mfu null is n/a");
+    view_finish(&v);
+}
+
+/* A step record as engines wrote it before imbalance, load_ema, cost,
+ * mfu and straggler. */
+static void check_older_engine(void)
+{
+    view v;
+    view_init(&v);
+    view_apply(&v, run_record);
+    view_apply(&v, "{\"type\":\"step\",\"step\":1,\"loss\":2,\"lr\":0.01,"
+                   "\"tokens_per_s\":1000,\"step_ms\":256,\"tokens\":256,"
+                   "\"expert_load\":[[1,2,3],[4,5,6]],\"ranks\":[{\"tokens\":"
+                   "256,\"experts\":3},{\"tokens\":256,\"experts\":3}],"
+                   "\"placement\":[[0,0,1],[1,1,0]]}");
+    EXPECT(!v.have_load_ema && !v.have_imbalance && !v.mfu.valid &&
+               !v.efficiency.valid && !v.cost_per_mtok.valid,
+           "new figures n/a");
+    EXPECT(view_straggler(&v, NULL) == -1 && v.straggler_count == 0,
+           "no straggler");
+    EXPECT(isnan(v.ranks[0].expert_flops_per_s) &&
+               isnan(v.ranks[0].state_gb),
+           "rank figures n/a");
+    view_cost cost;
+    /* Derived from the prices: 0.12 per hour at 1000 tokens/s. */
+    EXPECT(view_cost_now(&v, &cost) &&
+               near(cost.per_mtok, 0.12 / 3600 / 1000 * 1e6),
+           "cost from prices %g", cost.per_mtok);
+    EXPECT(v.expert_load[5] == 6, "expert_load");
+    view_finish(&v);
+}
+
+static void check_straggler(void)
+{
+    view v;
+    view_init(&v);
+    view_apply(&v, run_record);
+    char line[4096];
+    double share;
+    /* 40 steps waited for rank 1, then 30 for rank 0: the last 64 hold
+     * 34 of rank 1. */
+    for (int i = 1; i <= 70; i++) {
+        step_record(line, sizeof line, i, 1, 0.01, 1e5, 0.1,
+                    i <= 40 ? "1" : "0");
+        view_apply(&v, line);
+    }
+    EXPECT(view_straggler(&v, &share) == 1 && near(share, 34.0 / 64),
+           "straggler %d share %g", view_straggler(&v, NULL), share);
+    step_record(line, sizeof line, 71, 1, 0.01, 1e5, 0.1, "0");
+    view_apply(&v, line);
+    /* 33 and 31 now; then a tie goes to the latest step's. */
+    EXPECT(view_straggler(&v, NULL) == 1, "33 to 31");
+    step_record(line, sizeof line, 72, 1, 0.01, 1e5, 0.1, "0");
+    view_apply(&v, line);
+    EXPECT(view_straggler(&v, &share) == 0 && near(share, 0.5),
+           "a tie: the latest step's, share %g", share);
+    /* A rank out of range is no straggler. */
+    step_record(line, sizeof line, 73, 1, 0.01, 1e5, 0.1, "7");
+    view_apply(&v, line);
+    EXPECT(v.straggler == -1, "rank 7 of 2");
+    view_finish(&v);
+}
+
+static void check_balance(void)
+{
+    view v;
+    view_init(&v);
+    view_apply(&v, run_record);
+    EXPECT(v.policy == VIEW_POLICY_UNKNOWN &&
+               strcmp(view_policy_name(v.policy), "n/a") == 0,
+           "policy unknown at first");
+
+    /* The console's status on attach. */
+    view_apply(&v, "{\"type\":\"reply\",\"ok\":true,\"command\":\"status\","
+                   "\"message\":\"step 5 of 100, running, lr 0.01, 2 ranks, "
+                   "placement version 1, policy off\"}");
+    EXPECT(v.policy == VIEW_POLICY_OFF, "status: policy off");
+    EXPECT(strstr(last_event(&v), "ok: step 5 of 100") != NULL,
+           "status reply logged: %s", last_event(&v));
+
+    /* b: the event, then the reply to this console, shown once. */
+    int before = v.event_count;
+    view_apply(&v, "{\"type\":\"event\",\"step\":7,\"command\":\"policy "
+                   "suggest\",\"reply\":\"policy suggest every 50 min-gain "
+                   "5%: next plan after step 50\"}");
+    view_apply(&v, "{\"type\":\"reply\",\"ok\":true,\"command\":\"policy "
+                   "suggest\",\"message\":\"policy suggest every 50 min-gain "
+                   "5%: next plan after step 50\"}");
+    EXPECT(v.event_count == before + 1, "policy reply logged %d times",
+           v.event_count - before);
+    EXPECT(strcmp(last_event(&v), "step 7: policy suggest every 50 min-gain "
+                                  "5%: next plan after step 50") == 0,
+           "policy event: %s", last_event(&v));
+    EXPECT(v.policy == VIEW_POLICY_SUGGEST && v.policy_every == 50 &&
+               near(v.policy_min_gain, 0.05),
+           "policy suggest every %d min-gain %g", v.policy_every,
+           v.policy_min_gain);
+
+    /* The policy's turn: a plan record, then its event. */
+    view_apply(&v, "{\"type\":\"plan\",\"step\":50,\"trigger\":\"auto\","
+                   "\"applied\":true,\"moves\":[[0,1,0,1],[1,2,1,0]],"
+                   "\"predicted_before_ms\":10.5,\"predicted_after_ms\":9.5,"
+                   "\"predicted_gain\":0.095,\"moved_bytes\":1000}");
+    EXPECT(v.policy == VIEW_POLICY_AUTO, "an auto plan implies policy auto");
+    EXPECT(v.plan.have && v.plan.step == 50 && v.plan.moves == 2 &&
+               v.plan.applied && near(v.plan.before_ms, 10.5) &&
+               near(v.plan.after_ms, 9.5) && near(v.plan.gain, 0.095) &&
+               near(v.plan.moved_bytes, 1000) &&
+               strcmp(v.plan.trigger, "auto") == 0,
+           "plan");
+    view_apply(&v, "{\"type\":\"event\",\"step\":50,\"command\":\"policy "
+                   "auto\",\"reply\":\"2 moves, predicted step 10.5 -> 9.5 "
+                   "ms (-9.5%)\"}");
+    EXPECT(strcmp(last_event(&v), "step 50: auto plan: 2 moves, predicted "
+                                  "step 10.5 -> 9.5 ms (-9.5%)") == 0,
+           "policy turn: %s", last_event(&v));
+    EXPECT(v.policy_every == 50, "a turn keeps every");
+
+    view_apply(&v, "{\"type\":\"plan_result\",\"step\":100,"
+                   "\"applied_step\":50,\"steps\":50,\"before_ms\":10.7,"
+                   "\"predicted_ms\":9.5,\"measured_ms\":9.75}");
+    EXPECT(v.plan_result.have && v.plan_result.applied_step == 50 &&
+               near(v.plan_result.measured_ms, 9.75),
+           "plan_result");
+    EXPECT(strcmp(last_event(&v), "step 100: plan at step 50: predicted 9.5 "
+                                  "ms, measured 9.75 ms over 50 steps "
+                                  "(before 10.7 ms)") == 0,
+           "plan_result event: %s", last_event(&v));
+
+    /* a, refused: the event with its reply, marked by the error reply. */
+    before = v.event_count;
+    view_apply(&v, "{\"type\":\"event\",\"step\":120,\"command\":\"apply\","
+                   "\"reply\":\"apply: one rank holds every expert; there "
+                   "is nothing to place\"}");
+    view_apply(&v, "{\"type\":\"reply\",\"ok\":false,\"command\":\"apply\","
+                   "\"error\":\"apply: one rank holds every expert; there is "
+                   "nothing to place\"}");
+    EXPECT(v.event_count == before + 1 &&
+               strcmp(last_event(&v), "step 120: apply: one rank holds every "
+                                      "expert; there is nothing to place "
+                                      "(refused)") == 0,
+           "refused apply: %s", last_event(&v));
+    /* An event without a reply, and a reply with no event (a malformed
+     * command). */
+    view_apply(&v, "{\"type\":\"event\",\"step\":121,\"command\":\"pause\"}");
+    EXPECT(strcmp(last_event(&v), "step 121: pause") == 0 &&
+               strcmp(v.status, "paused") == 0,
+           "pause: %s", last_event(&v));
+    view_apply(&v, "{\"type\":\"reply\",\"ok\":false,\"error\":\"unknown "
+                   "command\"}");
+    EXPECT(strcmp(last_event(&v), "error: unknown command") == 0,
+           "error reply: %s", last_event(&v));
+    /* Someone else sets the policy (moectl ctl): the event says so. */
+    view_apply(&v, "{\"type\":\"event\",\"step\":130,\"command\":\"policy "
+                   "off\",\"reply\":\"policy off: placement changes only by "
+                   "hand\"}");
+    EXPECT(v.policy == VIEW_POLICY_OFF, "policy off from an event");
+    EXPECT(view_apply(&v, "not json") == -1, "a line that is no record");
+    view_finish(&v);
+}
+
+int main(void)
+{
+    check_figures();
+    check_older_engine();
+    check_straggler();
+    check_balance();
+    printf("view: %d failure(s)\n", failures);
+    return failures ? 1 : 0;
+}
