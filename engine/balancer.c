@@ -233,6 +233,11 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
     return metrics_write_record(sink, record, err);
 }
 
+double balancer_auto_threshold(const balancer *b)
+{
+    return b->min_gain * (double)(1 << b->missed);
+}
+
 int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
                        moe_error *err)
 {
@@ -244,6 +249,12 @@ int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
         return 0;
     b->pending_result = 0;
     double measured = b->measured_sum_s / b->measured_steps;
+    double promised = b->applied_before_s - b->applied_after_s;
+    double delivered = b->applied_before_s - measured;
+    if (promised > 0 && delivered < 0.5 * promised)
+        b->missed = b->missed < 6 ? b->missed + 1 : 6;
+    else
+        b->missed = 0;
     if (sink) {
         json_t *record = json_pack(
             "{s:s, s:i, s:i, s:i, s:f, s:f, s:f}", "type", "plan_result",
@@ -251,6 +262,9 @@ int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
             b->measured_steps, "before_ms", b->applied_before_s * 1e3,
             "predicted_ms", b->applied_after_s * 1e3, "measured_ms",
             measured * 1e3);
+        if (record)
+            json_object_set_new(record, "delivered",
+                                json_boolean(b->missed == 0));
         if (metrics_write_record(sink, record, err) < 0)
             return -1;
     }

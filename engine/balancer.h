@@ -46,7 +46,16 @@ typedef struct balancer {
     double applied_before_s, applied_after_s;
     double measured_sum_s;
     int measured_steps;
+    /* Applied plans in a row whose measured gain fell short of half the
+     * predicted one: auto then asks for min_gain · 2^missed, so a model
+     * that keeps promising what the job does not deliver stops moving
+     * experts back and forth. */
+    int missed;
 } balancer;
+
+/* The gain `auto` asks of a plan now: min_gain, doubled for every applied
+ * plan in a row that did not deliver. */
+double balancer_auto_threshold(const balancer *b);
 
 int balancer_create(balancer *b, const config *cfg, int ranks,
                     moe_error *err);

@@ -420,14 +420,16 @@ static int plan_collective(boundary_state *bs, const char *trigger,
                                        text, sizeof text);
         if (verdict[0] == 0) {
             double gain = 1.0 - b->after_s / b->before_s;
+            double threshold = balancer_auto_threshold(b);
             verdict[1] = b->proposal_moves > 0 &&
                          (action == PLAN_APPLY ||
-                          (action == PLAN_AUTO && gain >= b->min_gain));
+                          (action == PLAN_AUTO && gain >= threshold));
             balancer_describe(b, m->expert_rank, text, sizeof text);
             if (action == PLAN_AUTO && !verdict[1] && b->proposal_moves > 0)
                 snprintf(text + strlen(text), sizeof text - strlen(text),
-                         "; kept: gain below min-gain %g%%",
-                         b->min_gain * 100);
+                         "; kept: gain below %g%%%s", threshold * 100,
+                         b->missed ? " (min-gain doubled for each recent "
+                                     "plan that did not deliver)" : "");
             if (bs->metrics &&
                 balancer_write_plan(b, bs->metrics, t->state.step, trigger,
                                     verdict[1], m->expert_rank, err) < 0)

@@ -9,13 +9,21 @@ the run, then `policy auto` is switched on with --at. Everything is read
 from that run's metrics records:
 
   before   median tokens/s of the steps before the policy was switched on
+           (round-robin placement)
   after    median tokens/s of the last third of the run
   ideal    median of the step records' ideal_tokens_per_s over the same
-           steps as `after`: measured communication and time outside
-           expert work kept, all expert rows split over the ranks in
-           proportion to their measured speeds
+           steps as `before`: each step's measured time, less the part of
+           its expert phase that the slowest rank of each layer added over
+           an even finish (every layer's expert rows split over the ranks
+           in proportion to their measured speeds). Taken under the
+           starting placement, so that the figure does not move with the
+           placement the policy chooses.
 
-usage: balance_bench.py MOECTL [--steps N] [--experts E ...] [--slowdown S]
+The first case is the issue's: configs/tiny.yaml's model, slowdown 2. The
+others give the experts a larger share of the step (more, wider experts,
+a slower device), where placement has more to win.
+
+usage: balance_bench.py MOECTL [--steps N] [--cases E:H:S ...]
 """
 import argparse
 import json
@@ -28,17 +36,20 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def run_case(moectl, experts, steps, slowdown, switch_at, every, workdir):
-    metrics = os.path.join(workdir, f"balance-{experts}.jsonl")
-    args = [moectl, "run", os.path.join(ROOT, "tests/mpi/tiny4.yaml"),
+def run_case(moectl, ranks, experts, hidden, steps, slowdown, switch_at, min_gain,
+             every, workdir):
+    metrics = os.path.join(workdir, f"balance-{experts}-{hidden}-{slowdown}.jsonl")
+    slow = ranks - 1
+    args = [moectl, "run", os.path.join(ROOT, f"tests/mpi/tiny{ranks}.yaml"),
             "--headless", "--metrics", metrics,
             "--set", f"train.steps={steps}",
             "--set", f"moe.n_experts={experts}",
-            "--set", f"cluster.devices.3.slowdown={slowdown}",
+            "--set", f"moe.expert_hidden={hidden}",
+            "--set", f"cluster.devices.{slow}.slowdown={slowdown}",
             "--set", "train.eval_every=0",
             "--set", "checkpoint.every=0",
-            "--set", f"checkpoint.dir={workdir}/ckpt-{experts}",
-            "--at", f"{switch_at}:policy auto every {every} min-gain 0.02"]
+            "--set", f"checkpoint.dir={workdir}/ckpt",
+            "--at", f"{switch_at}:policy auto every {every} min-gain {min_gain}"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"balance_bench: {' '.join(args)} failed:\n{done.stderr}")
@@ -54,13 +65,12 @@ def run_case(moectl, experts, steps, slowdown, switch_at, every, workdir):
         "experts": experts,
         "before": med(before, "tokens_per_s"),
         "after": med(after, "tokens_per_s"),
-        "ideal_before": med(before, "ideal_tokens_per_s"),
-        "ideal": med(after, "ideal_tokens_per_s"),
+        "ideal": med(before, "ideal_tokens_per_s"),
         "applied": sum(1 for p in plans if p["applied"]),
         "moves": sum(len(p["moves"]) for p in plans if p["applied"]),
         "results": results,
-        "slow_experts_before": before[-1]["ranks"][3]["experts"],
-        "slow_experts_after": after[-1]["ranks"][3]["experts"],
+        "slow_experts_before": before[-1]["ranks"][slow]["experts"],
+        "slow_experts_after": after[-1]["ranks"][slow]["experts"],
         "cost_before": med(before, "cost_per_mtok"),
         "cost_after": med(after, "cost_per_mtok"),
     }
@@ -71,34 +81,42 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("moectl")
     ap.add_argument("--steps", type=int, default=1500)
-    ap.add_argument("--experts", type=int, nargs="+", default=[4, 16])
-    ap.add_argument("--slowdown", type=float, default=2.0)
+    ap.add_argument("--cases", nargs="+",
+                    default=["4:64:2", "16:64:2", "16:256:2", "16:256:4"],
+                    help="EXPERTS:EXPERT_HIDDEN:SLOWDOWN per case")
     ap.add_argument("--every", type=int, default=100)
+    ap.add_argument("--ranks", type=int, default=4, choices=[2, 4])
+    ap.add_argument("--min-gain", type=float, default=0.05,
+                    help="policy auto's threshold (default: the config "
+                         "default, 0.05)")
     ap.add_argument("--planner", help="test_planner binary (default: next "
                     "to MOECTL in the build tree)")
     a = ap.parse_args()
     switch_at = a.steps // 4
-    print(f"balance bench: tests/mpi/tiny4.yaml, 4 CPU ranks, rank 3 at "
-          f"slowdown {a.slowdown:g} (emulated), {a.steps} steps, policy auto "
-          f"(every {a.every}, min-gain 2%) from step {switch_at}")
+    print(f"balance bench: tests/mpi/tiny{a.ranks}.yaml, {a.ranks} CPU ranks, "
+          f"rank {a.ranks - 1} "
+          f"emulated slower, {a.steps} steps, policy auto (every {a.every}, "
+          f"min-gain {a.min_gain:g}) from step {switch_at}")
     planner = a.planner or os.path.join(
         os.path.dirname(os.path.dirname(os.path.abspath(a.moectl))),
         "tests", "engine", "test_planner")
     print("planner " + planner_scale(planner) + " (target: under 1 s)")
-    print(f"{'experts/layer':>13} {'before tok/s':>12} {'after tok/s':>11} "
+    print(f"{'experts:hidden:slowdown':>23} {'before tok/s':>12} {'after tok/s':>11} "
           f"{'ideal tok/s':>11} {'before/ideal':>12} {'after/ideal':>11} "
           f"{'moves':>5} {'slow rank experts':>17} {'cost/1M before->after':>22}")
     with tempfile.TemporaryDirectory(prefix="moectl-balance-") as work:
-        for experts in a.experts:
-            r = run_case(a.moectl, experts, a.steps, a.slowdown, switch_at,
-                         a.every, work)
-            print(f"{experts:>13} {r['before']:>12,.0f} {r['after']:>11,.0f} "
-                  f"{r['ideal']:>11,.0f} {r['before'] / r['ideal_before']:>12.1%} "
+        for case in a.cases:
+            experts, hidden, slowdown = case.split(":")
+            r = run_case(a.moectl, a.ranks, int(experts), int(hidden), a.steps,
+                         float(slowdown), switch_at, a.min_gain, a.every,
+                         work)
+            print(f"{case:>23} {r['before']:>12,.0f} {r['after']:>11,.0f} "
+                  f"{r['ideal']:>11,.0f} {r['before'] / r['ideal']:>12.1%} "
                   f"{r['after'] / r['ideal']:>11.1%} {r['moves']:>5} "
                   f"{r['slow_experts_before']:>8.0f} -> {r['slow_experts_after']:<6.0f} "
                   f"{r['cost_before']:>10.4g} -> {r['cost_after']:<9.4g}")
             for res in r["results"]:
-                print(f"{'':>13} plan applied after step {res['applied_step']}: "
+                print(f"{'':>23} plan applied after step {res['applied_step']}: "
                       f"step {res['before_ms']:.3f} ms before, predicted "
                       f"{res['predicted_ms']:.3f}, measured {res['measured_ms']:.3f} "
                       f"over {res['steps']} steps")
