@@ -116,14 +116,17 @@ def case_determinism(tmp):
     print("25 steps identical across runs; another seed differs")
 
 
-def case_resume(tmp):
-    full = train(tmp, "full")
-    first = train(tmp, "half", ["--steps", "100"])
+def resume_matches(tmp, sets=()):
+    """A run cut at step 100 and resumed equals the whole run, bit for bit,
+    validation included. Returns the whole run's records."""
+    full = train(tmp, "full", sets=sets)
+    first = train(tmp, "half", ["--steps", "100"], sets)
     ckpts = [r for r in first if r["type"] == "checkpoint"]
     if not ckpts or ckpts[-1]["step"] != 100:
         fail(f"no checkpoint at step 100: {ckpts}")
     second = train(tmp, "resumed", ["--resume", os.path.join(tmp, "half")],
-                   ["checkpoint.dir=" + os.path.join(tmp, "half")])
+                   ("checkpoint.dir=" + os.path.join(tmp, "half"),) +
+                   tuple(sets))
     f, r = steps(full), steps(second)
     if sorted(r) != list(range(101, 201)):
         fail(f"resumed run trained steps {min(r)}..{max(r)}, want 101..200")
@@ -133,12 +136,16 @@ def case_resume(tmp):
                  f"{trajectory(r[s])}")
     vf = {x["step"]: repr(x["val_loss"]) for x in full if x["type"] == "val"}
     vr = {x["step"]: repr(x["val_loss"]) for x in second if x["type"] == "val"}
-    for s in vr:
-        if vf.get(s) != vr[s]:
-            fail(f"val_loss at step {s}: {vf.get(s)} vs {vr[s]}")
+    if not vr or any(vf.get(s) != vr[s] for s in vr):
+        fail(f"val_loss after resume: {vf} vs {vr}")
     run_record = second[0]
     if run_record["type"] != "run" or run_record["resumed_from"] != 100:
         fail(f"first record of the resumed run: {run_record}")
+    return full
+
+
+def case_resume(tmp):
+    resume_matches(tmp)
     print("steps 101..200 after resuming at 100 are bit-identical")
 
 
@@ -166,23 +173,7 @@ def case_resume_balance(tmp):
     """Resuming in the middle of the routing warm-up, with bias balancing:
     the bias, the running logit statistics and the noise continue exactly.
     A version-1 checkpoint (no balancing state) still resumes exactly."""
-    full = train(tmp, "full", sets=BALANCE)
-    first = train(tmp, "half", ["--steps", "100"], BALANCE)
-    if [r["step"] for r in first if r["type"] == "checkpoint"][-1:] != [100]:
-        fail("no checkpoint at step 100")
-    second = train(tmp, "resumed", ["--resume", os.path.join(tmp, "half")],
-                   ("checkpoint.dir=" + os.path.join(tmp, "half"),) + BALANCE)
-    f, r = steps(full), steps(second)
-    if sorted(r) != list(range(101, 201)):
-        fail(f"resumed run trained steps {min(r)}..{max(r)}, want 101..200")
-    for s in range(101, 201):
-        if trajectory(f[s]) != trajectory(r[s]):
-            fail(f"step {s} after resume differs:\n{trajectory(f[s])}\n"
-                 f"{trajectory(r[s])}")
-    vf = {x["step"]: repr(x["val_loss"]) for x in full if x["type"] == "val"}
-    vr = {x["step"]: repr(x["val_loss"]) for x in second if x["type"] == "val"}
-    if not vr or any(vf.get(s) != vr[s] for s in vr):
-        fail(f"val_loss after resume: {vf} vs {vr}")
+    f = steps(resume_matches(tmp, BALANCE))
     # The options took effect: warm-up routing at step 1 is noise, so its
     # loads differ from plain routing's; later the bias evens them out.
     plain = steps(train(tmp, "plain", ["--steps", "20"]))
