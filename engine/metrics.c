@@ -294,9 +294,21 @@ int metrics_write_summary(metrics_sink *sink, const run_summary *s,
         "tokens_per_s", number(s->tokens_per_s),
         "elapsed_s", number(s->elapsed_s),
         "tokens_seen", (json_int_t)s->tokens_seen);
-    if (record)
+    if (record) {
         json_object_set_new(record, "checkpoint",
                             s->checkpoint ? json_string(s->checkpoint)
                                           : json_null());
+        json_object_set_new(record, "cost_per_mtok",
+                            number(s->cost_per_mtok));
+        json_object_set_new(record, "mfu", number(s->mfu));
+        json_object_set_new(record, "migrations",
+                            json_integer(s->migrations));
+        json_object_set_new(record, "migration_bytes",
+                            number(s->migration_bytes));
+        json_object_set_new(record, "phases_s", json_pack(
+            "{s:o, s:o, s:o, s:o}", "train", number(s->train_s),
+            "validation", number(s->val_s), "checkpoints",
+            number(s->checkpoint_s), "commands", number(s->command_s)));
+    }
     return emit(sink, record, err);
 }

@@ -76,6 +76,12 @@ typedef struct run_summary {
     uint64_t tokens_seen;
     const char *checkpoint; /* last checkpoint written, or NULL */
     const char *status;     /* "done" | "stopped" */
+    double cost_per_mtok;   /* Σ price_per_hour at the run's tokens/s */
+    double mfu;             /* at the run's tokens/s */
+    int migrations;         /* experts moved in this run */
+    double migration_bytes;
+    /* Wall time by phase, seconds. */
+    double train_s, val_s, checkpoint_s, command_s;
 } run_summary;
 
 /* path "-" writes to standard output; NULL writes no file (records then

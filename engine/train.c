@@ -8,6 +8,7 @@
 
 #include "engine/control.h"
 #include "engine/cost.h"
+#include "engine/script.h"
 #include "kernels/cpu/cpu_backend.h"
 
 static double now_s(void)
@@ -392,6 +393,7 @@ typedef struct boundary_state {
     char *checkpoint_path;
     int *checkpointed_step;
     int paused;
+    int paused_s;  /* the boundary waited paused: not command time */
 } boundary_state;
 
 enum plan_action { PLAN_SHOW, PLAN_APPLY, PLAN_AUTO };
@@ -450,7 +452,9 @@ static int plan_collective(boundary_state *bs, const char *trigger,
     for (int l = 0; l < m->dims.L; l++)
         for (int e = 0; e < m->dims.E; e++) {
             int to = b->proposal[(size_t)l * m->dims.E + e];
-            t->migration_bytes += trainer_move_expert(t, l, e, to);
+            size_t moved = trainer_move_expert(t, l, e, to);
+            t->migration_bytes += moved;
+            t->migrations += moved > 0;
         }
     double took_ms = (now_s() - start) * 1e3;
     if (c->rank == 0) {
@@ -510,6 +514,7 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
         size_t bytes = trainer_move_expert(t, c->layer, c->expert, c->rank);
         duration_ms = (now_s() - move_start) * 1e3;
         t->migration_bytes += bytes;
+        t->migrations += bytes > 0;
         snprintf(local, sizeof local, "expert %d.%d on rank %d from step %d "
                  "(%zu bytes moved, placement version %d)", c->layer,
                  c->expert, c->rank, t->state.step + 1, bytes,
@@ -597,7 +602,9 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
     }
     if (reply)
         snprintf(reply, reply_size, "%s", local);
-    if (c->kind != COMMAND_STATUS && b->metrics &&
+    /* A status asked over the socket is answered there; a scripted one
+     * is answered in the metrics. */
+    if ((c->kind != COMMAND_STATUS || !reply) && b->metrics &&
         metrics_write_event(b->metrics, t->state.step, text,
                             t->comm->rank == 0 ? local : NULL, duration_ms,
                             err) < 0)
@@ -649,11 +656,39 @@ static int serve_controls(boundary_state *b, moe_error *err)
         comm_broadcast(c, &paused, sizeof paused, 0);
         if (!paused)
             return flags;
+        b->paused_s = 1;
         if (c->rank == 0) {
             struct timespec nap = {0, 20 * 1000 * 1000};
             nanosleep(&nap, NULL);
         }
     }
+}
+
+/* The script's commands due at this boundary: rank 0 decides (it holds
+ * the step's figures), every rank applies them in the same order. */
+static int run_script(boundary_state *b, const double *values,
+                      moe_error *err)
+{
+    trainer *t = b->t;
+    const comm *c = t->comm;
+    command due[BOUNDARY_MAX_COMMANDS];
+    int count = 0;
+    if (c->rank == 0)
+        count = script_due(b->opt->script, t->state.step, values, due,
+                           BOUNDARY_MAX_COMMANDS);
+    if (c->world > 1) {
+        comm_broadcast(c, &count, sizeof count, 0);
+        if (count > 0)
+            comm_broadcast(c, due, (size_t)count * sizeof *due, 0);
+    }
+    int flags = 0;
+    for (int i = 0; i < count; i++) {
+        int applied = apply_command(b, &due[i], NULL, 0, err);
+        if (applied < 0)
+            return -1;
+        flags |= applied;
+    }
+    return flags;
 }
 
 train_outcome trainer_run(trainer *t, const train_run_options *opt,
@@ -683,7 +718,10 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
         return TRAIN_FAILED;
 
     train_outcome outcome = TRAIN_DONE;
-    int next_command = 0;
+    int migrations_at_start = t->migrations;
+    size_t migration_bytes_at_start = t->migration_bytes;
+    double values[SCRIPT_METRIC_COUNT];
+    int have_values = 0;
     boundary_state boundary = {.t = t, .opt = opt, .metrics = metrics,
                                .checkpoint_path = checkpoint_path,
                                .checkpointed_step = &checkpointed_step};
@@ -692,11 +730,10 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
          * ones, then what clients of the control socket sent. While paused
          * the job waits here, still answering commands. */
         int stop_now = 0;
-        while (next_command < opt->scheduled_count &&
-               opt->scheduled[next_command].step <= t->state.step) {
-            int flags = apply_command(&boundary,
-                                      &opt->scheduled[next_command++].cmd,
-                                      NULL, 0, err);
+        double commands_start = now_s();
+        if (opt->script) {
+            int flags = run_script(&boundary, have_values ? values : NULL,
+                                   err);
             if (flags < 0)
                 return TRAIN_FAILED;
             stop_now |= flags & APPLIED_STOP;
@@ -707,6 +744,10 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
         if (flags < 0)
             return TRAIN_FAILED;
         stop_now |= flags & APPLIED_STOP;
+        /* Paused time is not command time. */
+        if (!boundary.paused_s)
+            summary->command_s += now_s() - commands_start;
+        boundary.paused_s = 0;
         if (stop_now) {
             outcome = TRAIN_STOPPED;
             summary->status = "stopped";
@@ -738,7 +779,9 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
         int last = s.step == opt->last_step;
         if (due(s.step, cfg->train.eval_every) ||
             (last && cfg->train.eval_every > 0)) {
+            double val_start = now_s();
             double val_loss = trainer_validate(t);
+            summary->val_s += now_s() - val_start;
             summary->val_loss = val_loss;
             summary->val_step = s.step;
             if (metrics &&
@@ -747,10 +790,16 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
             if (progress && progress->on_val)
                 progress->on_val(s.step, val_loss, progress->user);
         }
+        if (lead) {
+            script_values(values, &s, summary->val_loss);
+            have_values = 1;
+        }
         if (due(s.step, cfg->checkpoint.every) || last) {
+            double checkpoint_start = now_s();
             if (trainer_checkpoint(t, checkpoint_path, sizeof t->last_checkpoint,
                                    err) < 0)
                 return TRAIN_FAILED;
+            summary->checkpoint_s += now_s() - checkpoint_start;
             checkpointed_step = s.step;
             if (metrics && metrics_write_checkpoint(metrics, s.step,
                                                     checkpoint_path, err) < 0)
@@ -785,6 +834,14 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
                   summary->elapsed_s
             : NAN;
     summary->checkpoint = checkpointed_step >= 0 ? checkpoint_path : NULL;
+    summary->train_s = summary->elapsed_s;
+    summary->cost_per_mtok = cost_per_mtok(t->price_per_hour,
+                                           summary->tokens_per_s);
+    summary->mfu = cost_mfu((double)model_active_params(t->model),
+                            summary->tokens_per_s, t->peak_flops);
+    summary->migrations = t->migrations - migrations_at_start;
+    summary->migration_bytes =
+        (double)(t->migration_bytes - migration_bytes_at_start);
     if (metrics && metrics_write_summary(metrics, summary, err) < 0)
         return TRAIN_FAILED;
     return outcome;

@@ -38,6 +38,7 @@ typedef struct trainer {
     double optimizer_s;     /* of which clipping and AdamW */
     char last_checkpoint[CONFIG_PATH_MAX + 32];
     size_t migration_bytes; /* moved by this rank's migrations so far */
+    int migrations;         /* experts moved so far */
     balancer bal;           /* measurements on rank 0; policy on all */
     double price_per_hour;  /* Σ over the devices */
     double peak_flops;      /* Σ over the devices */
@@ -88,8 +89,9 @@ struct control_server;
 typedef struct train_run_options {
     int last_step;                /* stop after this step (≤ train.steps) */
     struct control_server *control; /* rank 0's control socket, or NULL */
-    const scheduled_command *scheduled; /* in step order; may be NULL */
-    int scheduled_count;
+    struct script *script;        /* commands by step or metrics; may be
+                                     NULL. Every rank passes the same one;
+                                     rank 0 decides what is due. */
     metrics_sink *metrics;        /* may be NULL */
     const train_progress *progress; /* may be NULL */
     volatile sig_atomic_t *stop_requested; /* may be NULL */

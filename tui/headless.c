@@ -9,6 +9,7 @@
 
 #include "engine/command.h"
 #include "engine/control.h"
+#include "engine/script.h"
 #include "engine/train.h"
 
 int headless_check_steps(const config *cfg, const headless_options *opt,
@@ -22,6 +23,57 @@ int headless_check_steps(const config *cfg, const headless_options *opt,
                         "train.steps=%d)\n", opt->steps, cfg->train.steps,
                 opt->steps);
     return -1;
+}
+
+/* The script of a run: --script's file, then the --at lines. Any error
+ * is bad input (err says why), found before anything starts. */
+static int build_script(const config *cfg, const headless_options *opt,
+                        int last_step, script *plan, moe_error *err)
+{
+    command_limits limits = {cfg->model.n_layers, cfg->moe.n_experts,
+                             cfg->cluster.device_count};
+    if (opt->script && script_load(plan, opt->script, &limits, last_step,
+                                   err->message, sizeof err->message) < 0)
+        return -1;
+    for (int i = 0; i < opt->at_count; i++) {
+        char *end;
+        long step = strtol(opt->at[i], &end, 10);
+        char reason[256];
+        command cmd;
+        if (end == opt->at[i] || *end != ':' || step < 0 ||
+            step > cfg->train.steps) {
+            error_set(err, "--at %s: expected STEP:COMMAND with STEP in "
+                            "0..%d", opt->at[i], cfg->train.steps);
+            return -1;
+        }
+        if (command_parse(end + 1, &limits, &cmd, reason, sizeof reason) < 0) {
+            error_set(err, "--at %s: %s", opt->at[i], reason);
+            return -1;
+        }
+        if (cmd.kind == COMMAND_PAUSE || cmd.kind == COMMAND_RESUME) {
+            error_set(err, "--at %s: pause and resume cannot be scheduled "
+                            "(only a client of the control socket could "
+                            "resume)", opt->at[i]);
+            return -1;
+        }
+        if (script_add(plan, (int)step, &cmd, 0) < 0)
+            return error_set(err, "out of memory");
+    }
+    return 0;
+}
+
+int headless_check(const config *cfg, const headless_options *opt)
+{
+    if (headless_check_steps(cfg, opt, 1) < 0)
+        return -1;
+    script plan = {0};
+    moe_error err = {{0}};
+    int last_step = opt->steps > 0 ? opt->steps : cfg->train.steps;
+    int rc = build_script(cfg, opt, last_step, &plan, &err);
+    if (rc < 0)
+        fprintf(stderr, "moectl: %s\n", err.message);
+    script_free(&plan);
+    return rc;
 }
 
 static volatile sig_atomic_t stop_requested;
@@ -101,6 +153,34 @@ static void on_checkpoint(int step, const char *path, void *user)
         fprintf(stderr, "step %d  checkpoint %s\n", step, path);
 }
 
+/* The run's summary for people (the summary record is for machines). */
+static void print_summary(const run_summary *s, const config *cfg, int status)
+{
+    const char *currency = cfg->cluster.currency;
+    double price = 0;
+    for (int i = 0; i < cfg->cluster.device_count; i++)
+        price += cfg->cluster.devices[i].price_per_hour;
+    fprintf(stderr, "moectl: summary\n");
+    fprintf(stderr, "  status      %s at step %d (exit %d)\n", s->status,
+            s->last_step, status);
+    fprintf(stderr, "  loss        %.4f", s->loss);
+    if (s->val_step >= 0)
+        fprintf(stderr, "   val_loss %.4f (step %d)", s->val_loss, s->val_step);
+    fprintf(stderr, "\n  tokens/s    %.0f   MFU %.2f%%\n", s->tokens_per_s,
+            s->mfu * 100);
+    fprintf(stderr, "  cost        %.4g %s per 1M tokens (%.4g %s/hour)\n",
+            s->cost_per_mtok, currency, price, currency);
+    fprintf(stderr, "  migrations  %d expert%s, %.0f KB\n", s->migrations,
+            s->migrations == 1 ? "" : "s", s->migration_bytes / 1e3);
+    char train[32], val[32], ckpt[32], cmds[32];
+    format_duration(train, sizeof train, s->train_s);
+    format_duration(val, sizeof val, s->val_s);
+    format_duration(ckpt, sizeof ckpt, s->checkpoint_s);
+    format_duration(cmds, sizeof cmds, s->command_s);
+    fprintf(stderr, "  time        training %s, validation %s, checkpoints "
+                    "%s, commands %s\n", train, val, ckpt, cmds);
+}
+
 int headless_run(const config *cfg, const headless_options *opt,
                  const comm *c)
 {
@@ -113,51 +193,11 @@ int headless_run(const config *cfg, const headless_options *opt,
     metrics_sink *metrics = NULL;
     control_server *control = NULL;
     int status = 1;
-    scheduled_command *scheduled = NULL;
-    if (opt->at_count > 0) {
-        scheduled = calloc((size_t)opt->at_count, sizeof *scheduled);
-        if (!scheduled) {
-            error_set(&err, "out of memory");
-            goto done;
-        }
+    script plan = {0};
+    if (build_script(cfg, opt, last_step, &plan, &err) < 0) {
+        status = 2;
+        goto done;
     }
-    command_limits limits = {cfg->model.n_layers, cfg->moe.n_experts,
-                             cfg->cluster.device_count};
-    for (int i = 0; i < opt->at_count; i++) {
-        char *end;
-        long step = strtol(opt->at[i], &end, 10);
-        char reason[256];
-        if (end == opt->at[i] || *end != ':' || step < 0 ||
-            step > cfg->train.steps) {
-            error_set(&err, "--at %s: expected STEP:COMMAND with STEP in "
-                            "0..%d", opt->at[i], cfg->train.steps);
-            status = 2;
-            goto done;
-        }
-        if (command_parse(end + 1, &limits, &scheduled[i].cmd, reason,
-                          sizeof reason) < 0) {
-            error_set(&err, "--at %s: %s", opt->at[i], reason);
-            status = 2;
-            goto done;
-        }
-        if (scheduled[i].cmd.kind == COMMAND_PAUSE ||
-            scheduled[i].cmd.kind == COMMAND_RESUME ||
-            scheduled[i].cmd.kind == COMMAND_STATUS) {
-            error_set(&err, "--at %s: only move, lr, checkpoint and stop can "
-                            "be scheduled", opt->at[i]);
-            status = 2;
-            goto done;
-        }
-        scheduled[i].step = (int)step;
-    }
-    /* In step order; equal steps keep their order on the command line. */
-    for (int i = 1; i < opt->at_count; i++)
-        for (int j = i; j > 0 && scheduled[j - 1].step > scheduled[j].step;
-             j--) {
-            scheduled_command tmp = scheduled[j];
-            scheduled[j] = scheduled[j - 1];
-            scheduled[j - 1] = tmp;
-        }
     if (trainer_create(&t, cfg, c, &err) < 0)
         goto done;
     if (opt->resume && trainer_resume(t, opt->resume, &err) < 0)
@@ -191,8 +231,7 @@ int headless_run(const config *cfg, const headless_options *opt,
     train_progress progress = {on_step, on_val, on_checkpoint, &p};
     train_run_options run = {
         .last_step = last_step,
-        .scheduled = scheduled,
-        .scheduled_count = opt->at_count,
+        .script = plan.count > 0 ? &plan : NULL,
         .control = control,
         .metrics = metrics,
         .progress = &progress,
@@ -234,6 +273,8 @@ int headless_run(const config *cfg, const headless_options *opt,
             summary.checkpoint ? ", checkpoint " : "",
             summary.checkpoint ? summary.checkpoint : "");
     status = outcome == TRAIN_STOPPED ? 3 : 0;
+    if (c->rank == 0)
+        print_summary(&summary, cfg, status);
 done:
     if (status != 0 && status != 3) {
         if (c->world == 1)
@@ -244,6 +285,6 @@ done:
     metrics_close(metrics);
     control_close(control);
     trainer_destroy(t);
-    free(scheduled);
+    script_free(&plan);
     return status;
 }

@@ -14,14 +14,20 @@ typedef struct headless_options {
                                 private directory */
     const char *const *at;   /* "STEP:COMMAND" lines (--at), in any order */
     int at_count;
+    const char *script;      /* --script: a headless script, or NULL */
 } headless_options;
 
-/* Exit status: 0 done, 1 runtime failure, 2 bad input, 3 stopped by a
- * signal after a clean checkpoint. */
+/* Exit status: 0 done, 1 runtime failure, 2 bad input (a malformed
+ * script included, before anything starts), 3 stopped by a `stop`
+ * command or a signal after a clean checkpoint. */
 /* --steps past train.steps is bad input: returns -1, after saying why on
  * stderr when `report` is set. */
 int headless_check_steps(const config *cfg, const headless_options *opt,
                          int report);
+
+/* Checks what can be checked before a job starts (--steps, --script,
+ * --at); says why on stderr and returns -1 on bad input. */
+int headless_check(const config *cfg, const headless_options *opt);
 
 int headless_run(const config *cfg, const headless_options *opt,
                  const comm *c);

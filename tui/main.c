@@ -26,7 +26,7 @@ static const char usage_text[] =
     "                                             embedded configs/default.yaml)\n"
     "       moectl run CONFIG [--headless] [--steps N] [--metrics PATH|-]\n"
     "                         [--resume CKPT|DIR] [--at STEP:COMMAND]...\n"
-    "                         [--socket PATH]\n"
+    "                         [--script OPS] [--socket PATH]\n"
     "                         [--set KEY=VALUE]...\n"
     "       moectl check CONFIG [--set KEY=VALUE]...\n"
     "       moectl plan CONFIG [--json] [--set KEY=VALUE]...\n"
@@ -71,6 +71,9 @@ static const char usage_text[] =
     "                     in a checkpoint directory\n"
     "  --socket PATH      the control socket (default: a fresh private\n"
     "                     directory, printed at start)\n"
+    "  --script OPS       run the commands of a script: lines STEP COMMAND,\n"
+    "                     every N COMMAND, when METRIC OP VALUE COMMAND\n"
+    "                     (# comments); a malformed one is refused first\n"
     "  --at STEP:COMMAND  apply a command (move L.E R, lr VALUE, checkpoint,\n"
     "                     stop) at the boundary after STEP, e.g.\n"
     "                     --at '50:move 1.3 0'\n"
@@ -168,6 +171,7 @@ static int parse_arguments(int argc, char **argv, arguments *a)
                           strcmp(arg, "--warmup") == 0 ||
                           strcmp(arg, "--at") == 0 ||
                           strcmp(arg, "--socket") == 0 ||
+                          strcmp(arg, "--script") == 0 ||
                           strcmp(arg, "--repeat") == 0;
         if (takes_value && !value)
             return usage_error("option %s needs a value", arg);
@@ -179,6 +183,9 @@ static int parse_arguments(int argc, char **argv, arguments *a)
             i++;
         } else if (strcmp(arg, "--socket") == 0) {
             a->headless.socket = value;
+            i++;
+        } else if (strcmp(arg, "--script") == 0) {
+            a->headless.script = value;
             i++;
         } else if (strcmp(arg, "--at") == 0) {
             if (a->at_count == MAX_SETS)
@@ -353,7 +360,7 @@ static int run_ranks(const config *cfg, const headless_options *opt,
     }
     if (c.world == 1 && cfg->cluster.device_count > 1) {
         /* Bad input is refused before any rank starts. */
-        if (headless_check_steps(cfg, opt, 1) < 0)
+        if (headless_check(cfg, opt) < 0)
             return EXIT_USAGE;
         return launch_mpirun(cfg, argc, argv);
     }
@@ -371,6 +378,10 @@ static int run_ranks(const config *cfg, const headless_options *opt,
     if (c.world > 1 && status != 0 && status != 3)
         comm_abort(&c, status);
     comm_finish(&c);
+    /* A clean stop (3) reaches the launcher through the status file;
+     * handed to mpirun it would print a page about a failed job. */
+    if (c.world > 1 && status == 3 && status_file)
+        return 0;
     return status;
 }
 
