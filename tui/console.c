@@ -64,6 +64,9 @@ typedef struct console {
     /* The policy b last asked for until the job confirms it, so that b
      * pressed twice quickly still steps off -> suggest -> auto. */
     view_policy policy_wanted;
+    /* A story drawn in place of the event log (moectl demo), or NULL. */
+    const console_narrator *narrator;
+    int quitting;            /* the narrator asked to stop the job and leave */
 } console;
 
 /* ---- the socket ------------------------------------------------------ */
@@ -107,6 +110,12 @@ static void send_command(console *c, const char *line)
     send_line(c, line, 1);
 }
 
+/* How a narrator sends its commands: like the operator's, logged. */
+static void narrator_send(void *console_ctx, const char *line)
+{
+    send_command(console_ctx, line);
+}
+
 /* Reads what the job sent; returns 0 when the socket closed. */
 static int read_records(console *c)
 {
@@ -124,6 +133,8 @@ static int read_records(console *c)
         while ((nl = memchr(start, '\n', c->inlen - (size_t)(start - c->inbuf)))) {
             *nl = '\0';
             view_apply(&c->v, start);
+            if (c->narrator)
+                c->narrator->record(c->narrator->ctx, start);
             if (c->v.policy == c->policy_wanted)
                 c->policy_wanted = VIEW_POLICY_UNKNOWN;
             c->dirty = 1;
@@ -773,6 +784,51 @@ static void draw_events(console *c, const layout_rect *r)
         put_text(row, r->col, v->events[i % VIEW_EVENTS], r->cols);
 }
 
+/* The narrator's pane, in place of the event log: its title, its text
+ * wrapped to the pane, and the latest events in the rows left over. */
+static void draw_narration(console *c, const layout_rect *r)
+{
+    const console_narrator *n = c->narrator;
+    box_title(r, n->title);
+    int row = r->row + 1, end = r->row + r->rows, cols = r->cols - 1;
+    const char *text = n->text;
+    while (*text && row < end) {
+        const char *stop = strchr(text, '\n');
+        int len = stop ? (int)(stop - text) : (int)strlen(text);
+        int kept = len >= 2 && text[0] == ' ' && text[1] == ' ';
+        int at = 0;
+        do {
+            while (!kept && at < len && text[at] == ' ')
+                at++;
+            int take = len - at;
+            if (take > cols && !kept) {
+                int cut = cols;
+                while (cut > 0 && text[at + cut] != ' ')
+                    cut--;
+                take = cut > 0 ? cut : cols;
+            }
+            char line[512];
+            snprintf(line, sizeof line, "%.*s", take < 511 ? take : 511,
+                     text + at);
+            put_text(row++, r->col, line, cols);
+            at += take;
+        } while (at < len && row < end && !kept);
+        text += len + (stop ? 1 : 0);
+    }
+    /* What is left shows the latest events, after a blank row. */
+    int lines = end - row - 1;
+    if (lines < 2)
+        return;
+    row++;
+    int first = c->v.event_count - lines;
+    if (first < 0)
+        first = 0;
+    if (first < c->v.event_count - VIEW_EVENTS)
+        first = c->v.event_count - VIEW_EVENTS;
+    for (int i = first; i < c->v.event_count && row < end; i++, row++)
+        put_text(row, r->col, c->v.events[i % VIEW_EVENTS], r->cols);
+}
+
 static const char *const help_lines[] = {
     "Keys",
     "  p          pause / resume",
@@ -828,9 +884,15 @@ static void draw_footer(console *c, const layout_rect *r)
                  "s stop the job, Esc stay");
         break;
     default:
-        snprintf(line, sizeof line, "%sp pause  c checkpoint  s stop  m move  "
-                 "a apply  b policy  : cmd  ? help  q quit",
-                 c->connected ? "" : "[disconnected]  ");
+        if (c->narrator)
+            snprintf(line, sizeof line, "%sEnter: next  q: quit (stops the "
+                     "job)  p pause  m move  a apply  b policy  : cmd  ? help",
+                     c->quitting ? "[stopping the job]  "
+                     : c->connected ? "" : "[disconnected]  ");
+        else
+            snprintf(line, sizeof line, "%sp pause  c checkpoint  s stop  m "
+                     "move  a apply  b policy  : cmd  ? help  q quit",
+                     c->connected ? "" : "[disconnected]  ");
     }
     attron(A_REVERSE);
     mvprintw(r->row, r->col, "%-*.*s", r->cols, r->cols, line);
@@ -861,7 +923,10 @@ static void draw(console *c)
         draw_heatmap(c, &lay.panel[LAYOUT_HEATMAP]);
         draw_devices(c, &lay.panel[LAYOUT_DEVICES]);
         draw_balance(c, &lay.panel[LAYOUT_BALANCE]);
-        draw_events(c, &lay.panel[LAYOUT_EVENTS]);
+        if (c->narrator)
+            draw_narration(c, &lay.panel[LAYOUT_EVENTS]);
+        else
+            draw_events(c, &lay.panel[LAYOUT_EVENTS]);
     }
     if (c->mode == MODE_HELP) {
         int n = (int)(sizeof help_lines / sizeof help_lines[0]);
@@ -1035,6 +1100,20 @@ static reaction handle_key(console *c, int key)
     case MODE_NORMAL:
         break;
     }
+    if (c->narrator) {
+        int used = c->narrator->key(c->narrator->ctx,
+                                    key == KEY_ENTER ? '\n' : key);
+        if (used == CONSOLE_KEY_QUIT) {
+            /* A second q, or no job to stop: leave now. */
+            if (c->quitting || !c->connected)
+                return LEAVE;
+            send_command(c, "stop");
+            c->quitting = 1;
+            return REDRAW;
+        }
+        if (used == CONSOLE_KEY_USED)
+            return REDRAW;
+    }
     return normal_key(c, key);
 }
 
@@ -1096,6 +1175,9 @@ static int run_console(console *c)
             view_event(&c->v, "the job closed its control socket");
             c->dirty = 1;
         }
+        if (c->narrator &&
+            c->narrator->tick(c->narrator->ctx, narrator_send, c))
+            c->dirty = 1;
         if (c->dirty)
             draw(c);
         int key = getch();
@@ -1166,8 +1248,15 @@ int console_attach(const char *socket_path)
 
 int console_launch(char *const *engine_argv, int engine_argc)
 {
+    return console_launch_narrated(engine_argv, engine_argc, NULL);
+}
+
+int console_launch_narrated(char *const *engine_argv, int engine_argc,
+                            const console_narrator *narrator)
+{
     static console c;
     console_init(&c);
+    c.narrator = narrator;
     char dir[] = "/tmp/moectl-console-XXXXXX";
     if (!mkdtemp(dir)) {
         fprintf(stderr, "moectl: cannot create a private directory: %s\n",
@@ -1241,8 +1330,9 @@ int console_launch(char *const *engine_argv, int engine_argc)
     }
     c.connected = 1;
     int status = run_console(&c);
-    /* Reap the job if it ended; a detached job goes on by itself. */
-    waitpid(pid, NULL, WNOHANG);
+    /* Reap the job if it ended; a detached job goes on by itself. One the
+     * narrator stopped is waited for, so that it has ended when we do. */
+    waitpid(pid, NULL, c.quitting ? 0 : WNOHANG);
     console_finish(&c);
     return status;
 }

@@ -15,6 +15,7 @@
 #include "tui/bench.h"
 #include "tui/console.h"
 #include "tui/ctl.h"
+#include "tui/demo.h"
 #include "tui/headless.h"
 #include "tui/plan.h"
 
@@ -32,6 +33,8 @@ static const char usage_text[] =
     "       moectl plan CONFIG [--json] [--set KEY=VALUE]...\n"
     "       moectl ctl SOCKET COMMAND...\n"
     "       moectl attach SOCKET\n"
+    "       moectl demo [CONFIG] [--headless] [--autoplay] [--metrics PATH]\n"
+    "                   [--steps-per-chapter N] [--set KEY=VALUE]...\n"
     "       moectl bench [CONFIG] [--steps N] [--warmup N] [--repeat N]\n"
     "                    [--profile]\n"
     "                    [--no-peer] [--no-scaling] [--no-ranks]\n"
@@ -45,6 +48,12 @@ static const char usage_text[] =
     "          reattach with moectl attach); --headless or no terminal:\n"
     "          a progress line instead\n"
     "  attach  open the console on a running job's control socket\n"
+    "  demo    a guided story on a live job (configs/demo.yaml: two CPU\n"
+    "          ranks, one emulated 3x slower): uneven load, the straggler,\n"
+    "          a hand move, plan/apply, policy auto, cost per 1M tokens, all\n"
+    "          measured; Enter advances (--autoplay: by itself);\n"
+    "          --headless prints it and stops the job at the end;\n"
+    "          --steps-per-chapter N measures over N steps (200)\n"
     "  ctl     send one command to a running job's control socket: pause,\n"
     "          resume, stop, checkpoint, status, lr VALUE, move L.E R\n"
     "  check   validate CONFIG with its overrides and print the resolved\n"
@@ -408,6 +417,8 @@ int main(int argc, char **argv)
         return console_attach(argv[2]);
     }
     apply_thread_environment(argv);
+    if (argc > 1 && strcmp(argv[1], "demo") == 0)
+        return demo_main(argc - 2, argv + 2);
 
     arguments a;
     memset(&a, 0, sizeof a);
