@@ -725,7 +725,9 @@ static void draw_balance(console *c, const layout_rect *r)
         char moved[16], state[48] = "applied";
         format_bytes(moved, sizeof moved, p->moved_bytes);
         int measured = q->have && q->applied_step >= p->step;
-        if (!p->applied)
+        if (!p->applied && strcmp(p->trigger, "auto") == 0)
+            snprintf(state, sizeof state, "kept: gain below the threshold");
+        else if (!p->applied)
             snprintf(state, sizeof state, "not applied (a applies it)");
         else if (!measured && v->policy_every > 0)
             snprintf(state, sizeof state, "applied, measuring until step %d",
