@@ -29,6 +29,7 @@ packages=(
     libyaml-dev libjansson-dev libopenblas-dev libopenblas-openmp-dev
     libncurses-dev
     openmpi-bin libopenmpi-dev bible-kjv tmux
+    hipcc libamdhip64-dev
 )
 if ((bench)); then
     packages+=(python3-torch)

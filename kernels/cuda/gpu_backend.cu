@@ -1,0 +1,147 @@
+#include "kernels/cuda/gpu_backend.h"
+
+#include <string.h>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/gpu_vendor.h"
+
+#if defined(MOECTL_HIP)
+extern "C" const char gpu_backend_kind[] = "hip";
+#else
+extern "C" const char gpu_backend_kind[] = "cuda";
+#endif
+
+static char first_failure[512];
+
+extern "C" void gpu_report_failure(const char *what, const char *detail,
+                                   const char *func, const char *file,
+                                   int line)
+{
+    if (first_failure[0])
+        return;
+    snprintf(first_failure, sizeof first_failure, "%s failed: %s (in %s, "
+             "%s:%d)", what, detail, func, file, line);
+}
+
+extern "C" const char *gpu_backend_error(void)
+{
+    return first_failure[0] ? first_failure : NULL;
+}
+
+static const backend_ops gpu_ops = {
+    gpu_backend_kind,
+    gpu_matmul_forward,
+    gpu_matmul_backward,
+    gpu_grouped_matmul_forward,
+    gpu_grouped_matmul_backward,
+    gpu_embedding_forward,
+    gpu_embedding_backward,
+    gpu_rmsnorm_forward,
+    gpu_rmsnorm_backward,
+    gpu_rope_forward,
+    gpu_rope_backward,
+    gpu_attention_forward,
+    gpu_attention_backward,
+    gpu_swiglu_forward,
+    gpu_swiglu_backward,
+    gpu_router_forward,
+    gpu_router_backward,
+    gpu_moe_permute,
+    gpu_moe_permute_backward,
+    gpu_moe_unpermute,
+    gpu_moe_unpermute_backward,
+    gpu_crossentropy_forward_backward,
+    gpu_add_inplace,
+    gpu_sum_squares,
+    gpu_adamw_update,
+};
+
+extern "C" int gpu_device_count(char *why, size_t why_size)
+{
+    int count = 0;
+    cudaError_t status = cudaGetDeviceCount(&count);
+    if (status != cudaSuccess) {
+        if (why)
+            snprintf(why, why_size, "%s: no usable device (%s, error %d)",
+                     gpu_backend_kind, cudaGetErrorString(status),
+                     (int)status);
+        return 0;
+    }
+    if (count == 0 && why)
+        snprintf(why, why_size, "%s: no device", gpu_backend_kind);
+    return count;
+}
+
+extern "C" int gpu_backend_init(backend *be, int device, int tf32, char *why,
+                                size_t why_size)
+{
+    memset(be, 0, sizeof *be);
+    int count = gpu_device_count(why, why_size);
+    if (count == 0)
+        return -1;
+    if (device < 0 || device >= count) {
+        snprintf(why, why_size, "%s device %d does not exist (%d found)",
+                 gpu_backend_kind, device, count);
+        return -1;
+    }
+    gpu_context *ctx = (gpu_context *)calloc(1, sizeof *ctx);
+    if (!ctx) {
+        snprintf(why, why_size, "out of memory");
+        return -1;
+    }
+    cudaDeviceProp props;
+    cudaError_t status = cudaSetDevice(device);
+    if (status == cudaSuccess)
+        status = cudaGetDeviceProperties(&props, device);
+    if (status != cudaSuccess) {
+        snprintf(why, why_size, "%s device %d: %s", gpu_backend_kind, device,
+                 cudaGetErrorString(status));
+        free(ctx);
+        return -1;
+    }
+    ctx->device = device;
+    ctx->warp_size = props.warpSize; /* 64 on CDNA: never assume 32 */
+    ctx->multiprocessors = props.multiProcessorCount;
+    ctx->tf32 = tf32;
+#if GPU_HAVE_BLAS
+    cublasHandle_t handle;
+    if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(why, why_size, "%s device %d: cannot create the BLAS "
+                 "handle", gpu_backend_kind, device);
+        free(ctx);
+        return -1;
+    }
+    ctx->blas = handle;
+#endif
+    be->ops = &gpu_ops;
+    be->ctx = ctx;
+    return 0;
+}
+
+extern "C" void gpu_backend_finish(backend *be)
+{
+    gpu_context *ctx = (gpu_context *)be->ctx;
+    if (!ctx)
+        return;
+#if GPU_HAVE_BLAS
+    if (ctx->blas)
+        cublasDestroy((cublasHandle_t)ctx->blas);
+#endif
+    free(ctx);
+    be->ctx = NULL;
+    be->ops = NULL;
+}
+
+extern "C" void *gpu_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (cudaMallocManaged(&p, bytes ? bytes : 1) != cudaSuccess)
+        return NULL;
+    return p;
+}
+
+extern "C" void gpu_free(void *p)
+{
+    if (p)
+        (void)cudaFree(p);
+}
