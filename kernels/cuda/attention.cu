@@ -6,6 +6,7 @@
  * tree. No atomics, so results are bitwise deterministic run to run. */
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/gpu_vendor.h"
+#include "kernels/cuda/gpu_reduce.cuh"
 
 #include <math.h>
 
@@ -18,43 +19,6 @@ static int attention_threads(const gpu_context *gpu, int head_dim)
     if (threads < head_dim)
         threads = (head_dim + warp - 1) / warp * warp;
     return threads;
-}
-
-/* Sum of x over the block, in an order fixed by blockDim alone (any block
- * size: the upper half folds onto the lower). red holds blockDim floats;
- * every thread must call it. */
-static __device__ float attention_block_sum(float x, float *red)
-{
-    int tid = threadIdx.x;
-    red[tid] = x;
-    __syncthreads();
-    for (int n = blockDim.x; n > 1;) {
-        int half = (n + 1) / 2;
-        if (tid < n - half)
-            red[tid] += red[tid + half];
-        __syncthreads();
-        n = half;
-    }
-    float total = red[0];
-    __syncthreads(); /* red may be reused at once */
-    return total;
-}
-
-static __device__ float attention_block_max(float x, float *red)
-{
-    int tid = threadIdx.x;
-    red[tid] = x;
-    __syncthreads();
-    for (int n = blockDim.x; n > 1;) {
-        int half = (n + 1) / 2;
-        if (tid < n - half)
-            red[tid] = fmaxf(red[tid], red[tid + half]);
-        __syncthreads();
-        n = half;
-    }
-    float best = red[0];
-    __syncthreads();
-    return best;
 }
 
 static __device__ float attention_dot(const float *a, const float *b, int n)
@@ -102,7 +66,7 @@ static __global__ void attention_forward_kernel(float *out, float *probs,
         }
         for (int j = t + 1 + tid; j < T; j += threads)
             p[j] = 0.0f; /* the masked half is part of the contract */
-        float max_score = attention_block_max(local_max, red);
+        float max_score = gpu_block_max(local_max, red);
 
         float local_sum = 0.0f;
         for (int j = tid; j <= t; j += threads) {
@@ -110,7 +74,7 @@ static __global__ void attention_forward_kernel(float *out, float *probs,
             p[j] = e;
             local_sum += e;
         }
-        float inv_sum = 1.0f / attention_block_sum(local_sum, red);
+        float inv_sum = 1.0f / gpu_block_sum(local_sum, red);
         for (int j = tid; j <= t; j += threads)
             p[j] *= inv_sum;
         __syncthreads();
@@ -161,7 +125,7 @@ static __global__ void attention_backward_query_kernel(
         for (int j = tid; j <= t; j += threads)
             local += p[j] * attention_dot(dout_row, v + (size_t)j * stride,
                                           head_dim);
-        float p_dot_dp = attention_block_sum(local, red);
+        float p_dot_dp = gpu_block_sum(local, red);
         if (tid == 0)
             row_dot[row] = p_dot_dp;
 

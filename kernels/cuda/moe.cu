@@ -9,6 +9,7 @@
  * padding slot (zero row, no gradient). */
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/gpu_vendor.h"
+#include "kernels/cuda/gpu_reduce.cuh"
 
 #include <math.h>
 
@@ -21,59 +22,6 @@ static int moe_threads(const gpu_context *gpu)
 #define MOE_GRID_STRIDE(i, n)                                                  \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);    \
          i += (size_t)gridDim.x * blockDim.x)
-
-/* Fixed-order block sums, any block size: the upper half folds onto the
- * lower. red holds blockDim elements; every thread must call them. */
-static __device__ float moe_block_max(float x, float *red)
-{
-    int tid = threadIdx.x;
-    red[tid] = x;
-    __syncthreads();
-    for (int n = blockDim.x; n > 1;) {
-        int half = (n + 1) / 2;
-        if (tid < n - half)
-            red[tid] = fmaxf(red[tid], red[tid + half]);
-        __syncthreads();
-        n = half;
-    }
-    float best = red[0];
-    __syncthreads(); /* red may be reused at once */
-    return best;
-}
-
-static __device__ float moe_block_sum(float x, float *red)
-{
-    int tid = threadIdx.x;
-    red[tid] = x;
-    __syncthreads();
-    for (int n = blockDim.x; n > 1;) {
-        int half = (n + 1) / 2;
-        if (tid < n - half)
-            red[tid] += red[tid + half];
-        __syncthreads();
-        n = half;
-    }
-    float total = red[0];
-    __syncthreads();
-    return total;
-}
-
-static __device__ double moe_block_sum_double(double x, double *red)
-{
-    int tid = threadIdx.x;
-    red[tid] = x;
-    __syncthreads();
-    for (int n = blockDim.x; n > 1;) {
-        int half = (n + 1) / 2;
-        if (tid < n - half)
-            red[tid] += red[tid + half];
-        __syncthreads();
-        n = half;
-    }
-    double total = red[0];
-    __syncthreads();
-    return total;
-}
 
 /* ---- router ---------------------------------------------------------- */
 
@@ -339,7 +287,7 @@ static __global__ void moe_unpermute_backward_kernel(
             local += dy[c] * y[c];
         }
         if (dgate_weight) {
-            float dot = moe_block_sum(local, red);
+            float dot = gpu_block_sum(local, red);
             if (tid == 0)
                 dgate_weight[a] = dot;
         }
@@ -435,12 +383,12 @@ static __global__ void crossentropy_kernel(float *losses, float *dlogits,
         float local_max = -INFINITY;
         for (int v = tid; v < V; v += threads)
             local_max = fmaxf(local_max, x[v]);
-        float max_logit = moe_block_max(local_max, red);
+        float max_logit = gpu_block_max(local_max, red);
 
         double local_sum = 0.0;
         for (int v = tid; v < V; v += threads)
             local_sum += expf(x[v] - max_logit);
-        double sum = moe_block_sum_double(local_sum, red_double);
+        double sum = gpu_block_sum(local_sum, red_double);
 
         if (losses && tid == 0)
             losses[n] = (float)(log(sum) + max_logit - target_logit);

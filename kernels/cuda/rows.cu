@@ -6,34 +6,15 @@
 #include "kernels/cuda/cuda_ops.h"
 
 #include "kernels/cuda/gpu_vendor.h"
+#include "kernels/cuda/gpu_reduce.cuh"
 
 #include <mutex>
 
 /* Threads per block of the element-wise kernels. */
 #define ROWS_THREADS 256
 /* Threads per block of the one-block-per-row reductions: a power of two,
- * for the tree in block_sum. */
+ * for the tree in gpu_block_sum. */
 #define ROWS_REDUCE_THREADS 256
-
-/* Sum of one value per thread over the block, in a fixed tree order (the
- * same for every launch), returned to every thread. partial holds
- * blockDim.x values; blockDim.x is a power of two. Barriers throughout, so
- * nothing assumes a warp width. */
-template <typename T>
-static __device__ T block_sum(T value, T *partial)
-{
-    unsigned tid = threadIdx.x;
-    partial[tid] = value;
-    for (unsigned stride = blockDim.x / 2; stride > 0; stride /= 2) {
-        __syncthreads();
-        if (tid < stride)
-            partial[tid] += partial[tid + stride];
-    }
-    __syncthreads();
-    T total = partial[0];
-    __syncthreads(); /* partial may be reused at once */
-    return total;
-}
 
 /* ---- embedding ---- */
 
@@ -150,7 +131,7 @@ static __global__ void rmsnorm_forward_kernel(float *out, float *rstd,
         float sum = 0.0f;
         for (int c = threadIdx.x; c < C; c += blockDim.x)
             sum += x[c] * x[c];
-        sum = block_sum(sum, partial);
+        sum = gpu_block_sum(sum, partial);
         float r = 1.0f / sqrtf(sum / (float)C + eps);
         for (int c = threadIdx.x; c < C; c += blockDim.x)
             o[c] = x[c] * r * weight[c];
@@ -186,7 +167,7 @@ static __global__ void rmsnorm_backward_dinp_kernel(
         float dot = 0.0f;
         for (int c = threadIdx.x; c < C; c += blockDim.x)
             dot += dy[c] * weight[c] * x[c];
-        dot = block_sum(dot, partial);
+        dot = gpu_block_sum(dot, partial);
         float coef = r * r * dot / (float)C;
         for (int c = threadIdx.x; c < C; c += blockDim.x)
             dx[c] += r * (dy[c] * weight[c] - x[c] * coef);
@@ -416,7 +397,7 @@ static __global__ void sum_squares_kernel(double *partial, const float *x,
     double acc = 0.0;
     for (size_t i = start + threadIdx.x; i < end; i += blockDim.x)
         acc += (double)x[i] * x[i];
-    acc = block_sum(acc, sums);
+    acc = gpu_block_sum(acc, sums);
     if (threadIdx.x == 0)
         partial[blockIdx.x] = acc;
 }
