@@ -56,9 +56,13 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
                          cfg->model.vocab_size, cfg->model.n_kv_heads);
     const config_device *device = &cfg->cluster.devices[c->rank];
     if (device->backend != CONFIG_BACKEND_CPU)
-        return error_set(err, "%s: device %d (%s) has a GPU backend, and "
-                              "GPU backends are not built yet", cfg->source,
-                         c->rank, device->name);
+        return error_set(err, "%s: device %d (%s) has backend %s: the GPU "
+                              "kernels build (kernels/cuda, kernels/hip) but "
+                              "the trainer does not drive them yet; train "
+                              "on cpu devices, or use `moectl plan` for GPU "
+                              "clusters", cfg->source, c->rank, device->name,
+                         device->backend == CONFIG_BACKEND_CUDA ? "cuda"
+                                                                : "hip");
     if (cfg->train.batch_size % c->world != 0)
         return error_set(err, "%s: train.batch_size %d must be divisible "
                               "by the %d ranks", cfg->source,
