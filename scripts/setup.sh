@@ -73,10 +73,24 @@ build() {
     local dir=$1; shift
     if [ ! -f "$dir/build.ninja" ]; then
         say "configuring $dir"
-        meson setup "$dir" "$@" >/dev/null
+        local conf_log
+        conf_log=$(mktemp)
+        if ! meson setup "$dir" "$@" >"$conf_log" 2>&1; then
+            say "meson setup $dir failed:"
+            tail -n 40 "$conf_log" >&2
+            rm -f "$conf_log"
+            exit 1
+        fi
+        rm -f "$conf_log"
     fi
     say "building $dir"
-    ninja -C "$dir" >/dev/null
+    # Quiet when it works; the compiler's own words when it does not.
+    local log="$dir/setup-build.log"
+    if ! ninja -C "$dir" >"$log" 2>&1; then
+        say "the build of $dir failed; the end of $log:"
+        tail -n 60 "$log" >&2
+        exit 1
+    fi
 }
 
 build build
