@@ -7,7 +7,8 @@
 
 #include "engine/cost.h"
 
-int balancer_create(balancer *b, const config *cfg, int ranks, moe_error *err)
+int balancer_create(balancer *b, const config *cfg, int ranks,
+                    int share_units, moe_error *err)
 {
     memset(b, 0, sizeof *b);
     b->layers = cfg->model.n_layers;
@@ -23,14 +24,18 @@ int balancer_create(balancer *b, const config *cfg, int ranks, moe_error *err)
     b->expert_bytes = 16.0 * params.expert;
     b->move_bytes = 12.0 * params.expert;
     b->dense_bytes = 16.0 * params.dense;
+    b->grad_bytes = 4.0 * params.expert;
+    b->share_units = share_units;
     b->link_bytes_per_s = cfg->cluster.link_gbps * 1e9;
     size_t cells = (size_t)b->layers * b->experts;
     b->load = calloc(cells, sizeof *b->load);
     b->proposal = calloc(cells, sizeof *b->proposal);
+    b->proposal_share = calloc(cells * ranks, sizeof *b->proposal_share);
     b->rate = calloc((size_t)ranks, sizeof *b->rate);
     b->base_s = calloc((size_t)ranks, sizeof *b->base_s);
     b->planner_ranks = calloc((size_t)ranks, sizeof *b->planner_ranks);
-    if (!b->load || !b->proposal || !b->rate || !b->base_s ||
+    if (!b->load || !b->proposal || !b->proposal_share || !b->rate ||
+        !b->base_s ||
         !b->planner_ranks) {
         balancer_destroy(b);
         return error_set(err, "out of memory");
@@ -42,6 +47,7 @@ void balancer_destroy(balancer *b)
 {
     free(b->load);
     free(b->proposal);
+    free(b->proposal_share);
     free(b->rate);
     free(b->base_s);
     free(b->planner_ranks);
@@ -91,6 +97,10 @@ static planner_problem problem(balancer *b, const double *load,
          * until the next plan. */
         .move_s_per_byte = b->move_bytes / b->expert_bytes /
                            b->link_bytes_per_s / b->every,
+        .grad_bytes = b->grad_bytes,
+        .sync_s_per_byte = b->reduce_s_per_byte > 0
+                               ? b->reduce_s_per_byte
+                               : 1.0 / b->link_bytes_per_s,
     };
     return p;
 }
@@ -122,6 +132,15 @@ void balancer_observe(balancer *b, step_stats *s)
     }
     if (b->ranks == 1)
         s->straggler = -1;
+    /* The all-reduce's own cost per byte: the rank that arrived last
+     * waited least, so its time is the closest to the transfer alone. */
+    double reduce_s = INFINITY;
+    for (int r = 0; r < b->ranks; r++)
+        reduce_s = fmin(reduce_s, s->rank[r].allreduce_ms * 1e-3);
+    double reduced = b->dense_bytes / 4.0 + s->split_experts * b->grad_bytes;
+    if (b->ranks > 1 && reduced > 0 && isfinite(reduce_s))
+        average(&b->reduce_s_per_byte, reduce_s / reduced, b->decay,
+                b->reduce_s_per_byte == 0);
     average(&b->step_s, s->step_s, b->decay, first);
     /* What the compute model leaves unexplained is communication. The
      * ideal keeps everything measured but the expert phase, whose rows it
@@ -131,7 +150,10 @@ void balancer_observe(balancer *b, step_stats *s)
     double ideal = NAN;
     if (now) {
         planner_problem p = problem(b, now, s->placement);
-        double compute = planner_step_time(&p, s->placement);
+        double compute = s->share && s->split_experts
+                             ? planner_split_step_time(&p, s->share,
+                                                       s->share_units)
+                             : planner_step_time(&p, s->placement);
         average(&b->comm_s, s->step_s - compute, b->decay, first);
         double rows = 0, speed = 0, base = 0;
         for (size_t i = 0; i < cells; i++)
@@ -151,32 +173,103 @@ void balancer_observe(balancer *b, step_stats *s)
     s->ideal_tokens_per_s = ideal;
 }
 
-int balancer_plan(balancer *b, const int *placement, int placement_version,
-                  char *reason, size_t reason_size)
+/* Experts whose rank or split differ between two proposals. */
+static int changed_experts(const balancer *b, const int *placement_a,
+                           const int *share_a, const int *placement_b,
+                           const int *share_b)
+{
+    int changed = 0, R = b->ranks;
+    for (size_t i = 0; i < (size_t)b->layers * b->experts; i++)
+        changed += placement_a[i] != placement_b[i] ||
+                   memcmp(share_a + i * R, share_b + i * R,
+                          (size_t)R * sizeof *share_a) != 0;
+    return changed;
+}
+
+int balancer_plan(balancer *b, const int *placement, const int *share,
+                  int placement_version, char *reason, size_t reason_size)
 {
     if (b->samples == 0) {
         snprintf(reason, reason_size, "plan: nothing measured yet; train a "
                                       "step first");
         return -1;
     }
+    size_t cells = (size_t)b->layers * b->experts;
+    int *moved = malloc(cells * sizeof *moved);
+    int *candidate = malloc(cells * sizeof *candidate);
+    int *candidate_share = malloc(cells * b->ranks * sizeof *candidate_share);
+    if (!moved || !candidate || !candidate_share) {
+        free(moved), free(candidate), free(candidate_share);
+        snprintf(reason, reason_size, "plan: out of memory");
+        return -1;
+    }
     planner_problem p = problem(b, b->load, placement);
-    if (planner_plan(&p, b->proposal) < 0) {
+    if (planner_plan(&p, moved) < 0) {
+        free(moved), free(candidate), free(candidate_share);
         snprintf(reason, reason_size, "plan: no placement fits the devices' "
                                       "memory (cluster.devices[].memory_gb)");
         return -1;
     }
-    double before = planner_step_time(&p, placement);
-    double after = planner_step_time(&p, b->proposal);
+    int U = b->share_units;
+    double ship_s = p.move_s_per_byte * p.expert_bytes; /* per replica */
+    double before = planner_split_step_time(&p, share, U);
+    /* Candidates: the whole-expert plan, and splits on top of it and on
+     * top of the present placement. The cheapest by predicted step time
+     * plus what shipping its replicas costs wins; staying put costs
+     * `before`. */
+    memcpy(b->proposal, placement, cells * sizeof *placement);
+    memcpy(b->proposal_share, share, cells * b->ranks * sizeof *share);
+    double best_after = before, best_cost = before;
+    for (int k = 0; k < 3; k++) {
+        if (k == 0) {
+            memcpy(candidate, moved, cells * sizeof *moved);
+            planner_whole_shares(&p, moved, U, candidate_share);
+        } else if (planner_split(&p, k == 1 ? moved : placement, U, 0.02,
+                                 candidate, candidate_share) < 0) {
+            continue;
+        }
+        double after = planner_split_step_time(&p, candidate_share, U);
+        double cost = after + ship_s * planner_share_transfers(
+                                           &p, share, candidate_share);
+        if (cost < best_cost - 1e-12) {
+            best_cost = cost;
+            best_after = after;
+            memcpy(b->proposal, candidate, cells * sizeof *candidate);
+            memcpy(b->proposal_share, candidate_share,
+                   cells * b->ranks * sizeof *candidate_share);
+        }
+    }
+    free(moved), free(candidate), free(candidate_share);
     b->before_s = b->comm_s + before;
-    b->after_s = b->comm_s + after;
-    b->proposal_moves = planner_moves(&p, placement, b->proposal, NULL);
+    b->after_s = b->comm_s + best_after;
+    b->proposal_changes = changed_experts(b, placement, share, b->proposal,
+                                          b->proposal_share);
+    b->proposal_moves = planner_share_transfers(&p, share, b->proposal_share);
     b->proposal_version = placement_version;
     b->have_proposal = 1;
     return 0;
 }
 
-void balancer_describe(const balancer *b, const int *placement, char *out,
-                       size_t size)
+/* One expert's proposed state: "3" when whole, "3:57%,0:14%" when split
+ * (the expert's rank first). */
+static int describe_expert(const balancer *b, size_t i, char *out,
+                           size_t size)
+{
+    const int *part = b->proposal_share + i * b->ranks;
+    int rank = b->proposal[i];
+    if (part[rank] == b->share_units)
+        return snprintf(out, size, "%d", rank);
+    int n = snprintf(out, size, "%d:%.0f%%", rank,
+                     100.0 * part[rank] / b->share_units);
+    for (int r = 0; r < b->ranks; r++)
+        if (r != rank && part[r] > 0 && n > 0 && (size_t)n < size)
+            n += snprintf(out + n, size - (size_t)n, ",%d:%.0f%%", r,
+                          100.0 * part[r] / b->share_units);
+    return n;
+}
+
+void balancer_describe(const balancer *b, const int *placement,
+                       const int *share, char *out, size_t size)
 {
     size_t n = 0;
 #define PUT(...)                                                               \
@@ -186,25 +279,36 @@ void balancer_describe(const balancer *b, const int *placement, char *out,
             n += (size_t)k;                                                    \
     } while (0)
     double gain = b->before_s > 0 ? 1.0 - b->after_s / b->before_s : 0;
-    if (b->proposal_moves == 0) {
+    if (b->proposal_changes == 0) {
         PUT("placement is already the best found: predicted step %.3g ms",
             b->before_s * 1e3);
         return;
     }
-    PUT("%d move%s, predicted step %.3g -> %.3g ms (%+.1f%%):",
-        b->proposal_moves, b->proposal_moves == 1 ? "" : "s",
-        b->before_s * 1e3, b->after_s * 1e3, -gain * 100);
-    int shown = 0;
+    int splits = 0;
+    for (size_t i = 0; i < (size_t)b->layers * b->experts; i++)
+        splits += b->proposal_share[i * b->ranks + b->proposal[i]] <
+                  b->share_units;
+    PUT("%d change%s (%d replica%s shipped, %d expert%s split), predicted "
+        "step %.3g -> %.3g ms (%+.1f%%):",
+        b->proposal_changes, b->proposal_changes == 1 ? "" : "s",
+        b->proposal_moves, b->proposal_moves == 1 ? "" : "s", splits,
+        splits == 1 ? "" : "s", b->before_s * 1e3, b->after_s * 1e3,
+        -gain * 100);
+    int shown = 0, R = b->ranks;
     for (int l = 0; l < b->layers; l++)
         for (int e = 0; e < b->experts; e++) {
             size_t i = (size_t)l * b->experts + e;
-            if (placement[i] == b->proposal[i])
+            if (placement[i] == b->proposal[i] &&
+                !memcmp(share + i * R, b->proposal_share + i * R,
+                        (size_t)R * sizeof *share))
                 continue;
             if (shown++ == 4) {
                 PUT(" ...");
                 return;
             }
-            PUT(" %d.%d %d->%d", l, e, placement[i], b->proposal[i]);
+            char to[128];
+            describe_expert(b, i, to, sizeof to);
+            PUT(" %d.%d %d->%s", l, e, placement[i], to);
         }
 #undef PUT
 }
@@ -215,18 +319,30 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
 {
     if (!sink)
         return 0;
-    json_t *moves = json_array();
+    json_t *moves = json_array(), *splits = json_array();
+    int R = b->ranks;
     for (int l = 0; l < b->layers; l++)
         for (int e = 0; e < b->experts; e++) {
             size_t i = (size_t)l * b->experts + e;
             if (placement[i] != b->proposal[i])
                 json_array_append_new(moves, json_pack(
                     "[i, i, i, i]", l, e, placement[i], b->proposal[i]));
+            const int *part = b->proposal_share + i * R;
+            if (part[b->proposal[i]] == b->share_units)
+                continue;
+            json_t *shares = json_array();
+            for (int r = 0; r < R; r++)
+                if (part[r] > 0)
+                    json_array_append_new(shares, json_pack(
+                        "[i, f]", r, (double)part[r] / b->share_units));
+            json_array_append_new(splits, json_pack("[i, i, o]", l, e,
+                                                    shares));
         }
     double gain = b->before_s > 0 ? 1.0 - b->after_s / b->before_s : 0;
     json_t *record = json_pack(
-        "{s:s, s:i, s:s, s:b, s:o, s:f, s:f, s:f, s:f}", "type", "plan",
-        "step", step, "trigger", trigger, "applied", applied, "moves", moves,
+        "{s:s, s:i, s:s, s:b, s:o, s:o, s:i, s:f, s:f, s:f, s:f}", "type",
+        "plan", "step", step, "trigger", trigger, "applied", applied, "moves",
+        moves, "splits", splits, "changes", b->proposal_changes,
         "predicted_before_ms", b->before_s * 1e3, "predicted_after_ms",
         b->after_s * 1e3, "predicted_gain", gain, "moved_bytes",
         b->move_bytes * b->proposal_moves);

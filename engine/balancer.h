@@ -27,17 +27,24 @@ typedef struct balancer {
     double move_bytes;     /* what a move ships: weights and 2 moments */
     double dense_bytes;    /* replicated state on every rank */
     double link_bytes_per_s;
+    double reduce_s_per_byte; /* the gradient all-reduce's measured cost per
+                                 byte of buffer (0: not measured yet) */
     const config_device *devices; /* (ranks) */
 
     config_policy policy;
     int every;             /* steps between plans */
     double min_gain;       /* fraction of a step */
 
-    /* The last plan: proposed placement and its prediction. */
-    int *proposal;         /* (layers, experts) */
+    /* The last plan: proposed placement, splits and prediction. */
+    int *proposal;         /* (layers, experts) each expert's rank */
+    int *proposal_share;   /* (layers, experts, ranks) in 1/share_units */
+    int share_units;
+    double grad_bytes;     /* one expert's gradient */
     int have_proposal;
     int proposal_version;  /* placement version it was made against */
-    int proposal_moves;
+    int proposal_changes;  /* experts whose rank or split changes */
+    int proposal_moves;    /* replicas shipped: (expert, rank) pairs that
+                              gain a share */
     double before_s, after_s; /* predicted step times, comm included */
 
     /* An applied plan waiting to be measured. */
@@ -58,23 +65,26 @@ typedef struct balancer {
 double balancer_auto_threshold(const balancer *b);
 
 int balancer_create(balancer *b, const config *cfg, int ranks,
-                    moe_error *err);
+                    int share_units, moe_error *err);
 void balancer_destroy(balancer *b);
 
 /* Feeds one step's measurements (rank 0: s->rank is gathered). Also fills
  * s->ideal_tokens_per_s and the straggler. */
 void balancer_observe(balancer *b, step_stats *s);
 
-/* Plans against `placement` (layers, experts) and stores the proposal.
+/* Plans against `placement` (layers, experts) split by `share` (layers,
+ * experts, ranks, in 1/share_units) and stores the proposal: the best of
+ * whole-expert moves and of splits on top of them (or of the present
+ * placement), by predicted step time plus the cost of what it ships.
  * Returns 0, or -1 with a one-line reason (nothing measured yet, or no
  * placement fits the memory capacities). */
-int balancer_plan(balancer *b, const int *placement, int placement_version,
-                  char *reason, size_t reason_size);
+int balancer_plan(balancer *b, const int *placement, const int *share,
+                  int placement_version, char *reason, size_t reason_size);
 
 /* Describes the proposal against `placement`: "N moves ..., predicted
  * step A -> B ms (-G%)", listing up to a few moves. */
-void balancer_describe(const balancer *b, const int *placement, char *out,
-                       size_t size);
+void balancer_describe(const balancer *b, const int *placement,
+                       const int *share, char *out, size_t size);
 
 /* Writes a "plan" record for the proposal (trigger: plan, apply, suggest,
  * auto) with its moves against `placement`. */

@@ -11,7 +11,7 @@
 #include <string.h>
 
 /* One more word than any command takes, to report the first extra one. */
-enum { WORDS_MAX = 7, QUOTE_MAX = 40 };
+enum { WORDS_MAX = 3 + COMMAND_SPLIT_MAX, QUOTE_MAX = 40 };
 
 typedef struct word {
     const char *text;   /* not NUL-terminated at len */
@@ -28,6 +28,8 @@ static int command_parse_move(const word *args, const command_limits *limits,
 static int command_parse_policy(const word *args, const command_limits *limits,
                                 command *out, char *reason,
                                 size_t reason_size);
+static int command_parse_split(const word *args, const command_limits *limits,
+                               command *out, char *reason, size_t reason_size);
 
 static const struct command_spec {
     const char *name;
@@ -48,12 +50,15 @@ static const struct command_spec {
     {"apply", COMMAND_APPLY, 0, 0, "apply", NULL},
     {"policy", COMMAND_POLICY, 1, 5,
      "policy off|suggest|auto [every N] [min-gain X]", command_parse_policy},
+    {"split", COMMAND_SPLIT, 2, 1 + COMMAND_SPLIT_MAX, "split L.E R[:W] ...",
+     command_parse_split},
 };
 enum { COMMAND_SPECS = sizeof command_specs / sizeof command_specs[0] };
 
 static const char command_list[] =
     "pause, resume, stop, checkpoint, status, lr VALUE, move L.E R, plan, "
-    "apply, policy off|suggest|auto [every N] [min-gain X]";
+    "apply, policy off|suggest|auto [every N] [min-gain X], "
+    "split L.E R[:W] ...";
 
 static int command_fail(char *reason, size_t reason_size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -160,8 +165,9 @@ static int command_strtoi(const char *s, const char **end, long *value)
     return 0;
 }
 
-static int command_check_index(const char *what, const word *text, long value,
-                               int count, char *reason, size_t reason_size)
+static int command_check_index(const char *name, const char *what,
+                               const word *text, long value, int count,
+                               char *reason, size_t reason_size)
 {
     if (value >= 0 && value < count)
         return 0;
@@ -169,48 +175,105 @@ static int command_check_index(const char *what, const word *text, long value,
     command_quote(text, quoted, sizeof quoted);
     if (count <= 0)
         return command_fail(reason, reason_size,
-                            "move: %s %s is out of range (there are no %ss)",
-                            what, quoted, what);
+                            "%s: %s %s is out of range (there are no %ss)",
+                            name, what, quoted, what);
     return command_fail(reason, reason_size,
-                        "move: %s %s is out of range (0..%d)", what, quoted,
-                        count - 1);
+                        "%s: %s %s is out of range (0..%d)", name, what,
+                        quoted, count - 1);
+}
+
+/* L.E: a layer and an expert, each in range. */
+static int command_parse_cell(const char *name, const word *cell,
+                              const command_limits *limits, command *out,
+                              char *reason, size_t reason_size)
+{
+    char quoted[QUOTE_MAX + 4];
+    const char *cell_end = cell->text + cell->len;
+    long layer, expert;
+    const char *p, *e;
+    if (command_strtoi(cell->text, &p, &layer) < 0 || *p != '.' ||
+        command_strtoi(p + 1, &e, &expert) < 0 || e != cell_end)
+        return command_fail(reason, reason_size,
+                            "%s: expected L.E, got \"%s\"", name,
+                            command_quote(cell, quoted, sizeof quoted));
+    const word layer_text = {cell->text, (size_t)(p - cell->text)};
+    const word expert_text = {p + 1, (size_t)(cell_end - (p + 1))};
+    if (command_check_index(name, "layer", &layer_text, layer,
+                            limits ? limits->layers : INT_MAX, reason,
+                            reason_size) < 0 ||
+        command_check_index(name, "expert", &expert_text, expert,
+                            limits ? limits->experts : INT_MAX, reason,
+                            reason_size) < 0)
+        return -1;
+    out->layer = (int)layer;
+    out->expert = (int)expert;
+    return 0;
 }
 
 static int command_parse_move(const word *args, const command_limits *limits,
                               command *out, char *reason, size_t reason_size)
 {
     char quoted[QUOTE_MAX + 4];
-    const word *cell = &args[0], *target = &args[1];
-    const char *cell_end = cell->text + cell->len;
-    const char *target_end = target->text + target->len;
-    long layer, expert, rank;
-    const char *p, *e;
-
-    if (command_strtoi(cell->text, &p, &layer) < 0 || *p != '.' ||
-        command_strtoi(p + 1, &e, &expert) < 0 || e != cell_end)
-        return command_fail(reason, reason_size,
-                            "move: expected L.E, got \"%s\"",
-                            command_quote(cell, quoted, sizeof quoted));
-    if (command_strtoi(target->text, &e, &rank) < 0 || e != target_end)
+    const word *target = &args[1];
+    long rank;
+    const char *e;
+    if (command_parse_cell("move", &args[0], limits, out, reason,
+                           reason_size) < 0)
+        return -1;
+    if (command_strtoi(target->text, &e, &rank) < 0 ||
+        e != target->text + target->len)
         return command_fail(reason, reason_size,
                             "move: expected a rank R (an integer), got \"%s\"",
                             command_quote(target, quoted, sizeof quoted));
-
-    const word layer_text = {cell->text, (size_t)(p - cell->text)};
-    const word expert_text = {p + 1, (size_t)(cell_end - (p + 1))};
-    int layers = limits ? limits->layers : INT_MAX;
-    int experts = limits ? limits->experts : INT_MAX;
-    int ranks = limits ? limits->ranks : INT_MAX;
-    if (command_check_index("layer", &layer_text, layer, layers, reason,
-                            reason_size) < 0 ||
-        command_check_index("expert", &expert_text, expert, experts, reason,
-                            reason_size) < 0 ||
-        command_check_index("rank", target, rank, ranks, reason,
+    if (command_check_index("move", "rank", target, rank,
+                            limits ? limits->ranks : INT_MAX, reason,
                             reason_size) < 0)
         return -1;
-    out->layer = (int)layer;
-    out->expert = (int)expert;
     out->rank = (int)rank;
+    return 0;
+}
+
+/* split L.E R[:W] ...: the expert's rows shared among the ranks named, in
+ * proportion to the weights W (1..1000, default 1); the first rank named
+ * becomes the expert's rank. args ends with a NULL-text word. */
+static int command_parse_split(const word *args, const command_limits *limits,
+                               command *out, char *reason, size_t reason_size)
+{
+    char quoted[QUOTE_MAX + 4];
+    if (command_parse_cell("split", &args[0], limits, out, reason,
+                           reason_size) < 0)
+        return -1;
+    out->split_count = 0;
+    for (const word *w = &args[1]; w->text; w++) {
+        const char *end = w->text + w->len, *e;
+        long rank, weight = 1;
+        if (command_strtoi(w->text, &e, &rank) < 0 ||
+            (e != end && (*e != ':' || command_strtoi(e + 1, &e, &weight) < 0 ||
+                          e != end)))
+            return command_fail(reason, reason_size,
+                                "split: expected R or R:W (a rank and an "
+                                "integer weight), got \"%s\"",
+                                command_quote(w, quoted, sizeof quoted));
+        const char *colon = memchr(w->text, ':', w->len);
+        const word rank_text = {w->text, colon ? (size_t)(colon - w->text)
+                                               : w->len};
+        if (command_check_index("split", "rank", &rank_text, rank,
+                                limits ? limits->ranks : INT_MAX, reason,
+                                reason_size) < 0)
+            return -1;
+        if (weight < 1 || weight > 1000)
+            return command_fail(reason, reason_size,
+                                "split: weight in \"%s\" is out of range "
+                                "(1..1000)",
+                                command_quote(w, quoted, sizeof quoted));
+        for (int i = 0; i < out->split_count; i++)
+            if (out->split_rank[i] == rank)
+                return command_fail(reason, reason_size,
+                                    "split: rank %ld is named twice", rank);
+        out->split_rank[out->split_count] = (int)rank;
+        out->split_weight[out->split_count++] = (int)weight;
+    }
+    out->rank = out->split_rank[0];
     return 0;
 }
 
@@ -358,6 +421,13 @@ void command_format(const command *c, char *out, size_t size)
     case COMMAND_MOVE:
         snprintf(out, size, "%s %d.%d %d", name, c->layer, c->expert, c->rank);
         break;
+    case COMMAND_SPLIT: {
+        int n = snprintf(out, size, "%s %d.%d", name, c->layer, c->expert);
+        for (int i = 0; i < c->split_count && n >= 0 && (size_t)n < size; i++)
+            n += snprintf(out + n, size - (size_t)n, " %d:%d",
+                          c->split_rank[i], c->split_weight[i]);
+        break;
+    }
     case COMMAND_POLICY: {
         int n = snprintf(out, size, "%s %s", name,
                          c->policy >= 0 && c->policy < 3

@@ -16,7 +16,11 @@ typedef enum command_kind {
     COMMAND_PLAN,   /* show the planner's moves and predicted gain */
     COMMAND_APPLY,  /* carry out the last plan (or a fresh one) */
     COMMAND_POLICY, /* policy, every, min_gain */
+    COMMAND_SPLIT,  /* layer, expert, split_* (rank = split_rank[0]) */
 } command_kind;
+
+/* Most ranks one split names. */
+enum { COMMAND_SPLIT_MAX = 16 };
 
 /* The balance policies, in the order of config_policy. */
 enum { COMMAND_POLICY_OFF, COMMAND_POLICY_SUGGEST, COMMAND_POLICY_AUTO };
@@ -30,6 +34,10 @@ typedef struct command {
     int policy;     /* policy: COMMAND_POLICY_* */
     int every;      /* policy: steps between plans; 0 keeps the current */
     double min_gain; /* policy: fraction of a step; < 0 keeps the current */
+    int split_count;                     /* split: ranks named */
+    int split_rank[COMMAND_SPLIT_MAX];   /* distinct; the first is the
+                                            expert's rank */
+    int split_weight[COMMAND_SPLIT_MAX]; /* 1..1000: rows in proportion */
 } command;
 
 /* Limits a command is checked against (out-of-range is an error). */

@@ -37,6 +37,7 @@ struct expert_parallel {
     int *global_index;    /* (N_total*K) scratch */
     int *scratch;         /* (2E) dispatch scratch */
     int *order;           /* (N_total*K) scratch */
+    int *dest;            /* (N_total*K) rank of each slot */
     float *send;          /* (N_total*K, max(C, 2F)) staging */
     float *recv;          /* same */
     float *d_expert_out, *d_expert_h, *d_expert_h13, *d_expert_in; /* (N*K, ·) */
@@ -78,6 +79,7 @@ int expert_parallel_create(expert_parallel **out, model *m, const comm *c,
     ep->global_index = take(NK * sizeof(int), &failed);
     ep->scratch = take((size_t)2 * d->E * sizeof(int), &failed);
     ep->order = take(NK * sizeof(int), &failed);
+    ep->dest = take(NK * sizeof(int), &failed);
     ep->send = take(NK * widest * sizeof(float), &failed);
     ep->recv = take(NK * widest * sizeof(float), &failed);
     ep->d_expert_out = take(NK * d->C * sizeof(float), &failed);
@@ -140,6 +142,7 @@ void expert_parallel_destroy(expert_parallel *ep)
     free(ep->global_index);
     free(ep->scratch);
     free(ep->order);
+    free(ep->dest);
     free(ep->send);
     free(ep->recv);
     free(ep->d_expert_out);
@@ -159,6 +162,30 @@ static void slot_experts(const router_dispatch *rd, int E, int *expert_of)
             expert_of[s++] = e;
 }
 
+/* Rank of every slot: an expert's rows go to its holders in rank order,
+ * rank r taking rows [n·cum(r-1), n·cum(r)) of its n (cum: the shares of
+ * ranks up to r, as a fraction). Unsplit, all go to the expert's rank. */
+static void slot_ranks(const model *m, int l, const router_dispatch *rd,
+                       int world, int *dest)
+{
+    int s = 0;
+    for (int e = 0; e < m->dims.E; e++) {
+        long n = rd->group_rows[e];
+        long cum = 0, begin = 0;
+        for (int r = 0; r < world; r++) {
+            int share = model_expert_share(m, l, e, r);
+            if (!share)
+                continue;
+            cum += share;
+            long end = n * cum / MODEL_SHARE_UNITS;
+            for (long i = begin; i < end; i++)
+                dest[s + i] = r;
+            begin = end;
+        }
+        s += (int)n;
+    }
+}
+
 /* Builds the layer's global dispatch and the send/receive plan. */
 static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
 {
@@ -167,7 +194,6 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
     const comm *c = ep->c;
     ep_layer *y = &ep->layers[l];
     const int K = d->K, E = d->E, world = c->world;
-    const int *rank_of = m->expert_rank + (size_t)l * E;
     int first_token = c->rank * ep->N_local;
 
     model_slowdown_sync(m);
@@ -177,13 +203,15 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
                                           E));
     int *expert_of = ep->order;
     slot_experts(&y->dispatch, E, expert_of);
+    int *dest = ep->dest;
+    slot_ranks(m, l, &y->dispatch, world, dest);
 
     /* Outgoing: slots of my tokens, by destination then slot. */
     memset(y->send_rows, 0, (size_t)world * sizeof(int));
     for (int s = 0; s < y->dispatch.slots; s++) {
         int t = y->dispatch.token_of_slot[s];
         if (t >= first_token && t < first_token + ep->N_local)
-            y->send_rows[rank_of[expert_of[s]]]++;
+            y->send_rows[dest[s]]++;
     }
     int *start = malloc((size_t)world * 2 * sizeof(int));
     int *fill = start + world;
@@ -200,8 +228,7 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
         int t = y->dispatch.token_of_slot[s];
         if (t < first_token || t >= first_token + ep->N_local)
             continue;
-        int dest = rank_of[expert_of[s]];
-        int pos = start[dest] + fill[dest]++;
+        int pos = start[dest[s]] + fill[dest[s]]++;
         y->outgoing_slot[pos] = s;
         y->outgoing_token[pos] = t - first_token;
     }
@@ -218,12 +245,12 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
      * by source rank (the token's rank), each source in slot order. */
     memset(y->recv_rows, 0, (size_t)world * sizeof(int));
     y->mine = 0;
-    for (int e = 0; e < E; e++)
-        y->group_rows[e] = rank_of[e] == c->rank ? y->dispatch.group_rows[e]
-                                                  : 0;
+    memset(y->group_rows, 0, (size_t)E * sizeof(int));
     for (int s = 0; s < y->dispatch.slots; s++)
-        if (rank_of[expert_of[s]] == c->rank)
+        if (dest[s] == c->rank) {
+            y->group_rows[expert_of[s]]++;
             y->recv_rows[y->dispatch.token_of_slot[s] / ep->N_local]++;
+        }
     at = 0;
     for (int r = 0; r < world; r++) {
         start[r] = at;
@@ -231,7 +258,7 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
         at += y->recv_rows[r];
     }
     for (int s = 0; s < y->dispatch.slots; s++) {
-        if (rank_of[expert_of[s]] != c->rank)
+        if (dest[s] != c->rank)
             continue;
         int source = y->dispatch.token_of_slot[s] / ep->N_local;
         y->recv_position[y->mine++] = start[source] + fill[source]++;
@@ -280,10 +307,12 @@ void expert_parallel_forward(expert_parallel *ep, int l,
     if (l == 0)
         ep->rows = 0;
     plan_layer(ep, l, expert_index);
+    model_lap(m, MODEL_PART_router, 0);
     ops->moe_permute(ctx, ep->send, norm_out, y->outgoing_token, y->outgoing,
                      C);
     alltoall(ep, ep->send, y->send_rows, ep->recv, y->recv_rows, C);
     gather_rows(y->expert_in, ep->recv, y->recv_position, y->mine, C);
+    model_lap(m, MODEL_PART_permute, 0);
 
     model_expert_weights w = model_expert_views(m, l);
     ops->grouped_matmul_forward(ctx, y->expert_h13, y->expert_in, w.w13,
@@ -292,6 +321,7 @@ void expert_parallel_forward(expert_parallel *ep, int l,
     ops->grouped_matmul_forward(ctx, y->expert_out, y->expert_h, w.w2,
                                 y->group_rows, E, F, C);
     ep->rows += y->mine;
+    model_lap(m, MODEL_PART_experts, 0);
 
     scatter_rows(ep->send, y->expert_out, y->recv_position, y->mine, C);
     alltoall(ep, ep->send, y->recv_rows, y->returned, y->send_rows, C);
@@ -315,6 +345,7 @@ void expert_parallel_backward(expert_parallel *ep, int l, const float *dout,
                                 y->position_of, gate, ep->N_local, K, C);
     alltoall(ep, ep->d_returned, y->send_rows, ep->recv, y->recv_rows, C);
     gather_rows(ep->d_expert_out, ep->recv, y->recv_position, y->mine, C);
+    model_lap(m, MODEL_PART_permute, 1);
 
     model_expert_weights w = model_expert_views(m, l);
     ops->grouped_matmul_backward(ctx, ep->d_expert_h, w.dw2, ep->d_expert_out,
@@ -324,6 +355,7 @@ void expert_parallel_backward(expert_parallel *ep, int l, const float *dout,
     ops->grouped_matmul_backward(ctx, ep->d_expert_in, w.dw13,
                                  ep->d_expert_h13, y->expert_in, w.w13,
                                  y->group_rows, E, C, 2 * F);
+    model_lap(m, MODEL_PART_experts, 1);
 
     scatter_rows(ep->send, ep->d_expert_in, y->recv_position, y->mine, C);
     alltoall(ep, ep->send, y->recv_rows, ep->recv, y->send_rows, C);

@@ -54,6 +54,10 @@ typedef struct step_stats {
     const rank_stats *rank; /* (ranks), on rank 0 */
     const config_device *devices; /* (ranks) */
     const int *placement;   /* (layers, experts) rank of each expert */
+    const int *share;       /* (layers, experts, ranks) split shares in
+                               1/MODEL_SHARE_UNITS, or NULL: unsplit */
+    int share_units;
+    int split_experts;      /* experts split over several ranks */
     int placement_version;
     /* Balance and cost, on rank 0. */
     const double *load_ema; /* (layers, experts) moving average of load */

@@ -38,6 +38,7 @@ static void slowdown_charge(model *m, double now)
     p->slowdown_mark = now;
     p->slowdown_comm = waited;
     p->slowdown_debt_s += (m->slowdown - 1.0) * (compute > 0 ? compute : 0);
+    p->lap_compute_s += compute > 0 ? compute : 0;
 }
 
 static double slowdown_pay(model *m, double now, double at_least_s)
@@ -51,6 +52,7 @@ static double slowdown_pay(model *m, double now, double at_least_s)
     nanosleep(&nap, NULL);
     double after = monotonic_s();
     p->slowdown_debt_s -= after - now;
+    p->lap_slept_s += after - now;
     p->slowdown_mark = after;
     return after;
 }
@@ -64,22 +66,39 @@ void model_slowdown_sync(model *m)
     slowdown_pay(m, now, 0.0);
 }
 
-/* Adds the time since the previous lap to `bucket`. */
+/* Adds the time since the previous lap to `bucket`. Under an emulated
+ * slowdown that is the time the slower device would have taken for this
+ * lap's work: its compute times the slowdown, plus its waits, whenever the
+ * debt happens to be slept (before the next exchange, or at a later lap),
+ * so that each part's time scales with its own work. */
 static void lap(model *m, double *bucket)
 {
+    model_profile *p = &m->profile;
     double now = monotonic_s();
     if (m->slowdown > 1.0) {
         slowdown_charge(m, now);
         now = slowdown_pay(m, now, 50e-6);
     }
-    *bucket += now - m->profile.lap_start;
-    m->profile.lap_start = now;
+    *bucket += now - p->lap_start - p->lap_slept_s +
+               (m->slowdown > 1.0 ? (m->slowdown - 1.0) * p->lap_compute_s
+                                  : 0.0);
+    p->lap_start = now;
+    p->lap_slept_s = 0.0;
+    p->lap_compute_s = 0.0;
+}
+
+void model_lap(model *m, enum model_part part, int backward)
+{
+    lap(m, backward ? &m->profile.backward_s[part]
+                    : &m->profile.forward_s[part]);
 }
 
 /* Starts the laps of a forward or backward pass. */
 static void lap_begin(model *m)
 {
     m->profile.lap_start = monotonic_s();
+    m->profile.lap_slept_s = 0.0;
+    m->profile.lap_compute_s = 0.0;
     m->profile.slowdown_mark = m->profile.lap_start;
     m->profile.slowdown_comm =
         m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
@@ -364,6 +383,8 @@ void model_destroy(model *m)
         return;
     expert_parallel_destroy(m->ep);
     free(m->expert_rank);
+    free(m->expert_share);
+    free(m->reduce_buffer);
     activations_destroy(m->acts);
     free(m->dispatch);
     free(m->router_bias);
@@ -681,7 +702,7 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
             lap(m, &fw[MODEL_PART_shared_experts]);
             expert_parallel_forward(m->ep, l, v.ffn_norm_out, v.expert_index,
                                     v.gate, a->branch_out);
-            lap(m, &fw[MODEL_PART_experts]);
+            lap(m, &fw[MODEL_PART_permute]);
             balance_losses(m, &v, expert_parallel_dispatch(m->ep, l), N);
             lap(m, &fw[MODEL_PART_router]);
             memcpy(v.x_next, v.x_mid, NC * sizeof(float));
@@ -799,7 +820,7 @@ void model_backward(model *m)
         if (m->ep) {
             expert_parallel_backward(m->ep, l, a->d_resid, v.gate,
                                      a->d_norm_out, a->d_gate);
-            lap(m, &bw[MODEL_PART_experts]);
+            lap(m, &bw[MODEL_PART_permute]);
         } else {
         layer_expert_views(m, l);
         /* d_gate, d_expert_h, d_expert_h13 and d_expert_in are set by the
@@ -920,6 +941,13 @@ int model_distribute(model *m, const comm *c, const int *placement,
     for (size_t i = 0; i < experts; i++)
         m->expert_rank[i] = placement ? placement[i]
                                       : (int)(i % (size_t)d->E) % c->world;
+    m->comm = c;
+    m->expert_share = calloc(experts * c->world, sizeof *m->expert_share);
+    if (!m->expert_share)
+        return error_set(err, "out of memory");
+    for (int l = 0; l < d->L; l++)
+        for (int e = 0; e < d->E; e++)
+            model_unsplit_expert(m, l, e);
     m->placement_version = 1;
     m->comm = c;
     if (routing_scratch_reserve(m, c->world) < 0)
@@ -933,4 +961,63 @@ int model_owns_expert(const model *m, int l, int e)
 {
     return !m->comm ||
            m->expert_rank[(size_t)l * m->dims.E + e] == m->comm->rank;
+}
+
+int model_expert_share(const model *m, int l, int e, int r)
+{
+    if (!m->comm)
+        return MODEL_SHARE_UNITS;
+    return m->expert_share[((size_t)l * m->dims.E + e) * m->comm->world + r];
+}
+
+int model_holds_expert(const model *m, int l, int e)
+{
+    return !m->comm || model_expert_share(m, l, e, m->comm->rank) > 0;
+}
+
+int model_expert_holders(const model *m, int l, int e, int *ranks)
+{
+    int n = 0;
+    for (int r = 0; m->comm && r < m->comm->world; r++)
+        if (model_expert_share(m, l, e, r) > 0)
+            ranks[n++] = r;
+    return n;
+}
+
+void model_unsplit_expert(model *m, int l, int e)
+{
+    int world = m->comm->world;
+    int *share = m->expert_share + ((size_t)l * m->dims.E + e) * world;
+    for (int r = 0; r < world; r++)
+        share[r] = 0;
+    share[m->expert_rank[(size_t)l * m->dims.E + e]] = MODEL_SHARE_UNITS;
+}
+
+int model_split_experts(const model *m)
+{
+    int split = 0;
+    for (int l = 0; m->comm && l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++)
+            split += model_expert_share(
+                         m, l, e, m->expert_rank[(size_t)l * m->dims.E + e]) <
+                     MODEL_SHARE_UNITS;
+    return split;
+}
+
+int model_shares_from_weights(int world, int n, const int *ranks,
+                              const int *weights, int *share)
+{
+    long total = 0, given = 0;
+    for (int i = 0; i < n; i++)
+        total += weights[i];
+    for (int r = 0; r < world; r++)
+        share[r] = 0;
+    for (int i = 0; i < n; i++) {
+        share[ranks[i]] = (int)((long)weights[i] * MODEL_SHARE_UNITS / total);
+        if (share[ranks[i]] == 0)
+            return -1;
+        given += share[ranks[i]];
+    }
+    share[ranks[0]] += (int)(MODEL_SHARE_UNITS - given);
+    return 0;
 }

@@ -105,6 +105,8 @@ typedef struct model_profile {
     double slowdown_mark;   /* compute before this is charged */
     double slowdown_comm;   /* all-to-all seconds at the mark */
     double slowdown_debt_s; /* emulated slowdown not yet slept */
+    double lap_compute_s;   /* compute charged since the last lap */
+    double lap_slept_s;     /* slept since the last lap */
 } model_profile;
 
 typedef struct model {
@@ -144,6 +146,17 @@ typedef struct model {
     const comm *comm;
     expert_parallel *ep;
     int *expert_rank;      /* (L, E) placement: the rank of each expert */
+    /* Split experts: (L, E, world) shares of each expert's rows, in units
+     * of 1/MODEL_SHARE_UNITS. A rank with a share holds a replica
+     * (weights and Adam moments) and computes its share of the rows,
+     * taken in slot order (rank order of the shares); the replicas' partial
+     * gradients are summed among the holders before the optimizer step,
+     * so every replica takes the same update. The expert's rank always
+     * holds a share and is the replica counted by the gradient norm and
+     * saved in checkpoints. An unsplit expert has all units at its rank. */
+    int *expert_share;
+    float *reduce_buffer;  /* staging of optimizer_reduce_gradients */
+    size_t reduce_capacity;
     int placement_version;
     int total_tokens;      /* tokens of the last forward over all ranks */
 
@@ -220,13 +233,35 @@ typedef struct model_expert_weights {
 } model_expert_weights;
 model_expert_weights model_expert_views(model *m, int l);
 
+/* Ends a lap of the profile in `part` (of the backward pass when
+ * `backward`): the expert-parallel layer times its own parts. */
+void model_lap(model *m, enum model_part part, int backward);
+
 /* Spreads the routed experts over the ranks of c (placement (L, E) of
  * ranks, or NULL for round-robin by expert). Every rank then trains its
  * own `batch` sequences of the global batch. */
 int model_distribute(model *m, const comm *c, const int *placement,
                      moe_error *err);
-/* 1 when this rank holds expert e of layer l. */
+/* 1 when this rank is expert e of layer l's rank (its primary holder). */
 int model_owns_expert(const model *m, int l, int e);
+
+#define MODEL_SHARE_UNITS 4096
+/* 1 when this rank holds a replica of expert (l, e): a share of its rows. */
+int model_holds_expert(const model *m, int l, int e);
+/* Share of rank r in expert (l, e), in 1/MODEL_SHARE_UNITS. */
+int model_expert_share(const model *m, int l, int e, int r);
+/* Ranks holding a share of (l, e), ascending, into ranks (world); returns
+ * their count. */
+int model_expert_holders(const model *m, int l, int e, int *ranks);
+/* Gives all of (l, e)'s rows to its rank: no longer split. */
+void model_unsplit_expert(model *m, int l, int e);
+/* Shares (world) for n distinct ranks with integer weights: units in
+ * proportion, the rounding remainder to the first. Returns -1 when a
+ * rank's share would round to nothing. */
+int model_shares_from_weights(int world, int n, const int *ranks,
+                              const int *weights, int *share);
+/* Experts currently split over more than one rank. */
+int model_split_experts(const model *m);
 
 /* Tokens routed to each expert by the last forward: load (L, E). */
 void model_expert_load(const model *m, int *load);

@@ -2,6 +2,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 void optimizer_settings_from_config(optimizer_settings *s, const config *cfg)
 {
@@ -91,15 +92,72 @@ static void update(model *m, const optimizer_settings *s, size_t offset,
                              (float)scale, step);
 }
 
+/* One all-reduce per step for everything ranks share: the dense
+ * gradients, and the partial gradients of split experts (each holder
+ * computed its share of the expert's rows; the others add zeros, which
+ * leave a sum bit for bit as it was). The sum runs in rank order on every
+ * rank, so every replica of a split expert takes the same update. */
 void optimizer_reduce_gradients(model *m)
 {
     if (!m->ep)
         return;
+    const model_dims *d = &m->dims;
+    size_t w13 = expert_slice(m, MODEL_TENSOR_expert_w13);
+    size_t w2 = expert_slice(m, MODEL_TENSOR_expert_w2);
+    size_t count = 0;
     for (int i = 0; i < MODEL_TENSOR_COUNT; i++)
         if (!is_expert_tensor(i))
-            comm_allreduce_sum_float(m->comm,
-                                     m->grad_memory + m->tensors[i].offset,
-                                     m->tensors[i].count);
+            count += m->tensors[i].count;
+    int split = model_split_experts(m);
+    count += (size_t)split * (w13 + w2);
+    if (count > m->reduce_capacity) {
+        free(m->reduce_buffer);
+        m->reduce_buffer = malloc(count * sizeof *m->reduce_buffer);
+        m->reduce_capacity = m->reduce_buffer ? count : 0;
+        if (!m->reduce_buffer)
+            comm_abort(m->comm, 1);
+    }
+    float *pack = m->reduce_buffer;
+    /* Pack, reduce, unpack: the same walk both ways. */
+    for (int pass = 0; pass < 2; pass++) {
+        size_t at = 0;
+        for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
+            const model_tensor_info *t = &m->tensors[i];
+            if (is_expert_tensor(i))
+                continue;
+            float *g = m->grad_memory + t->offset;
+            if (pass == 0)
+                memcpy(pack + at, g, t->count * sizeof *g);
+            else
+                memcpy(g, pack + at, t->count * sizeof *g);
+            at += t->count;
+        }
+        for (int l = 0; split && l < d->L; l++)
+            for (int e = 0; e < d->E; e++) {
+                size_t x = (size_t)l * d->E + e;
+                if (model_expert_share(m, l, e, m->expert_rank[x]) ==
+                    MODEL_SHARE_UNITS)
+                    continue;
+                float *g13 = m->grad_memory +
+                             m->tensors[MODEL_TENSOR_expert_w13].offset +
+                             x * w13;
+                float *g2 = m->grad_memory +
+                            m->tensors[MODEL_TENSOR_expert_w2].offset + x * w2;
+                int held = model_holds_expert(m, l, e);
+                if (pass == 0 && held) {
+                    memcpy(pack + at, g13, w13 * sizeof *g13);
+                    memcpy(pack + at + w13, g2, w2 * sizeof *g2);
+                } else if (pass == 0) {
+                    memset(pack + at, 0, (w13 + w2) * sizeof *pack);
+                } else if (held) {
+                    memcpy(g13, pack + at, w13 * sizeof *g13);
+                    memcpy(g2, pack + at + w13, w2 * sizeof *g2);
+                }
+                at += w13 + w2;
+            }
+        if (pass == 0)
+            comm_allreduce_sum_float(m->comm, pack, count);
+    }
 }
 
 double optimizer_step(model *m, const optimizer_settings *s, int step,
@@ -117,11 +175,12 @@ double optimizer_step(model *m, const optimizer_settings *s, int step,
             update(m, s, t->offset, t->count, t->decay, lr, scale, step);
             continue;
         }
-        /* Each rank updates only the experts it holds. */
+        /* Each rank updates only the experts it holds (a split expert's
+         * replicas, each with the summed gradient). */
         size_t slice = expert_slice(m, i);
         for (int l = 0; l < m->dims.L; l++)
             for (int e = 0; e < m->dims.E; e++)
-                if (model_owns_expert(m, l, e))
+                if (model_holds_expert(m, l, e))
                     update(m, s,
                            t->offset + ((size_t)l * m->dims.E + e) * slice,
                            slice, t->decay, lr, scale, step);

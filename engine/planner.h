@@ -31,6 +31,11 @@ typedef struct planner_problem {
     const int *placement;      /* (layers, experts) the current placement */
     double expert_bytes;       /* one expert: weights and optimizer state */
     double move_s_per_byte;    /* penalty charged per byte moved */
+    /* Split experts (planner_split): a split expert's partial gradients
+     * (grad_bytes) join the step's all-reduce, which costs sync_s_per_byte
+     * for each byte of its buffer. */
+    double grad_bytes;
+    double sync_s_per_byte;
 } planner_problem;
 
 typedef struct planner_move {
@@ -60,5 +65,34 @@ int planner_brute_force(const planner_problem *p, int *out);
  * their count (at most layers·experts; moves may be NULL to count). */
 int planner_moves(const planner_problem *p, const int *from, const int *to,
                   planner_move *moves);
+
+/* Split experts. A share table (layers, experts, ranks) gives each rank's
+ * part of an expert's rows in 1/units; the rows of a layer's expert phase
+ * on rank r are then Σ_e load[l,e] · share[l,e,r] / units. */
+
+/* T of a share table: the formula above with shared rows, plus the
+ * all-reduce of the split experts' partial gradients. */
+double planner_split_step_time(const planner_problem *p, const int *share,
+                               int units);
+
+/* The share table of an unsplit placement. */
+void planner_whole_shares(const planner_problem *p, const int *placement,
+                          int units, int *share);
+
+/* Replicas `to` creates that `from` lacks: (expert, rank) pairs with a
+ * share in `to` and none in `from`; each ships an expert. */
+int planner_share_transfers(const planner_problem *p, const int *from,
+                            const int *to);
+
+/* Levels each layer's rows to the ranks' speeds on top of `placement`:
+ * a rank over its part of the layer's rows (in proportion to rate) hands
+ * rows of its heaviest experts to the ranks furthest under theirs, in
+ * pieces of at least min_piece of the expert (a fraction), never giving a
+ * rank more replicas than its capacity holds. Writes the share table and
+ * each expert's rank (the one it stays with, or its biggest piece's when
+ * it is handed over whole). Returns the experts changed, or -1 when out
+ * of memory. */
+int planner_split(const planner_problem *p, const int *placement, int units,
+                  double min_piece, int *primary, int *share);
 
 #endif

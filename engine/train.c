@@ -109,7 +109,7 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
         error_set(err, "out of memory");
         goto fail;
     }
-    if (balancer_create(&t->bal, cfg, c->world, err) < 0)
+    if (balancer_create(&t->bal, cfg, c->world, MODEL_SHARE_UNITS, err) < 0)
         goto fail;
     t->price_per_hour = cost_price_per_hour(cfg);
     t->peak_flops = cost_peak_flops(cfg);
@@ -191,9 +191,23 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
         memcpy(m->expert_rank, placement, experts * sizeof *placement);
         m->placement_version++;
     }
+    /* Checkpoints keep each expert's rank, not its split: a resumed run
+     * starts unsplit, and the balance policy splits again if it pays. */
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++)
+            model_unsplit_expert(m, l, e);
     free(placement);
     t->state = st;
     return 0;
+}
+
+/* What moving one expert ships: its weights and both moments. */
+static size_t expert_move_bytes(const model *m)
+{
+    size_t experts = (size_t)m->dims.L * m->dims.E;
+    size_t slice = m->tensors[MODEL_TENSOR_expert_w13].count / experts +
+                   m->tensors[MODEL_TENSOR_expert_w2].count / experts;
+    return 3 * slice * sizeof(float);
 }
 
 /* Sends expert (l, e)'s weights and Adam moments between ranks. */
@@ -222,16 +236,42 @@ size_t trainer_move_expert(trainer *t, int l, int e, int to)
 {
     model *m = t->model;
     int *rank = &m->expert_rank[(size_t)l * m->dims.E + e];
-    if (*rank == to)
+    int split = model_expert_share(m, l, e, *rank) < MODEL_SHARE_UNITS;
+    if (*rank == to && !split)
         return 0;
-    transfer_expert(t, l, e, *rank, to);
+    /* A split expert's replicas are identical: the one on `to`, if any,
+     * already is the expert; otherwise its rank sends it. */
+    int sent = !model_expert_share(m, l, e, to);
+    if (sent)
+        transfer_expert(t, l, e, *rank, to);
     *rank = to;
+    model_unsplit_expert(m, l, e);
     m->placement_version++;
-    size_t slice = m->tensors[MODEL_TENSOR_expert_w13].count /
-                       ((size_t)m->dims.L * m->dims.E) +
-                   m->tensors[MODEL_TENSOR_expert_w2].count /
-                       ((size_t)m->dims.L * m->dims.E);
-    return 3 * slice * sizeof(float); /* weights and both moments */
+    return sent ? expert_move_bytes(m) : 0;
+}
+
+size_t trainer_split_expert(trainer *t, int l, int e, int to,
+                            const int *share)
+{
+    model *m = t->model;
+    int world = t->comm->world;
+    int *rank = &m->expert_rank[(size_t)l * m->dims.E + e];
+    int *now = m->expert_share + ((size_t)l * m->dims.E + e) * world;
+    int changed = *rank != to;
+    size_t bytes = 0;
+    for (int r = 0; r < world; r++) {
+        changed |= now[r] != share[r];
+        if (share[r] > 0 && now[r] == 0) {
+            transfer_expert(t, l, e, *rank, r);
+            bytes += expert_move_bytes(m);
+        }
+    }
+    if (!changed)
+        return 0;
+    *rank = to;
+    memcpy(now, share, (size_t)world * sizeof *share);
+    m->placement_version++;
+    return bytes;
 }
 
 int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
@@ -295,7 +335,9 @@ void trainer_step(trainer *t, step_stats *s)
                       experts_before;
     double alltoall_s = m->ep ? expert_parallel_take_alltoall_s(m->ep) : 0.0;
     mine.alltoall_ms = alltoall_s * 1e3;
-    mine.expert_ms = (expert_s - alltoall_s) * 1e3;
+    /* The expert part holds the routed-expert GEMMs alone (dispatch and
+     * the all-to-all count elsewhere): the work placement can move. */
+    mine.expert_ms = expert_s * 1e3;
     mine.allreduce_ms = (reduced - backward_done) * 1e3;
     mine.dense_ms = step_s * 1e3 - mine.expert_ms - mine.alltoall_ms -
                     mine.allreduce_ms;
@@ -354,6 +396,9 @@ void trainer_step(trainer *t, step_stats *s)
     s->rank = t->rank;
     s->devices = t->cfg.cluster.devices;
     s->placement = m->expert_rank;
+    s->share = m->expert_share;
+    s->share_units = MODEL_SHARE_UNITS;
+    s->split_experts = model_split_experts(m);
     s->placement_version = m->placement_version;
     s->straggler = -1;
     s->ideal_tokens_per_s = NAN;
@@ -422,16 +467,18 @@ static int plan_collective(boundary_state *bs, const char *trigger,
         int reuse = action == PLAN_APPLY && b->have_proposal &&
                     b->proposal_version == m->placement_version;
         if (!reuse)
-            verdict[0] = balancer_plan(b, m->expert_rank, m->placement_version,
-                                       text, sizeof text);
+            verdict[0] = balancer_plan(b, m->expert_rank, m->expert_share,
+                                       m->placement_version, text,
+                                       sizeof text);
         if (verdict[0] == 0) {
             double gain = 1.0 - b->after_s / b->before_s;
             double threshold = balancer_auto_threshold(b);
-            verdict[1] = b->proposal_moves > 0 &&
+            verdict[1] = b->proposal_changes > 0 &&
                          (action == PLAN_APPLY ||
                           (action == PLAN_AUTO && gain >= threshold));
-            balancer_describe(b, m->expert_rank, text, sizeof text);
-            if (action == PLAN_AUTO && !verdict[1] && b->proposal_moves > 0)
+            balancer_describe(b, m->expert_rank, m->expert_share, text,
+                              sizeof text);
+            if (action == PLAN_AUTO && !verdict[1] && b->proposal_changes > 0)
                 snprintf(text + strlen(text), sizeof text - strlen(text),
                          "; kept: gain below %g%%%s", threshold * 100,
                          b->missed ? " (min-gain doubled for each recent "
@@ -450,13 +497,17 @@ static int plan_collective(boundary_state *bs, const char *trigger,
     *refused = verdict[0] < 0;
     if (!verdict[1])
         return 0;
-    if (c->world > 1)
+    if (c->world > 1) {
         comm_broadcast(c, b->proposal, cells * sizeof *b->proposal, 0);
+        comm_broadcast(c, b->proposal_share,
+                       cells * c->world * sizeof *b->proposal_share, 0);
+    }
     double start = now_s();
     for (int l = 0; l < m->dims.L; l++)
         for (int e = 0; e < m->dims.E; e++) {
-            int to = b->proposal[(size_t)l * m->dims.E + e];
-            size_t moved = trainer_move_expert(t, l, e, to);
+            size_t i = (size_t)l * m->dims.E + e;
+            size_t moved = trainer_split_expert(
+                t, l, e, b->proposal[i], b->proposal_share + i * c->world);
             t->migration_bytes += moved;
             t->migrations += moved > 0;
         }
@@ -523,6 +574,41 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
                  "(%zu bytes moved, placement version %d)", c->layer,
                  c->expert, c->rank, t->state.step + 1, bytes,
                  t->model->placement_version);
+        break;
+    }
+    case COMMAND_SPLIT: {
+        int world = t->comm->world;
+        int *share = calloc((size_t)world, sizeof *share);
+        if (!share)
+            return error_set(err, "out of memory");
+        if (model_shares_from_weights(world, c->split_count, c->split_rank,
+                                      c->split_weight, share) < 0) {
+            snprintf(local, sizeof local, "split: a weight is too small "
+                     "for its rank to get any rows (shares are in 1/%d)",
+                     MODEL_SHARE_UNITS);
+            flags |= APPLIED_REFUSED;
+            free(share);
+            break;
+        }
+        double move_start = now_s();
+        size_t bytes = trainer_split_expert(t, c->layer, c->expert, c->rank,
+                                            share);
+        duration_ms = (now_s() - move_start) * 1e3;
+        t->migration_bytes += bytes;
+        t->migrations += bytes > 0;
+        int at = snprintf(local, sizeof local, "expert %d.%d rows from step "
+                          "%d:", c->layer, c->expert, t->state.step + 1);
+        for (int i = 0; i < c->split_count && at > 0 &&
+                        (size_t)at < sizeof local; i++)
+            at += snprintf(local + at, sizeof local - (size_t)at,
+                           " rank %d %.1f%%", c->split_rank[i],
+                           100.0 * share[c->split_rank[i]] /
+                               MODEL_SHARE_UNITS);
+        if (at > 0 && (size_t)at < sizeof local)
+            snprintf(local + at, sizeof local - (size_t)at,
+                     " (%zu bytes shipped, placement version %d)", bytes,
+                     t->model->placement_version);
+        free(share);
         break;
     }
     case COMMAND_LR:

@@ -65,6 +65,13 @@ int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
  * it at the same step boundary. Returns the bytes moved. */
 size_t trainer_move_expert(trainer *t, int l, int e, int to);
 
+/* Gives expert (l, e) rank `to` and splits its rows by `share` (world,
+ * in 1/MODEL_SHARE_UNITS, share[to] > 0): each rank that gains a share
+ * and had none receives a replica from the expert's present rank. Every
+ * rank calls it at the same boundary. Returns the bytes shipped. */
+size_t trainer_split_expert(trainer *t, int l, int e, int to,
+                            const int *share);
+
 typedef struct train_progress {
     void (*on_step)(const step_stats *s, int last_step, void *user);
     void (*on_val)(int step, double val_loss, void *user);

@@ -168,7 +168,8 @@ BAD = [
     ("5 move 9.0 0\n", "1: move: layer 9 is out of range (0..1)"),
     ("5 fly\n", "1: unknown command \"fly\" (commands: pause, resume, stop, "
                 "checkpoint, status, lr VALUE, move L.E R, plan, apply, "
-                "policy off|suggest|auto [every N] [min-gain X])"),
+                "policy off|suggest|auto [every N] [min-gain X], "
+                "split L.E R[:W] ...)"),
     ("5 stop\n7 policy sometimes\n", "2: policy: expected off, suggest or "
                                      "auto, got \"sometimes\""),
 ]

@@ -12,7 +12,7 @@ static const command_limits limits = {.layers = 4, .experts = 8, .ranks = 3};
 
 #define COMMANDS "(commands: pause, resume, stop, checkpoint, status, " \
                  "lr VALUE, move L.E R, plan, apply, policy " \
-                 "off|suggest|auto [every N] [min-gain X])"
+                 "off|suggest|auto [every N] [min-gain X], split L.E R[:W] ...)"
 #define POLICY_USAGE "(usage: policy off|suggest|auto [every N] [min-gain X])"
 
 static void expect_valid(const char *line, command want)
@@ -99,6 +99,61 @@ static void test_valid(void)
     expect_valid("move 03.007 002",
                  (command){.kind = COMMAND_MOVE, .layer = 3, .expert = 7,
                            .rank = 2});
+}
+
+/* split: ranks and weights in the order given; the first is the
+ * expert's rank. */
+static void expect_split(const char *line, int layer, int expert, int n,
+                         const int *ranks, const int *weights)
+{
+    command got;
+    char reason[256] = "";
+    int rc = command_parse(line, &limits, &got, reason, sizeof reason);
+    EXPECT(rc == 0, "\"%s\" rejected: %s", line, reason);
+    if (rc != 0)
+        return;
+    EXPECT(got.kind == COMMAND_SPLIT && got.layer == layer &&
+               got.expert == expert && got.split_count == n &&
+               got.rank == ranks[0],
+           "\"%s\": kind %d %d.%d, %d ranks, rank %d", line, (int)got.kind,
+           got.layer, got.expert, got.split_count, got.rank);
+    for (int i = 0; i < n && i < got.split_count; i++)
+        EXPECT(got.split_rank[i] == ranks[i] &&
+                   got.split_weight[i] == weights[i],
+               "\"%s\": part %d is %d:%d, want %d:%d", line, i,
+               got.split_rank[i], got.split_weight[i], ranks[i], weights[i]);
+    char text[128];
+    command_format(&got, text, sizeof text);
+    command again;
+    EXPECT(command_parse(text, &limits, &again, reason, sizeof reason) == 0 &&
+               memcmp(again.split_rank, got.split_rank,
+                      sizeof got.split_rank) == 0 &&
+               memcmp(again.split_weight, got.split_weight,
+                      sizeof got.split_weight) == 0,
+           "\"%s\" formats as \"%s\", which does not parse back", line,
+           text);
+}
+
+static void test_split(void)
+{
+    expect_split("split 1.2 0 2", 1, 2, 2, (int[]){0, 2}, (int[]){1, 1});
+    expect_split("split 3.7 2:3 0:1 1:1000", 3, 7, 3, (int[]){2, 0, 1},
+                 (int[]){3, 1, 1000});
+    expect_split("split 0.0 1", 0, 0, 1, (int[]){1}, (int[]){1});
+    expect_error("split 0.0", "split: missing R[:W] ... (usage: split L.E "
+                              "R[:W] ...)");
+    expect_error("split 0.9 1", "split: expert 9 is out of range (0..7)");
+    expect_error("split 0 1", "split: expected L.E, got \"0\"");
+    expect_error("split 0.1 3", "split: rank 3 is out of range (0..2)");
+    expect_error("split 0.1 1:0", "split: weight in \"1:0\" is out of range "
+                                  "(1..1000)");
+    expect_error("split 0.1 1:2000", "split: weight in \"1:2000\" is out of "
+                                     "range (1..1000)");
+    expect_error("split 0.1 1:x", "split: expected R or R:W (a rank and an "
+                                  "integer weight), got \"1:x\"");
+    expect_error("split 0.1 1: 2", "split: expected R or R:W (a rank and an "
+                                   "integer weight), got \"1:\"");
+    expect_error("split 0.1 1 2 1", "split: rank 1 is named twice");
 }
 
 static void test_errors(void)
@@ -270,6 +325,7 @@ int main(void)
 {
     test_valid();
     test_errors();
+    test_split();
     test_format();
     if (failures) {
         printf("%d failure(s)\n", failures);

@@ -433,7 +433,7 @@ static void test_more_ranks_than_experts(void)
     }
     for (int k = 0; k < R; k++)
         rank[k] = (planner_rank){50.0, 0.0, 0.0};
-    planner_problem p = {L, E, R, load, rank, placement, 1.0, 0.0};
+    planner_problem p = {L, E, R, load, rank, placement, 1.0, 0.0, 0.0, 0.0};
     EXPECT(planner_plan(&p, plan) == 0, "many ranks: status");
     double step_s = planner_step_time(&p, plan);
     EXPECT(fabs(step_s - want_s) < 1e-9 * want_s,
@@ -491,7 +491,8 @@ static void test_scale(void)
         placement[i] = slowest_first[n];
         held++;
     }
-    planner_problem p = {L, E, R, load, rank, placement, expert_bytes, 1e-12};
+    planner_problem p = {L, E, R, load, rank, placement, expert_bytes, 1e-12,
+                         0.0, 0.0};
     EXPECT(planner_overfull_rank(&p, placement) < 0, "scale: start overfull");
 
     struct timespec start, start_cpu;
