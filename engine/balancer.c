@@ -330,9 +330,12 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
             const int *part = b->proposal_share + i * R;
             if (part[b->proposal[i]] == b->share_units)
                 continue;
-            json_t *shares = json_array();
+            json_t *shares = json_array(); /* the expert's rank first */
+            int rank = b->proposal[i];
+            json_array_append_new(shares, json_pack(
+                "[i, f]", rank, (double)part[rank] / b->share_units));
             for (int r = 0; r < R; r++)
-                if (part[r] > 0)
+                if (r != rank && part[r] > 0)
                     json_array_append_new(shares, json_pack(
                         "[i, f]", r, (double)part[r] / b->share_units));
             json_array_append_new(splits, json_pack("[i, i, o]", l, e,

@@ -189,6 +189,32 @@ static void add_balance(json_t *record, const step_stats *s)
                         number(s->cost_per_mtok * 1e6));
 }
 
+/* [[layer, expert, [[rank, share], ...]], ...] for the experts split
+ * over several ranks (their rank first). */
+static json_t *splits_json(const step_stats *s)
+{
+    json_t *splits = json_array();
+    int R = s->ranks;
+    for (int l = 0; l < s->layers; l++)
+        for (int e = 0; e < s->experts; e++) {
+            size_t i = (size_t)l * s->experts + e;
+            const int *part = s->share + i * R;
+            int rank = s->placement[i];
+            if (part[rank] == s->share_units)
+                continue;
+            json_t *shares = json_array();
+            json_array_append_new(shares, json_pack(
+                "[i, f]", rank, (double)part[rank] / s->share_units));
+            for (int r = 0; r < R; r++)
+                if (r != rank && part[r] > 0)
+                    json_array_append_new(shares, json_pack(
+                        "[i, f]", r, (double)part[r] / s->share_units));
+            json_array_append_new(splits, json_pack("[i, i, o]", l, e,
+                                                    shares));
+        }
+    return splits;
+}
+
 int metrics_write_step(metrics_sink *sink, const step_stats *s,
                        moe_error *err)
 {
@@ -244,6 +270,8 @@ int metrics_write_step(metrics_sink *sink, const step_stats *s,
         "placement_version", s->placement_version);
     if (record)
         add_balance(record, s);
+    if (record && s->share)
+        json_object_set_new(record, "splits", splits_json(s));
     return emit(sink, record, err);
 }
 

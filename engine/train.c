@@ -345,11 +345,11 @@ void trainer_step(trainer *t, step_stats *s)
                         : (double)t->local_batch * T * m->dims.K;
     for (int l = 0; l < m->dims.L; l++)
         for (int e = 0; e < m->dims.E; e++)
-            mine.experts += model_owns_expert(m, l, e);
+            mine.experts += model_holds_expert(m, l, e); /* replicas too */
     mine.migration_bytes = (double)t->migration_bytes;
     double expert_params = 3.0 * m->dims.C * m->dims.F;
-    mine.expert_flops_per_s = expert_s - alltoall_s > 0
-        ? mine.tokens * 6.0 * expert_params / (expert_s - alltoall_s) : NAN;
+    mine.expert_flops_per_s = expert_s > 0
+        ? mine.tokens * 6.0 * expert_params / expert_s : NAN;
     mine.state_bytes = 16.0 * ((double)m->param_count -
                                (m->dims.L * m->dims.E - mine.experts) *
                                    expert_params);

@@ -500,8 +500,12 @@ static void draw_heatmap(console *c, const layout_rect *r)
         char line[192], extra[64] = "";
         if (ema && isfinite(v->load_ema[at]))
             snprintf(extra, sizeof extra, ", avg %.0f", v->load_ema[at]);
-        int n = snprintf(line, sizeof line, "expert %d.%d on rank %d: %d "
-                         "tokens%s%s", l, e, v->placement[at],
+        char split[48] = "";
+        if (v->holders[at] > 1)
+            snprintf(split, sizeof split, " (%.0f%% of its rows; split over "
+                     "%d ranks)", v->kept[at] * 100, v->holders[at]);
+        int n = snprintf(line, sizeof line, "expert %d.%d on rank %d%s: %d "
+                         "tokens%s%s", l, e, v->placement[at], split,
                          v->expert_load[at], extra,
                          shown < v->experts ? " (more experts than fit)"
                                             : "");
@@ -738,11 +742,15 @@ static void draw_balance(console *c, const layout_rect *r)
         real_text(before, sizeof before, "%.3g", p->before_ms);
         real_text(after, sizeof after, "%.3g", p->after_ms);
         real_text(gain, sizeof gain, "%.1f%%", p->gain * 100);
-        snprintf(full, sizeof full, "plan at step %d (%s): %d move%s, "
+        char splits[32] = "";
+        if (p->splits)
+            snprintf(splits, sizeof splits, " (%d split)", p->splits);
+        snprintf(full, sizeof full, "plan at step %d (%s): %d change%s%s, "
                  "%s -> %s ms predicted, gain %s, %s; %s", p->step,
                  plan_trigger_name(p->trigger), p->moves,
-                 p->moves == 1 ? "" : "s", before, after, gain, moved, state);
-        snprintf(compact, sizeof compact, "plan %d (%s): %d moves, %s -> %s "
+                 p->moves == 1 ? "" : "s", splits, before, after, gain, moved,
+                 state);
+        snprintf(compact, sizeof compact, "plan %d (%s): %d changes, %s -> %s "
                  "ms (gain %s), %s", p->step, plan_trigger_name(p->trigger),
                  p->moves, before, after, gain, state);
     }

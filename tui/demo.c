@@ -468,13 +468,17 @@ static void read_plan(demo *d, json_t *r)
     p.step = int_of(r, "step", 0);
     p.applied = json_is_true(json_object_get(r, "applied"));
     json_t *moves = json_object_get(r, "moves");
-    p.moves = (int)json_array_size(moves);
+    json_t *splits = json_object_get(r, "splits");
+    json_t *changes = json_object_get(r, "changes");
+    p.moves = json_is_integer(changes) ? (int)json_integer_value(changes)
+                                       : (int)json_array_size(moves);
+    int listed = (int)json_array_size(moves);
     p.before_ms = real_of(r, "predicted_before_ms");
     p.after_ms = real_of(r, "predicted_after_ms");
     p.gain = real_of(r, "predicted_gain");
     p.moved_bytes = real_of(r, "moved_bytes");
     size_t used = 0;
-    for (int i = 0; i < p.moves && i < 4; i++) {
+    for (int i = 0; i < listed && i < 4; i++) {
         json_t *m = json_array_get(moves, (size_t)i);
         int n = snprintf(p.first_moves + used, sizeof p.first_moves - used,
                          "%s%d.%d %d->%d", i ? ", " : "",
@@ -482,6 +486,27 @@ static void read_plan(demo *d, json_t *r)
                          (int)json_integer_value(json_array_get(m, 1)),
                          (int)json_integer_value(json_array_get(m, 2)),
                          (int)json_integer_value(json_array_get(m, 3)));
+        if (n < 0 || (size_t)n >= sizeof p.first_moves - used)
+            break;
+        used += (size_t)n;
+    }
+    /* Then the splits: "0.3 split 3:57%,0:14%", the expert's rank first. */
+    for (size_t i = 0; i < json_array_size(splits) && listed < 4; i++) {
+        json_t *sp = json_array_get(splits, i), *parts = json_array_get(sp, 2);
+        int n = snprintf(p.first_moves + used, sizeof p.first_moves - used,
+                         "%s%d.%d split", listed++ ? ", " : "",
+                         (int)json_integer_value(json_array_get(sp, 0)),
+                         (int)json_integer_value(json_array_get(sp, 1)));
+        for (size_t k = 0; n > 0 && k < json_array_size(parts); k++) {
+            json_t *part = json_array_get(parts, k);
+            if ((size_t)n >= sizeof p.first_moves - used)
+                break;
+            n += snprintf(p.first_moves + used + n,
+                          sizeof p.first_moves - used - (size_t)n, "%s%d:%.0f%%",
+                          k ? "," : " ",
+                          (int)json_integer_value(json_array_get(part, 0)),
+                          json_number_value(json_array_get(part, 1)) * 100);
+        }
         if (n < 0 || (size_t)n >= sizeof p.first_moves - used)
             break;
         used += (size_t)n;
@@ -867,7 +892,7 @@ static int chapter_plan(demo *d)
             "measured loads and rank speeds, for a better placement. It "
             "answered: \"%s\"", d->event_step, d->reply);
         if (d->plan_plan.have)
-            say(d, " (plan record: %d moves, predicted step %.2f -> %.2f ms, "
+            say(d, " (plan record: %d changes, predicted step %.2f -> %.2f ms, "
                 "gain %.1f%%, %.3g MB to ship)", d->plan_plan.moves,
                 d->plan_plan.before_ms, d->plan_plan.after_ms,
                 d->plan_plan.gain * 100, d->plan_plan.moved_bytes / 1e6);
@@ -965,7 +990,7 @@ static int chapter_policy(demo *d)
     say(d, "`%s` at step %d hands placement to the policy: \"%s\". Every %d "
         "steps it plans, and applies the plan when the predicted gain is "
         "worth it.\n", d->sent, d->policy_step, d->reply, d->policy_every);
-    say(d, "Its first decision, at step %d: %d moves, predicted step %.2f -> "
+    say(d, "Its first decision, at step %d: %d changes, predicted step %.2f -> "
         "%.2f ms (gain %.1f%%): %s", p->step, p->moves, p->before_ms,
         p->after_ms, p->gain * 100, p->applied ? "applied" : "kept");
     if (p->moves > 0)

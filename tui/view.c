@@ -36,11 +36,14 @@ static void free_grids(view *v)
 {
     free(v->expert_load);
     free(v->placement);
+    free(v->kept);
+    free(v->holders);
     free(v->load_ema);
     free(v->max_mean);
     free(v->cv);
     free(v->dead);
-    v->expert_load = v->placement = v->dead = NULL;
+    v->expert_load = v->placement = v->dead = v->holders = NULL;
+    v->kept = NULL;
     v->load_ema = v->max_mean = v->cv = NULL;
 }
 
@@ -180,6 +183,8 @@ static void apply_run(view *v, json_t *r)
         cells = cells ? cells : 1;
         v->expert_load = calloc(cells, sizeof *v->expert_load);
         v->placement = calloc(cells, sizeof *v->placement);
+        v->kept = calloc(cells, sizeof *v->kept);
+        v->holders = calloc(cells, sizeof *v->holders);
         v->load_ema = calloc(cells, sizeof *v->load_ema);
         v->max_mean = calloc(rows, sizeof *v->max_mean);
         v->cv = calloc(rows, sizeof *v->cv);
@@ -199,7 +204,8 @@ static void apply_run(view *v, json_t *r)
         dev->price_per_hour = real_of(d, "price_per_hour");
         dev->emulated = json_is_true(json_object_get(d, "emulated"));
     }
-    v->have_run = v->expert_load && v->placement && v->load_ema &&
+    v->have_run = v->expert_load && v->placement && v->kept &&
+                  v->holders && v->load_ema &&
                   v->max_mean && v->cv && v->dead;
     if (strcmp(v->status, "starting") == 0)
         snprintf(v->status, sizeof v->status, "running");
@@ -272,6 +278,32 @@ static void apply_ranks(view *v, json_t *ranks)
     }
 }
 
+/* The step record's "splits": [[layer, expert, [[rank, share], ...]]],
+ * the expert's rank first. */
+static void apply_splits(view *v, json_t *splits)
+{
+    size_t cells = (size_t)v->layers * v->experts;
+    for (size_t i = 0; i < cells; i++) {
+        v->kept[i] = 1.0;
+        v->holders[i] = 1;
+    }
+    v->split_experts = 0;
+    for (size_t i = 0; i < json_array_size(splits); i++) {
+        json_t *s = json_array_get(splits, i);
+        json_t *parts = json_array_get(s, 2);
+        json_int_t l = json_integer_value(json_array_get(s, 0));
+        json_int_t e = json_integer_value(json_array_get(s, 1));
+        if (l < 0 || l >= v->layers || e < 0 || e >= v->experts ||
+            json_array_size(parts) < 2)
+            continue;
+        size_t at = (size_t)l * v->experts + (size_t)e;
+        v->kept[at] = json_number_value(json_array_get(
+            json_array_get(parts, 0), 1));
+        v->holders[at] = (int)json_array_size(parts);
+        v->split_experts++;
+    }
+}
+
 static void apply_step(view *v, json_t *r)
 {
     v->step = (int)json_integer_value(json_object_get(r, "step"));
@@ -301,6 +333,7 @@ static void apply_step(view *v, json_t *r)
             v->load_ema, json_object_get(r, "load_ema"), v->layers,
             v->experts);
         apply_imbalance(v, json_object_get(r, "imbalance"));
+        apply_splits(v, json_object_get(r, "splits"));
     }
     v->placement_version =
         (int)json_integer_value(json_object_get(r, "placement_version"));
@@ -325,7 +358,11 @@ static void apply_plan(view *v, json_t *r)
     p->step = (int)json_integer_value(json_object_get(r, "step"));
     copy_string(p->trigger, sizeof p->trigger, r, "trigger");
     p->applied = json_is_true(json_object_get(r, "applied"));
-    p->moves = (int)json_array_size(json_object_get(r, "moves"));
+    json_t *changes = json_object_get(r, "changes");
+    p->moves = json_is_integer(changes)
+                   ? (int)json_integer_value(changes)
+                   : (int)json_array_size(json_object_get(r, "moves"));
+    p->splits = (int)json_array_size(json_object_get(r, "splits"));
     p->before_ms = real_of(r, "predicted_before_ms");
     p->after_ms = real_of(r, "predicted_after_ms");
     p->gain = real_of(r, "predicted_gain");

@@ -58,7 +58,8 @@ typedef struct view_plan {
     int step;
     char trigger[16];   /* plan, apply, suggest, auto */
     int applied;
-    int moves;
+    int moves;          /* experts whose rank or split changes */
+    int splits;         /* experts split in the plan */
     double before_ms, after_ms; /* predicted step time */
     double gain;                /* predicted fraction of a step saved */
     double moved_bytes;
@@ -96,6 +97,11 @@ typedef struct view {
     view_figure cost_per_mtok, cost_per_btok, cost_per_ttok; /* by tokens */
     int *expert_load;   /* (layers, experts) of the last step */
     int *placement;     /* (layers, experts) */
+    double *kept;       /* (layers, experts) share of its rows an expert's
+                           rank computes: 1 unless split */
+    int *holders;       /* (layers, experts) ranks sharing it: 1 unless
+                           split */
+    int split_experts;
     double *load_ema;   /* (layers, experts) moving average of tokens */
     int have_load_ema;  /* the last step record had load_ema */
     double *max_mean;   /* (layers) this step's max/mean load; NAN n/a */

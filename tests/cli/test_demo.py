@@ -198,17 +198,17 @@ def case_headless(tmp):
         if (m.group(2), m.group(3)) != (f"{result['predicted_ms']:.2f}",
                                         f"{result['measured_ms']:.2f}"):
             fail(f"plan_result narrated {m.group(0)!r}, recorded {result}")
-    elif applied[0]["moves"]:
+    elif applied[0]["changes"]:
         fail("an applied plan with moves, and no plan_result narrated")
 
     # Chapter 6: the first decision of policy auto, as recorded.
-    m = re.search(r"first decision, at step (\d+): (\d+) moves", text)
+    m = re.search(r"first decision, at step (\d+): (\d+) changes", text)
     if not m:
         fail("chapter 6 narrates no decision")
     autos = [r for r in records if r["type"] == "plan"
              and r["trigger"] == "auto"]
     if not autos or autos[0]["step"] != int(m.group(1)) or \
-            len(autos[0]["moves"]) != int(m.group(2)):
+            autos[0]["changes"] != int(m.group(2)):
         fail(f"decision {m.group(0)!r}, recorded {autos[:1]}")
 
     # The end: stopped cleanly with a checkpoint.

@@ -442,6 +442,116 @@ static void test_more_ranks_than_experts(void)
            want_s);
 }
 
+/* Invariants of a share table from planner_split: every expert's shares
+ * add up to `units`, its rank holds one, and no rank gains more replicas
+ * than its capacity holds. */
+static void check_shares(const char *what, const planner_problem *p,
+                         const int *primary, const int *share, int units)
+{
+    int R = p->ranks, items = p->layers * p->experts;
+    for (int i = 0; i < items; i++) {
+        int sum = 0;
+        for (int r = 0; r < R; r++) {
+            EXPECT(share[i * R + r] >= 0, "%s: negative share", what);
+            sum += share[i * R + r];
+        }
+        EXPECT(sum == units, "%s: expert %d shares add to %d", what, i, sum);
+        EXPECT(share[i * R + primary[i]] > 0,
+               "%s: expert %d's rank %d holds no share", what, i, primary[i]);
+    }
+    for (int r = 0; r < R; r++) {
+        double cap = p->rank[r].capacity_bytes;
+        int held = 0;
+        for (int i = 0; i < items; i++)
+            held += share[i * R + r] > 0;
+        EXPECT(cap <= 0 || held * p->expert_bytes <= cap ||
+                   planner_overfull_rank(p, p->placement) == r,
+               "%s: rank %d holds %d replicas, room for %.0f", what, r, held,
+               cap / p->expert_bytes);
+    }
+}
+
+/* Four experts on four ranks, one rank 2x slower: no whole-expert
+ * placement beats round robin (each fast rank would need 8/7 of an
+ * expert), but splits reach the proportional split exactly. */
+static void test_split_levels(void)
+{
+    enum { L = 2, E = 4, R = 4, U = 4096 };
+    double load[L * E];
+    planner_rank rank[R];
+    int placement[L * E], primary[L * E], share[L * E * R];
+    for (int i = 0; i < L * E; i++) {
+        load[i] = 500.0;
+        placement[i] = i % E;
+    }
+    for (int r = 0; r < R; r++)
+        rank[r] = (planner_rank){r == 3 ? 50.0 : 100.0, 0.001, 0.0};
+    planner_problem p = {L, E, R, load, rank, placement, 1.0, 0.0, 0.0, 0.0};
+    int changed = planner_split(&p, placement, U, 0.02, primary, share);
+    EXPECT(changed == L, "levels: %d experts changed, want %d", changed, L);
+    check_shares("levels", &p, primary, share, U);
+    double before = planner_step_time(&p, placement);
+    double after = planner_split_step_time(&p, share, U);
+    double ideal = 0.001 + L * (E * 500.0) / 350.0;
+    EXPECT(fabs(after - ideal) < 1e-3 * ideal,
+           "levels: split step %.6f s, ideal %.6f s", after, ideal);
+    EXPECT(after < before, "levels: %.6f s is no better than %.6f s", after,
+           before);
+    /* The slow rank keeps 4/7 of its expert, the others take 1/7 each. */
+    EXPECT(abs(share[3 * R + 3] - U * 4 / 7) <= 2,
+           "levels: slow rank keeps %d of %d", share[3 * R + 3], U);
+    printf("split levels: step %.4f s -> %.4f s (ideal %.4f s)\n", before,
+           after, ideal);
+    /* Each replica's gradient joins the all-reduce: a sync cost larger
+     * than the gain makes the split cost more than it saves. */
+    p.grad_bytes = 1e6;
+    p.sync_s_per_byte = 5e-6;
+    double costly = planner_split_step_time(&p, share, U);
+    EXPECT(fabs(costly - (after + L * 5.0)) < 1e-9,
+           "levels: sync charged %.6f s, want %.6f s", costly - after,
+           L * 5.0);
+    EXPECT(costly > before, "levels: a 5 s sync per split expert should "
+                            "lose (%.4f vs %.4f s)", costly, before);
+}
+
+/* Random instances: the invariants hold, and without a sync cost a split
+ * never predicts a slower step than the placement it starts from. */
+static void test_split_random(void)
+{
+    enum { L = 3, E = 6, R = 5, U = 4096 };
+    rng r;
+    rng_seed(&r, 31, 0);
+    for (int trial = 0; trial < 500; trial++) {
+        double load[L * E];
+        planner_rank rank[R];
+        int placement[L * E], primary[L * E], share[L * E * R];
+        for (int i = 0; i < L * E; i++) {
+            load[i] = trial % 3 == 0 && i % E == 0 ? 1000.0
+                                                   : 100.0 * rng_uniform(&r);
+            placement[i] = (int)(rng_uniform(&r) * R) % R;
+        }
+        for (int k = 0; k < R; k++) {
+            double speed = trial % 2 ? 1.0 + 3.0 * rng_uniform(&r) : 1.0;
+            /* Every third instance: room for a few experts beyond what each
+             * rank already holds. */
+            double cap = trial % 3 == 2 ? (double)(L * E / R + 3) : 0.0;
+            rank[k] = (planner_rank){100.0 * speed, 0.01 * rng_uniform(&r),
+                                     cap};
+        }
+        planner_problem p = {L, E, R, load, rank, placement, 1.0, 0.0, 0.0,
+                             0.0};
+        if (planner_overfull_rank(&p, placement) >= 0)
+            continue;
+        int changed = planner_split(&p, placement, U, 0.02, primary, share);
+        EXPECT(changed >= 0, "random %d: status %d", trial, changed);
+        check_shares("random", &p, primary, share, U);
+        double before = planner_step_time(&p, placement);
+        double after = planner_split_step_time(&p, share, U);
+        EXPECT(after <= before * (1 + 1e-9), "random %d: split %.6f s slower "
+               "than %.6f s", trial, after, before);
+    }
+}
+
 static double seconds_since(const struct timespec *start, clockid_t clock_id)
 {
     struct timespec now;
@@ -548,6 +658,8 @@ int main(void)
     test_against_brute_force();
     test_named_cases();
     test_more_ranks_than_experts();
+    test_split_levels();
+    test_split_random();
     test_scale();
     printf("%s\n", failures ? "FAILED" : "ok");
     return failures ? 1 : 0;

@@ -145,9 +145,15 @@ def case_commands(tmp):
     steps = {s["step"]: s for s in of(run, "step")}
     if steps[41]["placement"] != steps[40]["placement"]:
         fail("plan moved experts")
-    moves = by["apply"][0]["moves"]
-    if not moves:
-        fail("apply found nothing to move on a 4x slower rank")
+    moves, splits = by["apply"][0]["moves"], by["apply"][0]["splits"]
+    if not moves and not splits:
+        fail("apply found nothing to move or split on a 4x slower rank")
+    for layer, expert, shares in splits:
+        now = [[l, e, [[r, round(f, 6)] for r, f in sh]]
+               for l, e, sh in steps[61]["splits"]]
+        if [layer, expert, [[r, round(f, 6)] for r, f in shares]] not in now:
+            fail(f"split {layer}.{expert} {shares} is not what happened: "
+                 f"{steps[61]['splits']}")
     for layer, expert, src, dst in moves:
         if steps[60]["placement"][layer][expert] != src or \
            steps[61]["placement"][layer][expert] != dst:
