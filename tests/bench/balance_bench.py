@@ -23,7 +23,10 @@ The first case is the issue's: configs/tiny.yaml's model, slowdown 2. The
 others give the experts a larger share of the step (more, wider experts,
 a slower device), where placement has more to win.
 
-usage: balance_bench.py MOECTL [--steps N] [--cases E:H:S ...]
+"Slow rank experts" counts replicas: a split expert is held by each rank
+that computes a share of its rows.
+
+usage: balance_bench.py MOECTL [--steps N] [--cases E:H:S[:B] ...]
 """
 import argparse
 import json
@@ -37,8 +40,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def run_case(moectl, ranks, experts, hidden, steps, slowdown, switch_at, min_gain,
-             every, workdir):
-    metrics = os.path.join(workdir, f"balance-{experts}-{hidden}-{slowdown}.jsonl")
+             every, workdir, batch=None):
+    metrics = os.path.join(workdir, f"balance-{experts}-{hidden}-{slowdown}-"
+                                    f"{batch}.jsonl")
     slow = ranks - 1
     args = [moectl, "run", os.path.join(ROOT, f"tests/mpi/tiny{ranks}.yaml"),
             "--headless", "--metrics", metrics,
@@ -50,6 +54,8 @@ def run_case(moectl, ranks, experts, hidden, steps, slowdown, switch_at, min_gai
             "--set", "checkpoint.every=0",
             "--set", f"checkpoint.dir={workdir}/ckpt",
             "--at", f"{switch_at}:policy auto every {every} min-gain {min_gain}"]
+    if batch:
+        args += ["--set", f"train.batch_size={batch}"]
     done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"balance_bench: {' '.join(args)} failed:\n{done.stderr}")
@@ -67,7 +73,8 @@ def run_case(moectl, ranks, experts, hidden, steps, slowdown, switch_at, min_gai
         "after": med(after, "tokens_per_s"),
         "ideal": med(before, "ideal_tokens_per_s"),
         "applied": sum(1 for p in plans if p["applied"]),
-        "moves": sum(len(p["moves"]) for p in plans if p["applied"]),
+        "moves": sum(p["changes"] for p in plans if p["applied"]),
+        "splits": max([len(p["splits"]) for p in plans if p["applied"]] or [0]),
         "results": results,
         "slow_experts_before": before[-1]["ranks"][slow]["experts"],
         "slow_experts_after": after[-1]["ranks"][slow]["experts"],
@@ -82,8 +89,10 @@ def main():
     ap.add_argument("moectl")
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--cases", nargs="+",
-                    default=["4:64:2", "16:64:2", "16:256:2", "16:256:4"],
-                    help="EXPERTS:EXPERT_HIDDEN:SLOWDOWN per case")
+                    default=["4:64:2", "16:64:2", "16:256:2", "16:256:4",
+                             "4:512:3:64"],
+                    help="EXPERTS:EXPERT_HIDDEN:SLOWDOWN[:BATCH] per case "
+                         "(BATCH: train.batch_size, default the config's 8)")
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--ranks", type=int, default=4, choices=[2, 4])
     ap.add_argument("--min-gain", type=float, default=0.05,
@@ -103,16 +112,18 @@ def main():
     print("planner " + planner_scale(planner) + " (target: under 1 s)")
     print(f"{'experts:hidden:slowdown':>23} {'before tok/s':>12} {'after tok/s':>11} "
           f"{'ideal tok/s':>11} {'before/ideal':>12} {'after/ideal':>11} "
-          f"{'moves':>5} {'slow rank experts':>17} {'cost/1M before->after':>22}")
+          f"{'changes':>7} {'split':>5} {'slow rank experts':>17} "
+          f"{'cost/1M before->after':>22}")
     with tempfile.TemporaryDirectory(prefix="moectl-balance-") as work:
         for case in a.cases:
-            experts, hidden, slowdown = case.split(":")
+            experts, hidden, slowdown, *batch = case.split(":")
             r = run_case(a.moectl, a.ranks, int(experts), int(hidden), a.steps,
                          float(slowdown), switch_at, a.min_gain, a.every,
-                         work)
+                         work, int(batch[0]) if batch else None)
             print(f"{case:>23} {r['before']:>12,.0f} {r['after']:>11,.0f} "
                   f"{r['ideal']:>11,.0f} {r['before'] / r['ideal']:>12.1%} "
-                  f"{r['after'] / r['ideal']:>11.1%} {r['moves']:>5} "
+                  f"{r['after'] / r['ideal']:>11.1%} {r['moves']:>7} "
+                  f"{r['splits']:>5} "
                   f"{r['slow_experts_before']:>8.0f} -> {r['slow_experts_after']:<6.0f} "
                   f"{r['cost_before']:>10.4g} -> {r['cost_after']:<9.4g}")
             for res in r["results"]:
