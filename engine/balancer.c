@@ -319,28 +319,17 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
 {
     if (!sink)
         return 0;
-    json_t *moves = json_array(), *splits = json_array();
-    int R = b->ranks;
+    json_t *moves = json_array();
     for (int l = 0; l < b->layers; l++)
         for (int e = 0; e < b->experts; e++) {
             size_t i = (size_t)l * b->experts + e;
             if (placement[i] != b->proposal[i])
                 json_array_append_new(moves, json_pack(
                     "[i, i, i, i]", l, e, placement[i], b->proposal[i]));
-            const int *part = b->proposal_share + i * R;
-            if (part[b->proposal[i]] == b->share_units)
-                continue;
-            json_t *shares = json_array(); /* the expert's rank first */
-            int rank = b->proposal[i];
-            json_array_append_new(shares, json_pack(
-                "[i, f]", rank, (double)part[rank] / b->share_units));
-            for (int r = 0; r < R; r++)
-                if (r != rank && part[r] > 0)
-                    json_array_append_new(shares, json_pack(
-                        "[i, f]", r, (double)part[r] / b->share_units));
-            json_array_append_new(splits, json_pack("[i, i, o]", l, e,
-                                                    shares));
         }
+    json_t *splits = metrics_splits_json(b->layers, b->experts, b->ranks,
+                                         b->proposal, b->proposal_share,
+                                         b->share_units);
     double gain = b->before_s > 0 ? 1.0 - b->after_s / b->before_s : 0;
     json_t *record = json_pack(
         "{s:s, s:i, s:s, s:b, s:o, s:o, s:i, s:f, s:f, s:f, s:f}", "type",

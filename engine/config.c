@@ -70,11 +70,13 @@ struct schema_field {
     {.key = k, .kind = FIELD_SECTION, .children = fields}
 #define END_FIELDS {.key = NULL}
 
-_Static_assert(sizeof(config_backend) == sizeof(int),
+_Static_assert(sizeof(config_backend) == sizeof(int) &&
+                   sizeof(config_precision) == sizeof(int),
                "FIELD_ENUM stores enums as int");
 
 static const char *const backend_names[] = {"cpu", "cuda", "hip", NULL};
 static const char *const policy_names[] = {"off", "suggest", "auto", NULL};
+static const char *const precision_names[] = {"fp32", "tf32", NULL};
 static const char *const dense_names[] = {"replicated", "sharded", NULL};
 
 static const schema_field device_fields[] = {
@@ -82,6 +84,7 @@ static const schema_field device_fields[] = {
     ENUM_FIELD("backend",          DEV(backend), backend_names),
     INT_FIELD("index",             DEV(index), 0, 1023),
     INT_FIELD("threads",           DEV(threads), 1, 1024),
+    ENUM_FIELD("precision",        DEV(precision), precision_names),
     REAL_FIELD("price_per_hour",   DEV(price_per_hour), 0, NO_MAX, 0),
     REAL_FIELD("peak_tflops",      DEV(peak_tflops), 0, NO_MAX, OPEN_MIN),
     REAL_FIELD("memory_gb",        DEV(memory_gb), 0, NO_MAX, OPEN_MIN),

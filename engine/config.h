@@ -23,11 +23,19 @@ typedef enum config_backend {
     CONFIG_BACKEND_HIP,
 } config_backend;
 
+/* GEMM precision on a GPU: fp32, or TF32 tensor cores (fp32 in and out,
+ * 10-bit mantissa products). CPU devices compute in fp32 either way. */
+typedef enum config_precision {
+    CONFIG_PRECISION_FP32,
+    CONFIG_PRECISION_TF32,
+} config_precision;
+
 typedef struct config_device {
     char name[CONFIG_NAME_MAX];
     config_backend backend;
     int index;             /* device index within its backend */
     int threads;           /* CPU threads for this rank (BLAS and loops) */
+    config_precision precision; /* GPU GEMMs */
     double price_per_hour; /* in cluster.currency */
     double peak_tflops;    /* dense fp32/bf16 peak used for MFU */
     double memory_gb;

@@ -53,12 +53,21 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static void *take(size_t bytes, int *failed)
+/* Zeroed memory of the model's backend: the ops address these buffers,
+ * and MPI reads and writes them from the host. */
+static void *take(const backend *be, size_t bytes, int *failed)
 {
-    void *p = calloc(1, bytes ? bytes : 1);
+    void *p = be->ops->alloc(be->ctx, bytes ? bytes : 1);
     if (!p)
         *failed = 1;
+    else
+        memset(p, 0, bytes ? bytes : 1);
     return p;
+}
+
+static void give_back(const backend *be, void *p)
+{
+    be->ops->free(be->ctx, p);
 }
 
 int expert_parallel_create(expert_parallel **out, model *m, const comm *c,
@@ -68,6 +77,7 @@ int expert_parallel_create(expert_parallel **out, model *m, const comm *c,
     expert_parallel *ep = calloc(1, sizeof *ep);
     if (!ep)
         return error_set(err, "out of memory");
+    const backend *be = m->be;
     ep->m = m;
     ep->c = c;
     ep->N_local = m->batch * d->T;
@@ -75,37 +85,38 @@ int expert_parallel_create(expert_parallel **out, model *m, const comm *c,
     size_t NK = (size_t)ep->N_total * d->K, local_NK = (size_t)ep->N_local * d->K;
     size_t widest = (size_t)(d->C > 2 * d->F ? d->C : 2 * d->F);
     int failed = 0;
-    ep->layers = take((size_t)d->L * sizeof *ep->layers, &failed);
-    ep->global_index = take(NK * sizeof(int), &failed);
-    ep->scratch = take((size_t)2 * d->E * sizeof(int), &failed);
-    ep->order = take(NK * sizeof(int), &failed);
-    ep->dest = take(NK * sizeof(int), &failed);
-    ep->send = take(NK * widest * sizeof(float), &failed);
-    ep->recv = take(NK * widest * sizeof(float), &failed);
-    ep->d_expert_out = take(NK * d->C * sizeof(float), &failed);
-    ep->d_expert_h = take(NK * d->F * sizeof(float), &failed);
-    ep->d_expert_h13 = take(NK * 2 * d->F * sizeof(float), &failed);
-    ep->d_expert_in = take(NK * d->C * sizeof(float), &failed);
-    ep->d_returned = take(local_NK * d->C * sizeof(float), &failed);
+    ep->layers = calloc((size_t)d->L, sizeof *ep->layers);
+    failed = !ep->layers;
+    ep->global_index = take(be, NK * sizeof(int), &failed);
+    ep->scratch = take(be, (size_t)2 * d->E * sizeof(int), &failed);
+    ep->order = take(be, NK * sizeof(int), &failed);
+    ep->dest = take(be, NK * sizeof(int), &failed);
+    ep->send = take(be, NK * widest * sizeof(float), &failed);
+    ep->recv = take(be, NK * widest * sizeof(float), &failed);
+    ep->d_expert_out = take(be, NK * d->C * sizeof(float), &failed);
+    ep->d_expert_h = take(be, NK * d->F * sizeof(float), &failed);
+    ep->d_expert_h13 = take(be, NK * 2 * d->F * sizeof(float), &failed);
+    ep->d_expert_in = take(be, NK * d->C * sizeof(float), &failed);
+    ep->d_returned = take(be, local_NK * d->C * sizeof(float), &failed);
     for (int l = 0; !failed && l < d->L; l++) {
         ep_layer *y = &ep->layers[l];
-        y->dispatch.group_rows = take((size_t)d->E * sizeof(int), &failed);
-        y->dispatch.selected = take((size_t)d->E * sizeof(int), &failed);
-        y->dispatch.token_of_slot = take(NK * sizeof(int), &failed);
-        y->dispatch.slot_of = take(NK * sizeof(int), &failed);
+        y->dispatch.group_rows = take(be, (size_t)d->E * sizeof(int), &failed);
+        y->dispatch.selected = take(be, (size_t)d->E * sizeof(int), &failed);
+        y->dispatch.token_of_slot = take(be, NK * sizeof(int), &failed);
+        y->dispatch.slot_of = take(be, NK * sizeof(int), &failed);
         y->dispatch.scratch = ep->scratch;
-        y->outgoing_slot = take(local_NK * sizeof(int), &failed);
-        y->outgoing_token = take(local_NK * sizeof(int), &failed);
-        y->position_of = take(local_NK * sizeof(int), &failed);
-        y->send_rows = take((size_t)c->world * sizeof(int), &failed);
-        y->recv_rows = take((size_t)c->world * sizeof(int), &failed);
-        y->recv_position = take(NK * sizeof(int), &failed);
-        y->group_rows = take((size_t)d->E * sizeof(int), &failed);
-        y->returned = take(local_NK * d->C * sizeof(float), &failed);
-        y->expert_in = take(NK * d->C * sizeof(float), &failed);
-        y->expert_h13 = take(NK * 2 * d->F * sizeof(float), &failed);
-        y->expert_h = take(NK * d->F * sizeof(float), &failed);
-        y->expert_out = take(NK * d->C * sizeof(float), &failed);
+        y->outgoing_slot = take(be, local_NK * sizeof(int), &failed);
+        y->outgoing_token = take(be, local_NK * sizeof(int), &failed);
+        y->position_of = take(be, local_NK * sizeof(int), &failed);
+        y->send_rows = take(be, (size_t)c->world * sizeof(int), &failed);
+        y->recv_rows = take(be, (size_t)c->world * sizeof(int), &failed);
+        y->recv_position = take(be, NK * sizeof(int), &failed);
+        y->group_rows = take(be, (size_t)d->E * sizeof(int), &failed);
+        y->returned = take(be, local_NK * d->C * sizeof(float), &failed);
+        y->expert_in = take(be, NK * d->C * sizeof(float), &failed);
+        y->expert_h13 = take(be, NK * 2 * d->F * sizeof(float), &failed);
+        y->expert_h = take(be, NK * d->F * sizeof(float), &failed);
+        y->expert_out = take(be, NK * d->C * sizeof(float), &failed);
     }
     if (failed) {
         expert_parallel_destroy(ep);
@@ -119,37 +130,38 @@ void expert_parallel_destroy(expert_parallel *ep)
 {
     if (!ep)
         return;
+    const backend *be = ep->m->be;
     for (int l = 0; ep->layers && l < ep->m->dims.L; l++) {
         ep_layer *y = &ep->layers[l];
-        free(y->dispatch.group_rows);
-        free(y->dispatch.selected);
-        free(y->dispatch.token_of_slot);
-        free(y->dispatch.slot_of);
-        free(y->outgoing_slot);
-        free(y->outgoing_token);
-        free(y->position_of);
-        free(y->send_rows);
-        free(y->recv_rows);
-        free(y->recv_position);
-        free(y->group_rows);
-        free(y->returned);
-        free(y->expert_in);
-        free(y->expert_h13);
-        free(y->expert_h);
-        free(y->expert_out);
+        give_back(be, y->dispatch.group_rows);
+        give_back(be, y->dispatch.selected);
+        give_back(be, y->dispatch.token_of_slot);
+        give_back(be, y->dispatch.slot_of);
+        give_back(be, y->outgoing_slot);
+        give_back(be, y->outgoing_token);
+        give_back(be, y->position_of);
+        give_back(be, y->send_rows);
+        give_back(be, y->recv_rows);
+        give_back(be, y->recv_position);
+        give_back(be, y->group_rows);
+        give_back(be, y->returned);
+        give_back(be, y->expert_in);
+        give_back(be, y->expert_h13);
+        give_back(be, y->expert_h);
+        give_back(be, y->expert_out);
     }
     free(ep->layers);
-    free(ep->global_index);
-    free(ep->scratch);
-    free(ep->order);
-    free(ep->dest);
-    free(ep->send);
-    free(ep->recv);
-    free(ep->d_expert_out);
-    free(ep->d_expert_h);
-    free(ep->d_expert_h13);
-    free(ep->d_expert_in);
-    free(ep->d_returned);
+    give_back(be, ep->global_index);
+    give_back(be, ep->scratch);
+    give_back(be, ep->order);
+    give_back(be, ep->dest);
+    give_back(be, ep->send);
+    give_back(be, ep->recv);
+    give_back(be, ep->d_expert_out);
+    give_back(be, ep->d_expert_h);
+    give_back(be, ep->d_expert_h13);
+    give_back(be, ep->d_expert_in);
+    give_back(be, ep->d_returned);
     free(ep);
 }
 

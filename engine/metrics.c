@@ -189,26 +189,25 @@ static void add_balance(json_t *record, const step_stats *s)
                         number(s->cost_per_mtok * 1e6));
 }
 
-/* [[layer, expert, [[rank, share], ...]], ...] for the experts split
- * over several ranks (their rank first). */
-static json_t *splits_json(const step_stats *s)
+json_t *metrics_splits_json(int layers, int experts, int ranks,
+                            const int *placement, const int *share,
+                            int units)
 {
     json_t *splits = json_array();
-    int R = s->ranks;
-    for (int l = 0; l < s->layers; l++)
-        for (int e = 0; e < s->experts; e++) {
-            size_t i = (size_t)l * s->experts + e;
-            const int *part = s->share + i * R;
-            int rank = s->placement[i];
-            if (part[rank] == s->share_units)
+    for (int l = 0; l < layers; l++)
+        for (int e = 0; e < experts; e++) {
+            size_t i = (size_t)l * experts + e;
+            const int *part = share + i * ranks;
+            int rank = placement[i];
+            if (part[rank] == units)
                 continue;
             json_t *shares = json_array();
             json_array_append_new(shares, json_pack(
-                "[i, f]", rank, (double)part[rank] / s->share_units));
-            for (int r = 0; r < R; r++)
+                "[i, f]", rank, (double)part[rank] / units));
+            for (int r = 0; r < ranks; r++)
                 if (r != rank && part[r] > 0)
                     json_array_append_new(shares, json_pack(
-                        "[i, f]", r, (double)part[r] / s->share_units));
+                        "[i, f]", r, (double)part[r] / units));
             json_array_append_new(splits, json_pack("[i, i, o]", l, e,
                                                     shares));
         }
@@ -271,7 +270,9 @@ int metrics_write_step(metrics_sink *sink, const step_stats *s,
     if (record)
         add_balance(record, s);
     if (record && s->share)
-        json_object_set_new(record, "splits", splits_json(s));
+        json_object_set_new(record, "splits", metrics_splits_json(
+            s->layers, s->experts, s->ranks, s->placement, s->share,
+            s->share_units));
     return emit(sink, record, err);
 }
 

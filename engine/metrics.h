@@ -108,8 +108,14 @@ int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
 int metrics_write_event(metrics_sink *sink, int step, const char *command_text,
                         const char *reply, double duration_ms,
                         moe_error *err);
-/* Any record built by the caller (it is consumed). */
 struct json_t;
+/* [[layer, expert, [[rank, share], ...]], ...] for the experts of a share
+ * table (layers, experts, ranks in 1/units) split over several ranks,
+ * their rank (placement) first: the "splits" of step and plan records. */
+struct json_t *metrics_splits_json(int layers, int experts, int ranks,
+                                   const int *placement, const int *share,
+                                   int units);
+/* Any record built by the caller (it is consumed). */
 int metrics_write_record(metrics_sink *sink, struct json_t *record,
                          moe_error *err);
 int metrics_write_summary(metrics_sink *sink, const run_summary *s,

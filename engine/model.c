@@ -173,6 +173,7 @@ void model_profile_reset(model *m)
     X(dispatch_scratch, (size_t)2 * E)
 
 struct model_activations {
+    const backend *be;  /* whose memory float_memory and int_memory are */
     float *float_memory;
     int *int_memory;
 #define X(name, count) float *name;
@@ -215,7 +216,7 @@ static void tensor_views(model_tensors *views, float *base,
 }
 
 static int activations_create(model_activations **out, const model_dims *dm,
-                              int B, moe_error *err)
+                              int B, const backend *be, moe_error *err)
 {
     const size_t V = (size_t)dm->V, C = (size_t)dm->C, L = (size_t)dm->L,
                  H = (size_t)dm->H, T = (size_t)dm->T, E = (size_t)dm->E,
@@ -234,16 +235,18 @@ static int activations_create(model_activations **out, const model_dims *dm,
 #define X(name, count) ints += (count);
     MODEL_INDICES(X)
 #undef X
-    a->float_memory = malloc(floats * sizeof(float));
-    a->int_memory = malloc(ints * sizeof(int));
+    /* What the ops address lives in the backend's memory. */
+    a->be = be;
+    a->float_memory = be->ops->alloc(be->ctx, floats * sizeof(float));
+    a->int_memory = be->ops->alloc(be->ctx, ints * sizeof(int));
     a->w13 = malloc(E * sizeof *a->w13);
     a->w2 = malloc(E * sizeof *a->w2);
     a->dw13 = malloc(E * sizeof *a->dw13);
     a->dw2 = malloc(E * sizeof *a->dw2);
     if (!a->float_memory || !a->int_memory || !a->w13 || !a->w2 || !a->dw13 ||
         !a->dw2) {
-        free(a->float_memory);
-        free(a->int_memory);
+        be->ops->free(be->ctx, a->float_memory);
+        be->ops->free(be->ctx, a->int_memory);
         free(a->w13);
         free(a->w2);
         free(a->dw13);
@@ -273,8 +276,8 @@ static void activations_destroy(model_activations *a)
 {
     if (!a)
         return;
-    free(a->float_memory);
-    free(a->int_memory);
+    a->be->ops->free(a->be->ctx, a->float_memory);
+    a->be->ops->free(a->be->ctx, a->int_memory);
     free(a->w13);
     free(a->w2);
     free(a->dw13);
@@ -327,12 +330,16 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     m->param_count = offset;
 
     size_t bytes = m->param_count * sizeof(float);
-    m->param_memory = malloc(bytes);
-    m->grad_memory = malloc(bytes);
-    m->adam_m_memory = malloc(bytes);
-    m->adam_v_memory = malloc(bytes);
+    /* Everything the ops read or write is in the backend's memory. */
+    m->param_memory = be->ops->alloc(be->ctx, bytes);
+    m->grad_memory = be->ops->alloc(be->ctx, bytes);
+    m->adam_m_memory = be->ops->alloc(be->ctx, bytes);
+    m->adam_v_memory = be->ops->alloc(be->ctx, bytes);
     m->dispatch = calloc((size_t)d->L, sizeof *m->dispatch);
-    m->router_bias = calloc((size_t)d->L * d->E, sizeof *m->router_bias);
+    size_t bias_bytes = (size_t)d->L * d->E * sizeof *m->router_bias;
+    m->router_bias = be->ops->alloc(be->ctx, bias_bytes);
+    if (m->router_bias)
+        memset(m->router_bias, 0, bias_bytes);
     /* mean, var, std, pending mean, pending var: (L) each */
     m->router_logit_mean = calloc((size_t)5 * d->L, sizeof(double));
     if (!m->param_memory || !m->grad_memory || !m->adam_m_memory ||
@@ -354,7 +361,7 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     memset(m->adam_m_memory, 0, bytes);
     memset(m->adam_v_memory, 0, bytes);
 
-    if (activations_create(&m->acts, d, batch, err) < 0) {
+    if (activations_create(&m->acts, d, batch, be, err) < 0) {
         model_destroy(m);
         return -1;
     }
@@ -387,12 +394,15 @@ void model_destroy(model *m)
     free(m->reduce_buffer);
     activations_destroy(m->acts);
     free(m->dispatch);
-    free(m->router_bias);
     free(m->router_logit_mean);
-    free(m->param_memory);
-    free(m->grad_memory);
-    free(m->adam_m_memory);
-    free(m->adam_v_memory);
+    if (m->be) {
+        void *ctx = m->be->ctx;
+        m->be->ops->free(ctx, m->router_bias);
+        m->be->ops->free(ctx, m->param_memory);
+        m->be->ops->free(ctx, m->grad_memory);
+        m->be->ops->free(ctx, m->adam_m_memory);
+        m->be->ops->free(ctx, m->adam_v_memory);
+    }
     free(m);
 }
 
@@ -973,15 +983,6 @@ int model_expert_share(const model *m, int l, int e, int r)
 int model_holds_expert(const model *m, int l, int e)
 {
     return !m->comm || model_expert_share(m, l, e, m->comm->rank) > 0;
-}
-
-int model_expert_holders(const model *m, int l, int e, int *ranks)
-{
-    int n = 0;
-    for (int r = 0; m->comm && r < m->comm->world; r++)
-        if (model_expert_share(m, l, e, r) > 0)
-            ranks[n++] = r;
-    return n;
 }
 
 void model_unsplit_expert(model *m, int l, int e)

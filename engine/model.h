@@ -250,9 +250,6 @@ int model_owns_expert(const model *m, int l, int e);
 int model_holds_expert(const model *m, int l, int e);
 /* Share of rank r in expert (l, e), in 1/MODEL_SHARE_UNITS. */
 int model_expert_share(const model *m, int l, int e, int r);
-/* Ranks holding a share of (l, e), ascending, into ranks (world); returns
- * their count. */
-int model_expert_holders(const model *m, int l, int e, int *ranks);
 /* Gives all of (l, e)'s rows to its rank: no longer split. */
 void model_unsplit_expert(model *m, int l, int e);
 /* Shares (world) for n distinct ranks with integer weights: units in

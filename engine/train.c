@@ -31,6 +31,42 @@ static double resident_bytes(void)
                     : NAN;
 }
 
+/* The rank's backend, from its device entry: the CPU reference, or a GPU
+ * backend loaded at run time. Tokens and migrating experts cross between
+ * ranks through host-addressable (managed) memory, so any mix of devices
+ * works over plain MPI. */
+static int start_backend(trainer *t, const config_device *device, int rank,
+                         moe_error *err)
+{
+    if (device->backend == CONFIG_BACKEND_CPU) {
+        if (cpu_backend_init(&t->be, device->threads) < 0)
+            return error_set(err, "cannot start the CPU backend: out of "
+                                  "memory");
+        return 0;
+    }
+    const char *kind = device->backend == CONFIG_BACKEND_CUDA ? "cuda" : "hip";
+    char why[384];
+    if (gpu_loader_open(&t->gpu, kind, why, sizeof why) < 0 ||
+        t->gpu.backend_init(&t->be, device->index,
+                            device->precision == CONFIG_PRECISION_TF32, why,
+                            sizeof why) < 0) {
+        gpu_loader_close(&t->gpu);
+        return error_set(err, "device %d, %s (%s %d): %s", rank,
+                         device->name, kind, device->index, why);
+    }
+    return 0;
+}
+
+static void stop_backend(trainer *t)
+{
+    if (t->gpu.handle) {
+        t->gpu.backend_finish(&t->be);
+        gpu_loader_close(&t->gpu);
+    } else {
+        cpu_backend_finish(&t->be);
+    }
+}
+
 int trainer_create(trainer **out, const config *cfg, const comm *c,
                    moe_error *err)
 {
@@ -55,14 +91,6 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
                               "n_kv_heads equal to n_heads", cfg->source,
                          cfg->model.vocab_size, cfg->model.n_kv_heads);
     const config_device *device = &cfg->cluster.devices[c->rank];
-    if (device->backend != CONFIG_BACKEND_CPU)
-        return error_set(err, "%s: device %d (%s) has backend %s: the GPU "
-                              "kernels build (kernels/cuda, kernels/hip) but "
-                              "the trainer does not drive them yet; train "
-                              "on cpu devices, or use `moectl plan` for GPU "
-                              "clusters", cfg->source, c->rank, device->name,
-                         device->backend == CONFIG_BACKEND_CUDA ? "cuda"
-                                                                : "hip");
     if (cfg->train.batch_size % c->world != 0)
         return error_set(err, "%s: train.batch_size %d must be divisible "
                               "by the %d ranks", cfg->source,
@@ -75,9 +103,9 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
     t->local_batch = cfg->train.batch_size / c->world;
     optimizer_settings_from_config(&t->opt, cfg);
 
-    if (cpu_backend_init(&t->be, device->threads) < 0) {
+    if (start_backend(t, device, c->rank, err) < 0) {
         free(t);
-        return error_set(err, "cannot start the CPU backend: out of memory");
+        return -1;
     }
     if (dataset_load(&t->data, cfg->data.path, cfg->data.val_fraction,
                      cfg->model.seq_len, err) < 0)
@@ -100,8 +128,9 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
     if (!made)
         goto fail;
     size_t tokens = (size_t)cfg->train.batch_size * cfg->model.seq_len;
-    t->inputs = malloc(tokens * sizeof *t->inputs);
-    t->targets = malloc(tokens * sizeof *t->targets);
+    /* Tokens go to the ops (embedding, cross-entropy) as they are. */
+    t->inputs = t->be.ops->alloc(t->be.ctx, tokens * sizeof *t->inputs);
+    t->targets = t->be.ops->alloc(t->be.ctx, tokens * sizeof *t->targets);
     t->expert_load = calloc((size_t)cfg->model.n_layers * cfg->moe.n_experts,
                             sizeof *t->expert_load);
     t->rank = calloc((size_t)c->world, sizeof *t->rank);
@@ -131,9 +160,11 @@ void trainer_destroy(trainer *t)
         return;
     model_destroy(t->model);
     dataset_finish(&t->data);
-    cpu_backend_finish(&t->be);
-    free(t->inputs);
-    free(t->targets);
+    if (t->be.ops) {
+        t->be.ops->free(t->be.ctx, t->inputs);
+        t->be.ops->free(t->be.ctx, t->targets);
+    }
+    stop_backend(t);
     free(t->expert_load);
     free(t->rank);
     balancer_destroy(&t->bal);

@@ -13,6 +13,7 @@
 #include "engine/config.h"
 #include "engine/data.h"
 #include "engine/error.h"
+#include "engine/gpu_loader.h"
 #include "engine/metrics.h"
 #include "engine/model.h"
 #include "engine/optimizer.h"
@@ -23,6 +24,7 @@ typedef struct trainer {
     const comm *comm;       /* this rank in the job */
     int local_batch;        /* sequences this rank trains per step */
     backend be;
+    gpu_loader gpu;        /* the GPU backend's module, for a GPU device */
     model *model;
     dataset data;
     optimizer_settings opt;

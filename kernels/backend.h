@@ -150,6 +150,15 @@ typedef struct backend_ops {
                          float *m, float *v, size_t n, float lr, float beta1,
                          float beta2, float eps, float weight_decay,
                          float grad_scale, int t);
+
+    /* Memory for the tensors handed to the ops that the host code can read
+     * and write too: host memory on the CPU, managed memory on a GPU. Ops
+     * may be asynchronous: sync waits for every op issued so far, after
+     * which the host may read their results. alloc returns NULL when out of
+     * memory; free(NULL) does nothing. */
+    void *(*alloc)(void *ctx, size_t bytes);
+    void (*free)(void *ctx, void *p);
+    void (*sync)(void *ctx);
 } backend_ops;
 
 typedef struct backend {

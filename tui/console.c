@@ -742,17 +742,21 @@ static void draw_balance(console *c, const layout_rect *r)
         real_text(before, sizeof before, "%.3g", p->before_ms);
         real_text(after, sizeof after, "%.3g", p->after_ms);
         real_text(gain, sizeof gain, "%.1f%%", p->gain * 100);
-        char splits[32] = "";
+        /* Moves alone, or changes of which some split an expert. */
+        char what[48];
         if (p->splits)
-            snprintf(splits, sizeof splits, " (%d split)", p->splits);
-        snprintf(full, sizeof full, "plan at step %d (%s): %d change%s%s, "
-                 "%s -> %s ms predicted, gain %s, %s; %s", p->step,
-                 plan_trigger_name(p->trigger), p->moves,
-                 p->moves == 1 ? "" : "s", splits, before, after, gain, moved,
-                 state);
-        snprintf(compact, sizeof compact, "plan %d (%s): %d changes, %s -> %s "
-                 "ms (gain %s), %s", p->step, plan_trigger_name(p->trigger),
-                 p->moves, before, after, gain, state);
+            snprintf(what, sizeof what, "%d change%s (%d split)", p->moves,
+                     p->moves == 1 ? "" : "s", p->splits);
+        else
+            snprintf(what, sizeof what, "%d move%s", p->moves,
+                     p->moves == 1 ? "" : "s");
+        snprintf(full, sizeof full, "plan at step %d (%s): %s, %s -> %s ms "
+                 "predicted, gain %s, %s; %s", p->step,
+                 plan_trigger_name(p->trigger), what, before, after, gain,
+                 moved, state);
+        snprintf(compact, sizeof compact, "plan %d (%s): %s, %s -> %s ms "
+                 "(gain %s), %s", p->step, plan_trigger_name(p->trigger),
+                 what, before, after, gain, state);
     }
     const char *plan_lines[] = {full, compact};
     put_text(r->row + 1, r->col, longest_fitting(plan_lines, 2, cols), cols);

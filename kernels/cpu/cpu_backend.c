@@ -5,6 +5,27 @@
 
 #include "kernels/cpu/cpu_ops.h"
 
+/* 64-byte aligned, as the vector loops like it. */
+static void *cpu_alloc(void *ctx, size_t bytes)
+{
+    (void)ctx;
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 1) != 0)
+        return NULL;
+    return p;
+}
+
+static void cpu_free(void *ctx, void *p)
+{
+    (void)ctx;
+    free(p);
+}
+
+static void cpu_sync(void *ctx)
+{
+    (void)ctx; /* every op has finished when it returns */
+}
+
 const backend_ops cpu_backend_ops = {
     .name = "cpu",
     .matmul_forward = cpu_matmul_forward,
@@ -31,6 +52,9 @@ const backend_ops cpu_backend_ops = {
     .add_inplace = cpu_add_inplace,
     .sum_squares = cpu_sum_squares,
     .adamw_update = cpu_adamw_update,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .sync = cpu_sync,
 };
 
 int cpu_backend_init(backend *out, int threads)

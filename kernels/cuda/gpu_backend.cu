@@ -28,6 +28,26 @@ extern "C" const char *gpu_backend_error(void)
     return first_failure[0] ? first_failure : NULL;
 }
 
+/* The table's memory slots: managed memory, which the engine's host code
+ * (routing, dispatch, MPI buffers) and the kernels both address. */
+static void *gpu_op_alloc(void *ctx, size_t bytes)
+{
+    (void)ctx;
+    return gpu_alloc(bytes);
+}
+
+static void gpu_op_free(void *ctx, void *p)
+{
+    (void)ctx;
+    gpu_free(p);
+}
+
+static void gpu_op_sync(void *ctx)
+{
+    (void)ctx;
+    GPU_CHECK(cudaDeviceSynchronize());
+}
+
 static const backend_ops gpu_ops = {
     gpu_backend_kind,
     gpu_matmul_forward,
@@ -54,6 +74,9 @@ static const backend_ops gpu_ops = {
     gpu_add_inplace,
     gpu_sum_squares,
     gpu_adamw_update,
+    gpu_op_alloc,
+    gpu_op_free,
+    gpu_op_sync,
 };
 
 extern "C" int gpu_device_count(char *why, size_t why_size)
