@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The GPU backend test (tests/kernels/test_gpu_ops.c: every op of the CUDA
+# backend against the CPU reference) built with nothing but nvcc, a C
+# compiler and OpenBLAS: for a machine with a GPU and the CUDA toolkit but
+# no apt and no network. OpenBLAS comes from Debian packages fetched here
+# and unpacked there with dpkg -x, or from the system when it has one.
+#
+#   scripts/gpu-kernels-test.sh --fetch DIR     here: download the .debs to DIR
+#   scripts/gpu-kernels-test.sh [--debs DIR] [--arch 90] [--out DIR]
+#                                               there: build, then run the test
+#
+# Exits with the test's status: 0 passed, 1 failed, 77 no usable device.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+debs="" arch=90 out=build-gpu fetch=""
+while (($#)); do
+    case "$1" in
+        --fetch) fetch=$2; shift 2 ;;
+        --debs) debs=$2; shift 2 ;;
+        --arch) arch=$2; shift 2 ;;
+        --out) out=$2; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        *) echo "gpu-kernels-test.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+say() { printf 'gpu-kernels-test: %s\n' "$*" >&2; }
+
+# OpenBLAS (pthread build, its headers and the Fortran runtime it needs).
+packages=(libopenblas0-pthread libopenblas-pthread-dev libgfortran5)
+
+if [ -n "$fetch" ]; then
+    mkdir -p "$fetch"
+    (cd "$fetch" && apt-get download "${packages[@]}")
+    say "fetched ${packages[*]} into $fetch"
+    exit 0
+fi
+
+nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+[ -x "$nvcc" ] || { say "no nvcc (looked on PATH and in /usr/local/cuda/bin)"; exit 2; }
+cuda=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+
+mkdir -p "$out/obj"
+prefix=/
+if [ -n "$debs" ]; then
+    prefix=$out/debs
+    mkdir -p "$prefix"
+    for f in "$debs"/*.deb; do dpkg -x "$f" "$prefix"; done
+fi
+multiarch=usr/lib/x86_64-linux-gnu
+blas_inc=$prefix/usr/include/x86_64-linux-gnu/openblas-pthread
+blas_lib=$prefix/$multiarch/openblas-pthread
+[ -f "$blas_inc/cblas.h" ] || { say "no OpenBLAS headers under $blas_inc (use --debs)"; exit 2; }
+
+# The one configured header the CPU reference reads.
+printf '#define HAVE_OPENMP 1\n#define HAVE_MPI 0\n#define HAVE_CUDA 1\n#define HAVE_HIP 0\n' \
+    > "$out/moectl_build.h"
+
+say "compiling the CUDA kernels for sm_$arch with $nvcc"
+for src in kernels/cuda/*.cu; do
+    "$nvcc" -std=c++17 -O2 -gencode "arch=compute_$arch,code=sm_$arch" \
+        -Xcompiler -fPIC -I. -c "$src" -o "$out/obj/$(basename "$src").o"
+done
+say "compiling the CPU reference and the test"
+for src in kernels/cpu/*.c tests/kernels/test_gpu_ops.c; do
+    cc -std=c11 -O2 -fopenmp -D_DEFAULT_SOURCE -D_POSIX_C_SOURCE=200809L \
+        -I. -I"$out" -I"$blas_inc" -c "$src" \
+        -o "$out/obj/$(basename "$src").o"
+done
+cc -o "$out/test_gpu_ops" "$out"/obj/*.o -fopenmp \
+    -L"$blas_lib" -l:libopenblas.so.0 \
+    -L"$cuda/lib64" -lcublas -lcudart -lstdc++ -lm \
+    -Wl,-rpath,"$(readlink -f "$blas_lib")":"$(readlink -f "$prefix/$multiarch")":"$cuda/lib64"
+say "running $out/test_gpu_ops"
+# libgfortran is OpenBLAS's own need: the run path of the test does not
+# reach it, the loader's path does.
+export LD_LIBRARY_PATH="$(readlink -f "$prefix/$multiarch")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+set +e
+"$out/test_gpu_ops"
+status=$?
+say "exit status $status"
+exit $status
