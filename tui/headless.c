@@ -181,6 +181,13 @@ static void print_summary(const run_summary *s, const config *cfg, int status)
                     "%s, commands %s\n", train, val, ckpt, cmds);
 }
 
+static int failed_together;
+
+int headless_failed_together(void)
+{
+    return failed_together;
+}
+
 int headless_run(const config *cfg, const headless_options *opt,
                  const comm *c)
 {
@@ -190,6 +197,8 @@ int headless_run(const config *cfg, const headless_options *opt,
         return 2;
 
     trainer *t = NULL;
+    int quiet = 0;
+    failed_together = 0;
     metrics_sink *metrics = NULL;
     control_server *control = NULL;
     int status = 1;
@@ -198,7 +207,29 @@ int headless_run(const config *cfg, const headless_options *opt,
         status = 2;
         goto done;
     }
-    if (trainer_create(&t, cfg, c, &err) < 0)
+    /* Every rank learns whether all started (a GPU rank may find no
+     * device): a failure then ends each rank cleanly, with the failing
+     * rank's reason, rather than through MPI_Abort. */
+    int started = trainer_create(&t, cfg, c, &err) == 0;
+    if (c->world > 1) {
+        int all_started = started;
+        int *each = malloc((size_t)c->world * sizeof *each);
+        if (each) {
+            comm_allgather_int(c, &started, 1, each);
+            for (int r = 0; r < c->world; r++)
+                all_started &= each[r];
+            free(each);
+            if (!all_started) {
+                failed_together = 1;
+                if (started) {
+                    status = 1;
+                    quiet = 1; /* the rank that failed says why */
+                    goto done;
+                }
+            }
+        }
+    }
+    if (!started)
         goto done;
     if (opt->resume && trainer_resume(t, opt->resume, &err) < 0)
         goto done;
@@ -276,7 +307,7 @@ int headless_run(const config *cfg, const headless_options *opt,
     if (c->rank == 0)
         print_summary(&summary, cfg, status);
 done:
-    if (status != 0 && status != 3) {
+    if (status != 0 && status != 3 && !quiet) {
         if (c->world == 1)
             fprintf(stderr, "moectl: %s\n", err.message);
         else

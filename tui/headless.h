@@ -31,5 +31,8 @@ int headless_check(const config *cfg, const headless_options *opt);
 
 int headless_run(const config *cfg, const headless_options *opt,
                  const comm *c);
+/* 1 when the last headless_run failed on every rank together (a rank
+ * could not start and all learned it), so no MPI_Abort is needed. */
+int headless_failed_together(void);
 
 #endif

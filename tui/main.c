@@ -384,12 +384,15 @@ static int run_ranks(const config *cfg, const headless_options *opt,
     }
     /* A rank that failed alone would leave the others waiting in a
      * collective: end the whole job. */
-    if (c.world > 1 && status != 0 && status != 3)
+    if (c.world > 1 && status != 0 && status != 3 &&
+        !headless_failed_together())
         comm_abort(&c, status);
     comm_finish(&c);
-    /* A clean stop (3) reaches the launcher through the status file;
-     * handed to mpirun it would print a page about a failed job. */
-    if (c.world > 1 && status == 3 && status_file)
+    /* A clean stop (3), and a start that failed on every rank together,
+     * reach the launcher through the status file; handed to mpirun they
+     * would print a page about a failed job. */
+    if (c.world > 1 && status_file &&
+        (status == 3 || headless_failed_together()))
         return 0;
     return status;
 }
