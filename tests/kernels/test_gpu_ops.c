@@ -8,8 +8,11 @@
  *   stated tolerance: fp32 element-wise ops 1e-5; reductions, GEMMs and
  *   attention 1e-4 (fp32 GEMMs: TF32 off).
  * The CPU backward ops are themselves checked against finite differences
- * (tests/kernels/test_ops.c); agreeing with them within tolerance carries
- * that check over. Without a device the test exits 77 (skipped). */
+ * (tests/kernels/test_ops.c); the GPU's matmul, RMSNorm, SwiGLU and
+ * attention backward are also checked against central differences of the
+ * GPU's own forward (tolerance 1e-2 of the largest gradient entry), and
+ * the GEMMs run again with TF32 on (tolerance 1e-2). Without a device the
+ * test exits 77 (skipped). */
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/gpu_backend.h"
 
@@ -111,22 +114,181 @@ static void compare(const char *op, const char *what, const pair *p,
 static const double tol_gemm = 1e-4;
 static const double tol_elem = 1e-5, tol_reduce = 1e-4;
 
+static void test_matmul_with(const backend *g, const char *label, int N,
+                             int IC, int OC, double tolerance);
+
 static void test_matmul(int N, int IC, int OC)
+{
+    test_matmul_with(&gpu, "matmul", N, IC, OC, tol_gemm);
+}
+
+static void test_matmul_with(const backend *g, const char *label, int N,
+                             int IC, int OC, double tolerance)
 {
     pair inp = pair_random((size_t)N * IC), w = pair_random((size_t)OC * IC);
     pair out = pair_poisoned((size_t)N * OC), dout = pair_random(out.n);
     pair dinp = pair_random(inp.n), dw = pair_random(w.n);
+    char fwd[40], bwd[40];
+    snprintf(fwd, sizeof fwd, "%s_forward", label);
+    snprintf(bwd, sizeof bwd, "%s_backward", label);
     cpu.ops->matmul_forward(cpu.ctx, out.host, inp.host, w.host, N, IC, OC);
-    gpu.ops->matmul_forward(gpu.ctx, out.dev, inp.dev, w.dev, N, IC, OC);
-    compare("matmul_forward", "out", &out, tol_gemm);
+    g->ops->matmul_forward(g->ctx, out.dev, inp.dev, w.dev, N, IC, OC);
+    compare(fwd, "out", &out, tolerance);
     cpu.ops->matmul_backward(cpu.ctx, dinp.host, dw.host, dout.host, inp.host,
                              w.host, N, IC, OC);
-    gpu.ops->matmul_backward(gpu.ctx, dinp.dev, dw.dev, dout.dev, inp.dev,
-                             w.dev, N, IC, OC);
-    compare("matmul_backward", "dinp", &dinp, tol_gemm);
-    compare("matmul_backward", "dweight", &dw, tol_gemm);
+    g->ops->matmul_backward(g->ctx, dinp.dev, dw.dev, dout.dev, inp.dev,
+                            w.dev, N, IC, OC);
+    compare(bwd, "dinp", &dinp, tolerance);
+    compare(bwd, "dweight", &dw, tolerance);
     pair_free(&inp), pair_free(&w), pair_free(&out), pair_free(&dout);
     pair_free(&dinp), pair_free(&dw);
+}
+
+/* ---- Finite differences of the GPU's own ops ------------------------ */
+
+/* A forward pass to differentiate: writes `out` from the inputs it holds. */
+typedef struct fd_forward {
+    void (*run)(const struct fd_forward *f);
+    float *out;
+    size_t n_out;
+    float *a, *b;  /* the op's inputs (b may be unused) */
+    float *aux;    /* scratch the forward also writes (rstd, probs) */
+    int N, IC, OC; /* shapes, as each op reads them */
+} fd_forward;
+
+/* L = Σ r·out in double. The kernels are deterministic, so outputs a
+ * perturbation does not reach are bitwise equal in both evaluations and
+ * cancel exactly in the difference. */
+static double fd_loss(const fd_forward *f, const float *r)
+{
+    f->run(f);
+    double sum = 0;
+    for (size_t i = 0; i < f->n_out; i++)
+        sum += (double)f->out[i] * r[i];
+    return sum;
+}
+
+/* Central differences of L at 16 random coordinates of x against `grad`
+ * (the op's backward with dout = r, into zeros). Stated tolerance: 1e-2 of
+ * the largest gradient entry (fp32 forward, step 1e-3). */
+static void fd_check(const char *op, const char *what, const fd_forward *f,
+                     const float *r, float *x, size_t n, const float *grad)
+{
+    double scale = 1e-3, worst = 0;
+    for (size_t i = 0; i < n; i++)
+        scale = fmax(scale, fabs(grad[i]));
+    for (int k = 0; k < 16; k++) {
+        size_t i = (size_t)(rng_next() % n);
+        float v = x[i];
+        float up = v + 1e-3f, down = v - 1e-3f;
+        x[i] = up;
+        double plus = fd_loss(f, r);
+        x[i] = down;
+        double minus = fd_loss(f, r);
+        x[i] = v;
+        double fd = (plus - minus) / ((double)up - (double)down);
+        double err = fabs(fd - grad[i]) / scale;
+        if (!(err <= worst))
+            worst = isnan(err) ? INFINITY : err;
+    }
+    f->run(f); /* leave the outputs as the unperturbed inputs give them */
+    checks++;
+    if (!(worst <= 1e-2)) {
+        failures++;
+        printf("FAIL %-28s %-10s finite differences off by %.2e\n", op, what,
+               worst);
+    } else {
+        printf("ok   %-28s %-10s finite differences within %.2e\n", op,
+               what, worst);
+    }
+}
+
+static float *dev_zeros(size_t n)
+{
+    float *p = gpu_alloc(n * sizeof *p);
+    if (!p) {
+        fprintf(stderr, "test_gpu_ops: out of memory\n");
+        exit(1);
+    }
+    memset(p, 0, n * sizeof *p);
+    return p;
+}
+
+static float *dev_random(size_t n)
+{
+    float *p = dev_zeros(n);
+    for (size_t i = 0; i < n; i++)
+        p[i] = rng_value();
+    return p;
+}
+
+static void run_matmul(const fd_forward *f)
+{
+    gpu.ops->matmul_forward(gpu.ctx, f->out, f->a, f->b, f->N, f->IC, f->OC);
+}
+
+static void run_rmsnorm(const fd_forward *f)
+{
+    gpu.ops->rmsnorm_forward(gpu.ctx, f->out, f->aux, f->a, f->b, f->N,
+                             f->IC, 1e-5f);
+}
+
+static void run_swiglu(const fd_forward *f)
+{
+    gpu.ops->swiglu_forward(gpu.ctx, f->out, f->a, f->N, f->IC);
+}
+
+/* attention: N sequences of T = IC positions, C = OC channels, 2 heads. */
+static void run_attention(const fd_forward *f)
+{
+    gpu.ops->attention_forward(gpu.ctx, f->out, f->aux, f->a, f->N, f->IC,
+                               f->OC, 2);
+}
+
+static void test_finite_differences(void)
+{
+    enum { N = 6, IC = 10, OC = 8, F = 7, T = 5, C = 8 };
+    /* matmul: out (N, OC) = inp · wᵀ */
+    fd_forward mm = {run_matmul, dev_zeros(N * OC), N * OC, dev_random(N * IC),
+                     dev_random(OC * IC), NULL, N, IC, OC};
+    float *r = dev_random(N * OC), *dinp = dev_zeros(N * IC),
+          *dw = dev_zeros(OC * IC);
+    gpu.ops->matmul_backward(gpu.ctx, dinp, dw, r, mm.a, mm.b, N, IC, OC);
+    fd_check("matmul", "dinp", &mm, r, mm.a, N * IC, dinp);
+    fd_check("matmul", "dweight", &mm, r, mm.b, OC * IC, dw);
+
+    /* rmsnorm: out (N, IC) */
+    fd_forward rn = {run_rmsnorm, dev_zeros(N * IC), N * IC,
+                     dev_random(N * IC), dev_random(IC), dev_zeros(N), N, IC,
+                     0};
+    float *r2 = dev_random(N * IC), *dx = dev_zeros(N * IC),
+          *dg = dev_zeros(IC);
+    rn.run(&rn);
+    gpu.ops->rmsnorm_backward(gpu.ctx, dx, dg, r2, rn.a, rn.b, rn.aux, N, IC);
+    fd_check("rmsnorm", "dinp", &rn, r2, rn.a, N * IC, dx);
+    fd_check("rmsnorm", "dweight", &rn, r2, rn.b, IC, dg);
+
+    /* swiglu: gate_up (N, 2F) -> out (N, F) */
+    fd_forward sw = {run_swiglu, dev_zeros(N * F), N * F, dev_random(N * 2 * F),
+                     NULL, NULL, N, F, 0};
+    float *r3 = dev_random(N * F), *dgu = dev_zeros(N * 2 * F);
+    gpu.ops->swiglu_backward(gpu.ctx, dgu, r3, sw.a, N, F);
+    fd_check("swiglu", "dgate_up", &sw, r3, sw.a, N * 2 * F, dgu);
+
+    /* attention: qkv (2·T, 3C) -> out (2·T, C), 2 sequences */
+    fd_forward at = {run_attention, dev_zeros(2 * T * C), 2 * T * C,
+                     dev_random(2 * T * 3 * C), NULL,
+                     dev_zeros(2 * 2 * T * T), 2, T, C};
+    float *r4 = dev_random(2 * T * C), *dqkv = dev_zeros(2 * T * 3 * C);
+    at.run(&at);
+    gpu.ops->attention_backward(gpu.ctx, dqkv, r4, at.a, at.aux, 2, T, C, 2);
+    fd_check("attention", "dqkv", &at, r4, at.a, 2 * T * 3 * C, dqkv);
+
+    float *all[] = {mm.out, mm.a, mm.b, r, dinp, dw, rn.out, rn.a, rn.b,
+                    rn.aux, r2, dx, dg, sw.out, sw.a, r3, dgu, at.out, at.a,
+                    at.aux, r4, dqkv};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++)
+        gpu_free(all[i]);
 }
 
 static void test_grouped(void)
@@ -371,6 +533,17 @@ int main(void)
     test_rows();
     test_attention();
     test_router_and_dispatch();
+    test_finite_differences();
+    /* TF32 tensor cores (precision: tf32): 10-bit mantissa products, so a
+     * looser stated tolerance, 1e-2. */
+    backend tf32;
+    if (gpu_backend_init(&tf32, 0, 1, why, sizeof why) == 0) {
+        test_matmul_with(&tf32, "matmul_tf32", 128, 256, 512, 1e-2);
+        gpu_backend_finish(&tf32);
+    } else {
+        failures++;
+        printf("FAIL: cannot start a TF32 backend: %s\n", why);
+    }
     if (gpu_backend_error()) {
         failures++;
         printf("FAIL: %s\n", gpu_backend_error());
