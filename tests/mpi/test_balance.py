@@ -23,7 +23,8 @@ import sys
 import tempfile
 
 CASE, MOECTL, ROOT = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
-if "ASAN_OPTIONS" in os.environ:  # see test_mpi.py
+SANITIZED = "ASAN_OPTIONS" in os.environ
+if SANITIZED:  # see test_mpi.py
     os.environ["ASAN_OPTIONS"] += ":detect_leaks=0"
 # meson's MALLOC_PERTURB_ fills every allocation, which costs MPI's
 # per-call buffers so much that it drowns the expert work this test
@@ -117,7 +118,12 @@ def case_policy_auto(tmp):
           f"without: {b1:,.0f} -> {a1:,.0f} ({g1:.2f}x); slow rank experts "
           f"{slow_before:.0f} -> {slow_after:.0f}; {len(applied)} plan(s) "
           f"applied")
-    if not g0 > g1:
+    if SANITIZED:
+        # Instrumented loops run ~10x slower while OpenBLAS does not: the
+        # expert GEMMs that placement moves become a sliver of the step, so
+        # throughput says nothing about placement there.
+        print("sanitizer build: the throughput direction is not checked")
+    elif not g0 > g1:
         fail(f"policy auto did not raise tokens/s more than the run without "
              f"it: {g0:.3f}x against {g1:.3f}x")
     for s in a[-100:]:
