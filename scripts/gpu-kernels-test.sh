@@ -38,9 +38,19 @@ if [ -n "$fetch" ]; then
     exit 0
 fi
 
-nvcc=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
-[ -x "$nvcc" ] || { say "no nvcc (looked on PATH and in /usr/local/cuda/bin)"; exit 2; }
+# The toolkit's own nvcc first: one on PATH may be a wrapper script that
+# says nothing about where the libraries are.
+nvcc=/usr/local/cuda/bin/nvcc
+[ -x "$nvcc" ] || nvcc=$(command -v nvcc || true)
+[ -n "$nvcc" ] && [ -x "$nvcc" ] || { say "no nvcc (looked in /usr/local/cuda/bin and on PATH)"; exit 2; }
 cuda=$(dirname "$(dirname "$(readlink -f "$nvcc")")")
+cuda_lib=""
+for d in "$cuda/lib64" "$cuda/targets/x86_64-linux/lib" "${CUDA_HOME:-/usr/local/cuda}/lib64"; do
+    if [ -z "$cuda_lib" ] && [ -e "$d/libcudart.so" ] && [ -e "$d/libcublas.so" ]; then
+        cuda_lib=$d
+    fi
+done
+[ -n "$cuda_lib" ] || { say "no libcudart.so and libcublas.so beside $nvcc"; exit 2; }
 
 mkdir -p "$out/obj"
 prefix=/
@@ -71,8 +81,8 @@ for src in kernels/cpu/*.c tests/kernels/test_gpu_ops.c; do
 done
 cc -o "$out/test_gpu_ops" "$out"/obj/*.o -fopenmp \
     -L"$blas_lib" -l:libopenblas.so.0 \
-    -L"$cuda/lib64" -lcublas -lcudart -lstdc++ -lm \
-    -Wl,-rpath,"$(readlink -f "$blas_lib")":"$(readlink -f "$prefix/$multiarch")":"$cuda/lib64"
+    -L"$cuda_lib" -lcublas -lcudart -lstdc++ -lm \
+    -Wl,-rpath,"$(readlink -f "$blas_lib")":"$(readlink -f "$prefix/$multiarch")":"$cuda_lib"
 say "running $out/test_gpu_ops"
 # libgfortran is OpenBLAS's own need: the run path of the test does not
 # reach it, the loader's path does.
