@@ -288,12 +288,17 @@ void balancer_describe(const balancer *b, const int *placement,
     for (size_t i = 0; i < (size_t)b->layers * b->experts; i++)
         splits += b->proposal_share[i * b->ranks + b->proposal[i]] <
                   b->share_units;
-    PUT("%d change%s (%d replica%s shipped, %d expert%s split), predicted "
-        "step %.3g -> %.3g ms (%+.1f%%):",
-        b->proposal_changes, b->proposal_changes == 1 ? "" : "s",
-        b->proposal_moves, b->proposal_moves == 1 ? "" : "s", splits,
-        splits == 1 ? "" : "s", b->before_s * 1e3, b->after_s * 1e3,
-        -gain * 100);
+    if (splits)
+        PUT("%d change%s (%d expert%s split, %d replica%s shipped), "
+            "predicted step %.3g -> %.3g ms (%+.1f%%):",
+            b->proposal_changes, b->proposal_changes == 1 ? "" : "s", splits,
+            splits == 1 ? "" : "s", b->proposal_moves,
+            b->proposal_moves == 1 ? "" : "s", b->before_s * 1e3,
+            b->after_s * 1e3, -gain * 100);
+    else
+        PUT("%d move%s, predicted step %.3g -> %.3g ms (%+.1f%%):",
+            b->proposal_changes, b->proposal_changes == 1 ? "" : "s",
+            b->before_s * 1e3, b->after_s * 1e3, -gain * 100);
     int shown = 0, R = b->ranks;
     for (int l = 0; l < b->layers; l++)
         for (int e = 0; e < b->experts; e++) {
