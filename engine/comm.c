@@ -1,5 +1,6 @@
 #include "engine/comm.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,11 +67,14 @@ void comm_allreduce_sum_float(const comm *c, float *data, size_t count)
     if (c->world == 1)
         return;
     enum { chunk = 1 << 20 };
-    float *all = malloc((size_t)c->world * chunk * sizeof *all);
+    size_t rows = count < chunk ? count : chunk;
+    float *all = malloc((size_t)c->world * (rows ? rows : 1) * sizeof *all);
     if (!all) {
-        MPI_Allreduce(MPI_IN_PLACE, data, (int)count, MPI_FLOAT, MPI_SUM,
-                      MPI_COMM_WORLD);
-        return;
+        /* Not MPI_Allreduce: its order may differ between ranks, and the
+         * replicas of a split expert must take bit-identical updates. */
+        fprintf(stderr, "moectl: rank %d: out of memory for the gradient "
+                        "all-reduce\n", c->rank);
+        MPI_Abort(MPI_COMM_WORLD, 1);
     }
     for (size_t start = 0; start < count; start += chunk) {
         int n = (int)(count - start < chunk ? count - start : chunk);

@@ -263,22 +263,12 @@ static void transfer_expert(trainer *t, int l, int e, int from, int to)
     }
 }
 
+/* A move is a split with every row on `to`. */
 size_t trainer_move_expert(trainer *t, int l, int e, int to)
 {
-    model *m = t->model;
-    int *rank = &m->expert_rank[(size_t)l * m->dims.E + e];
-    int split = model_expert_share(m, l, e, *rank) < MODEL_SHARE_UNITS;
-    if (*rank == to && !split)
-        return 0;
-    /* A split expert's replicas are identical: the one on `to`, if any,
-     * already is the expert; otherwise its rank sends it. */
-    int sent = !model_expert_share(m, l, e, to);
-    if (sent)
-        transfer_expert(t, l, e, *rank, to);
-    *rank = to;
-    model_unsplit_expert(m, l, e);
-    m->placement_version++;
-    return sent ? expert_move_bytes(m) : 0;
+    int share[CONFIG_MAX_DEVICES] = {0};
+    share[to] = MODEL_SHARE_UNITS;
+    return trainer_split_expert(t, l, e, to, share);
 }
 
 size_t trainer_split_expert(trainer *t, int l, int e, int to,
@@ -290,6 +280,8 @@ size_t trainer_split_expert(trainer *t, int l, int e, int to,
     int *now = m->expert_share + ((size_t)l * m->dims.E + e) * world;
     int changed = *rank != to;
     size_t bytes = 0;
+    /* Replicas are identical: a rank that already holds one needs
+     * nothing; one that gains a share gets the expert from its rank. */
     for (int r = 0; r < world; r++) {
         changed |= now[r] != share[r];
         if (share[r] > 0 && now[r] == 0) {

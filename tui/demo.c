@@ -642,6 +642,19 @@ static int command_answered(demo *d)
     return 1;
 }
 
+/* The outcome of the command last sent: 0 while it waits, 1 once applied,
+ * -1 when the job refused it (said in the narration: the chapter ends). */
+static int command_outcome(demo *d)
+{
+    if (!command_answered(d))
+        return 0;
+    if (!d->reply_ok) {
+        say(d, "`%s` was refused: %s\n", d->sent, d->reply);
+        return -1;
+    }
+    return 1;
+}
+
 static int reached(demo *d, int step, const char *what)
 {
     if (d->latest_step >= step)
@@ -829,12 +842,9 @@ static int chapter_move(demo *d)
         d->phase = 1;
     }
     if (d->phase == 1) {
-        if (!command_answered(d))
-            return 0;
-        if (!d->reply_ok) {
-            say(d, "`%s` was refused: %s\n", d->sent, d->reply);
-            return 1;
-        }
+        int outcome = command_outcome(d);
+        if (outcome <= 0)
+            return outcome < 0;
         d->move_step = d->event_step;
         d->phase = 2;
     }
@@ -882,12 +892,9 @@ static int chapter_plan(demo *d)
         d->phase = 1;
     }
     if (d->phase == 1) {
-        if (!command_answered(d))
-            return 0;
-        if (!d->reply_ok) {
-            say(d, "`plan` was refused: %s\n", d->reply);
-            return 1;
-        }
+        int outcome = command_outcome(d);
+        if (outcome <= 0)
+            return outcome < 0;
         say(d, "`plan` at step %d asks the placement planner, from the "
             "measured loads and rank speeds, for a better placement. It "
             "answered: \"%s\"", d->event_step, d->reply);
@@ -902,12 +909,9 @@ static int chapter_plan(demo *d)
         d->phase = 2;
     }
     if (d->phase == 2) {
-        if (!command_answered(d))
-            return 0;
-        if (!d->reply_ok) {
-            say(d, "`apply` was refused: %s\n", d->reply);
-            return 1;
-        }
+        int outcome = command_outcome(d);
+        if (outcome <= 0)
+            return outcome < 0;
         d->apply_step = d->event_step;
         d->phase = 3;
     }
@@ -964,13 +968,11 @@ static int chapter_policy(demo *d)
         d->phase = 1;
     }
     if (d->phase == 1) {
-        if (!command_answered(d))
-            return 0;
-        if (!d->reply_ok) {
-            say(d, "`%s` was refused: %s\n", d->sent, d->reply);
+        int outcome = command_outcome(d);
+        if (outcome < 0)
             d->policy_step = d->latest_step;
-            return 1;
-        }
+        if (outcome <= 0)
+            return outcome < 0;
         d->policy_step = d->event_step;
         d->phase = 2;
     }
