@@ -5,12 +5,12 @@ experts of width 256 a layer, the last rank emulated 4x slower).
 usage: test_balance.py CASE MOECTL SOURCE_ROOT
 
   policy_auto  on 2 ranks, `policy auto` from step 100 moves experts off
-               the slow rank, raises tokens/s (the direction only: the
-               median of the last 100 steps over that of steps 21-100,
-               against the same ratio in the same run without the
-               policy), writes plan and plan_result records, and leaves
-               the loss trajectory bit for bit equal to the run without
-               the policy.
+               the slow rank, so that the slow rank's share of the routed
+               rows falls towards its share of the speed (a count, not a
+               clock: tokens/s is printed, and judged by
+               tests/bench/balance_bench.py), writes plan and plan_result
+               records, and leaves the loss trajectory bit for bit equal
+               to the run without the policy.
   commands     `plan` proposes without moving, `apply` moves and is
                measured afterwards, `policy suggest` proposes on schedule,
                and one rank refuses plan with a reason.
@@ -105,27 +105,35 @@ def case_policy_auto(tmp):
              f"(had {slow_before})")
     if a[-1]["placement_version"] <= a[99]["placement_version"]:
         fail("the placement version did not change")
-    # Direction: the run with the policy gains more from its first 100
-    # steps to its last 100 than the same run without it (which also
-    # speeds up as it warms), in the same conditions.
-    def gain(run):
-        before = statistics.median(s["tokens_per_s"] for s in run[20:100])
-        after = statistics.median(s["tokens_per_s"] for s in run[-100:])
-        return before, after, after / before
-    b0, a0, g0 = gain(a)
-    b1, a1, g1 = gain(b)
-    print(f"policy auto: tokens/s {b0:,.0f} -> {a0:,.0f} ({g0:.2f}x); "
-          f"without: {b1:,.0f} -> {a1:,.0f} ({g1:.2f}x); slow rank experts "
-          f"{slow_before:.0f} -> {slow_after:.0f}; {len(applied)} plan(s) "
-          f"applied")
-    if SANITIZED:
-        # Instrumented loops run ~10x slower while OpenBLAS does not: the
-        # expert GEMMs that placement moves become a sliver of the step, so
-        # throughput says nothing about placement there.
-        print("sanitizer build: the throughput direction is not checked")
-    elif not g0 > g1:
-        fail(f"policy auto did not raise tokens/s more than the run without "
-             f"it: {g0:.3f}x against {g1:.3f}x")
+    # Direction, counted rather than timed: the rows the slow rank's
+    # experts process, as a share of all routed rows, fall from about its
+    # share of the experts towards its share of the speed (1/5 at 4x
+    # slower). Wall-clock throughput shifts with whatever else the machine
+    # runs (CI runs tests side by side), so it is printed for the log and
+    # judged by tests/bench/balance_bench.py, never asserted here.
+    def slow_share(run):
+        rows = [s["ranks"][ranks - 1]["tokens"] for s in run]
+        total = [sum(r["tokens"] for r in s["ranks"]) for s in run]
+        return sum(rows) / sum(total)
+    before, after = slow_share(a[20:100]), slow_share(a[-100:])
+    still_share = slow_share(b[-100:])
+    def rate(run):
+        return (statistics.median(s["tokens_per_s"] for s in run[20:100]),
+                statistics.median(s["tokens_per_s"] for s in run[-100:]))
+    (b0, a0), (b1, a1) = rate(a), rate(b)
+    print(f"policy auto: slow rank's share of routed rows {before:.3f} -> "
+          f"{after:.3f} (without the policy {still_share:.3f}); slow rank "
+          f"experts {slow_before:.0f} -> {slow_after:.0f}; {len(applied)} "
+          f"plan(s) applied; tokens/s {b0:,.0f} -> {a0:,.0f}, without "
+          f"{b1:,.0f} -> {a1:,.0f} (not judged)")
+    if not after < before or not after < still_share:
+        fail(f"the slow rank's share of routed rows did not fall: "
+             f"{before:.3f} -> {after:.3f}, {still_share:.3f} without the "
+             f"policy")
+    speed_share = 1 / (1 + 4)
+    if not abs(after - speed_share) < abs(before - speed_share):
+        fail(f"the slow rank's share of rows moved away from its share of "
+             f"the speed ({speed_share:.2f}): {before:.3f} -> {after:.3f}")
     for s in a[-100:]:
         if s["straggler"] is None or s["ideal_tokens_per_s"] is None:
             fail(f"step {s['step']}: straggler or ideal missing")
