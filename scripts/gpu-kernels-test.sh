@@ -60,9 +60,17 @@ if [ -n "$debs" ]; then
     for f in "$debs"/*.deb; do dpkg -x "$f" "$prefix"; done
 fi
 multiarch=usr/lib/x86_64-linux-gnu
-blas_inc=$prefix/usr/include/x86_64-linux-gnu/openblas-pthread
-blas_lib=$prefix/$multiarch/openblas-pthread
-[ -f "$blas_inc/cblas.h" ] || { say "no OpenBLAS headers under $blas_inc (use --debs)"; exit 2; }
+# The unpacked .debs hold the pthread build; a system may have installed
+# the OpenMP one instead (setup.sh does): either serves.
+blas_inc="" blas_lib=""
+for flavour in openblas-pthread openblas-openmp; do
+    if [ -z "$blas_inc" ] && [ -f "$prefix/usr/include/x86_64-linux-gnu/$flavour/cblas.h" ] &&
+       [ -e "$prefix/$multiarch/$flavour/libopenblas.so.0" ]; then
+        blas_inc=$prefix/usr/include/x86_64-linux-gnu/$flavour
+        blas_lib=$prefix/$multiarch/$flavour
+    fi
+done
+[ -n "$blas_inc" ] || { say "no OpenBLAS headers and library under $prefix (use --debs)"; exit 2; }
 
 # The one configured header the CPU reference reads.
 printf '#define HAVE_OPENMP 1\n#define HAVE_MPI 0\n#define HAVE_CUDA 1\n#define HAVE_HIP 0\n' \
