@@ -6,8 +6,8 @@ usage: test_balance.py CASE MOECTL SOURCE_ROOT
 
   policy_auto  on 2 ranks, `policy auto` from step 100 moves experts off
                the slow rank, so that the slow rank's share of the routed
-               rows falls towards its share of the speed (a count, not a
-               clock: tokens/s is printed, and judged by
+               rows falls by 0.1 or more towards its share of the speed
+               (a count, not a clock: tokens/s is printed, and judged by
                tests/bench/balance_bench.py), writes plan and plan_result
                records, and leaves the loss trajectory bit for bit equal
                to the run without the policy.
@@ -126,14 +126,13 @@ def case_policy_auto(tmp):
           f"experts {slow_before:.0f} -> {slow_after:.0f}; {len(applied)} "
           f"plan(s) applied; tokens/s {b0:,.0f} -> {a0:,.0f}, without "
           f"{b1:,.0f} -> {a1:,.0f} (not judged)")
-    if not after < before or not after < still_share:
-        fail(f"the slow rank's share of routed rows did not fall: "
+    # A real shift, not one expert's worth (1/32 of the rows here): at
+    # least 0.1 of all rows, from about 0.47 towards 0.2. Measured: 0.17 and
+    # 0.20 on release builds, 0.09 under ASan (the plans then overshoot).
+    if not after <= before - 0.1 or not after < still_share:
+        fail(f"the slow rank's share of routed rows did not fall by 0.1: "
              f"{before:.3f} -> {after:.3f}, {still_share:.3f} without the "
              f"policy")
-    speed_share = 1 / (1 + 4)
-    if not abs(after - speed_share) < abs(before - speed_share):
-        fail(f"the slow rank's share of rows moved away from its share of "
-             f"the speed ({speed_share:.2f}): {before:.3f} -> {after:.3f}")
     for s in a[-100:]:
         if s["straggler"] is None or s["ideal_tokens_per_s"] is None:
             fail(f"step {s['step']}: straggler or ideal missing")
