@@ -57,6 +57,11 @@ static int start_backend(trainer *t, const config_device *device, int rank,
     return 0;
 }
 
+const char *trainer_device_error(const trainer *t)
+{
+    return t->gpu.handle ? t->gpu.backend_error() : NULL;
+}
+
 static void stop_backend(trainer *t)
 {
     if (t->gpu.handle) {
@@ -150,6 +155,13 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
     *out = t;
     return 0;
 fail:
+    if (trainer_device_error(t)) {
+        /* "out of memory for the model", say, and the device's reason. */
+        char what[sizeof err->message];
+        snprintf(what, sizeof what, "%s", err->message);
+        error_set(err, "device %d, %s: %s (%s)", c->rank, device->name, what,
+                  trainer_device_error(t));
+    }
     trainer_destroy(t);
     return -1;
 }
@@ -804,6 +816,37 @@ static int run_script(boundary_state *b, const double *values,
     return flags;
 }
 
+/* After each step of a job with a GPU rank: did a device fail? GPU ops
+ * record their first failure and carry on, so the step's numbers may be
+ * garbage; every rank learns of it at the same step (one collective) and
+ * stops before the step reaches metrics or a checkpoint. A failing rank
+ * keeps its cause; the others name the (highest) failing rank. */
+static int device_failed(trainer *t, int step, moe_error *err)
+{
+    const config *cfg = &t->cfg;
+    int gpu_ranks = 0;
+    for (int r = 0; r < cfg->cluster.device_count; r++)
+        gpu_ranks += cfg->cluster.devices[r].backend != CONFIG_BACKEND_CPU;
+    if (!gpu_ranks)
+        return 0;
+    const char *broken = trainer_device_error(t);
+    double failed = broken ? t->comm->rank + 1 : 0;
+    if (t->comm->world > 1)
+        comm_allreduce_max_double(t->comm, &failed, 1);
+    if (failed == 0)
+        return 0;
+    int rank = broken ? t->comm->rank : (int)failed - 1;
+    const config_device *dev = &cfg->cluster.devices[rank];
+    if (broken)
+        error_set(err, "device %s failed in step %d, which was discarded: "
+                       "%s", dev->name, step, broken);
+    else
+        error_set(err, "the device of rank %d (%s) failed in step %d, "
+                       "which was discarded", rank, dev->name, step);
+    t->failed_together = t->comm->world > 1;
+    return 1;
+}
+
 train_outcome trainer_run(trainer *t, const train_run_options *opt,
                           run_summary *summary, moe_error *err)
 {
@@ -876,6 +919,14 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
         }
         step_stats s;
         trainer_step(t, &s);
+        if (device_failed(t, s.step, err)) {
+            if (t->last_checkpoint[0]) {
+                size_t n = strlen(err->message);
+                snprintf(err->message + n, sizeof err->message - n,
+                         "; the newest checkpoint is %s", t->last_checkpoint);
+            }
+            return TRAIN_FAILED;
+        }
         summary->loss = s.loss;
         if (!isfinite(s.loss)) {
             error_set(err, "training diverged at step %d: loss is %g (try a "

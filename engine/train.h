@@ -44,12 +44,20 @@ typedef struct trainer {
     balancer bal;           /* measurements on rank 0; policy on all */
     double price_per_hour;  /* Σ over the devices */
     double peak_flops;      /* Σ over the devices */
+    int failed_together;    /* trainer_run failed on every rank at the same
+                               step (a device failure): the failing rank
+                               reports it, the others stay quiet */
 } trainer;
 
 /* c: the ranks of the job (one rank per cluster device). */
 int trainer_create(trainer **out, const config *cfg, const comm *c,
                    moe_error *err);
 void trainer_destroy(trainer *t);
+
+/* The first failure of this rank's GPU backend (a runtime, BLAS or
+ * allocation error), or NULL: always NULL on a CPU rank. GPU ops do not
+ * stop on failure; trainer_run checks after every step. */
+const char *trainer_device_error(const trainer *t);
 
 /* Continues from a checkpoint file, or the newest one in a directory. */
 int trainer_resume(trainer *t, const char *path, moe_error *err);

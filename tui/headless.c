@@ -291,8 +291,15 @@ int headless_run(const config *cfg, const headless_options *opt,
     run_summary summary;
     train_outcome outcome = trainer_run(t, &run, &summary, &err);
     end_line(&p);
-    if (outcome == TRAIN_FAILED)
+    if (outcome == TRAIN_FAILED) {
+        /* A device failure ends every rank at the same step: the rank
+         * whose device failed says why, and none aborts the job. */
+        if (t->failed_together) {
+            failed_together = 1;
+            quiet = !trainer_device_error(t);
+        }
         goto done;
+    }
 
     char elapsed[32];
     format_duration(elapsed, sizeof elapsed, summary.elapsed_s);

@@ -155,16 +155,58 @@ extern "C" void gpu_backend_finish(backend *be)
     be->ops = NULL;
 }
 
+/* Managed memory can be asked for beyond what the card holds: pages then
+ * thrash between host and device, and on some drivers the device hangs.
+ * So the live total is kept under the memory that was free at the first
+ * allocation, less a reserve for the runtime, cuBLAS and kernel scratch
+ * (5%, at least 256 MiB). Each block carries its size in a header of one
+ * alignment unit, so that a free can give it back. */
+enum { GPU_HEADER = 256 };
+static size_t managed_limit, managed_live;
+
 extern "C" void *gpu_alloc(size_t bytes)
 {
-    void *p = NULL;
-    if (cudaMallocManaged(&p, bytes ? bytes : 1) != cudaSuccess)
+    if (managed_limit == 0) {
+        size_t free_bytes = 0, total_bytes = 0;
+        cudaError_t status = cudaMemGetInfo(&free_bytes, &total_bytes);
+        if (status != cudaSuccess) {
+            gpu_report_failure("cudaMemGetInfo", cudaGetErrorString(status),
+                               __func__, __FILE__, __LINE__);
+            return NULL;
+        }
+        size_t reserve = total_bytes / 20;
+        if (reserve < ((size_t)256 << 20))
+            reserve = (size_t)256 << 20;
+        managed_limit = free_bytes > reserve ? free_bytes - reserve : 1;
+    }
+    if (bytes > managed_limit - managed_live) {
+        char detail[192];
+        snprintf(detail, sizeof detail, "%.3g GiB asked with %.3g GiB in "
+                 "use; the limit is %.3g GiB (the free memory less a "
+                 "reserve)", bytes / 1073741824.0,
+                 managed_live / 1073741824.0,
+                 managed_limit / 1073741824.0);
+        gpu_report_failure("device memory", detail, __func__, __FILE__,
+                           __LINE__);
         return NULL;
-    return p;
+    }
+    char *p = NULL;
+    cudaError_t status = cudaMallocManaged((void **)&p, bytes + GPU_HEADER);
+    if (status != cudaSuccess) {
+        gpu_report_failure("cudaMallocManaged", cudaGetErrorString(status),
+                           __func__, __FILE__, __LINE__);
+        return NULL;
+    }
+    *(size_t *)p = bytes;
+    managed_live += bytes;
+    return p + GPU_HEADER;
 }
 
 extern "C" void gpu_free(void *p)
 {
-    if (p)
-        (void)cudaFree(p);
+    if (!p)
+        return;
+    char *block = (char *)p - GPU_HEADER;
+    managed_live -= *(size_t *)block;
+    (void)cudaFree(block);
 }

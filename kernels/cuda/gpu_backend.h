@@ -32,7 +32,9 @@ void gpu_backend_finish(backend *be);
 const char *gpu_backend_error(void);
 
 /* Managed memory both the host and the device address; NULL when out of
- * memory. gpu_free(NULL) is a no-op. */
+ * memory, or when the live total would pass the device memory that was
+ * free at the first call less a reserve (gpu_backend_error says which).
+ * gpu_free(NULL) is a no-op. */
 void *gpu_alloc(size_t bytes);
 void gpu_free(void *p);
 

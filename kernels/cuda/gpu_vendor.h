@@ -22,6 +22,7 @@
 #define cudaDeviceSynchronize hipDeviceSynchronize
 #define cudaMalloc hipMalloc
 #define cudaMallocManaged hipMallocManaged
+#define cudaMemGetInfo hipMemGetInfo
 #define cudaFree hipFree
 #define cudaMemcpy hipMemcpy
 #define cudaMemset hipMemset

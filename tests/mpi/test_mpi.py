@@ -2,7 +2,7 @@
 """Multi-rank tests: moectl runs tests/mpi/tinyN.yaml (configs/tiny.yaml on
 N one-thread CPU ranks) under mpirun, which `moectl run` starts itself.
 
-usage: test_mpi.py CASE MOECTL SOURCE_ROOT
+usage: test_mpi.py CASE MOECTL SOURCE_ROOT [STANDIN_GPU_MODULE]
 
 Stated tolerance: runs on different rank counts sum the replicated
 gradients in a different order, so their losses agree closely but not bit
@@ -23,6 +23,7 @@ import tempfile
 import time
 
 CASE, MOECTL, ROOT = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3]
+STANDIN = sys.argv[4] if len(sys.argv) > 4 else None
 
 # Under AddressSanitizer, OpenMPI's own allocations outlive MPI_Finalize
 # in plugins it has unloaded, so LeakSanitizer cannot even name them: leak
@@ -48,7 +49,7 @@ def config(ranks):
     return os.path.join(ROOT, "tests", "mpi", f"tiny{ranks}.yaml")
 
 
-def train(tmp, name, ranks, extra=(), sets=(), check=True):
+def train(tmp, name, ranks, extra=(), sets=(), check=True, env=None):
     metrics = os.path.join(tmp, name + ".jsonl")
     args = [MOECTL, "run", config(ranks), "--metrics", metrics,
             "--set", "data.path=" + CORPUS,
@@ -56,7 +57,7 @@ def train(tmp, name, ranks, extra=(), sets=(), check=True):
     for s in sets:
         args += ["--set", s]
     p = subprocess.run(args + list(extra), cwd=tmp, capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=300, env=env)
     if check and p.returncode != 0:
         fail(f"{' '.join(args + list(extra))} exited {p.returncode}:\n"
              f"{p.stderr[-3000:]}")
@@ -263,6 +264,116 @@ def case_gpu_rank(tmp):
                 for s in cpu)
     print(f"a CUDA rank beside a CPU rank: 20 steps within {worst:.1e} of "
           f"two CPU ranks")
+
+
+def standin(extra=None):
+    """The environment that makes a `cuda` device load the stand-in module
+    (tests/mpi/standin_gpu.c: the CPU reference behind the GPU module's
+    exports)."""
+    env = dict(os.environ, MOECTL_GPU_LIB=STANDIN)
+    env.pop("MOECTL_STANDIN_FAIL_AT", None)
+    env.update(extra or {})
+    return env
+
+
+STANDIN_RANK = ("cluster.devices.1.backend=cuda", "cluster.devices.1.index=0")
+
+
+def case_standin_gpu_rank(tmp):
+    """The trainer's GPU path on a machine without a GPU: rank 1 is a `cuda`
+    device served by the stand-in module, so the module is loaded, its
+    table and allocator carry the rank's model, and experts migrate to and
+    from it. The math is the CPU reference's, so the run must equal the
+    all-CPU run bit for bit. A `hip` device given a module that drives
+    cuda is refused on every rank, with the reason, and nothing hangs."""
+    moves = ["--steps", "30", "--at", "10:move 0.0 1", "--at",
+             "10:move 1.3 0", "--at", "20:move 1.2 1"]
+    records, p = train(tmp, "standin", 2, moves, STANDIN_RANK,
+                       check=False, env=standin())
+    if p.returncode != 0:
+        fail(f"the run with a stand-in cuda rank exited {p.returncode}:\n"
+             f"{p.stderr[-3000:]}")
+    mixed = steps(records)
+    if mixed[1]["ranks"][1]["backend"] != "cuda":
+        fail(f"rank 1 is not reported as cuda: {mixed[1]['ranks'][1]}")
+    cpu = steps(train(tmp, "cpu", 2, moves)[0])
+    if sorted(mixed) != sorted(cpu) or len(cpu) != 30:
+        fail(f"steps {sorted(mixed)[:3]}... against {sorted(cpu)[:3]}...")
+    for s in cpu:
+        if exact(mixed[s]) != exact(cpu[s]):
+            fail(f"step {s}: {exact(mixed[s])[:2]} with the stand-in cuda "
+                 f"rank, {exact(cpu[s])[:2]} on two CPU ranks")
+    if mixed[30]["placement"] == mixed[1]["placement"]:
+        fail("the moves did not happen")
+    # A module that drives another kind is refused before training.
+    hip = ("cluster.devices.1.backend=hip", "cluster.devices.1.index=0")
+    start = time.time()
+    _, p = train(tmp, "hip", 2, ["--steps", "5"], hip,
+                       check=False, env=standin())
+    took = time.time() - start
+    if p.returncode != 1 or "drives cuda, not hip" not in p.stderr:
+        fail(f"a hip device on a cuda module exited {p.returncode}:\n"
+             f"{p.stderr[-2000:]}")
+    if "MPI_ABORT" in p.stderr or "mpirun has exited" in p.stderr:
+        fail(f"the refused start went through MPI_Abort:\n{p.stderr}")
+    print(f"stand-in cuda rank: 30 steps with 3 moves equal to two CPU "
+          f"ranks bit for bit; a hip device on a cuda module refused in "
+          f"{took:.1f} s")
+
+
+def case_device_failure(tmp):
+    """A device that fails mid-run (the stand-in module reports an error
+    from its 12th step on, as a GPU backend reports a runtime error): every
+    rank stops at that step, the failing rank alone says why, nothing
+    aborts or hangs, step 12 reaches neither the metrics nor a
+    checkpoint, and the newest checkpoint (step 10) resumes on CPU ranks
+    into the same losses as a run that never failed. Also on one rank."""
+    sets = STANDIN_RANK + ("checkpoint.every=5", "train.eval_every=0")
+    env = standin({"MOECTL_STANDIN_FAIL_AT": "12"})
+    start = time.time()
+    records, p = train(tmp, "broken", 2, ["--steps", "40"], sets,
+                       check=False, env=env)
+    took = time.time() - start
+    if p.returncode != 1:
+        fail(f"a failed device: exit {p.returncode}, want 1:\n"
+             f"{p.stderr[-3000:]}")
+    want = ("rank 1: device cpu1 failed in step 12, which was discarded: "
+            "stand-in device: failure injected")
+    if want not in p.stderr:
+        fail(f"no {want!r} in:\n{p.stderr[-3000:]}")
+    if "; the newest checkpoint is " + os.path.join(tmp, "broken",
+                                                   "step-00000010.ckpt") \
+            not in p.stderr:
+        fail(f"the reason does not name the checkpoint to resume from:\n"
+             f"{p.stderr[-3000:]}")
+    if "rank 0:" in p.stderr:
+        fail(f"rank 0 also reported the failure:\n{p.stderr[-3000:]}")
+    if "MPI_ABORT" in p.stderr or "mpirun has exited" in p.stderr:
+        fail(f"the failure went through MPI_Abort:\n{p.stderr[-3000:]}")
+    done = sorted(steps(records))
+    if done != list(range(1, 12)):
+        fail(f"steps in the metrics: {done[:3]}...{done[-3:]}, want 1..11")
+    ckpt = os.path.join(tmp, "broken")
+    newest = sorted(f for f in os.listdir(ckpt) if f.endswith(".ckpt"))
+    if not newest or int(newest[-1][5:13]) != 10:
+        fail(f"checkpoints after the failure: {newest}")
+    resumed = steps(train(tmp, "resumed", 2,
+                          ["--resume", ckpt, "--steps", "14"],
+                          ["checkpoint.dir=" + os.path.join(tmp, "r2")])[0])
+    whole = steps(train(tmp, "whole", 2, ["--steps", "14"])[0])
+    for s in (11, 12, 13, 14):
+        if exact(resumed[s]) != exact(whole[s]):
+            fail(f"step {s} after resuming: {exact(resumed[s])[:2]}, "
+                 f"{exact(whole[s])[:2]} without the failure")
+    one_sets = ("cluster.devices.0.backend=cuda", "cluster.devices.0.index=0",
+                "train.eval_every=0")
+    _, q = train(tmp, "one", 1, ["--steps", "20"], one_sets,
+                       check=False, env=env)
+    if q.returncode != 1 or "failed in step 12, which was discarded" \
+            not in q.stderr:
+        fail(f"one rank: exit {q.returncode}:\n{q.stderr[-2000:]}")
+    print(f"device failure at step 12: all ranks ended in {took:.1f} s, "
+          f"rank 1 said why, step 10's checkpoint resumed bit for bit")
 
 
 def case_resume_ranks(tmp):
