@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# The GPU checks of the CUDA backend in one run, for a machine with an
+# NVIDIA GPU and the CUDA toolkit but no apt and no network (the device
+# tool's machines). Prepare here, then run there:
+#
+#   here:   scripts/device-bundle.sh --fetch .device-debs
+#           (and scripts/setup.sh once, for data/kjv.txt)
+#   there:  scripts/device-check.sh .device-debs     carrying .device-debs
+#                                                     and data
+#
+# Steps, each logged to $OUT (or build-device-check/) and summed up at the
+# end:
+#   1. nvidia-smi
+#   2. the backend test built with nvcc, cc and OpenBLAS alone
+#      (scripts/gpu-kernels-test.sh): every op against the CPU reference
+#   3. the whole engine built against the unpacked packages
+#      (scripts/device-bundle.sh)
+#   4. mpi-gpu-rank: a CUDA rank beside a CPU rank against two CPU ranks
+#   5. configs/mixed.yaml for 200 steps against the same job on two CPU
+#      ranks (losses side by side)
+#   6. configs/bench.yaml on one CUDA rank (fp32, then tf32): tokens/s and
+#      MFU against the configured peak, and the same on the CPU rank
+# Exits 0 when every check passed.
+set -uo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+debs=${1:-.device-debs}
+arch=${ARCH:-90}
+out=${OUT:-build-device-check}
+mkdir -p "$out"
+results=()
+step() { # NAME COMMAND...: runs it, logs to $out/NAME.txt, keeps the verdict
+    local name=$1
+    shift
+    printf '== %s\n' "$name" >&2
+    "$@" >"$out/$name.txt" 2>&1
+    local status=$?
+    tail -5 "$out/$name.txt" >&2
+    results+=("$name: exit $status")
+    return $status
+}
+
+step nvidia-smi nvidia-smi
+step gpu-ops env PATH="/usr/local/cuda/bin:$PATH" \
+    scripts/gpu-kernels-test.sh --debs "$debs" --arch "$arch" --out build-gpu
+if step build scripts/device-bundle.sh --build "$debs" --out build-device \
+        --arch "$arch"; then
+    # shellcheck disable=SC1091
+    . build-device/env.sh
+    moectl=$root/build-device/tui/moectl
+    step mpi-gpu-rank python3 tests/mpi/test_mpi.py gpu_rank "$moectl" "$root"
+
+    mixed() { # NAME SETS...: 200 steps of configs/mixed.yaml
+        local name=$1
+        shift
+        local sets=()
+        for s in "$@"; do sets+=(--set "$s"); done
+        rm -rf "$out/ckpt-$name"
+        "$moectl" run configs/mixed.yaml --headless --steps 200 \
+            --metrics "$out/$name.jsonl" --set data.path="$root/data/kjv.txt" \
+            --set checkpoint.dir="$out/ckpt-$name" "${sets[@]}"
+    }
+    step mixed-gpu mixed gpu
+    step mixed-cpu mixed cpu cluster.devices.1.backend=cpu
+    step mixed-compare python3 - "$out/mixed-gpu.jsonl" "$out/mixed-cpu.jsonl" <<'EOF'
+import json, sys
+def steps(path):
+    return {r["step"]: r for r in map(json.loads, open(path))
+            if r["type"] == "step"}
+gpu, cpu = steps(sys.argv[1]), steps(sys.argv[2])
+worst = 0.0
+for s in sorted(cpu):
+    rel = abs(gpu[s]["loss"] - cpu[s]["loss"]) / cpu[s]["loss"]
+    worst = max(worst, rel)
+    if s in (1, 10, 50, 100, 200):
+        print(f"step {s}: loss {gpu[s]['loss']:.6f} with the CUDA rank, "
+              f"{cpu[s]['loss']:.6f} on CPUs (relative {rel:.1e})")
+print(f"worst relative difference over {len(cpu)} steps: {worst:.1e}")
+sys.exit(0 if worst < 1e-2 else 1)
+EOF
+    bench() { # NAME SETS...: configs/bench.yaml on one device
+        local name=$1
+        shift
+        local sets=()
+        for s in "$@"; do sets+=(--set "$s"); done
+        rm -rf "$out/ckpt-$name"
+        "$moectl" run configs/bench.yaml --headless --steps 60 \
+            --metrics "$out/$name.jsonl" --set data.path="$root/data/kjv.txt" \
+            --set checkpoint.dir="$out/ckpt-$name" --set train.eval_every=0 \
+            "${sets[@]}"
+    }
+    gpu_sets=(cluster.devices.0.backend=cuda cluster.devices.0.index=0
+              cluster.devices.0.peak_tflops=67)
+    step bench-cuda-fp32 bench cuda-fp32 "${gpu_sets[@]}"
+    step bench-cuda-tf32 bench cuda-tf32 "${gpu_sets[@]}" \
+        cluster.devices.0.precision=tf32
+    step bench-cpu bench cpu
+fi
+
+printf '%s\n' "${results[@]}" | tee "$out/summary.txt"
+! grep -qv 'exit 0$' "$out/summary.txt"
