@@ -76,7 +76,8 @@ _Static_assert(sizeof(config_backend) == sizeof(int) &&
 
 static const char *const backend_names[] = {"cpu", "cuda", "hip", NULL};
 static const char *const policy_names[] = {"off", "suggest", "auto", NULL};
-static const char *const precision_names[] = {"fp32", "tf32", NULL};
+static const char *const precision_names[] = {"fp32", "tf32", "bf16",
+                                               NULL};
 static const char *const dense_names[] = {"replicated", "sharded", NULL};
 
 static const schema_field device_fields[] = {

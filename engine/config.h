@@ -23,11 +23,14 @@ typedef enum config_backend {
     CONFIG_BACKEND_HIP,
 } config_backend;
 
-/* GEMM precision on a GPU: fp32, or TF32 tensor cores (fp32 in and out,
- * 10-bit mantissa products). CPU devices compute in fp32 either way. */
+/* GEMM precision on a GPU: fp32, or tensor cores with fp32 in, out and
+ * accumulation but products of inputs rounded to TF32 (10-bit mantissa)
+ * or bf16 (7-bit mantissa). CPU devices compute in fp32 either way. The
+ * values are kernels/cuda/gpu_backend.h's GPU_PRECISION_*. */
 typedef enum config_precision {
     CONFIG_PRECISION_FP32,
     CONFIG_PRECISION_TF32,
+    CONFIG_PRECISION_BF16,
 } config_precision;
 
 typedef struct config_device {

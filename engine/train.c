@@ -48,7 +48,7 @@ static int start_backend(trainer *t, const config_device *device, int rank,
     char why[384];
     if (gpu_loader_open(&t->gpu, kind, why, sizeof why) < 0 ||
         t->gpu.backend_init(&t->be, device->index,
-                            device->precision == CONFIG_PRECISION_TF32, why,
+                            (int)device->precision, why,
                             sizeof why) < 0) {
         gpu_loader_close(&t->gpu);
         return error_set(err, "device %d, %s (%s %d): %s", rank,

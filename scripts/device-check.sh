@@ -18,7 +18,7 @@
 #   4. mpi-gpu-rank: a CUDA rank beside a CPU rank against two CPU ranks
 #   5. configs/mixed.yaml for 200 steps against the same job on two CPU
 #      ranks (losses side by side)
-#   6. configs/bench.yaml on one CUDA rank (fp32, then tf32): tokens/s and
+#   6. configs/bench.yaml on one CUDA rank (fp32, tf32, bf16): tokens/s and
 #      MFU against the configured peak, and the same on the CPU rank
 # Exits 0 when every check passed.
 set -uo pipefail
@@ -95,6 +95,8 @@ EOF
     step bench-cuda-fp32 bench cuda-fp32 "${gpu_sets[@]}"
     step bench-cuda-tf32 bench cuda-tf32 "${gpu_sets[@]}" \
         cluster.devices.0.precision=tf32
+    step bench-cuda-bf16 bench cuda-bf16 "${gpu_sets[@]}" \
+        cluster.devices.0.precision=bf16
     step bench-cpu bench cpu
 fi
 

@@ -26,7 +26,7 @@ typedef struct gpu_context {
     int multiprocessors;
     void *blas;             /* cublasHandle_t (or hipblas), NULL on HIP
                                builds without hipBLAS */
-    int tf32;               /* allow TF32 tensor cores in GEMMs */
+    int precision;          /* GPU_PRECISION_*: GEMM products */
 } gpu_context;
 
 /* GEMMs (gemm.cu) */

@@ -8,6 +8,8 @@
  * blas handle is NULL also takes the fallback at run time. */
 #include "kernels/cuda/cuda_ops.h"
 
+#include "kernels/cuda/gpu_backend.h"
+
 #include "kernels/cuda/gpu_vendor.h"
 
 #if GPU_HAVE_BLAS && !defined(MOECTL_FORCE_TILED_GEMM)
@@ -148,10 +150,25 @@ static void gemm(const gpu_context *ctx, int trans_a, int trans_b, int M,
         /* cuBLAS is column-major: a row-major matrix is its transpose, so
          * row-major C = op(A)·op(B) is column-major Cᵀ = op(B)ᵀ·op(A)ᵀ. */
         const float one = 1.0f;
+#if defined(MOECTL_HIP)
         BLAS_CHECK(cublasSgemm((cublasHandle_t)ctx->blas,
                                trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
                                &one, B, ldb, A, lda, &beta, C, ldc));
+#else
+        /* fp32 data throughout; the compute type says what the tensor
+         * cores may round the inputs to (accumulation stays fp32). */
+        cublasComputeType_t compute =
+            ctx->precision == GPU_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+            : ctx->precision == GPU_PRECISION_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                   : CUBLAS_COMPUTE_32F;
+        BLAS_CHECK(cublasGemmEx((cublasHandle_t)ctx->blas,
+                                trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
+                                &one, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda,
+                                &beta, C, CUDA_R_32F, ldc, compute,
+                                CUBLAS_GEMM_DEFAULT));
+#endif
         return;
     }
 #else
@@ -160,28 +177,9 @@ static void gemm(const gpu_context *ctx, int trans_a, int trans_b, int M,
     gemm_tiled(trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
 }
 
-/* TF32 is set for the duration of one op and put back after, so other
- * users of the handle keep full fp32 products. */
-static void gemm_begin(const gpu_context *ctx)
+/* Ops return after their work is done (cuda_ops.h). */
+static void gemm_end(void)
 {
-#if GEMM_USE_BLAS && !defined(MOECTL_HIP)
-    if (ctx->blas && ctx->tf32)
-        BLAS_CHECK(cublasSetMathMode((cublasHandle_t)ctx->blas,
-                                     CUBLAS_TF32_TENSOR_OP_MATH));
-#else
-    (void)ctx;
-#endif
-}
-
-static void gemm_end(const gpu_context *ctx)
-{
-#if GEMM_USE_BLAS && !defined(MOECTL_HIP)
-    if (ctx->blas && ctx->tf32)
-        BLAS_CHECK(cublasSetMathMode((cublasHandle_t)ctx->blas,
-                                     CUBLAS_DEFAULT_MATH));
-#else
-    (void)ctx;
-#endif
     GPU_CHECK(cudaDeviceSynchronize());
 }
 
@@ -189,10 +187,9 @@ void gpu_matmul_forward(void *vctx, float *out, const float *inp,
                         const float *weight, int N, int IC, int OC)
 {
     const gpu_context *ctx = (const gpu_context *)vctx;
-    gemm_begin(ctx);
     /* out (N, OC) = inp (N, IC) · weightᵀ */
     gemm(ctx, 0, 1, N, OC, IC, inp, IC, weight, IC, 0.0f, out, OC);
-    gemm_end(ctx);
+    gemm_end();
 }
 
 void gpu_matmul_backward(void *vctx, float *dinp, float *dweight,
@@ -200,14 +197,13 @@ void gpu_matmul_backward(void *vctx, float *dinp, float *dweight,
                          const float *weight, int N, int IC, int OC)
 {
     const gpu_context *ctx = (const gpu_context *)vctx;
-    gemm_begin(ctx);
     /* dinp (N, IC) += dout (N, OC) · weight (OC, IC) */
     if (dinp)
         gemm(ctx, 0, 0, N, IC, OC, dout, OC, weight, IC, 1.0f, dinp, IC);
     /* dweight (OC, IC) += doutᵀ (OC, N) · inp (N, IC) */
     if (dweight)
         gemm(ctx, 1, 0, OC, IC, N, dout, OC, inp, IC, 1.0f, dweight, IC);
-    gemm_end(ctx);
+    gemm_end();
 }
 
 void gpu_grouped_matmul_forward(void *vctx, float *out, const float *inp,
@@ -219,7 +215,6 @@ void gpu_grouped_matmul_forward(void *vctx, float *out, const float *inp,
     /* group_rows and weights are managed memory the host reads to launch
      * the work: wait for whatever wrote them. */
     GPU_CHECK(cudaDeviceSynchronize());
-    gemm_begin(ctx);
     size_t row = 0;
     for (int g = 0; g < groups; g++) {
         int rows = group_rows[g];
@@ -229,7 +224,7 @@ void gpu_grouped_matmul_forward(void *vctx, float *out, const float *inp,
              0.0f, out + row * OC, OC);
         row += (size_t)rows;
     }
-    gemm_end(ctx);
+    gemm_end();
 }
 
 void gpu_grouped_matmul_backward(void *vctx, float *dinp,
@@ -240,7 +235,6 @@ void gpu_grouped_matmul_backward(void *vctx, float *dinp,
 {
     const gpu_context *ctx = (const gpu_context *)vctx;
     GPU_CHECK(cudaDeviceSynchronize());
-    gemm_begin(ctx);
     size_t row = 0;
     for (int g = 0; g < groups; g++) {
         int rows = group_rows[g];
@@ -258,5 +252,5 @@ void gpu_grouped_matmul_backward(void *vctx, float *dinp,
                  1.0f, dweight, IC);
         row += (size_t)rows;
     }
-    gemm_end(ctx);
+    gemm_end();
 }

@@ -95,10 +95,24 @@ extern "C" int gpu_device_count(char *why, size_t why_size)
     return count;
 }
 
-extern "C" int gpu_backend_init(backend *be, int device, int tf32, char *why,
-                                size_t why_size)
+extern "C" int gpu_backend_init(backend *be, int device, int precision,
+                                char *why, size_t why_size)
 {
     memset(be, 0, sizeof *be);
+    if (precision < GPU_PRECISION_FP32 || precision > GPU_PRECISION_BF16) {
+        snprintf(why, why_size, "unknown GEMM precision %d", precision);
+        return -1;
+    }
+#if !GPU_HAVE_BLAS || defined(MOECTL_HIP)
+    /* Our tiled GEMM, and hipBLAS's Sgemm, multiply in fp32 alone. */
+    if (precision != GPU_PRECISION_FP32) {
+        snprintf(why, why_size, "precision %s needs cuBLAS; this %s build "
+                 "multiplies in fp32 only",
+                 precision == GPU_PRECISION_TF32 ? "tf32" : "bf16",
+                 gpu_backend_kind);
+        return -1;
+    }
+#endif
     int count = gpu_device_count(why, why_size);
     if (count == 0)
         return -1;
@@ -125,7 +139,7 @@ extern "C" int gpu_backend_init(backend *be, int device, int tf32, char *why,
     ctx->device = device;
     ctx->warp_size = props.warpSize; /* 64 on CDNA: never assume 32 */
     ctx->multiprocessors = props.multiProcessorCount;
-    ctx->tf32 = tf32;
+    ctx->precision = precision;
 #if GPU_HAVE_BLAS
     cublasHandle_t handle;
     if (cublasCreate(&handle) != CUBLAS_STATUS_SUCCESS) {

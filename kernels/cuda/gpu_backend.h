@@ -20,9 +20,18 @@ extern const char gpu_backend_kind[];
  * with the runtime's reason in `why` (may be NULL). */
 int gpu_device_count(char *why, size_t why_size);
 
-/* Starts the backend on `device`. tf32: allow TF32 tensor cores in GEMMs.
+/* GEMM precision (config_precision has the same values): fp32 products,
+ * or tensor cores on inputs rounded to TF32 or bf16, fp32 accumulation. */
+enum {
+    GPU_PRECISION_FP32,
+    GPU_PRECISION_TF32,
+    GPU_PRECISION_BF16,
+};
+
+/* Starts the backend on `device` with GEMMs in `precision` (a
+ * GPU_PRECISION_*; a build without cuBLAS refuses anything but fp32).
  * Returns 0, or -1 with a reason in `why`. */
-int gpu_backend_init(backend *be, int device, int tf32, char *why,
+int gpu_backend_init(backend *be, int device, int precision, char *why,
                      size_t why_size);
 void gpu_backend_finish(backend *be);
 

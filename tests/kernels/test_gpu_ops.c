@@ -11,7 +11,8 @@
  * (tests/kernels/test_ops.c); the GPU's matmul, RMSNorm, SwiGLU and
  * attention backward are also checked against central differences of the
  * GPU's own forward (tolerance 1e-2 of the largest gradient entry), and
- * the GEMMs run again with TF32 on (tolerance 1e-2). Without a device the
+ * the GEMMs run again with TF32 (tolerance 1e-2) and bf16 (5e-2) tensor
+ * cores. Without a device the
  * test exits 77 (skipped). */
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cuda/gpu_backend.h"
@@ -523,7 +524,7 @@ int main(void)
         return 77;
     }
     if (cpu_backend_init(&cpu, 1) < 0 ||
-        gpu_backend_init(&gpu, 0, 0, why, sizeof why) < 0) {
+        gpu_backend_init(&gpu, 0, GPU_PRECISION_FP32, why, sizeof why) < 0) {
         printf("FAIL: cannot start the backends: %s\n", why);
         return 1;
     }
@@ -534,15 +535,30 @@ int main(void)
     test_attention();
     test_router_and_dispatch();
     test_finite_differences();
-    /* TF32 tensor cores (precision: tf32): 10-bit mantissa products, so a
-     * looser stated tolerance, 1e-2. */
-    backend tf32;
-    if (gpu_backend_init(&tf32, 0, 1, why, sizeof why) == 0) {
-        test_matmul_with(&tf32, "matmul_tf32", 128, 256, 512, 1e-2);
-        gpu_backend_finish(&tf32);
-    } else {
-        failures++;
-        printf("FAIL: cannot start a TF32 backend: %s\n", why);
+    /* Tensor cores on rounded inputs, fp32 accumulation: TF32 (precision:
+     * tf32, 10-bit mantissa, unit roundoff 2^-11) within 1e-2, bf16
+     * (precision: bf16, 7-bit mantissa, 2^-8) within 5e-2. Builds without
+     * cuBLAS refuse both, and say so. */
+    static const struct {
+        int precision;
+        const char *label;
+        double tolerance;
+    } reduced[] = {{GPU_PRECISION_TF32, "matmul_tf32", 1e-2},
+                   {GPU_PRECISION_BF16, "matmul_bf16", 5e-2}};
+    for (size_t i = 0; i < sizeof reduced / sizeof reduced[0]; i++) {
+        backend low;
+        if (gpu_backend_init(&low, 0, reduced[i].precision, why,
+                             sizeof why) == 0) {
+            test_matmul_with(&low, reduced[i].label, 128, 256, 512,
+                             reduced[i].tolerance);
+            gpu_backend_finish(&low);
+        } else if (strstr(why, "needs cuBLAS")) {
+            printf("%s: skipped (%s)\n", reduced[i].label, why);
+        } else {
+            failures++;
+            printf("FAIL: cannot start the %s backend: %s\n",
+                   reduced[i].label, why);
+        }
     }
     if (gpu_backend_error()) {
         failures++;

@@ -44,10 +44,10 @@ int gpu_device_count(char *why, size_t why_size)
     return 1;
 }
 
-int gpu_backend_init(backend *be, int device, int tf32, char *why,
+int gpu_backend_init(backend *be, int device, int precision, char *why,
                      size_t why_size)
 {
-    (void)tf32;
+    (void)precision; /* the CPU reference multiplies in fp32 */
     if (device != 0) {
         snprintf(why, why_size, "stand-in device %d does not exist (1 "
                  "found)", device);
