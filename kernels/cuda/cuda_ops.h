@@ -27,7 +27,15 @@ typedef struct gpu_context {
     void *blas;             /* cublasHandle_t (or hipblas), NULL on HIP
                                builds without hipBLAS */
     int precision;          /* GPU_PRECISION_*: GEMM products */
+    /* The GEMMs of one grouped op, gathered for one cuBLAS grouped
+     * batched call (gemm.cu): host arrays for the sizes, managed memory for
+     * the matrix pointers cuBLAS reads on the device. */
+    struct gemm_batch *batch;
+    int grouped_unsupported; /* cuBLAS refused the grouped call once */
 } gpu_context;
+
+/* Releases the context's GEMM batch (gemm.cu). */
+void gpu_gemm_batch_free(gpu_context *ctx);
 
 /* GEMMs (gemm.cu) */
 void gpu_matmul_forward(void *ctx, float *out, const float *inp,

@@ -206,24 +206,190 @@ void gpu_matmul_backward(void *vctx, float *dinp, float *dweight,
     gemm_end();
 }
 
+/* The GEMMs of a grouped op (one a non-empty expert, and in the backward
+ * two), gathered so that cuBLAS runs them in one grouped batched call:
+ * one launch for all experts instead of one each. Each problem is its own
+ * group of one, with its own sizes, transposes and beta. Builds without
+ * cuBLAS 12.5's grouped call, HIP, the tiled fallback, and a cuBLAS that
+ * refuses the call for this precision run them one by one. */
+struct gemm_batch {
+    int count, capacity;
+    int *trans_a, *trans_b, *M, *N, *K, *lda, *ldb, *ldc;
+    float *beta;
+    const float **A, **B;
+    float **C;
+    void **device_ptrs; /* managed: 3 · capacity pointers for cuBLAS */
+};
+
+#if GEMM_USE_BLAS && !defined(MOECTL_HIP) && CUBLAS_VERSION >= 120500
+#define GEMM_GROUPED 1
+#else
+#define GEMM_GROUPED 0
+#endif
+
+void gpu_gemm_batch_free(gpu_context *ctx)
+{
+    struct gemm_batch *b = ctx->batch;
+    if (!b)
+        return;
+    free(b->trans_a), free(b->trans_b), free(b->M), free(b->N), free(b->K);
+    free(b->lda), free(b->ldb), free(b->ldc), free(b->beta);
+    free(b->A), free(b->B), free(b->C);
+    if (b->device_ptrs)
+        GPU_CHECK(cudaFree(b->device_ptrs));
+    free(b);
+    ctx->batch = NULL;
+}
+
+/* Room for `count` problems; 0, or -1 (reported) when out of memory. */
+static int batch_reserve(gpu_context *ctx, int count)
+{
+    struct gemm_batch *b = ctx->batch;
+    if (!b) {
+        b = ctx->batch = (struct gemm_batch *)calloc(1, sizeof *b);
+        if (!b)
+            goto fail;
+    }
+    b->count = 0;
+    if (count <= b->capacity)
+        return 0;
+#define GROW(field) \
+    do { \
+        void *p = realloc(b->field, (size_t)count * sizeof *b->field); \
+        if (!p) \
+            goto fail; \
+        b->field = (decltype(b->field))p; \
+    } while (0)
+    GROW(trans_a); GROW(trans_b); GROW(M); GROW(N); GROW(K);
+    GROW(lda); GROW(ldb); GROW(ldc); GROW(beta); GROW(A); GROW(B); GROW(C);
+#undef GROW
+    if (b->device_ptrs)
+        GPU_CHECK(cudaFree(b->device_ptrs));
+    b->device_ptrs = NULL;
+    if (cudaMallocManaged((void **)&b->device_ptrs,
+                          3 * (size_t)count * sizeof(void *)) != cudaSuccess)
+        goto fail;
+    b->capacity = count;
+    return 0;
+fail:
+    /* Arrays may be half grown: a capacity of 0 sends every GEMM of this
+     * op straight to gemm(). */
+    if (b)
+        b->capacity = 0;
+    gpu_report_failure("gemm batch", "out of memory", __func__, __FILE__,
+                       __LINE__);
+    return -1;
+}
+
+static void batch_add(gpu_context *ctx, int trans_a, int trans_b, int M,
+                      int N, int K, const float *A, int lda, const float *B,
+                      int ldb, float beta, float *C, int ldc)
+{
+    struct gemm_batch *b = ctx->batch;
+    if (M <= 0 || N <= 0)
+        return;
+    if (K <= 0 || !b || b->count == b->capacity) {
+        gemm(ctx, trans_a, trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+        return;
+    }
+    int i = b->count++;
+    b->trans_a[i] = trans_a, b->trans_b[i] = trans_b;
+    b->M[i] = M, b->N[i] = N, b->K[i] = K;
+    b->A[i] = A, b->lda[i] = lda, b->B[i] = B, b->ldb[i] = ldb;
+    b->beta[i] = beta, b->C[i] = C, b->ldc[i] = ldc;
+}
+
+static void gemm_one_by_one(gpu_context *ctx, const struct gemm_batch *b)
+{
+    for (int i = 0; i < b->count; i++)
+        gemm(ctx, b->trans_a[i], b->trans_b[i], b->M[i], b->N[i], b->K[i],
+             b->A[i], b->lda[i], b->B[i], b->ldb[i], b->beta[i], b->C[i],
+             b->ldc[i]);
+}
+
+static void batch_run(gpu_context *ctx)
+{
+    struct gemm_batch *b = ctx->batch;
+    if (!b || b->count == 0)
+        return;
+#if GEMM_GROUPED
+    if (ctx->blas && !ctx->grouped_unsupported) {
+        /* Column-major, as in gemm(): row-major C = op(A)·op(B) is
+         * Cᵀ = op(B)ᵀ·op(A)ᵀ, so cuBLAS's A is our B and its m our N. */
+        int n = b->count;
+        cublasOperation_t *op_a = (cublasOperation_t *)malloc(
+            2 * (size_t)n * sizeof *op_a);
+        int *sizes = (int *)malloc(7 * (size_t)n * sizeof *sizes);
+        float *alpha = (float *)malloc((size_t)n * sizeof *alpha);
+        if (!op_a || !sizes || !alpha) {
+            free(op_a), free(sizes), free(alpha);
+            gemm_one_by_one(ctx, b);
+            b->count = 0;
+            return;
+        }
+        cublasOperation_t *op_b = op_a + n;
+        int *m = sizes, *nn = sizes + n, *k = sizes + 2 * n;
+        int *lda = sizes + 3 * n, *ldb = sizes + 4 * n, *ldc = sizes + 5 * n;
+        int *group_size = sizes + 6 * n;
+        const void **ptr_a = (const void **)b->device_ptrs;
+        const void **ptr_b = ptr_a + n;
+        void **ptr_c = b->device_ptrs + 2 * n;
+        for (int i = 0; i < n; i++) {
+            op_a[i] = b->trans_b[i] ? CUBLAS_OP_T : CUBLAS_OP_N;
+            op_b[i] = b->trans_a[i] ? CUBLAS_OP_T : CUBLAS_OP_N;
+            m[i] = b->N[i], nn[i] = b->M[i], k[i] = b->K[i];
+            ptr_a[i] = b->B[i], lda[i] = b->ldb[i];
+            ptr_b[i] = b->A[i], ldb[i] = b->lda[i];
+            ptr_c[i] = b->C[i], ldc[i] = b->ldc[i];
+            alpha[i] = 1.0f;
+            group_size[i] = 1;
+        }
+        cublasComputeType_t compute =
+            ctx->precision == GPU_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+            : ctx->precision == GPU_PRECISION_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                   : CUBLAS_COMPUTE_32F;
+        cublasStatus_t status = cublasGemmGroupedBatchedEx(
+            (cublasHandle_t)ctx->blas, op_a, op_b, m, nn, k, alpha,
+            ptr_a, CUDA_R_32F, lda, ptr_b, CUDA_R_32F, ldb, b->beta,
+            ptr_c, CUDA_R_32F, ldc, n, group_size, compute);
+        free(op_a), free(sizes), free(alpha);
+        if (status == CUBLAS_STATUS_SUCCESS) {
+            b->count = 0;
+            return;
+        }
+        if (status != CUBLAS_STATUS_NOT_SUPPORTED) {
+            BLAS_CHECK(status);
+            b->count = 0;
+            return;
+        }
+        /* This cuBLAS has no grouped kernel for this precision. */
+        ctx->grouped_unsupported = 1;
+    }
+#endif
+    gemm_one_by_one(ctx, b);
+    b->count = 0;
+}
+
 void gpu_grouped_matmul_forward(void *vctx, float *out, const float *inp,
                                 const float *const *weights,
                                 const int *group_rows, int groups, int IC,
                                 int OC)
 {
-    const gpu_context *ctx = (const gpu_context *)vctx;
+    gpu_context *ctx = (gpu_context *)vctx;
     /* group_rows and weights are managed memory the host reads to launch
      * the work: wait for whatever wrote them. */
     GPU_CHECK(cudaDeviceSynchronize());
+    batch_reserve(ctx, groups);
     size_t row = 0;
     for (int g = 0; g < groups; g++) {
         int rows = group_rows[g];
         if (rows <= 0)
             continue;
-        gemm(ctx, 0, 1, rows, OC, IC, inp + row * IC, IC, weights[g], IC,
-             0.0f, out + row * OC, OC);
+        batch_add(ctx, 0, 1, rows, OC, IC, inp + row * IC, IC, weights[g],
+                  IC, 0.0f, out + row * OC, OC);
         row += (size_t)rows;
     }
+    batch_run(ctx);
     gemm_end();
 }
 
@@ -233,8 +399,9 @@ void gpu_grouped_matmul_backward(void *vctx, float *dinp,
                                  const int *group_rows, int groups, int IC,
                                  int OC)
 {
-    const gpu_context *ctx = (const gpu_context *)vctx;
+    gpu_context *ctx = (gpu_context *)vctx;
     GPU_CHECK(cudaDeviceSynchronize());
+    batch_reserve(ctx, 2 * groups);
     size_t row = 0;
     for (int g = 0; g < groups; g++) {
         int rows = group_rows[g];
@@ -243,14 +410,15 @@ void gpu_grouped_matmul_backward(void *vctx, float *dinp,
         const float *dout_g = dout + row * OC;
         /* dinp rows (rows, IC) = dout_g · weights[g]: SET */
         if (dinp)
-            gemm(ctx, 0, 0, rows, IC, OC, dout_g, OC, weights[g], IC, 0.0f,
-                 dinp + row * IC, IC);
+            batch_add(ctx, 0, 0, rows, IC, OC, dout_g, OC, weights[g], IC,
+                      0.0f, dinp + row * IC, IC);
         /* dweights[g] (OC, IC) += dout_gᵀ · inp rows */
         float *dweight = dweights ? dweights[g] : NULL;
         if (dweight)
-            gemm(ctx, 1, 0, OC, IC, rows, dout_g, OC, inp + row * IC, IC,
-                 1.0f, dweight, IC);
+            batch_add(ctx, 1, 0, OC, IC, rows, dout_g, OC, inp + row * IC,
+                      IC, 1.0f, dweight, IC);
         row += (size_t)rows;
     }
+    batch_run(ctx);
     gemm_end();
 }

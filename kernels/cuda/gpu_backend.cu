@@ -164,6 +164,7 @@ extern "C" void gpu_backend_finish(backend *be)
     if (ctx->blas)
         cublasDestroy((cublasHandle_t)ctx->blas);
 #endif
+    gpu_gemm_batch_free(ctx);
     free(ctx);
     be->ctx = NULL;
     be->ops = NULL;

@@ -292,40 +292,60 @@ static void test_finite_differences(void)
         gpu_free(all[i]);
 }
 
-static void test_grouped(void)
+/* Grouped GEMMs over G experts of `rows` rows each (zeros among them):
+ * one cuBLAS grouped batched call per op where the build has it. */
+static void test_grouped_with(const backend *g, const char *label,
+                              const int *rows, int G, int IC, int OC,
+                              double tolerance)
 {
-    enum { G = 5, IC = 24, OC = 40 };
-    int rows[G] = {7, 0, 13, 1, 30}, total = 51;
+    int total = 0;
+    for (int e = 0; e < G; e++)
+        total += rows[e];
     int *rows_dev = ints_dev(rows, G);
     pair inp = pair_random((size_t)total * IC), out = pair_poisoned((size_t)total * OC);
     pair dout = pair_random(out.n), dinp = pair_poisoned(inp.n);
-    pair w[G], dw[G];
-    const float *wh[G];
-    float *dwh[G];
+    pair *w = malloc(sizeof *w * G), *dw = malloc(sizeof *dw * G);
+    const float **wh = malloc(sizeof *wh * G);
+    float **dwh = malloc(sizeof *dwh * G);
     const float **wd = gpu_alloc(sizeof(float *) * G);
     float **dwd = gpu_alloc(sizeof(float *) * G);
-    for (int g = 0; g < G; g++) {
-        w[g] = pair_random((size_t)OC * IC);
-        dw[g] = pair_random(w[g].n);
-        wh[g] = w[g].host, wd[g] = w[g].dev;
-        dwh[g] = dw[g].host, dwd[g] = dw[g].dev;
+    for (int e = 0; e < G; e++) {
+        w[e] = pair_random((size_t)OC * IC);
+        dw[e] = pair_random(w[e].n);
+        wh[e] = w[e].host, wd[e] = w[e].dev;
+        dwh[e] = dw[e].host, dwd[e] = dw[e].dev;
     }
+    char fwd[48], bwd[48];
+    snprintf(fwd, sizeof fwd, "%s_forward", label);
+    snprintf(bwd, sizeof bwd, "%s_backward", label);
     cpu.ops->grouped_matmul_forward(cpu.ctx, out.host, inp.host, wh, rows, G,
                                     IC, OC);
-    gpu.ops->grouped_matmul_forward(gpu.ctx, out.dev, inp.dev, wd, rows_dev,
-                                    G, IC, OC);
-    compare("grouped_matmul_forward", "out", &out, tol_gemm);
+    g->ops->grouped_matmul_forward(g->ctx, out.dev, inp.dev, wd, rows_dev,
+                                   G, IC, OC);
+    compare(fwd, "out", &out, tolerance);
     cpu.ops->grouped_matmul_backward(cpu.ctx, dinp.host, dwh, dout.host,
                                      inp.host, wh, rows, G, IC, OC);
-    gpu.ops->grouped_matmul_backward(gpu.ctx, dinp.dev, dwd, dout.dev, inp.dev,
-                                     wd, rows_dev, G, IC, OC);
-    compare("grouped_matmul_backward", "dinp", &dinp, tol_gemm);
-    for (int g = 0; g < G; g++)
-        compare("grouped_matmul_backward", "dweights", &dw[g], tol_gemm);
-    for (int g = 0; g < G; g++)
-        pair_free(&w[g]), pair_free(&dw[g]);
+    g->ops->grouped_matmul_backward(g->ctx, dinp.dev, dwd, dout.dev, inp.dev,
+                                    wd, rows_dev, G, IC, OC);
+    compare(bwd, "dinp", &dinp, tolerance);
+    for (int e = 0; e < G; e++)
+        compare(bwd, "dweights", &dw[e], tolerance);
+    for (int e = 0; e < G; e++)
+        pair_free(&w[e]), pair_free(&dw[e]);
     pair_free(&inp), pair_free(&out), pair_free(&dout), pair_free(&dinp);
     gpu_free(wd), gpu_free(dwd), gpu_free(rows_dev);
+    free(w), free(dw), free(wh), free(dwh);
+}
+
+static void test_grouped(void)
+{
+    static const int few[5] = {7, 0, 13, 1, 30};
+    test_grouped_with(&gpu, "grouped_matmul", few, 5, 24, 40, tol_gemm);
+    /* 64 experts, as in a Ling-Lite layer, some without rows. */
+    int many[64];
+    for (int e = 0; e < 64; e++)
+        many[e] = e % 9 == 4 ? 0 : (int)(rng_next() % 40) + 1;
+    test_grouped_with(&gpu, "grouped_matmul_64", many, 64, 32, 48, tol_gemm);
 }
 
 static void test_rows(void)
@@ -551,6 +571,11 @@ int main(void)
                              sizeof why) == 0) {
             test_matmul_with(&low, reduced[i].label, 128, 256, 512,
                              reduced[i].tolerance);
+            static const int rows[6] = {40, 0, 17, 64, 1, 33};
+            char label[32];
+            snprintf(label, sizeof label, "grouped_%s", reduced[i].label);
+            test_grouped_with(&low, label, rows, 6, 256, 128,
+                              reduced[i].tolerance);
             gpu_backend_finish(&low);
         } else if (strstr(why, "needs cuBLAS")) {
             printf("%s: skipped (%s)\n", reduced[i].label, why);
