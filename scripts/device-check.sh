@@ -8,8 +8,9 @@
 #   there:  scripts/device-check.sh .device-debs     carrying .device-debs
 #                                                     and data
 #
-# Steps, each logged to $OUT (or build-device-check/) and summed up at the
-# end:
+# Steps, each logged to build-device-check/ and summed up at the end; the
+# logs, one after another, and the summary also go to $OUT when it is set
+# (the device tool brings back at most 8 files from there):
 #   1. nvidia-smi
 #   2. the backend test built with nvcc, cc and OpenBLAS alone
 #      (scripts/gpu-kernels-test.sh): every op against the CPU reference
@@ -27,7 +28,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 debs=${1:-.device-debs}
 arch=${ARCH:-90}
-out=${OUT:-build-device-check}
+out=build-device-check
+rm -rf "$out"
 mkdir -p "$out"
 results=()
 step() { # NAME COMMAND...: runs it, logs to $out/NAME.txt, keeps the verdict
@@ -51,16 +53,17 @@ if step build scripts/device-bundle.sh --build "$debs" --out build-device \
     moectl=$root/build-device/tui/moectl
     step mpi-gpu-rank python3 tests/mpi/test_mpi.py gpu_rank "$moectl" "$root"
 
-    mixed() { # NAME SETS...: 200 steps of configs/mixed.yaml
-        local name=$1
-        shift
+    train() { # CONFIG STEPS NAME SETS...: a headless run logged to $out/NAME
+        local config=$1 steps=$2 name=$3
+        shift 3
         local sets=()
         for s in "$@"; do sets+=(--set "$s"); done
         rm -rf "$out/ckpt-$name"
-        "$moectl" run configs/mixed.yaml --headless --steps 200 \
+        "$moectl" run "$config" --headless --steps "$steps" \
             --metrics "$out/$name.jsonl" --set data.path="$root/data/kjv.txt" \
             --set checkpoint.dir="$out/ckpt-$name" "${sets[@]}"
     }
+    mixed() { train configs/mixed.yaml 200 "$@"; }
     step mixed-gpu mixed gpu
     step mixed-cpu mixed cpu cluster.devices.1.backend=cpu
     step mixed-compare python3 - "$out/mixed-gpu.jsonl" "$out/mixed-cpu.jsonl" <<'EOF'
@@ -79,17 +82,7 @@ for s in sorted(cpu):
 print(f"worst relative difference over {len(cpu)} steps: {worst:.1e}")
 sys.exit(0 if worst < 1e-2 else 1)
 EOF
-    bench() { # NAME SETS...: configs/bench.yaml on one device
-        local name=$1
-        shift
-        local sets=()
-        for s in "$@"; do sets+=(--set "$s"); done
-        rm -rf "$out/ckpt-$name"
-        "$moectl" run configs/bench.yaml --headless --steps 60 \
-            --metrics "$out/$name.jsonl" --set data.path="$root/data/kjv.txt" \
-            --set checkpoint.dir="$out/ckpt-$name" --set train.eval_every=0 \
-            "${sets[@]}"
-    }
+    bench() { train configs/bench.yaml 60 "$@" train.eval_every=0; }
     gpu_sets=(cluster.devices.0.backend=cuda cluster.devices.0.index=0
               cluster.devices.0.peak_tflops=67)
     step bench-cuda-fp32 bench cuda-fp32 "${gpu_sets[@]}"
@@ -101,4 +94,11 @@ EOF
 fi
 
 printf '%s\n' "${results[@]}" | tee "$out/summary.txt"
+if [ -n "${OUT:-}" ]; then
+    for f in "$out"/*.txt; do
+        printf '\n===== %s\n' "$(basename "$f" .txt)"
+        cat "$f"
+    done > "$OUT/device-check.log"
+    cp "$out/summary.txt" "$OUT/summary.txt"
+fi
 ! grep -qv 'exit 0$' "$out/summary.txt"
