@@ -21,6 +21,9 @@
 #      ranks (losses side by side)
 #   6. configs/bench.yaml on one CUDA rank (fp32, tf32, bf16): tokens/s and
 #      MFU against the configured peak, and the same on the CPU rank
+#   7. the cuBLAS rate of the backend's GEMMs (tests/bench/gpu_gemm_rate.c)
+#      and configs/ling-lite-layer.yaml (fp32, bf16) for 20 steps: tokens/s,
+#      and MFU against that measured rate
 # Exits 0 when every check passed.
 set -uo pipefail
 
@@ -91,6 +94,40 @@ EOF
     step bench-cuda-bf16 bench cuda-bf16 "${gpu_sets[@]}" \
         cluster.devices.0.precision=bf16
     step bench-cpu bench cpu
+
+    step gemm-rate build-device/tests/bench/gpu_gemm_rate
+    ling() { # its final checkpoint is 9 GB: gone once the run is logged
+        train configs/ling-lite-layer.yaml 20 "$@"
+        local status=$?
+        rm -rf "$out/ckpt-$1"
+        return $status
+    }
+    step ling-fp32 ling ling-fp32
+    step ling-bf16 ling ling-bf16 cluster.devices.0.precision=bf16
+    step ling-mfu python3 - "$out" <<'EOF'
+import json, os, re, statistics, sys
+out = sys.argv[1]
+rate = {}
+for line in open(os.path.join(out, "gemm-rate.txt")):
+    m = re.match(r"(\w+) square 8192\s+([\d.]+) TFLOP/s", line)
+    if m:
+        rate[m.group(1)] = float(m.group(2)) * 1e12
+ok = True
+for precision in ("fp32", "bf16"):
+    path = os.path.join(out, f"ling-{precision}.jsonl")
+    steps = [r for r in map(json.loads, open(path)) if r["type"] == "step"]
+    late = steps[5:]
+    flops = statistics.median(r["model_flops_per_s"] for r in late)
+    tokens = statistics.median(r["tokens_per_s"] for r in late)
+    peer = rate.get(precision)
+    mfu = (f"{flops / peer:.1%} of the measured cuBLAS rate "
+           f"{peer / 1e12:.1f} TFLOP/s") if peer else "no cuBLAS rate"
+    print(f"Ling-Lite layer, {precision}: {tokens:,.0f} tokens/s, "
+          f"{flops / 1e12:.2f} TFLOP/s of model FLOPs = {mfu} "
+          f"(median of steps 6-{len(steps)})")
+    ok = ok and peer is not None and len(steps) == 20
+sys.exit(0 if ok else 1)
+EOF
 fi
 
 printf '%s\n' "${results[@]}" | tee "$out/summary.txt"
