@@ -358,7 +358,11 @@ static void batch_run(gpu_context *ctx)
             return;
         }
         if (status != CUBLAS_STATUS_NOT_SUPPORTED) {
-            BLAS_CHECK(status);
+            char detail[64];
+            snprintf(detail, sizeof detail, "cuBLAS status %d on %d GEMMs",
+                     (int)status, n);
+            gpu_report_failure("cublasGemmGroupedBatchedEx", detail,
+                               __func__, __FILE__, __LINE__);
             b->count = 0;
             return;
         }
