@@ -843,6 +843,11 @@ static int device_failed(trainer *t, int step, moe_error *err)
     else
         error_set(err, "the device of rank %d (%s) failed in step %d, "
                        "which was discarded", rank, dev->name, step);
+    if (t->last_checkpoint[0]) {
+        size_t n = strlen(err->message);
+        snprintf(err->message + n, sizeof err->message - n,
+                 "; the newest checkpoint is %s", t->last_checkpoint);
+    }
     t->failed_together = t->comm->world > 1;
     return 1;
 }
@@ -919,14 +924,8 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
         }
         step_stats s;
         trainer_step(t, &s);
-        if (device_failed(t, s.step, err)) {
-            if (t->last_checkpoint[0]) {
-                size_t n = strlen(err->message);
-                snprintf(err->message + n, sizeof err->message - n,
-                         "; the newest checkpoint is %s", t->last_checkpoint);
-            }
+        if (device_failed(t, s.step, err))
             return TRAIN_FAILED;
-        }
         summary->loss = s.loss;
         if (!isfinite(s.loss)) {
             error_set(err, "training diverged at step %d: loss is %g (try a "

@@ -130,6 +130,17 @@ static void gemm_tiled(int trans_a, int trans_b, int M, int N, int K,
     GPU_CHECK_LAUNCH();
 }
 
+#if GEMM_USE_BLAS && !defined(MOECTL_HIP)
+/* fp32 data throughout; the compute type says what the tensor cores may
+ * round the inputs to (accumulation stays fp32). */
+static cublasComputeType_t compute_type(const gpu_context *ctx)
+{
+    return ctx->precision == GPU_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
+           : ctx->precision == GPU_PRECISION_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
+                                                  : CUBLAS_COMPUTE_32F;
+}
+#endif
+
 /* Row-major C (M, N) = op(A) · op(B) + beta * C, queued on the default
  * stream (callers synchronise once at the end). */
 static void gemm(const gpu_context *ctx, int trans_a, int trans_b, int M,
@@ -156,18 +167,12 @@ static void gemm(const gpu_context *ctx, int trans_a, int trans_b, int M,
                                trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
                                &one, B, ldb, A, lda, &beta, C, ldc));
 #else
-        /* fp32 data throughout; the compute type says what the tensor
-         * cores may round the inputs to (accumulation stays fp32). */
-        cublasComputeType_t compute =
-            ctx->precision == GPU_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-            : ctx->precision == GPU_PRECISION_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                   : CUBLAS_COMPUTE_32F;
         BLAS_CHECK(cublasGemmEx((cublasHandle_t)ctx->blas,
                                 trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                 trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K,
                                 &one, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda,
-                                &beta, C, CUDA_R_32F, ldc, compute,
-                                CUBLAS_GEMM_DEFAULT));
+                                &beta, C, CUDA_R_32F, ldc,
+                                compute_type(ctx), CUBLAS_GEMM_DEFAULT));
 #endif
         return;
     }
@@ -212,20 +217,28 @@ void gpu_matmul_backward(void *vctx, float *dinp, float *dweight,
  * group of one, with its own sizes, transposes and beta. Builds without
  * cuBLAS 12.5's grouped call, HIP, the tiled fallback, and a cuBLAS that
  * refuses the call for this precision run them one by one. */
-struct gemm_batch {
-    int count, capacity;
-    int *trans_a, *trans_b, *M, *N, *K, *lda, *ldb, *ldc;
-    float *beta;
-    const float **A, **B;
-    float **C;
-    void **device_ptrs; /* managed: 3 · capacity pointers for cuBLAS */
-};
-
 #if GEMM_USE_BLAS && !defined(MOECTL_HIP) && CUBLAS_VERSION >= 120500
 #define GEMM_GROUPED 1
 #else
 #define GEMM_GROUPED 0
 #endif
+
+struct gemm_batch {
+    int count, capacity;
+    /* The problems as gemm() takes them (row-major). */
+    int *trans_a, *trans_b, *M, *N, *K, *lda, *ldb, *ldc;
+    float *beta;
+    const float **A, **B;
+    float **C;
+#if GEMM_GROUPED
+    /* The same problems as cuBLAS's grouped call takes them (host arrays;
+     * alpha and group_size are all ones). */
+    cublasOperation_t *op_a, *op_b;
+    int *col_m, *col_n, *col_lda, *col_ldb, *group_size;
+    float *alpha;
+#endif
+    void **device_ptrs; /* managed: 3 · capacity pointers for cuBLAS */
+};
 
 void gpu_gemm_batch_free(gpu_context *ctx)
 {
@@ -235,6 +248,10 @@ void gpu_gemm_batch_free(gpu_context *ctx)
     free(b->trans_a), free(b->trans_b), free(b->M), free(b->N), free(b->K);
     free(b->lda), free(b->ldb), free(b->ldc), free(b->beta);
     free(b->A), free(b->B), free(b->C);
+#if GEMM_GROUPED
+    free(b->op_a), free(b->op_b), free(b->col_m), free(b->col_n);
+    free(b->col_lda), free(b->col_ldb), free(b->group_size), free(b->alpha);
+#endif
     if (b->device_ptrs)
         GPU_CHECK(cudaFree(b->device_ptrs));
     free(b);
@@ -262,6 +279,12 @@ static int batch_reserve(gpu_context *ctx, int count)
     } while (0)
     GROW(trans_a); GROW(trans_b); GROW(M); GROW(N); GROW(K);
     GROW(lda); GROW(ldb); GROW(ldc); GROW(beta); GROW(A); GROW(B); GROW(C);
+#if GEMM_GROUPED
+    GROW(op_a); GROW(op_b); GROW(col_m); GROW(col_n); GROW(col_lda);
+    GROW(col_ldb); GROW(group_size); GROW(alpha);
+    for (int i = 0; i < count; i++)
+        b->group_size[i] = 1, b->alpha[i] = 1.0f;
+#endif
 #undef GROW
     if (b->device_ptrs)
         GPU_CHECK(cudaFree(b->device_ptrs));
@@ -317,42 +340,22 @@ static void batch_run(gpu_context *ctx)
         /* Column-major, as in gemm(): row-major C = op(A)·op(B) is
          * Cᵀ = op(B)ᵀ·op(A)ᵀ, so cuBLAS's A is our B and its m our N. */
         int n = b->count;
-        cublasOperation_t *op_a = (cublasOperation_t *)malloc(
-            2 * (size_t)n * sizeof *op_a);
-        int *sizes = (int *)malloc(7 * (size_t)n * sizeof *sizes);
-        float *alpha = (float *)malloc((size_t)n * sizeof *alpha);
-        if (!op_a || !sizes || !alpha) {
-            free(op_a), free(sizes), free(alpha);
-            gemm_one_by_one(ctx, b);
-            b->count = 0;
-            return;
-        }
-        cublasOperation_t *op_b = op_a + n;
-        int *m = sizes, *nn = sizes + n, *k = sizes + 2 * n;
-        int *lda = sizes + 3 * n, *ldb = sizes + 4 * n, *ldc = sizes + 5 * n;
-        int *group_size = sizes + 6 * n;
         const void **ptr_a = (const void **)b->device_ptrs;
         const void **ptr_b = ptr_a + n;
         void **ptr_c = b->device_ptrs + 2 * n;
         for (int i = 0; i < n; i++) {
-            op_a[i] = b->trans_b[i] ? CUBLAS_OP_T : CUBLAS_OP_N;
-            op_b[i] = b->trans_a[i] ? CUBLAS_OP_T : CUBLAS_OP_N;
-            m[i] = b->N[i], nn[i] = b->M[i], k[i] = b->K[i];
-            ptr_a[i] = b->B[i], lda[i] = b->ldb[i];
-            ptr_b[i] = b->A[i], ldb[i] = b->lda[i];
-            ptr_c[i] = b->C[i], ldc[i] = b->ldc[i];
-            alpha[i] = 1.0f;
-            group_size[i] = 1;
+            b->op_a[i] = b->trans_b[i] ? CUBLAS_OP_T : CUBLAS_OP_N;
+            b->op_b[i] = b->trans_a[i] ? CUBLAS_OP_T : CUBLAS_OP_N;
+            b->col_m[i] = b->N[i], b->col_n[i] = b->M[i];
+            ptr_a[i] = b->B[i], b->col_lda[i] = b->ldb[i];
+            ptr_b[i] = b->A[i], b->col_ldb[i] = b->lda[i];
+            ptr_c[i] = b->C[i];
         }
-        cublasComputeType_t compute =
-            ctx->precision == GPU_PRECISION_TF32 ? CUBLAS_COMPUTE_32F_FAST_TF32
-            : ctx->precision == GPU_PRECISION_BF16 ? CUBLAS_COMPUTE_32F_FAST_16BF
-                                                   : CUBLAS_COMPUTE_32F;
         cublasStatus_t status = cublasGemmGroupedBatchedEx(
-            (cublasHandle_t)ctx->blas, op_a, op_b, m, nn, k, alpha,
-            ptr_a, CUDA_R_32F, lda, ptr_b, CUDA_R_32F, ldb, b->beta,
-            ptr_c, CUDA_R_32F, ldc, n, group_size, compute);
-        free(op_a), free(sizes), free(alpha);
+            (cublasHandle_t)ctx->blas, b->op_a, b->op_b, b->col_m, b->col_n,
+            b->K, b->alpha, ptr_a, CUDA_R_32F, b->col_lda, ptr_b, CUDA_R_32F,
+            b->col_ldb, b->beta, ptr_c, CUDA_R_32F, b->ldc, n, b->group_size,
+            compute_type(ctx));
         if (status == CUBLAS_STATUS_SUCCESS) {
             b->count = 0;
             return;

@@ -308,8 +308,8 @@ def case_standin_gpu_rank(tmp):
     # A module that drives another kind is refused before training.
     hip = ("cluster.devices.1.backend=hip", "cluster.devices.1.index=0")
     start = time.time()
-    _, p = train(tmp, "hip", 2, ["--steps", "5"], hip,
-                       check=False, env=standin())
+    _, p = train(tmp, "hip", 2, ["--steps", "5"], hip, check=False,
+                 env=standin())
     took = time.time() - start
     if p.returncode != 1 or "drives cuda, not hip" not in p.stderr:
         fail(f"a hip device on a cuda module exited {p.returncode}:\n"
@@ -367,8 +367,8 @@ def case_device_failure(tmp):
                  f"{exact(whole[s])[:2]} without the failure")
     one_sets = ("cluster.devices.0.backend=cuda", "cluster.devices.0.index=0",
                 "train.eval_every=0")
-    _, q = train(tmp, "one", 1, ["--steps", "20"], one_sets,
-                       check=False, env=env)
+    _, q = train(tmp, "one", 1, ["--steps", "20"], one_sets, check=False,
+                 env=env)
     if q.returncode != 1 or "failed in step 12, which was discarded" \
             not in q.stderr:
         fail(f"one rank: exit {q.returncode}:\n{q.stderr[-2000:]}")
