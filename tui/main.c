@@ -9,15 +9,15 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/comm.h"
-#include "engine/config.h"
+#include "engine/core/comm.h"
+#include "engine/config/config.h"
 #include "moectl_build.h"
-#include "tui/bench.h"
-#include "tui/console.h"
-#include "tui/ctl.h"
-#include "tui/demo.h"
-#include "tui/headless.h"
-#include "tui/plan.h"
+#include "engine/trainer/bench.h"
+#include "tui/console/console.h"
+#include "tui/cli/ctl.h"
+#include "tui/demo/demo.h"
+#include "engine/trainer/headless.h"
+#include "tui/cli/plan.h"
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 enum { MAX_SETS = 256 };

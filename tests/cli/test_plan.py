@@ -4,7 +4,7 @@
 usage: test_plan.py CASE MOECTL SOURCE_ROOT
 
 Each case runs the real binary; figures are recomputed here from the JSON
-output with the formulas of engine/cost.h.
+output with the formulas of engine/balance/cost.h.
 """
 import json
 import math

@@ -3,7 +3,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "engine/config.h"
+#include "engine/config/config.h"
 
 #define SETS_MAX 256
 

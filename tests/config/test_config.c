@@ -1,6 +1,6 @@
 /* Unit tests for engine/config: defaults, the presets, print/load round
  * trips and --set overrides. Usage: test_config SOURCE_ROOT */
-#include "engine/config.h"
+#include "engine/config/config.h"
 
 #include <stdint.h>
 #include <stdio.h>

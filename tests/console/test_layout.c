@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tui/layout.h"
+#include "tui/console/layout.h"
 
 #include "tests/expect.h"
 

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "tui/plot.h"
+#include "tui/console/plot.h"
 
 #include "tests/expect.h"
 

@@ -108,7 +108,7 @@ def steps_upto(metrics, step):
 
 
 def ema(steps, value, weight=lambda r: r["step_ms"]):
-    """The console's moving average (tui/view.h, view_figure): each record
+    """The console's moving average (tui/console/view.h, view_figure): each record
     weighs weight(r) (its time for rates, its tokens for costs per token),
     decaying by 0.9 per newer record; after 150 steps where it began no
     longer shows."""
@@ -136,7 +136,7 @@ def money(text):
 
 
 def size_text(gb):
-    """format_bytes in tui/console.c, for a figure in GB."""
+    """format_bytes in tui/console/console.c, for a figure in GB."""
     x, units = gb * 1e9, ["B", "KB", "MB", "GB", "TB"]
     u = 0
     while x >= 1000 and u < 4:

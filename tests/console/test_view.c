@@ -1,12 +1,12 @@
 /* The console's view of a job, fed records as the engine writes them
- * (engine/metrics.c, engine/balancer.c, engine/control.c): every figure
+ * (engine/protocol/metrics.c, engine/balance/balancer.c, engine/protocol/control.c): every figure
  * comes from a record, a missing one is n/a, and the balance policy is
  * learned from the records that carry it. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
 
-#include "tui/view.h"
+#include "tui/console/view.h"
 
 #include "tests/expect.h"
 

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "engine/command.h"
+#include "engine/protocol/command.h"
 
 #include "tests/expect.h"
 

@@ -14,8 +14,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "engine/control.h"
-#include "tui/ctl.h"
+#include "engine/protocol/control.h"
+#include "tui/cli/ctl.h"
 
 #include "tests/expect.h"
 

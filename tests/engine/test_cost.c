@@ -5,10 +5,10 @@
 #include <math.h>
 #include <stdio.h>
 
-#include "engine/config.h"
-#include "engine/cost.h"
-#include "engine/model.h"
-#include "engine/rng.h"
+#include "engine/config/config.h"
+#include "engine/balance/cost.h"
+#include "engine/model/model.h"
+#include "engine/core/rng.h"
 #include "kernels/cpu/cpu_backend.h"
 
 #include "tests/expect.h"

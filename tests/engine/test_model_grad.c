@@ -8,9 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/config.h"
-#include "engine/model.h"
-#include "engine/rng.h"
+#include "engine/config/config.h"
+#include "engine/model/model.h"
+#include "engine/core/rng.h"
 #include "kernels/cpu/cpu_backend.h"
 
 static double objective(model *m, const int *inputs, const int *targets, int B)

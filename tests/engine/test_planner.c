@@ -7,8 +7,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine/planner.h"
-#include "engine/rng.h"
+#include "engine/balance/planner.h"
+#include "engine/core/rng.h"
 
 #include "tests/expect.h"
 

@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "engine/rng.h"
-#include "engine/router.h"
+#include "engine/core/rng.h"
+#include "engine/model/router.h"
 #include "kernels/cpu/cpu_backend.h"
 
 #include "tests/expect.h"

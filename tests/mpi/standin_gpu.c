@@ -1,5 +1,5 @@
 /* A stand-in GPU backend module for tests on machines without a GPU: it
- * exports what engine/gpu_loader.c looks up (kernels/cuda/gpu_backend.h)
+ * exports what engine/core/gpu_loader.c looks up (kernels/cuda/gpu_backend.h)
  * and drives the CPU reference behind them, so a job with a `cuda` device
  * runs the trainer's whole GPU path (module loading, the device's table,
  * its allocator, its failure report) and must match the all-CPU run bit

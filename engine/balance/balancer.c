@@ -1,0 +1,385 @@
+#include "engine/balance/balancer.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/balance/cost.h"
+
+int balancer_create(balancer *b, const config *cfg, int ranks,
+                    int share_units, moe_error *err)
+{
+    memset(b, 0, sizeof *b);
+    b->layers = cfg->model.n_layers;
+    b->experts = cfg->moe.n_experts;
+    b->ranks = ranks;
+    b->decay = cfg->balance.load_ema;
+    b->policy = cfg->balance.policy;
+    b->every = cfg->balance.every;
+    b->min_gain = cfg->balance.min_gain;
+    b->devices = cfg->cluster.devices;
+    cost_params params;
+    cost_model_params(cfg, &params);
+    b->expert_bytes = 16.0 * params.expert;
+    b->move_bytes = 12.0 * params.expert;
+    b->dense_bytes = 16.0 * params.dense;
+    b->grad_bytes = 4.0 * params.expert;
+    b->share_units = share_units;
+    b->link_bytes_per_s = cfg->cluster.link_gbps * 1e9;
+    size_t cells = (size_t)b->layers * b->experts;
+    b->load = calloc(cells, sizeof *b->load);
+    b->proposal = calloc(cells, sizeof *b->proposal);
+    b->proposal_share = calloc(cells * ranks, sizeof *b->proposal_share);
+    b->rate = calloc((size_t)ranks, sizeof *b->rate);
+    b->base_s = calloc((size_t)ranks, sizeof *b->base_s);
+    b->planner_ranks = calloc((size_t)ranks, sizeof *b->planner_ranks);
+    if (!b->load || !b->proposal || !b->proposal_share || !b->rate ||
+        !b->base_s ||
+        !b->planner_ranks) {
+        balancer_destroy(b);
+        return error_set(err, "out of memory");
+    }
+    return 0;
+}
+
+void balancer_destroy(balancer *b)
+{
+    free(b->load);
+    free(b->proposal);
+    free(b->proposal_share);
+    free(b->rate);
+    free(b->base_s);
+    free(b->planner_ranks);
+    memset(b, 0, sizeof *b);
+}
+
+static void average(double *avg, double x, double decay, int first)
+{
+    *avg = first ? x : decay * *avg + (1.0 - decay) * x;
+}
+
+/* The planner's view of the ranks from the moving averages: a rank that
+ * never ran expert work is assumed as fast as the median known rank. */
+static void build_ranks(balancer *b)
+{
+    double known[CONFIG_MAX_DEVICES];
+    int n = 0;
+    for (int r = 0; r < b->ranks; r++)
+        if (b->rate[r] > 0 && n < CONFIG_MAX_DEVICES)
+            known[n++] = b->rate[r];
+    for (int i = 1; i < n; i++)
+        for (int j = i; j > 0 && known[j - 1] > known[j]; j--) {
+            double x = known[j];
+            known[j] = known[j - 1];
+            known[j - 1] = x;
+        }
+    double fallback = n ? known[n / 2] : 1.0;
+    for (int r = 0; r < b->ranks; r++) {
+        planner_rank *q = &b->planner_ranks[r];
+        q->rate = b->rate[r] > 0 ? b->rate[r] : fallback;
+        q->base_s = b->base_s[r];
+        q->capacity_bytes = b->devices[r].memory_gb * 1e9 - b->dense_bytes;
+        if (q->capacity_bytes <= 0)
+            q->capacity_bytes = 1; /* room for nothing, but "limited" */
+    }
+}
+
+static planner_problem problem(balancer *b, const double *load,
+                               const int *placement)
+{
+    build_ranks(b);
+    planner_problem p = {
+        .layers = b->layers, .experts = b->experts, .ranks = b->ranks,
+        .load = load, .rank = b->planner_ranks, .placement = placement,
+        .expert_bytes = b->expert_bytes,
+        /* A move ships move_bytes once; its cost is spread over the steps
+         * until the next plan. */
+        .move_s_per_byte = b->move_bytes / b->expert_bytes /
+                           b->link_bytes_per_s / b->every,
+        .grad_bytes = b->grad_bytes,
+        .sync_s_per_byte = b->reduce_s_per_byte > 0
+                               ? b->reduce_s_per_byte
+                               : 1.0 / b->link_bytes_per_s,
+    };
+    return p;
+}
+
+void balancer_observe(balancer *b, step_stats *s)
+{
+    int first = b->samples == 0;
+    size_t cells = (size_t)b->layers * b->experts;
+    double step_load[4096];
+    double *now = cells <= 4096 ? step_load : malloc(cells * sizeof *now);
+    for (size_t i = 0; i < cells; i++) {
+        average(&b->load[i], s->expert_load[i], b->decay, first);
+        if (now)
+            now[i] = s->expert_load[i];
+    }
+    double slowest = -1;
+    s->straggler = -1;
+    for (int r = 0; r < b->ranks; r++) {
+        const rank_stats *q = &s->rank[r];
+        if (q->tokens > 0 && q->expert_ms > 0)
+            average(&b->rate[r], q->tokens / (q->expert_ms * 1e-3), b->decay,
+                    b->rate[r] == 0);
+        average(&b->base_s[r], q->dense_ms * 1e-3, b->decay, first);
+        double busy = q->expert_ms + q->dense_ms;
+        if (busy > slowest) {
+            slowest = busy;
+            s->straggler = r;
+        }
+    }
+    if (b->ranks == 1)
+        s->straggler = -1;
+    /* The all-reduce's own cost per byte: the rank that arrived last
+     * waited least, so its time is the closest to the transfer alone. */
+    double reduce_s = INFINITY;
+    for (int r = 0; r < b->ranks; r++)
+        reduce_s = fmin(reduce_s, s->rank[r].allreduce_ms * 1e-3);
+    double reduced = b->dense_bytes / 4.0 + s->split_experts * b->grad_bytes;
+    if (b->ranks > 1 && reduced > 0 && isfinite(reduce_s))
+        average(&b->reduce_s_per_byte, reduce_s / reduced, b->decay,
+                b->reduce_s_per_byte == 0);
+    average(&b->step_s, s->step_s, b->decay, first);
+    /* What the compute model leaves unexplained is communication. The
+     * ideal keeps everything measured but the expert phase, whose rows it
+     * splits over the ranks in proportion to their speed, layer by layer,
+     * so that all ranks finish each layer together: this step's time less
+     * the excess of the layers' slowest ranks over that split. */
+    double ideal = NAN;
+    if (now) {
+        planner_problem p = problem(b, now, s->placement);
+        double compute = s->share && s->split_experts
+                             ? planner_split_step_time(&p, s->share,
+                                                       s->share_units)
+                             : planner_step_time(&p, s->placement);
+        average(&b->comm_s, s->step_s - compute, b->decay, first);
+        double rows = 0, speed = 0, base = 0;
+        for (size_t i = 0; i < cells; i++)
+            rows += now[i];
+        for (int r = 0; r < b->ranks; r++) {
+            speed += b->planner_ranks[r].rate;
+            base = fmax(base, b->planner_ranks[r].base_s);
+        }
+        double excess = compute - base - rows / speed;
+        b->ideal_s = s->step_s - (excess > 0 ? excess : 0);
+        ideal = s->tokens / b->ideal_s;
+    }
+    if (now != step_load)
+        free(now);
+    b->samples++;
+    s->load_ema = b->load;
+    s->ideal_tokens_per_s = ideal;
+}
+
+/* Experts whose rank or split differ between two proposals. */
+static int changed_experts(const balancer *b, const int *placement_a,
+                           const int *share_a, const int *placement_b,
+                           const int *share_b)
+{
+    int changed = 0, R = b->ranks;
+    for (size_t i = 0; i < (size_t)b->layers * b->experts; i++)
+        changed += placement_a[i] != placement_b[i] ||
+                   memcmp(share_a + i * R, share_b + i * R,
+                          (size_t)R * sizeof *share_a) != 0;
+    return changed;
+}
+
+int balancer_plan(balancer *b, const int *placement, const int *share,
+                  int placement_version, char *reason, size_t reason_size)
+{
+    if (b->samples == 0) {
+        snprintf(reason, reason_size, "plan: nothing measured yet; train a "
+                                      "step first");
+        return -1;
+    }
+    size_t cells = (size_t)b->layers * b->experts;
+    int *moved = malloc(cells * sizeof *moved);
+    int *candidate = malloc(cells * sizeof *candidate);
+    int *candidate_share = malloc(cells * b->ranks * sizeof *candidate_share);
+    if (!moved || !candidate || !candidate_share) {
+        free(moved), free(candidate), free(candidate_share);
+        snprintf(reason, reason_size, "plan: out of memory");
+        return -1;
+    }
+    planner_problem p = problem(b, b->load, placement);
+    if (planner_plan(&p, moved) < 0) {
+        free(moved), free(candidate), free(candidate_share);
+        snprintf(reason, reason_size, "plan: no placement fits the devices' "
+                                      "memory (cluster.devices[].memory_gb)");
+        return -1;
+    }
+    int U = b->share_units;
+    double ship_s = p.move_s_per_byte * p.expert_bytes; /* per replica */
+    double before = planner_split_step_time(&p, share, U);
+    /* Candidates: the whole-expert plan, and splits on top of it and on
+     * top of the present placement. The cheapest by predicted step time
+     * plus what shipping its replicas costs wins; staying put costs
+     * `before`. */
+    memcpy(b->proposal, placement, cells * sizeof *placement);
+    memcpy(b->proposal_share, share, cells * b->ranks * sizeof *share);
+    double best_after = before, best_cost = before;
+    for (int k = 0; k < 3; k++) {
+        if (k == 0) {
+            memcpy(candidate, moved, cells * sizeof *moved);
+            planner_whole_shares(&p, moved, U, candidate_share);
+        } else if (planner_split(&p, k == 1 ? moved : placement, U, 0.02,
+                                 candidate, candidate_share) < 0) {
+            continue;
+        }
+        double after = planner_split_step_time(&p, candidate_share, U);
+        double cost = after + ship_s * planner_share_transfers(
+                                           &p, share, candidate_share);
+        if (cost < best_cost - 1e-12) {
+            best_cost = cost;
+            best_after = after;
+            memcpy(b->proposal, candidate, cells * sizeof *candidate);
+            memcpy(b->proposal_share, candidate_share,
+                   cells * b->ranks * sizeof *candidate_share);
+        }
+    }
+    free(moved), free(candidate), free(candidate_share);
+    b->before_s = b->comm_s + before;
+    b->after_s = b->comm_s + best_after;
+    b->proposal_changes = changed_experts(b, placement, share, b->proposal,
+                                          b->proposal_share);
+    b->proposal_moves = planner_share_transfers(&p, share, b->proposal_share);
+    b->proposal_version = placement_version;
+    b->have_proposal = 1;
+    return 0;
+}
+
+/* One expert's proposed state: "3" when whole, "3:57%,0:14%" when split
+ * (the expert's rank first). */
+static int describe_expert(const balancer *b, size_t i, char *out,
+                           size_t size)
+{
+    const int *part = b->proposal_share + i * b->ranks;
+    int rank = b->proposal[i];
+    if (part[rank] == b->share_units)
+        return snprintf(out, size, "%d", rank);
+    int n = snprintf(out, size, "%d:%.0f%%", rank,
+                     100.0 * part[rank] / b->share_units);
+    for (int r = 0; r < b->ranks; r++)
+        if (r != rank && part[r] > 0 && n > 0 && (size_t)n < size)
+            n += snprintf(out + n, size - (size_t)n, ",%d:%.0f%%", r,
+                          100.0 * part[r] / b->share_units);
+    return n;
+}
+
+void balancer_describe(const balancer *b, const int *placement,
+                       const int *share, char *out, size_t size)
+{
+    size_t n = 0;
+#define PUT(...)                                                               \
+    do {                                                                       \
+        int k = snprintf(out + n, n < size ? size - n : 0, __VA_ARGS__);       \
+        if (k > 0)                                                             \
+            n += (size_t)k;                                                    \
+    } while (0)
+    double gain = b->before_s > 0 ? 1.0 - b->after_s / b->before_s : 0;
+    if (b->proposal_changes == 0) {
+        PUT("placement is already the best found: predicted step %.3g ms",
+            b->before_s * 1e3);
+        return;
+    }
+    int splits = 0;
+    for (size_t i = 0; i < (size_t)b->layers * b->experts; i++)
+        splits += b->proposal_share[i * b->ranks + b->proposal[i]] <
+                  b->share_units;
+    if (splits)
+        PUT("%d change%s (%d expert%s split, %d replica%s shipped), "
+            "predicted step %.3g -> %.3g ms (%+.1f%%):",
+            b->proposal_changes, b->proposal_changes == 1 ? "" : "s", splits,
+            splits == 1 ? "" : "s", b->proposal_moves,
+            b->proposal_moves == 1 ? "" : "s", b->before_s * 1e3,
+            b->after_s * 1e3, -gain * 100);
+    else
+        PUT("%d move%s, predicted step %.3g -> %.3g ms (%+.1f%%):",
+            b->proposal_changes, b->proposal_changes == 1 ? "" : "s",
+            b->before_s * 1e3, b->after_s * 1e3, -gain * 100);
+    int shown = 0, R = b->ranks;
+    for (int l = 0; l < b->layers; l++)
+        for (int e = 0; e < b->experts; e++) {
+            size_t i = (size_t)l * b->experts + e;
+            if (placement[i] == b->proposal[i] &&
+                !memcmp(share + i * R, b->proposal_share + i * R,
+                        (size_t)R * sizeof *share))
+                continue;
+            if (shown++ == 4) {
+                PUT(" ...");
+                return;
+            }
+            char to[128];
+            describe_expert(b, i, to, sizeof to);
+            PUT(" %d.%d %d->%s", l, e, placement[i], to);
+        }
+#undef PUT
+}
+
+int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
+                        const char *trigger, int applied, const int *placement,
+                        moe_error *err)
+{
+    if (!sink)
+        return 0;
+    json_t *moves = json_array();
+    for (int l = 0; l < b->layers; l++)
+        for (int e = 0; e < b->experts; e++) {
+            size_t i = (size_t)l * b->experts + e;
+            if (placement[i] != b->proposal[i])
+                json_array_append_new(moves, json_pack(
+                    "[i, i, i, i]", l, e, placement[i], b->proposal[i]));
+        }
+    json_t *splits = metrics_splits_json(b->layers, b->experts, b->ranks,
+                                         b->proposal, b->proposal_share,
+                                         b->share_units);
+    double gain = b->before_s > 0 ? 1.0 - b->after_s / b->before_s : 0;
+    json_t *record = json_pack(
+        "{s:s, s:i, s:s, s:b, s:o, s:o, s:i, s:f, s:f, s:f, s:f}", "type",
+        "plan", "step", step, "trigger", trigger, "applied", applied, "moves",
+        moves, "splits", splits, "changes", b->proposal_changes,
+        "predicted_before_ms", b->before_s * 1e3, "predicted_after_ms",
+        b->after_s * 1e3, "predicted_gain", gain, "moved_bytes",
+        b->move_bytes * b->proposal_moves);
+    return metrics_write_record(sink, record, err);
+}
+
+double balancer_auto_threshold(const balancer *b)
+{
+    return b->min_gain * (double)(1 << b->missed);
+}
+
+int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
+                       moe_error *err)
+{
+    if (!b->pending_result || s->step <= b->applied_step)
+        return 0;
+    b->measured_sum_s += s->step_s;
+    b->measured_steps++;
+    if (b->measured_steps < b->every)
+        return 0;
+    b->pending_result = 0;
+    double measured = b->measured_sum_s / b->measured_steps;
+    double promised = b->applied_before_s - b->applied_after_s;
+    double delivered = b->applied_before_s - measured;
+    if (promised > 0 && delivered < 0.5 * promised)
+        b->missed = b->missed < 6 ? b->missed + 1 : 6;
+    else
+        b->missed = 0;
+    if (sink) {
+        json_t *record = json_pack(
+            "{s:s, s:i, s:i, s:i, s:f, s:f, s:f}", "type", "plan_result",
+            "step", s->step, "applied_step", b->applied_step, "steps",
+            b->measured_steps, "before_ms", b->applied_before_s * 1e3,
+            "predicted_ms", b->applied_after_s * 1e3, "measured_ms",
+            measured * 1e3);
+        if (record)
+            json_object_set_new(record, "delivered",
+                                json_boolean(b->missed == 0));
+        if (metrics_write_record(sink, record, err) < 0)
+            return -1;
+    }
+    return 1;
+}

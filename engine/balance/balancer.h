@@ -1,0 +1,101 @@
+/* Placement-side balancing in a live run: rank 0 keeps moving averages of
+ * what the steps measured (per-expert load, per-rank expert speed and time
+ * outside expert work, communication), turns them into a planner problem,
+ * and judges plans: the predicted step time before and after, and later
+ * the measured one. The policy (off, suggest, auto) says when it plans. */
+#ifndef MOECTL_ENGINE_BALANCER_H
+#define MOECTL_ENGINE_BALANCER_H
+
+#include "engine/config/config.h"
+#include "engine/protocol/metrics.h"
+#include "engine/balance/planner.h"
+
+typedef struct balancer {
+    int layers, experts, ranks;
+    double decay;          /* of every moving average (balance.load_ema) */
+    int samples;           /* steps observed */
+    double *load;          /* (layers, experts) rows routed per step */
+    double *rate;          /* (ranks) expert rows per second, 0: unknown */
+    double *base_s;        /* (ranks) seconds outside routed-expert work */
+    planner_rank *planner_ranks; /* (ranks) built for the planner */
+    double comm_s;         /* step time the compute model does not explain */
+    double step_s;         /* measured step time */
+    double ideal_s;        /* the last step's time had its expert work been
+                              split in proportion to speed (see
+                              balancer_observe) */
+    double expert_bytes;   /* one expert's state: weights, grad, 2 moments */
+    double move_bytes;     /* what a move ships: weights and 2 moments */
+    double dense_bytes;    /* replicated state on every rank */
+    double link_bytes_per_s;
+    double reduce_s_per_byte; /* the gradient all-reduce's measured cost per
+                                 byte of buffer (0: not measured yet) */
+    const config_device *devices; /* (ranks) */
+
+    config_policy policy;
+    int every;             /* steps between plans */
+    double min_gain;       /* fraction of a step */
+
+    /* The last plan: proposed placement, splits and prediction. */
+    int *proposal;         /* (layers, experts) each expert's rank */
+    int *proposal_share;   /* (layers, experts, ranks) in 1/share_units */
+    int share_units;
+    double grad_bytes;     /* one expert's gradient */
+    int have_proposal;
+    int proposal_version;  /* placement version it was made against */
+    int proposal_changes;  /* experts whose rank or split changes */
+    int proposal_moves;    /* replicas shipped: (expert, rank) pairs that
+                              gain a share */
+    double before_s, after_s; /* predicted step times, comm included */
+
+    /* An applied plan waiting to be measured. */
+    int pending_result;
+    int applied_step;      /* boundary after which the moves took effect */
+    double applied_before_s, applied_after_s;
+    double measured_sum_s;
+    int measured_steps;
+    /* Applied plans in a row whose measured gain fell short of half the
+     * predicted one: auto then asks for min_gain · 2^missed, so a model
+     * that keeps promising what the job does not deliver stops moving
+     * experts back and forth. */
+    int missed;
+} balancer;
+
+/* The gain `auto` asks of a plan now: min_gain, doubled for every applied
+ * plan in a row that did not deliver. */
+double balancer_auto_threshold(const balancer *b);
+
+int balancer_create(balancer *b, const config *cfg, int ranks,
+                    int share_units, moe_error *err);
+void balancer_destroy(balancer *b);
+
+/* Feeds one step's measurements (rank 0: s->rank is gathered). Also fills
+ * s->ideal_tokens_per_s and the straggler. */
+void balancer_observe(balancer *b, step_stats *s);
+
+/* Plans against `placement` (layers, experts) split by `share` (layers,
+ * experts, ranks, in 1/share_units) and stores the proposal: the best of
+ * whole-expert moves and of splits on top of them (or of the present
+ * placement), by predicted step time plus the cost of what it ships.
+ * Returns 0, or -1 with a one-line reason (nothing measured yet, or no
+ * placement fits the memory capacities). */
+int balancer_plan(balancer *b, const int *placement, const int *share,
+                  int placement_version, char *reason, size_t reason_size);
+
+/* Describes the proposal against `placement`: "N moves ..., predicted
+ * step A -> B ms (-G%)", listing up to a few moves. */
+void balancer_describe(const balancer *b, const int *placement,
+                       const int *share, char *out, size_t size);
+
+/* Writes a "plan" record for the proposal (trigger: plan, apply, suggest,
+ * auto) with its moves against `placement`. */
+int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
+                        const char *trigger, int applied, const int *placement,
+                        moe_error *err);
+
+/* After an applied plan, counts the steps that follow; when `every` have
+ * run, writes a "plan_result" record with the measured step time and
+ * returns 1. */
+int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
+                       moe_error *err);
+
+#endif

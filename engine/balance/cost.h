@@ -1,0 +1,43 @@
+/* What training costs: parameter counts of a configuration (without
+ * building its model), MFU and price per token, and the analytic step
+ * model behind `moectl plan`.
+ *
+ *   cost per token = Σ price_per_hour / 3600 / tokens_per_s
+ *   MFU            = 6 · N_active · tokens_per_s / Σ peak FLOP/s
+ *
+ * N_active counts every parameter a token passes through: embeddings,
+ * attention, norms, router, shared experts and top_k routed experts. */
+#ifndef MOECTL_ENGINE_COST_H
+#define MOECTL_ENGINE_COST_H
+
+#include "engine/config/config.h"
+
+/* Parameter counts, as the trainer's model lays them out (for vocab_size
+ * 256 and n_kv_heads = n_heads, total equals model->param_count). */
+typedef struct cost_params {
+    double embedding; /* token embedding and LM head (untied) */
+    double attention; /* q, k, v and output projections, all layers */
+    double norms;     /* RMSNorm gains */
+    double router;    /* router weights, all layers */
+    double shared;    /* shared experts, all layers */
+    double expert;    /* one routed expert (SwiGLU: 3 · d_model · hidden) */
+    double routed;    /* all routed experts, all layers */
+    double dense;     /* everything but the routed experts */
+    double total;
+    double active;    /* dense + top_k routed experts per layer */
+} cost_params;
+
+void cost_model_params(const config *cfg, cost_params *out);
+
+/* Σ price_per_hour and Σ peak FLOP/s over the devices (count included). */
+double cost_price_per_hour(const config *cfg);
+double cost_peak_flops(const config *cfg);
+
+/* Money per 1M tokens at tokens_per_s for a cluster costing
+ * price_per_hour; NAN when tokens_per_s is not positive. */
+double cost_per_mtok(double price_per_hour, double tokens_per_s);
+
+/* Model FLOPs utilisation (0..1 when the peaks are right). */
+double cost_mfu(double active_params, double tokens_per_s, double peak_flops);
+
+#endif

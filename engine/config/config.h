@@ -1,0 +1,186 @@
+/* Run configuration: YAML read with libyaml's document API through a schema
+ * table (netplan style). Unknown keys, wrong types and out-of-range values
+ * are errors that read `file:line:col: message`, then the source line and a
+ * caret under the column. */
+#ifndef MOECTL_ENGINE_CONFIG_H
+#define MOECTL_ENGINE_CONFIG_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "engine/core/error.h"
+
+#define CONFIG_MAX_DEVICES 64
+#define CONFIG_NAME_MAX 64
+#define CONFIG_PATH_MAX 512
+
+/* The model reads bytes: the vocabulary is fixed. */
+#define CONFIG_VOCAB_SIZE 256
+
+typedef enum config_backend {
+    CONFIG_BACKEND_CPU,
+    CONFIG_BACKEND_CUDA,
+    CONFIG_BACKEND_HIP,
+} config_backend;
+
+/* GEMM precision on a GPU: fp32, or tensor cores with fp32 in, out and
+ * accumulation but products of inputs rounded to TF32 (10-bit mantissa)
+ * or bf16 (7-bit mantissa). CPU devices compute in fp32 either way. The
+ * values are kernels/cuda/gpu_backend.h's GPU_PRECISION_*. */
+typedef enum config_precision {
+    CONFIG_PRECISION_FP32,
+    CONFIG_PRECISION_TF32,
+    CONFIG_PRECISION_BF16,
+} config_precision;
+
+typedef struct config_device {
+    char name[CONFIG_NAME_MAX];
+    config_backend backend;
+    int index;             /* device index within its backend */
+    int threads;           /* CPU threads for this rank (BLAS and loops) */
+    config_precision precision; /* GPU GEMMs */
+    double price_per_hour; /* in cluster.currency */
+    double peak_tflops;    /* dense fp32/bf16 peak used for MFU */
+    double memory_gb;
+    double slowdown;       /* >= 1: emulate a slower device (labelled) */
+    int count;             /* identical devices this entry stands for; a
+                              training run lists one entry per rank, so
+                              count > 1 is for `moectl plan` */
+    double utilization;    /* expected fraction of peak_tflops reached on
+                              this workload, for `moectl plan`; 0: not
+                              stated */
+} config_device;
+
+typedef enum config_policy {
+    CONFIG_POLICY_OFF,     /* placement changes only by hand */
+    CONFIG_POLICY_SUGGEST, /* plan every N steps; the operator applies */
+    CONFIG_POLICY_AUTO,    /* apply the plan when its gain is worth it */
+} config_policy;
+
+typedef enum config_dense {
+    CONFIG_DENSE_REPLICATED, /* every rank holds all dense state (moectl) */
+    CONFIG_DENSE_SHARDED,    /* dense state divided over ranks (ZeRO-3) */
+} config_dense;
+
+typedef struct config {
+    char name[CONFIG_NAME_MAX];   /* file name without directory and .yaml */
+    char source[CONFIG_PATH_MAX]; /* path as given, or "<embedded default>" */
+
+    struct {
+        char currency[16];
+        int device_count;
+        config_device devices[CONFIG_MAX_DEVICES];
+        /* The rank of each routed expert: "" for round-robin, or groups of
+         * n_experts ranks separated by ';', one group for every layer or
+         * one per layer, e.g. "0 0 1 1" or "0 1 0 1; 1 0 1 0". */
+        char placement[4096];
+        double link_gbps;  /* GB/s between ranks: prices expert moves */
+    } cluster;
+
+    struct {
+        int d_model;
+        int n_layers;
+        int n_heads;
+        int seq_len;
+        double rope_theta;
+        double norm_eps;
+        double init_std;
+        int n_kv_heads;    /* key/value heads (grouped-query attention);
+                              0: n_heads. Training needs n_heads. */
+        int vocab_size;    /* training reads bytes (256); other values
+                              describe models for `moectl plan` */
+    } model;
+
+    struct {
+        int n_experts;
+        int top_k;
+        int n_shared;          /* always-on shared experts */
+        int expert_hidden;     /* SwiGLU width of each expert */
+        double capacity_factor; /* 0: dropless */
+        double aux_loss_coef;  /* Switch auxiliary loss α */
+        double z_loss_coef;    /* router z-loss coefficient */
+    } moe;
+
+    /* Routing-side and placement-side balancing. */
+    struct {
+        double bias_update_rate; /* DeepSeek-V3 aux-free bias step u; 0: off */
+        int routing_warmup_steps; /* Ling stochastic routing warm-up; 0: off */
+        double load_ema;         /* decay of the per-expert load average */
+        config_policy policy;
+        int every;               /* steps between plans (suggest, auto) */
+        double min_gain;         /* auto applies a plan predicted to cut the
+                                    step time by at least this fraction */
+    } balance;
+
+    struct {
+        int steps;
+        int batch_size;
+        int warmup_steps;
+        double lr;
+        double min_lr;
+        double beta1;
+        double beta2;
+        double eps;
+        double weight_decay;
+        double grad_clip;      /* 0: no clipping */
+        uint64_t seed;
+        int eval_every;        /* 0: no periodic validation */
+        int eval_batches;
+        int log_every;         /* progress lines when stderr is no terminal */
+    } train;
+
+    struct {
+        char path[CONFIG_PATH_MAX];
+        double val_fraction;
+    } data;
+
+    struct {
+        char dir[CONFIG_PATH_MAX];
+        int every;             /* 0: only at the end of the run */
+        int keep;              /* newest checkpoints kept in dir */
+    } checkpoint;
+
+    /* The analytic model of `moectl plan`. */
+    struct {
+        double bytes_per_param; /* weights, gradients and optimizer state */
+        config_dense dense;
+    } plan;
+
+    /* How `moectl run` starts mpirun for several devices ("": not set). */
+    struct {
+        char hostfile[CONFIG_PATH_MAX];
+        char mpirun_args[CONFIG_PATH_MAX]; /* extra words, space-separated */
+    } launcher;
+} config;
+
+/* Sets every field to its default. */
+void config_defaults(config *cfg);
+
+/* Loads defaults, then the YAML file at `path` (or, when path is NULL, the
+ * embedded configs/default.yaml), then applies each `a.b=value` override
+ * in `sets` in order, then checks cross-field constraints. On error, fills
+ * err with the full multi-line message (location, source line, caret) and
+ * returns -1; cfg is then unspecified. */
+int config_load(config *cfg, const char *path, const char *const *sets,
+                int set_count, moe_error *err);
+
+/* Same, from text in memory; `source` names it in errors. */
+int config_load_text(config *cfg, const char *source, const char *text,
+                     size_t length, const char *const *sets, int set_count,
+                     moe_error *err);
+
+/* Fills placement (n_layers, n_experts) from cluster.placement and
+ * returns 1, or returns 0 when it is empty (round-robin). On a malformed
+ * value returns -1 with a one-line reason. */
+int config_placement(const config *cfg, int *placement, char *reason,
+                     size_t reason_size);
+
+/* Writes the fully resolved configuration as YAML that config_load reads
+ * back to the same values. */
+void config_print(const config *cfg, FILE *out);
+
+/* The text of configs/default.yaml, embedded at build time. */
+extern const char config_default_yaml[];
+extern const size_t config_default_yaml_length;
+
+#endif

@@ -1,0 +1,43 @@
+/* The MPI transport between engine ranks: one rank per device. Every
+ * collective here is called by all ranks in the same order. A build
+ * without MPI (or a job of one rank) runs the same code with world 1. */
+#ifndef MOECTL_ENGINE_COMM_H
+#define MOECTL_ENGINE_COMM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/core/error.h"
+
+typedef struct comm {
+    int rank;
+    int world;
+    int initialized; /* this process called MPI_Init */
+} comm;
+
+/* Joins the MPI job when launched by mpirun, else a world of one. */
+int comm_init(comm *c, int *argc, char ***argv, moe_error *err);
+void comm_finish(comm *c);
+/* Ends every rank of the job (after a failure on one of them). */
+void comm_abort(const comm *c, int status);
+
+void comm_barrier(const comm *c);
+/* out (world * count) = every rank's `count` ints, in rank order. */
+void comm_allgather_int(const comm *c, const int *in, int count, int *out);
+/* Element-wise sums, the result identical on every rank. */
+void comm_allreduce_sum_float(const comm *c, float *data, size_t count);
+void comm_allreduce_sum_double(const comm *c, double *data, int count);
+void comm_allreduce_max_double(const comm *c, double *data, int count);
+/* Rows of `row` floats: rank r sends send_rows[r] rows (consecutive in
+ * send, in rank order) and receives recv_rows[r] rows (consecutive in
+ * recv, in rank order). */
+void comm_alltoallv_rows(const comm *c, const float *send,
+                         const int *send_rows, float *recv,
+                         const int *recv_rows, int row);
+void comm_broadcast(const comm *c, void *data, size_t bytes, int root);
+void comm_send(const comm *c, const void *data, size_t bytes, int to);
+void comm_recv(const comm *c, void *data, size_t bytes, int from);
+/* Rank 0 receives every rank's `bytes` bytes into out (world * bytes). */
+void comm_gather(const comm *c, const void *in, size_t bytes, void *out);
+
+#endif

@@ -1,0 +1,274 @@
+/* The byte-level decoder-only MoE language model: build → forward →
+ * zero_grad → backward (the update lives in optimizer.c) → destroy.
+ *
+ * Per layer: RMSNorm → causal multi-head attention with RoPE → residual →
+ * RMSNorm → MoE feed-forward (router softmax top-k over E SwiGLU experts,
+ * plus always-on shared experts) → residual. Then a final RMSNorm and the
+ * LM head, trained with cross-entropy plus the router balance losses.
+ *
+ * Parameters, gradients and both Adam moments each live in one slab with
+ * named views generated from MODEL_TENSORS, so sizes and pointers cannot
+ * drift apart. Expert tensors carry their expert dimension explicitly. */
+#ifndef MOECTL_ENGINE_MODEL_H
+#define MOECTL_ENGINE_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/core/comm.h"
+#include "engine/config/config.h"
+#include "engine/core/error.h"
+#include "engine/moe/expert_parallel.h"
+#include "engine/model/router.h"
+#include "kernels/backend.h"
+
+typedef struct model_dims {
+    int V; /* vocabulary (bytes: 256) */
+    int C; /* d_model */
+    int L; /* layers */
+    int H; /* attention heads */
+    int T; /* sequence length */
+    int E; /* routed experts per layer */
+    int K; /* experts chosen per token */
+    int F; /* SwiGLU width of one routed expert */
+    int S; /* SwiGLU width of the shared experts together (n_shared * F) */
+} model_dims;
+
+/* X(name, element count, initialisation, weight decay applies) */
+#define MODEL_TENSORS(X)                                                         \
+    X(wte, (size_t)d->V * d->C, MODEL_INIT_NORMAL, 1)      /* (V, C) */          \
+    X(attn_norm, (size_t)d->L * d->C, MODEL_INIT_ONES, 0)  /* (L, C) */          \
+    X(wqkv, (size_t)d->L * 3 * d->C * d->C, MODEL_INIT_NORMAL, 1) /* (L, 3C, C) */ \
+    X(wo, (size_t)d->L * d->C * d->C, MODEL_INIT_RESIDUAL, 1) /* (L, C, C) */    \
+    X(ffn_norm, (size_t)d->L * d->C, MODEL_INIT_ONES, 0)   /* (L, C) */          \
+    X(router, (size_t)d->L * d->E * d->C, MODEL_INIT_NORMAL, 1) /* (L, E, C) */  \
+    X(expert_w13, (size_t)d->L * d->E * 2 * d->F * d->C, MODEL_INIT_NORMAL, 1)   \
+    /* (L, E, 2F, C): rows [gate | up] */                                        \
+    X(expert_w2, (size_t)d->L * d->E * d->C * d->F, MODEL_INIT_RESIDUAL, 1)      \
+    /* (L, E, C, F) */                                                           \
+    X(shared_w13, (size_t)d->L * 2 * d->S * d->C, MODEL_INIT_NORMAL, 1)          \
+    /* (L, 2S, C) */                                                             \
+    X(shared_w2, (size_t)d->L * d->C * d->S, MODEL_INIT_RESIDUAL, 1)             \
+    /* (L, C, S) */                                                              \
+    X(final_norm, (size_t)d->C, MODEL_INIT_ONES, 0)        /* (C) */             \
+    X(lm_head, (size_t)d->V * d->C, MODEL_INIT_NORMAL, 1)  /* (V, C) */
+
+enum model_init { MODEL_INIT_NORMAL, MODEL_INIT_RESIDUAL, MODEL_INIT_ONES };
+
+enum model_tensor_id {
+#define X(name, count, init, decay) MODEL_TENSOR_##name,
+    MODEL_TENSORS(X)
+#undef X
+    MODEL_TENSOR_COUNT
+};
+
+typedef struct model_tensors {
+#define X(name, count, init, decay) float *name;
+    MODEL_TENSORS(X)
+#undef X
+} model_tensors;
+
+typedef struct model_tensor_info {
+    const char *name;
+    size_t offset; /* elements from the slab start */
+    size_t count;
+    int decay;
+} model_tensor_info;
+
+typedef struct model_activations model_activations;
+
+/* Where a step's time goes, by part of the model (the console and
+ * `moectl bench --profile` show it). */
+#define MODEL_PARTS(X)                                                         \
+    X(embedding)                                                               \
+    X(norms)          /* RMSNorms and residual adds */                         \
+    X(attention)      /* qkv, RoPE, attention, output projection */            \
+    X(router)         /* router GEMM, softmax, top-k, dispatch, aux/z */       \
+    X(permute)        /* token permute and un-permute */                       \
+    X(experts)        /* routed expert GEMMs and SwiGLU */                     \
+    X(shared_experts)                                                          \
+    X(head)           /* final norm, LM head, cross-entropy */
+
+enum model_part {
+#define X(name) MODEL_PART_##name,
+    MODEL_PARTS(X)
+#undef X
+    MODEL_PART_COUNT
+};
+
+extern const char *const model_part_names[MODEL_PART_COUNT];
+
+typedef struct model_profile {
+    double forward_s[MODEL_PART_COUNT];
+    double backward_s[MODEL_PART_COUNT];
+    double lap_start; /* monotonic seconds at the last lap */
+    double slowdown_mark;   /* compute before this is charged */
+    double slowdown_comm;   /* all-to-all seconds at the mark */
+    double slowdown_debt_s; /* emulated slowdown not yet slept */
+    double lap_compute_s;   /* compute charged since the last lap */
+    double lap_slept_s;     /* slept since the last lap */
+} model_profile;
+
+typedef struct model {
+    model_dims dims;
+    int batch; /* sequences the activations are sized for */
+    float norm_eps;
+    float rope_theta;
+    float init_std;
+    double aux_loss_coef;
+    double z_loss_coef;
+    double capacity_factor;
+    double slowdown; /* > 1: emulate a slower device (model_set_slowdown) */
+    const backend *be;
+
+    size_t param_count;
+    model_tensor_info tensors[MODEL_TENSOR_COUNT];
+    float *param_memory; /* (param_count) each */
+    float *grad_memory;
+    float *adam_m_memory;
+    float *adam_v_memory;
+    model_tensors params, grads, adam_m, adam_v;
+
+    model_activations *acts;
+    router_dispatch *dispatch; /* (L) of the last forward */
+
+    /* Results of the last forward. */
+    int last_batch;
+    double ce_loss;  /* mean cross-entropy, nats per byte */
+    double aux_loss; /* Σ over layers, coefficient applied */
+    double z_loss;   /* Σ over layers, coefficient applied */
+    int *expert_index; /* (L, N, K) experts chosen by the last forward */
+
+    model_profile profile; /* accumulates until model_profile_reset */
+
+    /* Expert parallelism (model_distribute); a lone rank leaves these
+     * NULL and world 1. */
+    const comm *comm;
+    expert_parallel *ep;
+    int *expert_rank;      /* (L, E) placement: the rank of each expert */
+    /* Split experts: (L, E, world) shares of each expert's rows, in units
+     * of 1/MODEL_SHARE_UNITS. A rank with a share holds a replica
+     * (weights and Adam moments) and computes its share of the rows,
+     * taken in slot order (rank order of the shares); the replicas' partial
+     * gradients are summed among the holders before the optimizer step,
+     * so every replica takes the same update. The expert's rank always
+     * holds a share and is the replica counted by the gradient norm and
+     * saved in checkpoints. An unsplit expert has all units at its rank. */
+    int *expert_share;
+    float *reduce_buffer;  /* staging of optimizer_reduce_gradients */
+    size_t reduce_capacity;
+    int placement_version;
+    int total_tokens;      /* tokens of the last forward over all ranks */
+
+    /* Routing-side balancing state: training state, in checkpoints and
+     * identical on every rank. Bias balancing (balance.bias_update_rate):
+     * top-k selects by probs + router_bias, gate weights stay unbiased.
+     * Routing warm-up (balance.routing_warmup_steps): during the first
+     * steps top-k selects by softmax(w·logits + (1−w)·noise) + bias, noise
+     * drawn from the running logit statistics (router_select_warmup). */
+    double bias_update_rate;
+    int routing_warmup_steps;
+    uint64_t routing_seed;     /* train.seed: keys the routing noise */
+    float *router_bias;        /* (L, E) */
+    double *router_logit_mean; /* (L) running mean of the router logits */
+    double *router_logit_var;  /* (L) running variance */
+    double *router_logit_std;  /* (L) its square root, for metrics */
+    int router_logit_stats_ready; /* the running statistics hold a step */
+    double routing_mix;        /* w of the last training step; 1: off/over */
+    int routing_step;          /* training step being routed, 0: plain */
+    double *pending_logit_mean; /* (L) statistics including this step's */
+    double *pending_logit_var;  /* (L)   batch, kept at model_end_train_step */
+} model;
+
+/* Builds a model for cfg with activations for `batch` sequences. */
+int model_create(model **out, const config *cfg, const backend *be, int batch,
+                 moe_error *err);
+void model_destroy(model *m);
+
+/* Fills parameters from the seed (normal(0, init_std), residual
+ * projections scaled by 1/sqrt(2L), norm gains 1) and zeroes Adam moments. */
+void model_init_params(model *m, uint64_t seed);
+
+/* Forward pass of B (≤ batch) sequences of T tokens: inputs and targets
+ * are (B, T). Returns the mean cross-entropy; aux and z losses are in m. */
+double model_forward(model *m, const int *inputs, const int *targets, int B);
+
+void model_zero_grad(model *m);
+
+/* Gradients of ce_loss + aux_loss + z_loss for the last forward, added to
+ * m->grads. */
+void model_backward(model *m);
+
+void model_profile_reset(model *m);
+
+/* Marks the next forwards as those of training step `step` (1-based): the
+ * routing warm-up applies to them while step ≤ balance.routing_warmup_steps.
+ * Any other forward (validation, benchmarks) routes plainly, by
+ * probs + router_bias, and changes no balancing state. */
+void model_begin_train_step(model *m, int step);
+
+/* Ends the training step begun by model_begin_train_step, after its
+ * forward: keeps the step's running logit statistics and moves the router
+ * bias by the step's global expert loads. Every rank calls it and reaches
+ * the same state; it communicates nothing. */
+void model_end_train_step(model *m);
+
+/* Gives every rank root's routing-side balancing state (after a resume). */
+void model_broadcast_balance_state(model *m, int root);
+
+/* Emulates a device `slowdown` times slower (cluster.devices[].slowdown):
+ * every lap of compute in forward and backward is followed by a sleep
+ * (slowdown - 1) times as long, so the all-to-all partners wait for it
+ * layer by layer as they would for a slow device. 1: off. */
+void model_set_slowdown(model *m, double slowdown);
+/* Sleeps the emulated slowdown owed so far: called before every exchange
+ * with other ranks. */
+void model_slowdown_sync(model *m);
+
+/* Per-expert weight and gradient pointers of layer l, for grouped GEMMs;
+ * valid until the next call. */
+typedef struct model_expert_weights {
+    const float **w13, **w2; /* (E) */
+    float **dw13, **dw2;     /* (E) */
+} model_expert_weights;
+model_expert_weights model_expert_views(model *m, int l);
+
+/* Ends a lap of the profile in `part` (of the backward pass when
+ * `backward`): the expert-parallel layer times its own parts. */
+void model_lap(model *m, enum model_part part, int backward);
+
+/* Spreads the routed experts over the ranks of c (placement (L, E) of
+ * ranks, or NULL for round-robin by expert). Every rank then trains its
+ * own `batch` sequences of the global batch. */
+int model_distribute(model *m, const comm *c, const int *placement,
+                     moe_error *err);
+/* 1 when this rank is expert e of layer l's rank (its primary holder). */
+int model_owns_expert(const model *m, int l, int e);
+
+#define MODEL_SHARE_UNITS 4096
+/* 1 when this rank holds a replica of expert (l, e): a share of its rows. */
+int model_holds_expert(const model *m, int l, int e);
+/* Share of rank r in expert (l, e), in 1/MODEL_SHARE_UNITS. */
+int model_expert_share(const model *m, int l, int e, int r);
+/* Gives all of (l, e)'s rows to its rank: no longer split. */
+void model_unsplit_expert(model *m, int l, int e);
+/* Shares (world) for n distinct ranks with integer weights: units in
+ * proportion, the rounding remainder to the first. Returns -1 when a
+ * rank's share would round to nothing. */
+int model_shares_from_weights(int world, int n, const int *ranks,
+                              const int *weights, int *share);
+/* Experts currently split over more than one rank. */
+int model_split_experts(const model *m);
+
+/* Tokens routed to each expert by the last forward: load (L, E). */
+void model_expert_load(const model *m, int *load);
+/* Assignments dropped by the capacity limit in the last forward. */
+int model_dropped_assignments(const model *m);
+
+/* Parameters one token passes through: all but the unchosen experts. */
+size_t model_active_params(const model *m);
+/* Training FLOPs per token: 6 × active non-embedding parameters plus
+ * 12·L·C·T for attention scores and values (forward and backward). */
+double model_flops_per_token(const model *m);
+
+#endif

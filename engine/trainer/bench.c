@@ -1,0 +1,631 @@
+#include "engine/trainer/bench.h"
+
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cblas.h>
+
+#include "engine/trainer/train.h"
+#include "kernels/cpu/cpu_backend.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *values, int n)
+{
+    if (n <= 0)
+        return NAN;
+    qsort(values, (size_t)n, sizeof *values, compare_doubles);
+    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
+}
+
+/* What one measured moectl run reports. */
+typedef struct run_result {
+    int ok;
+    double tokens_per_s;     /* median over measured steps */
+    double step_ms;          /* median */
+    double flops_per_token;
+    double peak_rss_mb;      /* of the process that trained */
+    double loss_first, loss_last;
+    size_t params, active_params;
+    int measured_steps;
+    /* Mean milliseconds per measured step. */
+    double forward_ms[MODEL_PART_COUNT], backward_ms[MODEL_PART_COUNT];
+    double data_ms, zero_grad_ms, optimizer_ms;
+    char error[512];
+} run_result;
+
+typedef struct measure_request {
+    const config *cfg;
+    int warmup, steps;
+} measure_request;
+
+/* Trains cfg for warmup + steps steps in this process and describes the
+ * measured ones. */
+static json_t *measure_training(void *arg)
+{
+    const measure_request *req = arg;
+    const config *cfg = req->cfg;
+    int warmup = req->warmup, steps = req->steps;
+    moe_error err = {{0}};
+    trainer *t = NULL;
+    json_t *out;
+    comm alone = {.rank = 0, .world = 1};
+    if (trainer_create(&t, cfg, &alone, &err) < 0) {
+        out = json_pack("{s:s}", "error", err.message);
+    } else {
+        double *tokens_per_s = calloc((size_t)steps, sizeof(double));
+        double *step_ms = calloc((size_t)steps, sizeof(double));
+        double loss_first = NAN, loss_last = NAN;
+        step_stats s;
+        for (int i = 0; i < warmup; i++)
+            trainer_step(t, &s);
+        model_profile_reset(t->model);
+        t->data_s = t->zero_grad_s = t->optimizer_s = 0;
+        for (int i = 0; i < steps; i++) {
+            trainer_step(t, &s);
+            tokens_per_s[i] = s.tokens_per_s;
+            step_ms[i] = s.step_s * 1e3;
+            if (i == 0)
+                loss_first = s.loss;
+            loss_last = s.loss;
+        }
+        json_t *forward = json_array(), *backward = json_array();
+        for (int p = 0; p < MODEL_PART_COUNT; p++) {
+            json_array_append_new(forward, json_real(
+                t->model->profile.forward_s[p] * 1e3 / steps));
+            json_array_append_new(backward, json_real(
+                t->model->profile.backward_s[p] * 1e3 / steps));
+        }
+        out = json_pack(
+            "{s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:i, s:o, s:o, s:f, s:f, "
+            "s:f}",
+            "tokens_per_s", median(tokens_per_s, steps),
+            "step_ms", median(step_ms, steps),
+            "flops_per_token", model_flops_per_token(t->model),
+            "loss_first", loss_first, "loss_last", loss_last,
+            "params", (json_int_t)t->model->param_count,
+            "active_params", (json_int_t)model_active_params(t->model),
+            "steps", steps, "forward_ms", forward, "backward_ms", backward,
+            "data_ms", t->data_s * 1e3 / steps,
+            "zero_grad_ms", t->zero_grad_s * 1e3 / steps,
+            "optimizer_ms", t->optimizer_s * 1e3 / steps);
+        free(tokens_per_s);
+        free(step_ms);
+    }
+    trainer_destroy(t);
+    return out;
+}
+
+/* Runs fn in a fresh process and returns the JSON it produced (NULL on
+ * failure, with the reason in error). Every measurement runs this way:
+ * the peak resident memory is then the measurement's own, and this process
+ * never starts OpenMP threads, which do not survive a fork. */
+static json_t *run_in_child(json_t *(*fn)(void *), void *arg,
+                            double *peak_rss_mb, char *error,
+                            size_t error_size)
+{
+    int fds[2];
+    if (pipe(fds) < 0) {
+        snprintf(error, error_size, "pipe: %s", strerror(errno));
+        return NULL;
+    }
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        snprintf(error, error_size, "fork: %s", strerror(errno));
+        close(fds[0]);
+        close(fds[1]);
+        return NULL;
+    }
+    if (pid == 0) {
+        close(fds[0]);
+        json_t *out = fn(arg);
+        char *text = out ? json_dumps(out, JSON_COMPACT) : NULL;
+        size_t length = text ? strlen(text) : 0;
+        for (size_t done = 0; done < length;) {
+            ssize_t n = write(fds[1], text + done, length - done);
+            if (n <= 0)
+                break;
+            done += (size_t)n;
+        }
+        close(fds[1]);
+        _exit(text ? 0 : 1);
+    }
+    close(fds[1]);
+    char *text = NULL;
+    size_t length = 0, capacity = 0;
+    for (;;) {
+        if (length + 4096 > capacity) {
+            capacity = capacity ? capacity * 2 : 65536;
+            char *grown = realloc(text, capacity);
+            if (!grown)
+                break;
+            text = grown;
+        }
+        ssize_t n = read(fds[0], text + length, capacity - length - 1);
+        if (n <= 0)
+            break;
+        length += (size_t)n;
+    }
+    close(fds[0]);
+    int status = 0;
+    struct rusage usage;
+    memset(&usage, 0, sizeof usage);
+    wait4(pid, &status, 0, &usage);
+    if (peak_rss_mb)
+        *peak_rss_mb = usage.ru_maxrss / 1024.0;
+    if (!text) {
+        snprintf(error, error_size, "out of memory");
+        return NULL;
+    }
+    text[length] = '\0';
+    json_error_t jerr;
+    json_t *in = json_loads(text, 0, &jerr);
+    free(text);
+    if (!in || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        json_decref(in);
+        snprintf(error, error_size, "the measuring process failed");
+        return NULL;
+    }
+    return in;
+}
+
+static void measure(const config *cfg, int warmup, int steps, run_result *r)
+{
+    memset(r, 0, sizeof *r);
+    measure_request req = {cfg, warmup, steps};
+    json_t *in = run_in_child(measure_training, &req, &r->peak_rss_mb,
+                              r->error, sizeof r->error);
+    if (!in)
+        return;
+    const char *message = NULL;
+    if (json_unpack(in, "{s:s}", "error", &message) == 0) {
+        snprintf(r->error, sizeof r->error, "%s", message);
+    } else {
+        json_int_t params = 0, active = 0;
+        json_t *forward = NULL, *backward = NULL;
+        if (json_unpack(in,
+                        "{s:F, s:F, s:F, s:F, s:F, s:I, s:I, s:i, s:o, s:o, "
+                        "s:F, s:F, s:F}",
+                        "tokens_per_s", &r->tokens_per_s, "step_ms",
+                        &r->step_ms, "flops_per_token", &r->flops_per_token,
+                        "loss_first", &r->loss_first, "loss_last",
+                        &r->loss_last, "params", &params, "active_params",
+                        &active, "steps", &r->measured_steps, "forward_ms",
+                        &forward, "backward_ms", &backward, "data_ms",
+                        &r->data_ms, "zero_grad_ms", &r->zero_grad_ms,
+                        "optimizer_ms", &r->optimizer_ms) == 0) {
+            r->params = (size_t)params;
+            r->active_params = (size_t)active;
+            for (int p = 0; p < MODEL_PART_COUNT; p++) {
+                r->forward_ms[p] = json_real_value(json_array_get(forward, p));
+                r->backward_ms[p] =
+                    json_real_value(json_array_get(backward, p));
+            }
+            r->ok = 1;
+        } else {
+            snprintf(r->error, sizeof r->error, "unreadable measurement");
+        }
+    }
+    json_decref(in);
+}
+
+typedef struct sgemm_request {
+    int n, threads, reps;
+} sgemm_request;
+
+/* GFLOP/s of the backend's own GEMM (out = inp·Wᵀ) at n³: the practical
+ * limit every model GEMM is measured against. Median of `reps`. */
+static json_t *measure_sgemm_child(void *arg)
+{
+    const sgemm_request *req = arg;
+    int n = req->n, threads = req->threads, reps = req->reps;
+    backend be;
+    if (cpu_backend_init(&be, threads) < 0)
+        return NULL;
+    size_t count = (size_t)n * n;
+    float *a = malloc(count * sizeof(float)), *b = malloc(count * sizeof(float)),
+          *c = malloc(count * sizeof(float));
+    double *gflops = calloc((size_t)reps, sizeof(double));
+    double result = NAN, backend_result = NAN;
+    if (a && b && c && gflops) {
+        rng r;
+        rng_seed(&r, 5, 0);
+        for (size_t i = 0; i < count; i++) {
+            a[i] = (float)rng_normal(&r);
+            b[i] = (float)rng_normal(&r);
+        }
+        /* OpenBLAS itself on all threads: the figure the model is held
+         * against. Then the backend's GEMM, which may split a product
+         * into one single-threaded GEMM per thread. */
+        openblas_set_num_threads(threads);
+        for (int i = 0; i <= reps; i++) {
+            double start = now_s();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n,
+                        1.0f, a, n, b, n, 0.0f, c, n);
+            if (i > 0)
+                gflops[i - 1] = 2.0 * n * n * (double)n / (now_s() - start) /
+                                1e9;
+        }
+        result = median(gflops, reps);
+        for (int i = 0; i <= reps; i++) {
+            double start = now_s();
+            be.ops->matmul_forward(be.ctx, c, a, b, n, n, n);
+            if (i > 0)
+                gflops[i - 1] = 2.0 * n * n * (double)n / (now_s() - start) /
+                                1e9;
+        }
+        backend_result = median(gflops, reps);
+    }
+    free(a);
+    free(b);
+    free(c);
+    free(gflops);
+    cpu_backend_finish(&be);
+    return json_pack("{s:f, s:f}", "openblas", result, "backend",
+                     backend_result);
+}
+
+/* OpenBLAS's and the backend's GFLOP/s at n³, each the median of reps. */
+static void measure_sgemm(int n, int threads, int reps, double *openblas,
+                          double *backend_gemm)
+{
+    sgemm_request req = {n, threads, reps};
+    char error[256];
+    *openblas = *backend_gemm = NAN;
+    json_t *in = run_in_child(measure_sgemm_child, &req, NULL, error,
+                              sizeof error);
+    if (in)
+        json_unpack(in, "{s:F, s:F}", "openblas", openblas, "backend",
+                    backend_gemm);
+    json_decref(in);
+}
+
+typedef struct peer_result {
+    int ok;
+    int threads;
+    double tokens_per_s;
+    double peak_rss_mb;
+    double loss_first, loss_last;
+    char torch_version[32];
+    char error[512];
+} peer_result;
+
+/* Runs the PyTorch peer with the same model, step and data. Variables
+ * moectl set for its own threads are removed from the peer's environment,
+ * so the peer runs as it would on its own. */
+static void measure_peer(const bench_options *opt, const config *cfg,
+                         int threads, peer_result *r)
+{
+    memset(r, 0, sizeof *r);
+    r->threads = threads;
+    char shell_line[4096];
+    snprintf(shell_line, sizeof shell_line,
+             "env -u OMP_WAIT_POLICY -u OPENBLAS_THREAD_TIMEOUT "
+             "-u OPENBLAS_CORETYPE %s '%s' --corpus '%s' --d-model %d "
+             "--layers %d --heads %d --seq %d --batch %d --experts %d "
+             "--top-k %d --shared %d --expert-hidden %d --aux %.17g "
+             "--z %.17g --lr %.17g --min-lr %.17g --warmup %d --steps %d "
+             "--weight-decay %.17g --grad-clip %.17g --rope-theta %.17g "
+             "--eps %.17g --val-fraction %.17g --seed %llu --threads %d "
+             "--warmup-steps %d --measure-steps %d 2>/dev/null",
+             opt->python, opt->peer, cfg->data.path, cfg->model.d_model,
+             cfg->model.n_layers, cfg->model.n_heads, cfg->model.seq_len,
+             cfg->train.batch_size, cfg->moe.n_experts, cfg->moe.top_k,
+             cfg->moe.n_shared, cfg->moe.expert_hidden, cfg->moe.aux_loss_coef,
+             cfg->moe.z_loss_coef, cfg->train.lr, cfg->train.min_lr,
+             cfg->train.warmup_steps, cfg->train.steps,
+             cfg->train.weight_decay, cfg->train.grad_clip,
+             cfg->model.rope_theta, cfg->model.norm_eps,
+             cfg->data.val_fraction, (unsigned long long)cfg->train.seed,
+             threads, opt->warmup, opt->steps);
+    FILE *p = popen(shell_line, "r");
+    if (!p) {
+        snprintf(r->error, sizeof r->error, "cannot start %s", opt->python);
+        return;
+    }
+    char line[4096], last[4096] = "";
+    while (fgets(line, sizeof line, p))
+        if (line[0] == '{')
+            snprintf(last, sizeof last, "%s", line);
+    int status = pclose(p);
+    json_error_t jerr;
+    json_t *in = json_loads(last, 0, &jerr);
+    const char *version = "";
+    if (status != 0 || !in ||
+        json_unpack(in, "{s:F, s:F, s:F, s:F, s:s}", "tokens_per_s",
+                    &r->tokens_per_s, "peak_rss_mb", &r->peak_rss_mb,
+                    "loss_first", &r->loss_first, "loss_last", &r->loss_last,
+                    "torch", &version) != 0) {
+        /* The command is long: print it here rather than truncate it. */
+        fprintf(stderr, "moectl bench: peer command: %s\n", shell_line);
+        snprintf(r->error, sizeof r->error,
+                 "the PyTorch peer failed (exit status %d); install "
+                 "python3-torch with scripts/setup.sh --bench, or skip the "
+                 "peer with --no-peer", status);
+    } else {
+        snprintf(r->torch_version, sizeof r->torch_version, "%s", version);
+        r->ok = 1;
+    }
+    json_decref(in);
+}
+
+static void print_profile(const run_result *r)
+{
+    double total = r->step_ms;
+    printf("\nWhere a step goes (mean ms per step over %d steps; step median "
+           "%.1f ms):\n", r->measured_steps, total);
+    printf("  %-16s %9s %9s %9s %6s\n", "part", "forward", "backward",
+           "total", "share");
+    double sum = 0;
+    for (int p = 0; p < MODEL_PART_COUNT; p++) {
+        double t = r->forward_ms[p] + r->backward_ms[p];
+        sum += t;
+        printf("  %-16s %9.2f %9.2f %9.2f %5.1f%%\n", model_part_names[p],
+               r->forward_ms[p], r->backward_ms[p], t, 100 * t / total);
+    }
+    const struct { const char *name; double ms; } rest[] = {
+        {"zero_grad", r->zero_grad_ms},
+        {"optimizer", r->optimizer_ms},
+        {"data", r->data_ms},
+    };
+    for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++) {
+        sum += rest[i].ms;
+        printf("  %-16s %9s %9s %9.2f %5.1f%%\n", rest[i].name, "", "",
+               rest[i].ms, 100 * rest[i].ms / total);
+    }
+    printf("  %-16s %9s %9s %9.2f %5.1f%%\n", "(sum)", "", "", sum,
+           100 * sum / total);
+}
+
+/* One row of the rank scaling: the bench model on `ranks` CPU ranks
+ * (threads split between them), run through `moectl run`, which starts
+ * mpirun. With more than one rank, expert 0.0 moves to rank 1 after the
+ * warm-up, to time a migration. */
+typedef struct ranks_row {
+    int ok;
+    double tokens_per_s;  /* median of the measured steps */
+    double step_ms;       /* median */
+    double alltoall_share; /* rank 0's all-to-all time / step time */
+    double move_ms;       /* the migration, NAN on one rank */
+    char error[256];
+} ranks_row;
+
+static void measure_ranks(const config *base, const bench_options *opt,
+                          int ranks, ranks_row *row)
+{
+    memset(row, 0, sizeof *row);
+    row->move_ms = NAN;
+    config cfg = *base;
+    int threads = base->cluster.devices[0].threads / ranks;
+    cfg.cluster.device_count = ranks;
+    for (int r = 0; r < ranks; r++) {
+        cfg.cluster.devices[r] = base->cluster.devices[0];
+        snprintf(cfg.cluster.devices[r].name,
+                 sizeof cfg.cluster.devices[r].name, "cpu%d", r);
+        cfg.cluster.devices[r].threads = threads > 0 ? threads : 1;
+    }
+    char dir[] = "/tmp/moectl-bench-XXXXXX";
+    if (!mkdtemp(dir)) {
+        snprintf(row->error, sizeof row->error, "mkdtemp: %s",
+                 strerror(errno));
+        return;
+    }
+    char yaml[64], metrics[64], command_line[6144], self[4096] = "";
+    ssize_t self_length = readlink("/proc/self/exe", self, sizeof self - 1);
+    self[self_length > 0 ? self_length : 0] = '\0';
+    snprintf(yaml, sizeof yaml, "%s/ranks.yaml", dir);
+    snprintf(metrics, sizeof metrics, "%s/metrics.jsonl", dir);
+    FILE *f = fopen(yaml, "w");
+    if (!f) {
+        snprintf(row->error, sizeof row->error, "cannot write %s", yaml);
+        return;
+    }
+    config_print(&cfg, f);
+    fclose(f);
+    int steps = opt->warmup + opt->steps;
+    char move[64] = "";
+    if (ranks > 1)
+        snprintf(move, sizeof move, "--at '%d:move 0.0 1'", opt->warmup);
+    snprintf(command_line, sizeof command_line,
+             "'%s' run %s --steps %d --metrics %s %s "
+             "--set train.eval_every=0 --set checkpoint.every=0 "
+             "--set checkpoint.dir=%s/ckpt >/dev/null 2>&1",
+             self, yaml, steps, metrics, move, dir);
+    int status = self[0] ? system(command_line) : -1;
+    FILE *in = status == 0 ? fopen(metrics, "r") : NULL;
+    if (!in) {
+        snprintf(row->error, sizeof row->error,
+                 "the %d-rank run failed (exit status %d)", ranks, status);
+    } else {
+        double *tps = calloc((size_t)steps, sizeof(double));
+        double *ms = calloc((size_t)steps, sizeof(double));
+        double share = 0;
+        int n = 0;
+        char line[1 << 16];
+        while (tps && ms && fgets(line, sizeof line, in)) {
+            json_error_t jerr;
+            json_t *r = json_loads(line, 0, &jerr);
+            const char *type = json_string_value(json_object_get(r, "type"));
+            int step = (int)json_integer_value(json_object_get(r, "step"));
+            if (type && strcmp(type, "step") == 0 && step > opt->warmup &&
+                n < steps) {
+                tps[n] = json_real_value(json_object_get(r, "tokens_per_s"));
+                ms[n] = json_real_value(json_object_get(r, "step_ms"));
+                json_t *rank0 = json_array_get(json_object_get(r, "ranks"), 0);
+                share += json_real_value(json_object_get(rank0, "alltoall_ms")) /
+                         ms[n];
+                n++;
+            } else if (type && strcmp(type, "event") == 0) {
+                row->move_ms =
+                    json_real_value(json_object_get(r, "duration_ms"));
+            }
+            json_decref(r);
+        }
+        fclose(in);
+        if (n > 0) {
+            row->tokens_per_s = median(tps, n);
+            row->step_ms = median(ms, n);
+            row->alltoall_share = share / n;
+            row->ok = 1;
+        } else {
+            snprintf(row->error, sizeof row->error, "no measured steps");
+        }
+        free(tps);
+        free(ms);
+    }
+    snprintf(command_line, sizeof command_line, "rm -rf '%s'", dir);
+    if (system(command_line) != 0)
+        fprintf(stderr, "moectl bench: could not remove %s\n", dir);
+}
+
+int bench_run(const config *base, const bench_options *opt)
+{
+    int threads = base->cluster.devices[0].threads;
+    printf("moectl bench: %s (%s), %d threads\n", base->name, base->source,
+           threads);
+    printf("model FLOPs per token = 6 x (active params - embedding) + "
+           "12 x layers x d_model x seq_len\n\n");
+
+    /* On a shared machine the capacity a process gets varies from minute
+     * to minute, so every figure is measured `repeats` times, interleaved,
+     * and the best of each is kept (the least disturbed run). */
+    double sgemm = NAN, backend_gemm = NAN;
+    run_result main_run = {0};
+    peer_result best_peer = {0};
+    int status = 0;
+    for (int rep = 0; rep < opt->repeats; rep++) {
+        printf("round %d of %d:\n", rep + 1, opt->repeats);
+        double blas, own;
+        measure_sgemm(2048, threads, 5, &blas, &own);
+        printf("  OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s; the "
+               "backend's GEMM: %.1f GFLOP/s\n", threads, blas, own);
+        if (!(blas <= sgemm))
+            sgemm = blas;
+        if (!(own <= backend_gemm))
+            backend_gemm = own;
+
+        run_result r;
+        measure(base, opt->warmup, opt->steps, &r);
+        if (!r.ok) {
+            fprintf(stderr, "moectl bench: %s\n", r.error);
+            return 1;
+        }
+        printf("  moectl: %.0f tokens/s, step %.1f ms, peak RSS %.0f MiB\n",
+               r.tokens_per_s, r.step_ms, r.peak_rss_mb);
+        if (!main_run.ok || r.tokens_per_s > main_run.tokens_per_s)
+            main_run = r;
+
+        for (int t = 1; opt->peer && t <= 2 && status == 0; t++) {
+            peer_result p;
+            measure_peer(opt, base, t, &p);
+            if (!p.ok) {
+                fprintf(stderr, "moectl bench: %s\n", p.error);
+                status = 1;
+                break;
+            }
+            printf("  PyTorch %s, %d thread%s: %.0f tokens/s, peak RSS %.0f "
+                   "MiB\n", p.torch_version, t, t > 1 ? "s" : "",
+                   p.tokens_per_s, p.peak_rss_mb);
+            if (!best_peer.ok || p.tokens_per_s > best_peer.tokens_per_s)
+                best_peer = p;
+        }
+    }
+
+    double gflops = main_run.tokens_per_s * main_run.flops_per_token / 1e9;
+    printf("\nbest of %d rounds:\n", opt->repeats);
+    printf("OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s (the backend's "
+           "GEMM: %.1f)\n", threads, sgemm, backend_gemm);
+    printf("moectl: %.0f tokens/s (median of %d steps after %d warm-up), "
+           "step %.1f ms, %.1f model GFLOP/s = %.0f%% of sgemm; "
+           "peak RSS %.0f MiB\n",
+           main_run.tokens_per_s, main_run.measured_steps, opt->warmup,
+           main_run.step_ms, gflops, 100 * gflops / sgemm,
+           main_run.peak_rss_mb);
+    printf("  params %zu, active %zu, %.1f MFLOP/token; loss %.3f -> %.3f\n",
+           main_run.params, main_run.active_params,
+           main_run.flops_per_token / 1e6, main_run.loss_first,
+           main_run.loss_last);
+    if (best_peer.ok) {
+        printf("PyTorch %s (best at %d thread%s): %.0f tokens/s, peak RSS "
+               "%.0f MiB; loss %.3f -> %.3f\n", best_peer.torch_version,
+               best_peer.threads, best_peer.threads > 1 ? "s" : "",
+               best_peer.tokens_per_s, best_peer.peak_rss_mb,
+               best_peer.loss_first, best_peer.loss_last);
+        printf("ratio moectl / PyTorch: %.2fx tokens/s, %.2fx peak memory\n",
+               main_run.tokens_per_s / best_peer.tokens_per_s,
+               main_run.peak_rss_mb / best_peer.peak_rss_mb);
+    }
+
+    if (opt->scaling) {
+        printf("\nScaling (moectl, median of %d steps after %d warm-up):\n",
+               opt->scaling_steps, 2);
+        printf("  %-22s %12s %10s %12s %12s\n", "variant", "tokens/s",
+               "step ms", "optimizer ms", "GFLOP/s");
+        static const int experts[] = {8, 16, 64};
+        static const int seq[] = {128, 512};
+        for (int i = 0; i < 5; i++) {
+            config cfg = *base;
+            char label[64];
+            if (i < 3) {
+                cfg.moe.n_experts = experts[i];
+                snprintf(label, sizeof label, "experts %d, top-%d",
+                         experts[i], cfg.moe.top_k);
+            } else {
+                cfg.model.seq_len = seq[i - 3];
+                snprintf(label, sizeof label, "seq_len %d", seq[i - 3]);
+            }
+            run_result r;
+            measure(&cfg, 2, opt->scaling_steps, &r);
+            if (!r.ok) {
+                printf("  %-22s %s\n", label, r.error);
+                continue;
+            }
+            printf("  %-22s %12.0f %10.1f %12.1f %12.1f\n", label,
+                   r.tokens_per_s, r.step_ms, r.optimizer_ms,
+                   r.tokens_per_s * r.flops_per_token / 1e9);
+        }
+    }
+    if (opt->ranks) {
+        printf("\nRanks (the bench model on N CPU ranks under mpirun, threads "
+               "split between them; median of %d steps after %d warm-up):\n",
+               opt->steps, opt->warmup);
+        printf("  %-6s %12s %10s %15s %18s\n", "ranks", "tokens/s",
+               "step ms", "all-to-all share", "move one expert ms");
+        for (int ranks = 1; ranks <= 4; ranks *= 2) {
+            ranks_row r;
+            measure_ranks(base, opt, ranks, &r);
+            if (!r.ok) {
+                printf("  %-6d %s\n", ranks, r.error);
+                continue;
+            }
+            char move[32] = "-";
+            if (ranks > 1)
+                snprintf(move, sizeof move, "%.2f", r.move_ms);
+            printf("  %-6d %12.0f %10.1f %14.1f%% %18s\n", ranks,
+                   r.tokens_per_s, r.step_ms, 100 * r.alltoall_share, move);
+        }
+    }
+    if (opt->profile)
+        print_profile(&main_run);
+    return status;
+}

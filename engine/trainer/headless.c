@@ -1,0 +1,328 @@
+#include "engine/trainer/headless.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "engine/protocol/command.h"
+#include "engine/protocol/control.h"
+#include "engine/protocol/script.h"
+#include "engine/trainer/train.h"
+
+int headless_check_steps(const config *cfg, const headless_options *opt,
+                         int report)
+{
+    if (opt->steps <= cfg->train.steps)
+        return 0;
+    if (report)
+        fprintf(stderr, "moectl: --steps %d is past train.steps %d (the "
+                        "schedule ends there; raise it with --set "
+                        "train.steps=%d)\n", opt->steps, cfg->train.steps,
+                opt->steps);
+    return -1;
+}
+
+/* The script of a run: --script's file, then the --at lines. Any error
+ * is bad input (err says why), found before anything starts. */
+static int build_script(const config *cfg, const headless_options *opt,
+                        int last_step, script *plan, moe_error *err)
+{
+    command_limits limits = {cfg->model.n_layers, cfg->moe.n_experts,
+                             cfg->cluster.device_count};
+    if (opt->script && script_load(plan, opt->script, &limits, last_step,
+                                   err->message, sizeof err->message) < 0)
+        return -1;
+    for (int i = 0; i < opt->at_count; i++) {
+        char *end;
+        long step = strtol(opt->at[i], &end, 10);
+        char reason[256];
+        command cmd;
+        if (end == opt->at[i] || *end != ':' || step < 0 ||
+            step > cfg->train.steps) {
+            error_set(err, "--at %s: expected STEP:COMMAND with STEP in "
+                            "0..%d", opt->at[i], cfg->train.steps);
+            return -1;
+        }
+        if (command_parse(end + 1, &limits, &cmd, reason, sizeof reason) < 0) {
+            error_set(err, "--at %s: %s", opt->at[i], reason);
+            return -1;
+        }
+        if (cmd.kind == COMMAND_PAUSE || cmd.kind == COMMAND_RESUME) {
+            error_set(err, "--at %s: pause and resume cannot be scheduled "
+                            "(only a client of the control socket could "
+                            "resume)", opt->at[i]);
+            return -1;
+        }
+        if (script_add(plan, (int)step, &cmd, 0) < 0)
+            return error_set(err, "out of memory");
+    }
+    return 0;
+}
+
+int headless_check(const config *cfg, const headless_options *opt)
+{
+    if (headless_check_steps(cfg, opt, 1) < 0)
+        return -1;
+    script plan = {0};
+    moe_error err = {{0}};
+    int last_step = opt->steps > 0 ? opt->steps : cfg->train.steps;
+    int rc = build_script(cfg, opt, last_step, &plan, &err);
+    if (rc < 0)
+        fprintf(stderr, "moectl: %s\n", err.message);
+    script_free(&plan);
+    return rc;
+}
+
+static volatile sig_atomic_t stop_requested;
+
+static void on_signal(int sig)
+{
+    /* A second signal leaves at once; checkpoints are renamed into place
+     * whole, so none is left half-written. */
+    if (stop_requested)
+        _exit(128 + sig);
+    stop_requested = 1;
+}
+
+typedef struct progress_state {
+    int tty;
+    int log_every;
+    int first_step;
+    double smoothed_tokens_per_s;
+    double val_loss;
+    int line_open; /* a \r-redrawn line is on screen */
+} progress_state;
+
+static void format_duration(char *out, size_t size, double s)
+{
+    if (!isfinite(s) || s < 0)
+        snprintf(out, size, "n/a");
+    else if (s < 60)
+        snprintf(out, size, "%.0fs", s);
+    else if (s < 3600)
+        snprintf(out, size, "%dm%02ds", (int)s / 60, (int)s % 60);
+    else
+        snprintf(out, size, "%dh%02dm", (int)s / 3600, ((int)s % 3600) / 60);
+}
+
+static void on_step(const step_stats *s, int last_step, void *user)
+{
+    progress_state *p = user;
+    double alpha = s->step == p->first_step ? 1.0 : 0.1;
+    p->smoothed_tokens_per_s =
+        alpha * s->tokens_per_s + (1 - alpha) * p->smoothed_tokens_per_s;
+    int last = s->step == last_step;
+    if (!p->tty && !last && s->step % p->log_every != 0)
+        return;
+    char eta[32], val[32] = "";
+    double remaining = (double)(last_step - s->step) * s->tokens /
+                       p->smoothed_tokens_per_s;
+    format_duration(eta, sizeof eta, remaining);
+    if (isfinite(p->val_loss))
+        snprintf(val, sizeof val, "  val %.4f", p->val_loss);
+    fprintf(stderr, "%sstep %d/%d  loss %.4f%s  lr %.2e  %.0f tok/s  ETA %s%s",
+            p->tty ? "\r\033[K" : "", s->step, last_step, s->loss, val, s->lr,
+            p->smoothed_tokens_per_s, eta, p->tty ? "" : "\n");
+    p->line_open = p->tty;
+    fflush(stderr);
+}
+
+static void end_line(progress_state *p)
+{
+    if (p->line_open) {
+        fputc('\n', stderr);
+        p->line_open = 0;
+    }
+}
+
+static void on_val(int step, double val_loss, void *user)
+{
+    progress_state *p = user;
+    p->val_loss = val_loss;
+    if (!p->tty)
+        fprintf(stderr, "step %d  val_loss %.4f\n", step, val_loss);
+}
+
+static void on_checkpoint(int step, const char *path, void *user)
+{
+    progress_state *p = user;
+    if (!p->tty)
+        fprintf(stderr, "step %d  checkpoint %s\n", step, path);
+}
+
+/* The run's summary for people (the summary record is for machines). */
+static void print_summary(const run_summary *s, const config *cfg, int status)
+{
+    const char *currency = cfg->cluster.currency;
+    double price = 0;
+    for (int i = 0; i < cfg->cluster.device_count; i++)
+        price += cfg->cluster.devices[i].price_per_hour;
+    fprintf(stderr, "moectl: summary\n");
+    fprintf(stderr, "  status      %s at step %d (exit %d)\n", s->status,
+            s->last_step, status);
+    fprintf(stderr, "  loss        %.4f", s->loss);
+    if (s->val_step >= 0)
+        fprintf(stderr, "   val_loss %.4f (step %d)", s->val_loss, s->val_step);
+    fprintf(stderr, "\n  tokens/s    %.0f   MFU %.2f%%\n", s->tokens_per_s,
+            s->mfu * 100);
+    fprintf(stderr, "  cost        %.4g %s per 1M tokens (%.4g %s/hour)\n",
+            s->cost_per_mtok, currency, price, currency);
+    fprintf(stderr, "  migrations  %d expert%s, %.0f KB\n", s->migrations,
+            s->migrations == 1 ? "" : "s", s->migration_bytes / 1e3);
+    char train[32], val[32], ckpt[32], cmds[32];
+    format_duration(train, sizeof train, s->train_s);
+    format_duration(val, sizeof val, s->val_s);
+    format_duration(ckpt, sizeof ckpt, s->checkpoint_s);
+    format_duration(cmds, sizeof cmds, s->command_s);
+    fprintf(stderr, "  time        training %s, validation %s, checkpoints "
+                    "%s, commands %s\n", train, val, ckpt, cmds);
+}
+
+static int failed_together;
+
+int headless_failed_together(void)
+{
+    return failed_together;
+}
+
+int headless_run(const config *cfg, const headless_options *opt,
+                 const comm *c)
+{
+    moe_error err = {{0}};
+    int last_step = opt->steps > 0 ? opt->steps : cfg->train.steps;
+    if (headless_check_steps(cfg, opt, c->rank == 0) < 0)
+        return 2;
+
+    trainer *t = NULL;
+    int quiet = 0;
+    failed_together = 0;
+    metrics_sink *metrics = NULL;
+    control_server *control = NULL;
+    int status = 1;
+    script plan = {0};
+    if (build_script(cfg, opt, last_step, &plan, &err) < 0) {
+        status = 2;
+        goto done;
+    }
+    /* Every rank learns whether all started (a GPU rank may find no
+     * device): a failure then ends each rank cleanly, with the failing
+     * rank's reason, rather than through MPI_Abort. */
+    int started = trainer_create(&t, cfg, c, &err) == 0;
+    if (c->world > 1) {
+        int all_started = started;
+        int *each = malloc((size_t)c->world * sizeof *each);
+        if (each) {
+            comm_allgather_int(c, &started, 1, each);
+            for (int r = 0; r < c->world; r++)
+                all_started &= each[r];
+            free(each);
+            if (!all_started) {
+                failed_together = 1;
+                if (started) {
+                    status = 1;
+                    quiet = 1; /* the rank that failed says why */
+                    goto done;
+                }
+            }
+        }
+    }
+    if (!started)
+        goto done;
+    if (opt->resume && trainer_resume(t, opt->resume, &err) < 0)
+        goto done;
+    if (t->state.step >= last_step) {
+        error_set(&err, "the checkpoint is at step %d, nothing to do up to "
+                        "step %d", t->state.step, last_step);
+        status = 2;
+        goto done;
+    }
+    if (c->rank == 0) {
+        /* Records go to the metrics file and to the control socket's
+         * clients; commands come back through the socket. */
+        if (metrics_open(&metrics, opt->metrics, &err) < 0)
+            goto done;
+        if (control_open(&control, opt->socket, &err) < 0) {
+            status = opt->socket ? 2 : 1;
+            goto done;
+        }
+        metrics_attach_control(metrics, control);
+        fprintf(stderr, "moectl: control socket %s (moectl ctl %s status)\n",
+                control_path(control), control_path(control));
+    }
+
+    progress_state p = {
+        .tty = isatty(STDERR_FILENO),
+        .log_every = cfg->train.log_every,
+        .first_step = t->state.step + 1,
+        .val_loss = NAN,
+    };
+    train_progress progress = {on_step, on_val, on_checkpoint, &p};
+    train_run_options run = {
+        .last_step = last_step,
+        .script = plan.count > 0 ? &plan : NULL,
+        .control = control,
+        .metrics = metrics,
+        .progress = &progress,
+        .stop_requested = &stop_requested,
+    };
+
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
+    if (c->rank == 0)
+        fprintf(stderr, "moectl: training %s (%zu parameters, %zu active) on "
+                        "%d rank%s, steps %d..%d\n", cfg->name,
+                t->model->param_count, model_active_params(t->model),
+                c->world, c->world > 1 ? "s" : "", t->state.step + 1,
+                last_step);
+    for (int r = 0; c->rank == 0 && r < cfg->cluster.device_count; r++)
+        if (cfg->cluster.devices[r].slowdown != 1.0)
+            fprintf(stderr, "moectl: rank %d (%s) is EMULATED %.2fx slower "
+                            "(cluster.devices[%d].slowdown)\n", r,
+                    cfg->cluster.devices[r].name,
+                    cfg->cluster.devices[r].slowdown, r);
+    run_summary summary;
+    train_outcome outcome = trainer_run(t, &run, &summary, &err);
+    end_line(&p);
+    if (outcome == TRAIN_FAILED) {
+        /* A device failure ends every rank at the same step: the rank
+         * whose device failed says why, and none aborts the job. */
+        if (t->failed_together) {
+            failed_together = 1;
+            quiet = !trainer_device_error(t);
+        }
+        goto done;
+    }
+
+    char elapsed[32];
+    format_duration(elapsed, sizeof elapsed, summary.elapsed_s);
+    if (c->rank == 0)
+        fprintf(stderr, "moectl: %s at step %d: loss %.4f, val_loss %.4f, "
+                    "%.0f tokens/s, %s%s%s\n",
+            outcome == TRAIN_STOPPED ? "stopped" : "done", summary.last_step,
+            summary.loss, summary.val_loss, summary.tokens_per_s, elapsed,
+            summary.checkpoint ? ", checkpoint " : "",
+            summary.checkpoint ? summary.checkpoint : "");
+    status = outcome == TRAIN_STOPPED ? 3 : 0;
+    if (c->rank == 0)
+        print_summary(&summary, cfg, status);
+done:
+    if (status != 0 && status != 3 && !quiet) {
+        if (c->world == 1)
+            fprintf(stderr, "moectl: %s\n", err.message);
+        else
+            fprintf(stderr, "moectl: rank %d: %s\n", c->rank, err.message);
+    }
+    metrics_close(metrics);
+    control_close(control);
+    trainer_destroy(t);
+    script_free(&plan);
+    return status;
+}

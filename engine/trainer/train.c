@@ -1,0 +1,1011 @@
+#include "engine/trainer/train.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/protocol/control.h"
+#include "engine/balance/cost.h"
+#include "engine/protocol/script.h"
+#include "kernels/cpu/cpu_backend.h"
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Resident memory of this process, from /proc (NAN elsewhere). */
+static double resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return NAN;
+    long pages_total = 0, pages_resident = 0;
+    int got = fscanf(f, "%ld %ld", &pages_total, &pages_resident);
+    fclose(f);
+    return got == 2 ? (double)pages_resident * (double)sysconf(_SC_PAGESIZE)
+                    : NAN;
+}
+
+/* The rank's backend, from its device entry: the CPU reference, or a GPU
+ * backend loaded at run time. Tokens and migrating experts cross between
+ * ranks through host-addressable (managed) memory, so any mix of devices
+ * works over plain MPI. */
+static int start_backend(trainer *t, const config_device *device, int rank,
+                         moe_error *err)
+{
+    if (device->backend == CONFIG_BACKEND_CPU) {
+        if (cpu_backend_init(&t->be, device->threads) < 0)
+            return error_set(err, "cannot start the CPU backend: out of "
+                                  "memory");
+        return 0;
+    }
+    const char *kind = device->backend == CONFIG_BACKEND_CUDA ? "cuda" : "hip";
+    char why[384];
+    if (gpu_loader_open(&t->gpu, kind, why, sizeof why) < 0 ||
+        t->gpu.backend_init(&t->be, device->index,
+                            (int)device->precision, why,
+                            sizeof why) < 0) {
+        gpu_loader_close(&t->gpu);
+        return error_set(err, "device %d, %s (%s %d): %s", rank,
+                         device->name, kind, device->index, why);
+    }
+    return 0;
+}
+
+const char *trainer_device_error(const trainer *t)
+{
+    return t->gpu.handle ? t->gpu.backend_error() : NULL;
+}
+
+static void stop_backend(trainer *t)
+{
+    if (t->gpu.handle) {
+        t->gpu.backend_finish(&t->be);
+        gpu_loader_close(&t->gpu);
+    } else {
+        cpu_backend_finish(&t->be);
+    }
+}
+
+int trainer_create(trainer **out, const config *cfg, const comm *c,
+                   moe_error *err)
+{
+    if (cfg->cluster.device_count != c->world)
+        return error_set(err, "%s: cluster.devices lists %d device(s) but "
+                              "the job has %d rank(s); start it with "
+                              "`moectl run`, which launches one rank per "
+                              "device", cfg->source,
+                         cfg->cluster.device_count, c->world);
+    for (int i = 0; i < cfg->cluster.device_count; i++)
+        if (cfg->cluster.devices[i].count != 1)
+            return error_set(err, "%s: cluster.devices[%d].count is %d: a "
+                                  "training run lists one device entry per "
+                                  "rank (count is for `moectl plan`)",
+                             cfg->source, i, cfg->cluster.devices[i].count);
+    if (cfg->model.vocab_size != CONFIG_VOCAB_SIZE ||
+        (cfg->model.n_kv_heads != 0 &&
+         cfg->model.n_kv_heads != cfg->model.n_heads))
+        return error_set(err, "%s: model.vocab_size %d and model.n_kv_heads "
+                              "%d describe a model for `moectl plan`; the "
+                              "trainer reads bytes (vocab_size 256) with "
+                              "n_kv_heads equal to n_heads", cfg->source,
+                         cfg->model.vocab_size, cfg->model.n_kv_heads);
+    const config_device *device = &cfg->cluster.devices[c->rank];
+    if (cfg->train.batch_size % c->world != 0)
+        return error_set(err, "%s: train.batch_size %d must be divisible "
+                              "by the %d ranks", cfg->source,
+                         cfg->train.batch_size, c->world);
+    trainer *t = calloc(1, sizeof *t);
+    if (!t)
+        return error_set(err, "out of memory");
+    t->cfg = *cfg;
+    t->comm = c;
+    t->local_batch = cfg->train.batch_size / c->world;
+    optimizer_settings_from_config(&t->opt, cfg);
+
+    if (start_backend(t, device, c->rank, err) < 0) {
+        free(t);
+        return -1;
+    }
+    if (dataset_load(&t->data, cfg->data.path, cfg->data.val_fraction,
+                     cfg->model.seq_len, err) < 0)
+        goto fail;
+    int *placement = calloc((size_t)cfg->model.n_layers * cfg->moe.n_experts,
+                            sizeof *placement);
+    char reason[256];
+    int placed = placement ? config_placement(cfg, placement, reason,
+                                              sizeof reason) : -1;
+    if (placed < 0) {
+        error_set(err, "%s: cluster.placement: %s", cfg->source,
+                  placement ? reason : "out of memory");
+        free(placement);
+        goto fail;
+    }
+    int made = model_create(&t->model, cfg, &t->be, t->local_batch, err) == 0 &&
+               model_distribute(t->model, c, placed ? placement : NULL,
+                                err) == 0;
+    free(placement);
+    if (!made)
+        goto fail;
+    size_t tokens = (size_t)cfg->train.batch_size * cfg->model.seq_len;
+    /* Tokens go to the ops (embedding, cross-entropy) as they are. */
+    t->inputs = t->be.ops->alloc(t->be.ctx, tokens * sizeof *t->inputs);
+    t->targets = t->be.ops->alloc(t->be.ctx, tokens * sizeof *t->targets);
+    t->expert_load = calloc((size_t)cfg->model.n_layers * cfg->moe.n_experts,
+                            sizeof *t->expert_load);
+    t->rank = calloc((size_t)c->world, sizeof *t->rank);
+    if (!t->inputs || !t->targets || !t->expert_load || !t->rank) {
+        error_set(err, "out of memory");
+        goto fail;
+    }
+    if (balancer_create(&t->bal, cfg, c->world, MODEL_SHARE_UNITS, err) < 0)
+        goto fail;
+    t->price_per_hour = cost_price_per_hour(cfg);
+    t->peak_flops = cost_peak_flops(cfg);
+    model_init_params(t->model, cfg->train.seed);
+    /* An emulated slow device: labelled "emulated" in metrics. */
+    model_set_slowdown(t->model, device->slowdown);
+    t->state.seed = cfg->train.seed;
+    rng_seed(&t->state.data_rng, cfg->train.seed, 2);
+    *out = t;
+    return 0;
+fail:
+    if (trainer_device_error(t)) {
+        /* "out of memory for the model", say, and the device's reason. */
+        char what[sizeof err->message];
+        snprintf(what, sizeof what, "%s", err->message);
+        error_set(err, "device %d, %s: %s (%s)", c->rank, device->name, what,
+                  trainer_device_error(t));
+    }
+    trainer_destroy(t);
+    return -1;
+}
+
+void trainer_destroy(trainer *t)
+{
+    if (!t)
+        return;
+    model_destroy(t->model);
+    dataset_finish(&t->data);
+    if (t->be.ops) {
+        t->be.ops->free(t->be.ctx, t->inputs);
+        t->be.ops->free(t->be.ctx, t->targets);
+    }
+    stop_backend(t);
+    free(t->expert_load);
+    free(t->rank);
+    balancer_destroy(&t->bal);
+    free(t);
+}
+
+/* Every rank leaves with the same verdict: rank 0's status and reason. */
+static int agree(const trainer *t, int status, moe_error *err)
+{
+    if (t->comm->world == 1)
+        return status;
+    comm_broadcast(t->comm, &status, sizeof status, 0);
+    if (status < 0)
+        comm_broadcast(t->comm, err->message, sizeof err->message, 0);
+    return status;
+}
+
+int trainer_resume(trainer *t, const char *path, moe_error *err)
+{
+    model *m = t->model;
+    const comm *c = t->comm;
+    size_t experts = (size_t)m->dims.L * m->dims.E;
+    int *placement = calloc(experts, sizeof *placement);
+    if (!placement)
+        return error_set(err, "out of memory");
+    /* Rank 0 reads, then hands every rank the same state. */
+    checkpoint_state st;
+    memset(&st, 0, sizeof st);
+    int status = 0;
+    if (c->rank == 0) {
+        status = checkpoint_load(path, m, &st, placement, err);
+        if (status == 0 && st.seed != t->cfg.train.seed)
+            status = error_set(err, "%s was trained with train.seed %llu, "
+                                    "but the configuration has %llu", path,
+                               (unsigned long long)st.seed,
+                               (unsigned long long)t->cfg.train.seed);
+    }
+    if (agree(t, status, err) < 0) {
+        free(placement);
+        return -1;
+    }
+    size_t bytes = m->param_count * sizeof(float);
+    comm_broadcast(c, m->param_memory, bytes, 0);
+    comm_broadcast(c, m->adam_m_memory, bytes, 0);
+    comm_broadcast(c, m->adam_v_memory, bytes, 0);
+    comm_broadcast(c, &st, sizeof st, 0);
+    model_broadcast_balance_state(m, 0);
+    comm_broadcast(c, placement, experts * sizeof *placement, 0);
+    /* The recorded placement stands when it was made for this many ranks;
+     * otherwise the experts are placed afresh. */
+    int highest = 0;
+    for (size_t i = 0; i < experts; i++)
+        highest = placement[i] > highest ? placement[i] : highest;
+    if (highest + 1 == c->world) {
+        memcpy(m->expert_rank, placement, experts * sizeof *placement);
+        m->placement_version++;
+    }
+    /* Checkpoints keep each expert's rank, not its split: a resumed run
+     * starts unsplit, and the balance policy splits again if it pays. */
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++)
+            model_unsplit_expert(m, l, e);
+    free(placement);
+    t->state = st;
+    return 0;
+}
+
+/* What moving one expert ships: its weights and both moments. */
+static size_t expert_move_bytes(const model *m)
+{
+    size_t experts = (size_t)m->dims.L * m->dims.E;
+    size_t slice = m->tensors[MODEL_TENSOR_expert_w13].count / experts +
+                   m->tensors[MODEL_TENSOR_expert_w2].count / experts;
+    return 3 * slice * sizeof(float);
+}
+
+/* Sends expert (l, e)'s weights and Adam moments between ranks. */
+static void transfer_expert(trainer *t, int l, int e, int from, int to)
+{
+    model *m = t->model;
+    const comm *c = t->comm;
+    if (from == to || (c->rank != from && c->rank != to))
+        return;
+    int ids[2] = {MODEL_TENSOR_expert_w13, MODEL_TENSOR_expert_w2};
+    float *slabs[3] = {m->param_memory, m->adam_m_memory, m->adam_v_memory};
+    for (int i = 0; i < 2; i++) {
+        const model_tensor_info *info = &m->tensors[ids[i]];
+        size_t slice = info->count / ((size_t)m->dims.L * m->dims.E);
+        size_t offset = info->offset + ((size_t)l * m->dims.E + e) * slice;
+        for (int k = 0; k < 3; k++) {
+            if (c->rank == from)
+                comm_send(c, slabs[k] + offset, slice * sizeof(float), to);
+            else
+                comm_recv(c, slabs[k] + offset, slice * sizeof(float), from);
+        }
+    }
+}
+
+/* A move is a split with every row on `to`. */
+size_t trainer_move_expert(trainer *t, int l, int e, int to)
+{
+    int share[CONFIG_MAX_DEVICES] = {0};
+    share[to] = MODEL_SHARE_UNITS;
+    return trainer_split_expert(t, l, e, to, share);
+}
+
+size_t trainer_split_expert(trainer *t, int l, int e, int to,
+                            const int *share)
+{
+    model *m = t->model;
+    int world = t->comm->world;
+    int *rank = &m->expert_rank[(size_t)l * m->dims.E + e];
+    int *now = m->expert_share + ((size_t)l * m->dims.E + e) * world;
+    int changed = *rank != to;
+    size_t bytes = 0;
+    /* Replicas are identical: a rank that already holds one needs
+     * nothing; one that gains a share gets the expert from its rank. */
+    for (int r = 0; r < world; r++) {
+        changed |= now[r] != share[r];
+        if (share[r] > 0 && now[r] == 0) {
+            transfer_expert(t, l, e, *rank, r);
+            bytes += expert_move_bytes(m);
+        }
+    }
+    if (!changed)
+        return 0;
+    *rank = to;
+    memcpy(now, share, (size_t)world * sizeof *share);
+    m->placement_version++;
+    return bytes;
+}
+
+int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
+                       moe_error *err)
+{
+    model *m = t->model;
+    /* Rank 0 writes the whole model: first it collects the experts other
+     * ranks hold. */
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++)
+            transfer_expert(t, l, e, m->expert_rank[(size_t)l * m->dims.E + e],
+                            0);
+    int status = 0;
+    if (t->comm->rank == 0)
+        status = checkpoint_save(t->cfg.checkpoint.dir, t->cfg.checkpoint.keep,
+                                 m, &t->state, path_out, path_size, err);
+    if (agree(t, status, err) < 0)
+        return -1;
+    if (t->comm->world > 1)
+        comm_broadcast(t->comm, path_out, path_size, 0);
+    return 0;
+}
+
+void trainer_step(trainer *t, step_stats *s)
+{
+    const config *cfg = &t->cfg;
+    model *m = t->model;
+    int B = cfg->train.batch_size, T = cfg->model.seq_len;
+    int step = t->state.step + 1;
+
+    double experts_before = m->profile.forward_s[MODEL_PART_experts] +
+                            m->profile.backward_s[MODEL_PART_experts];
+    double start = now_s();
+    dataset_train_batch(&t->data, &t->state.data_rng, B, t->inputs,
+                        t->targets);
+    double batch_done = now_s();
+    size_t shard = (size_t)t->comm->rank * t->local_batch * T;
+    model_begin_train_step(m, step);
+    double loss = model_forward(m, t->inputs + shard, t->targets + shard,
+                                t->local_batch);
+    double forward_done = now_s();
+    model_zero_grad(m);
+    double zeroed = now_s();
+    model_backward(m);
+    double backward_done = now_s();
+    optimizer_reduce_gradients(m);
+    double reduced = now_s();
+    double lr = optimizer_lr(&t->opt, step);
+    double grad_norm = optimizer_step(m, &t->opt, step, lr);
+    double end = now_s();
+    double step_s = end - start;
+    t->data_s += batch_done - start;
+    t->zero_grad_s += zeroed - forward_done;
+    t->optimizer_s += end - backward_done;
+
+    /* This rank's share of the step, gathered on rank 0. */
+    rank_stats mine;
+    memset(&mine, 0, sizeof mine);
+    double expert_s = m->profile.forward_s[MODEL_PART_experts] +
+                      m->profile.backward_s[MODEL_PART_experts] -
+                      experts_before;
+    double alltoall_s = m->ep ? expert_parallel_take_alltoall_s(m->ep) : 0.0;
+    mine.alltoall_ms = alltoall_s * 1e3;
+    /* The expert part holds the routed-expert GEMMs alone (dispatch and
+     * the all-to-all count elsewhere): the work placement can move. */
+    mine.expert_ms = expert_s * 1e3;
+    mine.allreduce_ms = (reduced - backward_done) * 1e3;
+    mine.dense_ms = step_s * 1e3 - mine.expert_ms - mine.alltoall_ms -
+                    mine.allreduce_ms;
+    mine.tokens = m->ep ? (double)expert_parallel_rows(m->ep)
+                        : (double)t->local_batch * T * m->dims.K;
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++)
+            mine.experts += model_holds_expert(m, l, e); /* replicas too */
+    mine.migration_bytes = (double)t->migration_bytes;
+    double expert_params = 3.0 * m->dims.C * m->dims.F;
+    mine.expert_flops_per_s = expert_s > 0
+        ? mine.tokens * 6.0 * expert_params / expert_s : NAN;
+    mine.state_bytes = 16.0 * ((double)m->param_count -
+                               (m->dims.L * m->dims.E - mine.experts) *
+                                   expert_params);
+    mine.capacity_bytes =
+        t->cfg.cluster.devices[t->comm->rank].memory_gb * 1e9;
+    mine.rss_bytes = resident_bytes();
+    comm_gather(t->comm, &mine, sizeof mine, t->rank);
+    if (t->comm->rank == 0) {
+        double slowest = 0;
+        for (int r = 0; r < t->comm->world; r++) {
+            rank_stats *q = &t->rank[r];
+            double busy = q->expert_ms + q->dense_ms;
+            slowest = busy > slowest ? busy : slowest;
+        }
+        for (int r = 0; r < t->comm->world; r++)
+            t->rank[r].idle_ms =
+                slowest - (t->rank[r].expert_ms + t->rank[r].dense_ms);
+    }
+
+    t->state.step = step;
+    t->state.tokens_seen += (uint64_t)B * T; /* the global batch */
+    t->train_s += step_s;
+    model_expert_load(m, t->expert_load);
+    model_end_train_step(m);
+
+    memset(s, 0, sizeof *s);
+    s->step = step;
+    s->loss = loss;
+    s->aux_loss = m->aux_loss;
+    s->z_loss = m->z_loss;
+    s->lr = lr;
+    s->grad_norm = grad_norm;
+    s->step_s = step_s;
+    s->tokens = B * T;
+    s->tokens_per_s = step_s > 0 ? s->tokens / step_s : NAN;
+    s->flops_per_s = s->tokens_per_s * model_flops_per_token(m);
+    s->tokens_seen = t->state.tokens_seen;
+    s->elapsed_s = t->train_s;
+    s->dropped = model_dropped_assignments(m);
+    s->layers = m->dims.L;
+    s->experts = m->dims.E;
+    s->expert_load = t->expert_load;
+    s->ranks = t->comm->world;
+    s->rank = t->rank;
+    s->devices = t->cfg.cluster.devices;
+    s->placement = m->expert_rank;
+    s->share = m->expert_share;
+    s->share_units = MODEL_SHARE_UNITS;
+    s->split_experts = model_split_experts(m);
+    s->placement_version = m->placement_version;
+    s->straggler = -1;
+    s->ideal_tokens_per_s = NAN;
+    s->router_bias = t->cfg.balance.bias_update_rate > 0 ? m->router_bias
+                                                          : NULL;
+    s->routing_mix = m->routing_mix;
+    s->cost_per_hour = t->price_per_hour;
+    s->cost_per_mtok = cost_per_mtok(t->price_per_hour, s->tokens_per_s);
+    s->mfu = cost_mfu((double)model_active_params(m), s->tokens_per_s,
+                      t->peak_flops);
+    if (t->comm->rank == 0)
+        balancer_observe(&t->bal, s);
+}
+
+double trainer_validate(trainer *t)
+{
+    const config *cfg = &t->cfg;
+    int B = cfg->train.batch_size, count = cfg->train.eval_batches;
+    double sum = 0.0;
+    size_t shard = (size_t)t->comm->rank * t->local_batch * cfg->model.seq_len;
+    for (int i = 0; i < count; i++) {
+        dataset_val_batch(&t->data, i, count, B, t->inputs, t->targets);
+        sum += model_forward(t->model, t->inputs + shard, t->targets + shard,
+                             t->local_batch);
+    }
+    return sum / count;
+}
+
+
+static int due(int step, int every)
+{
+    return every > 0 && step % every == 0;
+}
+
+enum { APPLIED_STOP = 1, APPLIED_REFUSED = 2 };
+
+typedef struct boundary_state {
+    trainer *t;
+    const train_run_options *opt;
+    metrics_sink *metrics;
+    char *checkpoint_path;
+    int *checkpointed_step;
+    int paused;
+    int paused_s;  /* the boundary waited paused: not command time */
+} boundary_state;
+
+enum plan_action { PLAN_SHOW, PLAN_APPLY, PLAN_AUTO };
+
+/* Rank 0 plans from its measurements; every rank learns the verdict and,
+ * when the plan is to be carried out, the new placement, and makes the
+ * same moves in the same order. A "plan" record describes the proposal.
+ * Returns 0 (reply says what happened; *refused when there was no plan),
+ * or -1 on a failure to write metrics. */
+static int plan_collective(boundary_state *bs, const char *trigger,
+                           enum plan_action action, char *reply,
+                           size_t reply_size, int *refused, moe_error *err)
+{
+    trainer *t = bs->t;
+    model *m = t->model;
+    balancer *b = &t->bal;
+    const comm *c = t->comm;
+    size_t cells = (size_t)m->dims.L * m->dims.E;
+    int verdict[2] = {0, 0}; /* planned (0) or not (-1); apply */
+    char text[512] = "";
+    if (c->rank == 0) {
+        int reuse = action == PLAN_APPLY && b->have_proposal &&
+                    b->proposal_version == m->placement_version;
+        if (!reuse)
+            verdict[0] = balancer_plan(b, m->expert_rank, m->expert_share,
+                                       m->placement_version, text,
+                                       sizeof text);
+        if (verdict[0] == 0) {
+            double gain = 1.0 - b->after_s / b->before_s;
+            double threshold = balancer_auto_threshold(b);
+            verdict[1] = b->proposal_changes > 0 &&
+                         (action == PLAN_APPLY ||
+                          (action == PLAN_AUTO && gain >= threshold));
+            balancer_describe(b, m->expert_rank, m->expert_share, text,
+                              sizeof text);
+            if (action == PLAN_AUTO && !verdict[1] && b->proposal_changes > 0)
+                snprintf(text + strlen(text), sizeof text - strlen(text),
+                         "; kept: gain below %g%%%s", threshold * 100,
+                         b->missed ? " (min-gain doubled for each recent "
+                                     "plan that did not deliver)" : "");
+            if (bs->metrics &&
+                balancer_write_plan(b, bs->metrics, t->state.step, trigger,
+                                    verdict[1], m->expert_rank, err) < 0)
+                verdict[0] = -2;
+        }
+    }
+    if (c->world > 1)
+        comm_broadcast(c, verdict, sizeof verdict, 0);
+    if (verdict[0] == -2)
+        return -1;
+    snprintf(reply, reply_size, "%s", text);
+    *refused = verdict[0] < 0;
+    if (!verdict[1])
+        return 0;
+    if (c->world > 1) {
+        comm_broadcast(c, b->proposal, cells * sizeof *b->proposal, 0);
+        comm_broadcast(c, b->proposal_share,
+                       cells * c->world * sizeof *b->proposal_share, 0);
+    }
+    double start = now_s();
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++) {
+            size_t i = (size_t)l * m->dims.E + e;
+            size_t moved = trainer_split_expert(
+                t, l, e, b->proposal[i], b->proposal_share + i * c->world);
+            t->migration_bytes += moved;
+            t->migrations += moved > 0;
+        }
+    double took_ms = (now_s() - start) * 1e3;
+    if (c->rank == 0) {
+        b->have_proposal = 0;
+        b->pending_result = 1;
+        b->applied_step = t->state.step;
+        b->applied_before_s = b->step_s;
+        b->applied_after_s = b->after_s;
+        b->measured_sum_s = 0;
+        b->measured_steps = 0;
+        snprintf(reply + strlen(reply), reply_size - strlen(reply),
+                 "; applied in %.1f ms, placement version %d", took_ms,
+                 m->placement_version);
+    }
+    return 0;
+}
+
+/* The balance policy's turn at the boundary after a step: every rank
+ * calls it, and knows from the policy (the same everywhere) whether rank 0
+ * will plan. */
+static int policy_tick(boundary_state *bs, moe_error *err)
+{
+    trainer *t = bs->t;
+    balancer *b = &t->bal;
+    if (b->policy == CONFIG_POLICY_OFF || t->state.step == 0 ||
+        t->state.step % b->every != 0 || t->comm->world == 1)
+        return 0;
+    char reply[512];
+    int refused;
+    int auto_ = b->policy == CONFIG_POLICY_AUTO;
+    if (plan_collective(bs, auto_ ? "auto" : "suggest",
+                        auto_ ? PLAN_AUTO : PLAN_SHOW, reply, sizeof reply,
+                        &refused, err) < 0)
+        return -1;
+    if (bs->metrics &&
+        metrics_write_event(bs->metrics, t->state.step,
+                            auto_ ? "policy auto" : "policy suggest", reply,
+                            NAN, err) < 0)
+        return -1;
+    return 0;
+}
+
+static const char *const policy_words[] = {"off", "suggest", "auto"};
+
+static int apply_command(boundary_state *b, const command *c, char *reply,
+                         size_t reply_size, moe_error *err)
+{
+    trainer *t = b->t;
+    char text[96];
+    command_format(c, text, sizeof text);
+    int flags = 0;
+    double duration_ms = NAN;
+    char local[256] = "";
+    switch (c->kind) {
+    case COMMAND_MOVE: {
+        double move_start = now_s();
+        size_t bytes = trainer_move_expert(t, c->layer, c->expert, c->rank);
+        duration_ms = (now_s() - move_start) * 1e3;
+        t->migration_bytes += bytes;
+        t->migrations += bytes > 0;
+        snprintf(local, sizeof local, "expert %d.%d on rank %d from step %d "
+                 "(%zu bytes moved, placement version %d)", c->layer,
+                 c->expert, c->rank, t->state.step + 1, bytes,
+                 t->model->placement_version);
+        break;
+    }
+    case COMMAND_SPLIT: {
+        int world = t->comm->world;
+        int *share = calloc((size_t)world, sizeof *share);
+        if (!share)
+            return error_set(err, "out of memory");
+        if (model_shares_from_weights(world, c->split_count, c->split_rank,
+                                      c->split_weight, share) < 0) {
+            snprintf(local, sizeof local, "split: a weight is too small "
+                     "for its rank to get any rows (shares are in 1/%d)",
+                     MODEL_SHARE_UNITS);
+            flags |= APPLIED_REFUSED;
+            free(share);
+            break;
+        }
+        double move_start = now_s();
+        size_t bytes = trainer_split_expert(t, c->layer, c->expert, c->rank,
+                                            share);
+        duration_ms = (now_s() - move_start) * 1e3;
+        t->migration_bytes += bytes;
+        t->migrations += bytes > 0;
+        int at = snprintf(local, sizeof local, "expert %d.%d rows from step "
+                          "%d:", c->layer, c->expert, t->state.step + 1);
+        for (int i = 0; i < c->split_count && at > 0 &&
+                        (size_t)at < sizeof local; i++)
+            at += snprintf(local + at, sizeof local - (size_t)at,
+                           " rank %d %.1f%%", c->split_rank[i],
+                           100.0 * share[c->split_rank[i]] /
+                               MODEL_SHARE_UNITS);
+        if (at > 0 && (size_t)at < sizeof local)
+            snprintf(local + at, sizeof local - (size_t)at,
+                     " (%zu bytes shipped, placement version %d)", bytes,
+                     t->model->placement_version);
+        free(share);
+        break;
+    }
+    case COMMAND_LR:
+        t->opt.lr_override = c->value;
+        snprintf(local, sizeof local, "lr %g from step %d", c->value,
+                 t->state.step + 1);
+        break;
+    case COMMAND_CHECKPOINT:
+        if (trainer_checkpoint(t, b->checkpoint_path,
+                               sizeof t->last_checkpoint, err) < 0)
+            return -1;
+        *b->checkpointed_step = t->state.step;
+        snprintf(local, sizeof local, "%s", b->checkpoint_path);
+        if (b->metrics && metrics_write_checkpoint(b->metrics, t->state.step,
+                                                   b->checkpoint_path,
+                                                   err) < 0)
+            return -1;
+        break;
+    case COMMAND_STOP:
+        flags |= APPLIED_STOP;
+        snprintf(local, sizeof local, "stopping after step %d with a "
+                 "checkpoint", t->state.step);
+        break;
+    case COMMAND_PAUSE:
+        b->paused = 1;
+        snprintf(local, sizeof local, "paused after step %d", t->state.step);
+        break;
+    case COMMAND_RESUME:
+        snprintf(local, sizeof local, "%s", b->paused ? "resumed"
+                                                      : "was not paused");
+        b->paused = 0;
+        break;
+    case COMMAND_PLAN:
+    case COMMAND_APPLY: {
+        int refused = 0;
+        int apply = c->kind == COMMAND_APPLY;
+        if (t->comm->world == 1) {
+            snprintf(local, sizeof local, "%s: one rank holds every expert; "
+                     "there is nothing to place", apply ? "apply" : "plan");
+            flags |= APPLIED_REFUSED;
+            break;
+        }
+        double start = now_s();
+        if (plan_collective(b, apply ? "apply" : "plan",
+                            apply ? PLAN_APPLY : PLAN_SHOW, local,
+                            sizeof local, &refused, err) < 0)
+            return -1;
+        if (apply)
+            duration_ms = (now_s() - start) * 1e3;
+        if (refused)
+            flags |= APPLIED_REFUSED;
+        break;
+    }
+    case COMMAND_POLICY: {
+        balancer *bal = &t->bal;
+        bal->policy = (config_policy)c->policy;
+        if (c->every > 0)
+            bal->every = c->every;
+        if (c->min_gain >= 0)
+            bal->min_gain = c->min_gain;
+        int next = (t->state.step / bal->every + 1) * bal->every;
+        if (bal->policy == CONFIG_POLICY_OFF)
+            snprintf(local, sizeof local, "policy off: placement changes "
+                     "only by hand");
+        else
+            snprintf(local, sizeof local, "policy %s every %d min-gain %g%%: "
+                     "next plan after step %d", policy_words[bal->policy],
+                     bal->every, bal->min_gain * 100, next);
+        break;
+    }
+    case COMMAND_STATUS:
+        snprintf(local, sizeof local, "step %d of %d, %s, lr %g, %d rank%s, "
+                 "placement version %d, policy %s every %d min-gain %g%%",
+                 t->state.step, b->opt->last_step,
+                 b->paused ? "paused" : "running",
+                 optimizer_lr(&t->opt, t->state.step + 1), t->comm->world,
+                 t->comm->world > 1 ? "s" : "", t->model->placement_version,
+                 policy_words[t->bal.policy], t->bal.every,
+                 t->bal.min_gain * 100);
+        break;
+    }
+    if (reply)
+        snprintf(reply, reply_size, "%s", local);
+    /* A status asked over the socket is answered there; a scripted one
+     * is answered in the metrics. */
+    if ((c->kind != COMMAND_STATUS || !reply) && b->metrics &&
+        metrics_write_event(b->metrics, t->state.step, text,
+                            t->comm->rank == 0 ? local : NULL, duration_ms,
+                            err) < 0)
+        return -1;
+    return flags;
+}
+
+enum { BOUNDARY_MAX_COMMANDS = 64 };
+
+/* Rank 0 drains the control socket and hands the commands to every rank,
+ * which apply them in the same order; repeated while paused. */
+static int serve_controls(boundary_state *b, moe_error *err)
+{
+    trainer *t = b->t;
+    const comm *c = t->comm;
+    control_server *control = b->opt->control;
+    const model_dims *d = &t->model->dims;
+    command_limits limits = {d->L, d->E, c->world};
+    int flags = 0;
+    for (;;) {
+        control_request requests[BOUNDARY_MAX_COMMANDS];
+        command commands[BOUNDARY_MAX_COMMANDS];
+        int count = 0;
+        if (c->rank == 0 && control)
+            count = control_poll(control, &limits, requests,
+                                 BOUNDARY_MAX_COMMANDS);
+        for (int i = 0; i < count; i++)
+            commands[i] = requests[i].cmd;
+        /* One broadcast a step when nothing happens: the count. */
+        comm_broadcast(c, &count, sizeof count, 0);
+        if (count > 0)
+            comm_broadcast(c, commands, (size_t)count * sizeof *commands, 0);
+        for (int i = 0; i < count; i++) {
+            char reply[256];
+            int applied = apply_command(b, &commands[i], reply, sizeof reply,
+                                        err);
+            if (applied < 0) {
+                if (c->rank == 0)
+                    control_reply(control, &requests[i], 0, err->message);
+                return -1;
+            }
+            flags |= applied & ~APPLIED_REFUSED;
+            if (c->rank == 0)
+                control_reply(control, &requests[i],
+                              !(applied & APPLIED_REFUSED), reply);
+        }
+        /* Rank 0 decides for all: without a socket nothing could resume. */
+        int paused = b->paused && !(flags & APPLIED_STOP) && control;
+        comm_broadcast(c, &paused, sizeof paused, 0);
+        if (!paused)
+            return flags;
+        b->paused_s = 1;
+        if (c->rank == 0) {
+            struct timespec nap = {0, 20 * 1000 * 1000};
+            nanosleep(&nap, NULL);
+        }
+    }
+}
+
+/* The script's commands due at this boundary: rank 0 decides (it holds
+ * the step's figures), every rank applies them in the same order. */
+static int run_script(boundary_state *b, const double *values,
+                      moe_error *err)
+{
+    trainer *t = b->t;
+    const comm *c = t->comm;
+    command due[BOUNDARY_MAX_COMMANDS];
+    int count = 0;
+    if (c->rank == 0)
+        count = script_due(b->opt->script, t->state.step, values, due,
+                           BOUNDARY_MAX_COMMANDS);
+    if (c->world > 1) {
+        comm_broadcast(c, &count, sizeof count, 0);
+        if (count > 0)
+            comm_broadcast(c, due, (size_t)count * sizeof *due, 0);
+    }
+    int flags = 0;
+    for (int i = 0; i < count; i++) {
+        int applied = apply_command(b, &due[i], NULL, 0, err);
+        if (applied < 0)
+            return -1;
+        flags |= applied;
+    }
+    return flags;
+}
+
+/* After each step of a job with a GPU rank: did a device fail? GPU ops
+ * record their first failure and carry on, so the step's numbers may be
+ * garbage; every rank learns of it at the same step (one collective) and
+ * stops before the step reaches metrics or a checkpoint. A failing rank
+ * keeps its cause; the others name the (highest) failing rank. */
+static int device_failed(trainer *t, int step, moe_error *err)
+{
+    const config *cfg = &t->cfg;
+    int gpu_ranks = 0;
+    for (int r = 0; r < cfg->cluster.device_count; r++)
+        gpu_ranks += cfg->cluster.devices[r].backend != CONFIG_BACKEND_CPU;
+    if (!gpu_ranks)
+        return 0;
+    const char *broken = trainer_device_error(t);
+    double failed = broken ? t->comm->rank + 1 : 0;
+    if (t->comm->world > 1)
+        comm_allreduce_max_double(t->comm, &failed, 1);
+    if (failed == 0)
+        return 0;
+    int rank = broken ? t->comm->rank : (int)failed - 1;
+    const config_device *dev = &cfg->cluster.devices[rank];
+    if (broken)
+        error_set(err, "device %s failed in step %d, which was discarded: "
+                       "%s", dev->name, step, broken);
+    else
+        error_set(err, "the device of rank %d (%s) failed in step %d, "
+                       "which was discarded", rank, dev->name, step);
+    if (t->last_checkpoint[0]) {
+        size_t n = strlen(err->message);
+        snprintf(err->message + n, sizeof err->message - n,
+                 "; the newest checkpoint is %s", t->last_checkpoint);
+    }
+    t->failed_together = t->comm->world > 1;
+    return 1;
+}
+
+train_outcome trainer_run(trainer *t, const train_run_options *opt,
+                          run_summary *summary, moe_error *err)
+{
+    const config *cfg = &t->cfg;
+    const train_progress *progress = opt->progress;
+    char *checkpoint_path = t->last_checkpoint;
+    int checkpointed_step = -1;
+
+    memset(summary, 0, sizeof *summary);
+    summary->first_step = t->state.step + 1;
+    summary->loss = NAN;
+    summary->val_loss = NAN;
+    summary->val_step = -1;
+    summary->status = "done";
+    uint64_t tokens_at_start = t->state.tokens_seen;
+    double train_s_at_start = t->train_s;
+
+    /* Only rank 0 writes metrics and reports progress. */
+    int lead = t->comm->rank == 0;
+    if (!lead)
+        progress = NULL;
+    metrics_sink *metrics = lead ? opt->metrics : NULL;
+    if (metrics &&
+        metrics_write_run(metrics, cfg, t->model, t->state.step, err) < 0)
+        return TRAIN_FAILED;
+
+    train_outcome outcome = TRAIN_DONE;
+    int migrations_at_start = t->migrations;
+    size_t migration_bytes_at_start = t->migration_bytes;
+    double values[SCRIPT_METRIC_COUNT];
+    int have_values = 0;
+    boundary_state boundary = {.t = t, .opt = opt, .metrics = metrics,
+                               .checkpoint_path = checkpoint_path,
+                               .checkpointed_step = &checkpointed_step};
+    while (t->state.step < opt->last_step) {
+        /* Commands due at this boundary, on every rank alike: scheduled
+         * ones, then what clients of the control socket sent. While paused
+         * the job waits here, still answering commands. */
+        int stop_now = 0;
+        double commands_start = now_s();
+        if (opt->script) {
+            int flags = run_script(&boundary, have_values ? values : NULL,
+                                   err);
+            if (flags < 0)
+                return TRAIN_FAILED;
+            stop_now |= flags & APPLIED_STOP;
+        }
+        if (policy_tick(&boundary, err) < 0)
+            return TRAIN_FAILED;
+        int flags = serve_controls(&boundary, err);
+        if (flags < 0)
+            return TRAIN_FAILED;
+        stop_now |= flags & APPLIED_STOP;
+        /* Paused time is not command time. */
+        if (!boundary.paused_s)
+            summary->command_s += now_s() - commands_start;
+        boundary.paused_s = 0;
+        if (stop_now) {
+            outcome = TRAIN_STOPPED;
+            summary->status = "stopped";
+            break;
+        }
+        /* A stop asked of any rank stops all of them at the same step. */
+        double stop = opt->stop_requested && *opt->stop_requested;
+        comm_allreduce_max_double(t->comm, &stop, 1);
+        if (stop) {
+            outcome = TRAIN_STOPPED;
+            summary->status = "stopped";
+            break;
+        }
+        step_stats s;
+        trainer_step(t, &s);
+        if (device_failed(t, s.step, err))
+            return TRAIN_FAILED;
+        summary->loss = s.loss;
+        if (!isfinite(s.loss)) {
+            error_set(err, "training diverged at step %d: loss is %g (try a "
+                           "lower train.lr or a grad_clip)", s.step, s.loss);
+            return TRAIN_FAILED;
+        }
+        if (metrics && metrics_write_step(metrics, &s, err) < 0)
+            return TRAIN_FAILED;
+        if (lead && balancer_follow_up(&t->bal, &s, metrics, err) < 0)
+            return TRAIN_FAILED;
+        if (progress && progress->on_step)
+            progress->on_step(&s, opt->last_step, progress->user);
+
+        int last = s.step == opt->last_step;
+        if (due(s.step, cfg->train.eval_every) ||
+            (last && cfg->train.eval_every > 0)) {
+            double val_start = now_s();
+            double val_loss = trainer_validate(t);
+            summary->val_s += now_s() - val_start;
+            summary->val_loss = val_loss;
+            summary->val_step = s.step;
+            if (metrics &&
+                metrics_write_val(metrics, s.step, val_loss, err) < 0)
+                return TRAIN_FAILED;
+            if (progress && progress->on_val)
+                progress->on_val(s.step, val_loss, progress->user);
+        }
+        if (lead) {
+            script_values(values, &s, summary->val_loss);
+            have_values = 1;
+        }
+        if (due(s.step, cfg->checkpoint.every) || last) {
+            double checkpoint_start = now_s();
+            if (trainer_checkpoint(t, checkpoint_path, sizeof t->last_checkpoint,
+                                   err) < 0)
+                return TRAIN_FAILED;
+            summary->checkpoint_s += now_s() - checkpoint_start;
+            checkpointed_step = s.step;
+            if (metrics && metrics_write_checkpoint(metrics, s.step,
+                                                    checkpoint_path, err) < 0)
+                return TRAIN_FAILED;
+            if (progress && progress->on_checkpoint)
+                progress->on_checkpoint(s.step, checkpoint_path,
+                                        progress->user);
+        }
+    }
+    /* A stop between checkpoints still leaves one at the current step. */
+    if (outcome == TRAIN_STOPPED && checkpointed_step != t->state.step &&
+        t->state.step > 0) {
+        if (trainer_checkpoint(t, checkpoint_path, sizeof t->last_checkpoint,
+                               err) < 0)
+            return TRAIN_FAILED;
+        checkpointed_step = t->state.step;
+        if (metrics &&
+            metrics_write_checkpoint(metrics, t->state.step, checkpoint_path,
+                                     err) < 0)
+            return TRAIN_FAILED;
+        if (progress && progress->on_checkpoint)
+            progress->on_checkpoint(t->state.step, checkpoint_path,
+                                    progress->user);
+    }
+
+    summary->last_step = t->state.step;
+    summary->tokens_seen = t->state.tokens_seen;
+    summary->elapsed_s = t->train_s - train_s_at_start;
+    summary->tokens_per_s =
+        summary->elapsed_s > 0
+            ? (double)(t->state.tokens_seen - tokens_at_start) /
+                  summary->elapsed_s
+            : NAN;
+    summary->checkpoint = checkpointed_step >= 0 ? checkpoint_path : NULL;
+    summary->train_s = summary->elapsed_s;
+    summary->cost_per_mtok = cost_per_mtok(t->price_per_hour,
+                                           summary->tokens_per_s);
+    summary->mfu = cost_mfu((double)model_active_params(t->model),
+                            summary->tokens_per_s, t->peak_flops);
+    summary->migrations = t->migrations - migrations_at_start;
+    summary->migration_bytes =
+        (double)(t->migration_bytes - migration_bytes_at_start);
+    if (metrics && metrics_write_summary(metrics, summary, err) < 0)
+        return TRAIN_FAILED;
+    return outcome;
+}
