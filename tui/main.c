@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "engine/core/comm.h"
+#include "engine/core/signals.h"
 #include "engine/config/config.h"
 #include "moectl_build.h"
 #include "engine/trainer/bench.h"
@@ -336,12 +337,8 @@ static int launch_mpirun(const config *cfg, int argc, char **argv)
     }
     /* Signals go to mpirun, which passes them to the ranks. */
     mpirun_pid = child;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = forward_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    static const int signals[] = {SIGINT, SIGTERM, 0};
+    signals_install(forward_signal, signals);
     int wstatus = 0;
     while (waitpid(child, &wstatus, 0) < 0 && errno == EINTR)
         ;

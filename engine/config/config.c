@@ -74,18 +74,25 @@ _Static_assert(sizeof(config_backend) == sizeof(int) &&
                    sizeof(config_precision) == sizeof(int),
                "FIELD_ENUM stores enums as int");
 
-static const char *const backend_names[] = {"cpu", "cuda", "hip", NULL};
-static const char *const policy_names[] = {"off", "suggest", "auto", NULL};
-static const char *const precision_names[] = {"fp32", "tf32", "bf16",
-                                               NULL};
-static const char *const dense_names[] = {"replicated", "sharded", NULL};
+const char *const config_backend_names[] = {"cpu", "cuda", "hip", NULL};
+const char *const config_policy_names[] = {"off", "suggest", "auto", NULL};
+const char *const config_precision_names[] = {"fp32", "tf32", "bf16", NULL};
+const char *const config_dense_names[] = {"replicated", "sharded", NULL};
+
+int config_enum_lookup(const char *const *names, const char *word, size_t n)
+{
+    for (int i = 0; names[i]; i++)
+        if (strlen(names[i]) == n && strncmp(names[i], word, n) == 0)
+            return i;
+    return -1;
+}
 
 static const schema_field device_fields[] = {
     STRING_FIELD("name",           DEV(name), STRING_MAX(config_device, name)),
-    ENUM_FIELD("backend",          DEV(backend), backend_names),
+    ENUM_FIELD("backend",          DEV(backend), config_backend_names),
     INT_FIELD("index",             DEV(index), 0, 1023),
     INT_FIELD("threads",           DEV(threads), 1, 1024),
-    ENUM_FIELD("precision",        DEV(precision), precision_names),
+    ENUM_FIELD("precision",        DEV(precision), config_precision_names),
     REAL_FIELD("price_per_hour",   DEV(price_per_hour), 0, NO_MAX, 0),
     REAL_FIELD("peak_tflops",      DEV(peak_tflops), 0, NO_MAX, OPEN_MIN),
     REAL_FIELD("memory_gb",        DEV(memory_gb), 0, NO_MAX, OPEN_MIN),
@@ -139,7 +146,7 @@ static const schema_field balance_fields[] = {
     INT_FIELD("routing_warmup_steps", CFG(balance.routing_warmup_steps), 0,
               1000000000),
     REAL_FIELD("load_ema",            CFG(balance.load_ema), 0, 1, OPEN_MAX),
-    ENUM_FIELD("policy",              CFG(balance.policy), policy_names),
+    ENUM_FIELD("policy",              CFG(balance.policy), config_policy_names),
     INT_FIELD("every",                CFG(balance.every), 1, 1000000000),
     REAL_FIELD("min_gain",            CFG(balance.min_gain), 0, 1, OPEN_MAX),
     END_FIELDS,
@@ -148,7 +155,7 @@ static const schema_field balance_fields[] = {
 static const schema_field plan_fields[] = {
     REAL_FIELD("bytes_per_param", CFG(plan.bytes_per_param), 0, 1024,
                OPEN_MIN),
-    ENUM_FIELD("dense",           CFG(plan.dense), dense_names),
+    ENUM_FIELD("dense",           CFG(plan.dense), config_dense_names),
     END_FIELDS,
 };
 

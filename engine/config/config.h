@@ -62,6 +62,16 @@ typedef enum config_dense {
     CONFIG_DENSE_SHARDED,    /* dense state divided over ranks (ZeRO-3) */
 } config_dense;
 
+/* One name table per enum, indexed by its values and NULL-terminated:
+ * the config, the command grammar, the records and the console all spell
+ * them from here. */
+extern const char *const config_backend_names[];
+extern const char *const config_precision_names[];
+extern const char *const config_policy_names[];
+extern const char *const config_dense_names[];
+/* The value whose name is the n bytes at word, or -1. */
+int config_enum_lookup(const char *const *names, const char *word, size_t n);
+
 typedef struct config {
     char name[CONFIG_NAME_MAX];   /* file name without directory and .yaml */
     char source[CONFIG_PATH_MAX]; /* path as given, or "<embedded default>" */

@@ -1,4 +1,5 @@
 #include "engine/model/model.h"
+#include "engine/core/clock.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -15,13 +16,6 @@ const char *const model_part_names[MODEL_PART_COUNT] = {
     MODEL_PARTS(X)
 #undef X
 };
-
-static double monotonic_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Emulates a slower device (model_set_slowdown): every stretch of compute
  * (its all-to-all waits excluded) adds (slowdown - 1) times its length to
@@ -50,7 +44,7 @@ static double slowdown_pay(model *m, double now, double at_least_s)
     struct timespec nap = {(time_t)debt,
                            (long)((debt - (double)(time_t)debt) * 1e9)};
     nanosleep(&nap, NULL);
-    double after = monotonic_s();
+    double after = clock_monotonic_s();
     p->slowdown_debt_s -= after - now;
     p->lap_slept_s += after - now;
     p->slowdown_mark = after;
@@ -61,7 +55,7 @@ void model_slowdown_sync(model *m)
 {
     if (m->slowdown <= 1.0)
         return;
-    double now = monotonic_s();
+    double now = clock_monotonic_s();
     slowdown_charge(m, now);
     slowdown_pay(m, now, 0.0);
 }
@@ -74,7 +68,7 @@ void model_slowdown_sync(model *m)
 static void lap(model *m, double *bucket)
 {
     model_profile *p = &m->profile;
-    double now = monotonic_s();
+    double now = clock_monotonic_s();
     if (m->slowdown > 1.0) {
         slowdown_charge(m, now);
         now = slowdown_pay(m, now, 50e-6);
@@ -96,7 +90,7 @@ void model_lap(model *m, enum model_part part, int backward)
 /* Starts the laps of a forward or backward pass. */
 static void lap_begin(model *m)
 {
-    m->profile.lap_start = monotonic_s();
+    m->profile.lap_start = clock_monotonic_s();
     m->profile.lap_slept_s = 0.0;
     m->profile.lap_compute_s = 0.0;
     m->profile.slowdown_mark = m->profile.lap_start;
@@ -903,8 +897,8 @@ void model_backward(model *m)
      * inside the last lap's time. */
     if (m->slowdown > 1.0) {
         model_slowdown_sync(m);
-        bw[MODEL_PART_embedding] += monotonic_s() - m->profile.lap_start;
-        m->profile.lap_start = monotonic_s();
+        bw[MODEL_PART_embedding] += clock_monotonic_s() - m->profile.lap_start;
+        m->profile.lap_start = clock_monotonic_s();
     }
 }
 

@@ -1,4 +1,5 @@
 #include "engine/moe/expert_parallel.h"
+#include "engine/core/clock.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -45,13 +46,6 @@ struct expert_parallel {
     long rows;
     double alltoall_s;
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Zeroed memory of the model's backend: the ops address these buffers,
  * and MPI reads and writes them from the host. */
@@ -300,9 +294,9 @@ static void alltoall(expert_parallel *ep, const float *send,
                      int row)
 {
     model_slowdown_sync(ep->m);
-    double start = now_s();
+    double start = clock_monotonic_s();
     comm_alltoallv_rows(ep->c, send, send_rows, recv, recv_rows, row);
-    ep->alltoall_s += now_s() - start;
+    ep->alltoall_s += clock_monotonic_s() - start;
 }
 
 void expert_parallel_forward(expert_parallel *ep, int l,

@@ -1,4 +1,5 @@
 #include "engine/protocol/command.h"
+#include "engine/config/config.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -277,7 +278,6 @@ static int command_parse_split(const word *args, const command_limits *limits,
     return 0;
 }
 
-static const char *const policy_names[] = {"off", "suggest", "auto"};
 
 /* policy off|suggest|auto [every N] [min-gain X]: X a fraction (0.05) or a
  * percentage (5%). args ends with a NULL-text word. */
@@ -288,8 +288,8 @@ static int command_parse_policy(const word *args, const command_limits *limits,
     (void)limits;
     char quoted[QUOTE_MAX + 4];
     out->policy = -1;
-    for (int i = 0; i < 3; i++)
-        if (word_is(&args[0], policy_names[i]))
+    for (int i = 0; config_policy_names[i]; i++)
+        if (word_is(&args[0], config_policy_names[i]))
             out->policy = i;
     if (out->policy < 0)
         return command_fail(reason, reason_size,
@@ -430,8 +430,8 @@ void command_format(const command *c, char *out, size_t size)
     }
     case COMMAND_POLICY: {
         int n = snprintf(out, size, "%s %s", name,
-                         c->policy >= 0 && c->policy < 3
-                             ? policy_names[c->policy] : "?");
+                         c->policy >= 0 && c->policy <= CONFIG_POLICY_AUTO
+                             ? config_policy_names[c->policy] : "?");
         if (c->every > 0 && n >= 0 && (size_t)n < size)
             n += snprintf(out + n, size - (size_t)n, " every %d", c->every);
         if (c->min_gain >= 0 && n >= 0 && (size_t)n < size) {

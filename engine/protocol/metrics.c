@@ -95,10 +95,9 @@ int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
     json_t *devices = json_array();
     for (int i = 0; i < cfg->cluster.device_count; i++) {
         const config_device *dev = &cfg->cluster.devices[i];
-        static const char *const backends[] = {"cpu", "cuda", "hip"};
         json_array_append_new(devices, json_pack(
             "{s:s, s:s, s:i, s:i, s:f, s:f, s:b}", "name", dev->name,
-            "backend", backends[dev->backend], "index", dev->index, "threads",
+            "backend", config_backend_names[dev->backend], "index", dev->index, "threads",
             dev->threads, "price_per_hour", dev->price_per_hour,
             "peak_tflops", dev->peak_tflops, "emulated", dev->slowdown != 1.0));
     }
@@ -116,11 +115,10 @@ int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
         d->H, "seq_len", d->T, "experts", d->E, "top_k", d->K,
         "expert_hidden", d->F, "shared_hidden", d->S,
         "resumed_from", resumed_step, "currency", cfg->cluster.currency);
-    static const char *const policies[] = {"off", "suggest", "auto"};
     if (record)
         json_object_set_new(record, "balance", json_pack(
             "{s:s, s:i, s:f, s:f, s:i}", "policy",
-            policies[cfg->balance.policy], "every", cfg->balance.every,
+            config_policy_names[cfg->balance.policy], "every", cfg->balance.every,
             "min_gain", cfg->balance.min_gain, "bias_update_rate",
             cfg->balance.bias_update_rate, "routing_warmup_steps",
             cfg->balance.routing_warmup_steps));
@@ -226,13 +224,12 @@ int metrics_write_step(metrics_sink *sink, const step_stats *s,
         json_array_append_new(load, row);
     }
     json_t *ranks = json_array(), *placement = json_array();
-    static const char *const backends[] = {"cpu", "cuda", "hip"};
     for (int r = 0; s->rank && r < s->ranks; r++) {
         const rank_stats *q = &s->rank[r];
         const config_device *dev = &s->devices[r];
         json_array_append_new(ranks, json_pack(
             "{s:i, s:s, s:s, s:b, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I}",
-            "rank", r, "device", dev->name, "backend", backends[dev->backend],
+            "rank", r, "device", dev->name, "backend", config_backend_names[dev->backend],
             "emulated", dev->slowdown != 1.0, "expert_ms", number(q->expert_ms),
             "dense_ms", number(q->dense_ms), "alltoall_ms",
             number(q->alltoall_ms), "allreduce_ms", number(q->allreduce_ms),

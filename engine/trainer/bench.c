@@ -1,4 +1,5 @@
 #include "engine/trainer/bench.h"
+#include "engine/core/clock.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -15,13 +16,6 @@
 
 #include "engine/trainer/train.h"
 #include "kernels/cpu/cpu_backend.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int compare_doubles(const void *a, const void *b)
 {
@@ -259,19 +253,19 @@ static json_t *measure_sgemm_child(void *arg)
          * into one single-threaded GEMM per thread. */
         openblas_set_num_threads(threads);
         for (int i = 0; i <= reps; i++) {
-            double start = now_s();
+            double start = clock_monotonic_s();
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, n, n, n,
                         1.0f, a, n, b, n, 0.0f, c, n);
             if (i > 0)
-                gflops[i - 1] = 2.0 * n * n * (double)n / (now_s() - start) /
+                gflops[i - 1] = 2.0 * n * n * (double)n / (clock_monotonic_s() - start) /
                                 1e9;
         }
         result = median(gflops, reps);
         for (int i = 0; i <= reps; i++) {
-            double start = now_s();
+            double start = clock_monotonic_s();
             be.ops->matmul_forward(be.ctx, c, a, b, n, n, n);
             if (i > 0)
-                gflops[i - 1] = 2.0 * n * n * (double)n / (now_s() - start) /
+                gflops[i - 1] = 2.0 * n * n * (double)n / (clock_monotonic_s() - start) /
                                 1e9;
         }
         backend_result = median(gflops, reps);

@@ -1,4 +1,5 @@
 #include "engine/trainer/headless.h"
+#include "engine/core/signals.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -269,12 +270,8 @@ int headless_run(const config *cfg, const headless_options *opt,
         .stop_requested = &stop_requested,
     };
 
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    static const int signals[] = {SIGINT, SIGTERM, 0};
+    signals_install(on_signal, signals);
 
     if (c->rank == 0)
         fprintf(stderr, "moectl: training %s (%zu parameters, %zu active) on "

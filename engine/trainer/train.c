@@ -1,4 +1,5 @@
 #include "engine/trainer/train.h"
+#include "engine/core/clock.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -10,13 +11,6 @@
 #include "engine/balance/cost.h"
 #include "engine/protocol/script.h"
 #include "kernels/cpu/cpu_backend.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* Resident memory of this process, from /proc (NAN elsewhere). */
 static double resident_bytes(void)
@@ -44,7 +38,7 @@ static int start_backend(trainer *t, const config_device *device, int rank,
                                   "memory");
         return 0;
     }
-    const char *kind = device->backend == CONFIG_BACKEND_CUDA ? "cuda" : "hip";
+    const char *kind = config_backend_names[device->backend];
     char why[384];
     if (gpu_loader_open(&t->gpu, kind, why, sizeof why) < 0 ||
         t->gpu.backend_init(&t->be, device->index,
@@ -339,24 +333,24 @@ void trainer_step(trainer *t, step_stats *s)
 
     double experts_before = m->profile.forward_s[MODEL_PART_experts] +
                             m->profile.backward_s[MODEL_PART_experts];
-    double start = now_s();
+    double start = clock_monotonic_s();
     dataset_train_batch(&t->data, &t->state.data_rng, B, t->inputs,
                         t->targets);
-    double batch_done = now_s();
+    double batch_done = clock_monotonic_s();
     size_t shard = (size_t)t->comm->rank * t->local_batch * T;
     model_begin_train_step(m, step);
     double loss = model_forward(m, t->inputs + shard, t->targets + shard,
                                 t->local_batch);
-    double forward_done = now_s();
+    double forward_done = clock_monotonic_s();
     model_zero_grad(m);
-    double zeroed = now_s();
+    double zeroed = clock_monotonic_s();
     model_backward(m);
-    double backward_done = now_s();
+    double backward_done = clock_monotonic_s();
     optimizer_reduce_gradients(m);
-    double reduced = now_s();
+    double reduced = clock_monotonic_s();
     double lr = optimizer_lr(&t->opt, step);
     double grad_norm = optimizer_step(m, &t->opt, step, lr);
-    double end = now_s();
+    double end = clock_monotonic_s();
     double step_s = end - start;
     t->data_s += batch_done - start;
     t->zero_grad_s += zeroed - forward_done;
@@ -537,7 +531,7 @@ static int plan_collective(boundary_state *bs, const char *trigger,
         comm_broadcast(c, b->proposal_share,
                        cells * c->world * sizeof *b->proposal_share, 0);
     }
-    double start = now_s();
+    double start = clock_monotonic_s();
     for (int l = 0; l < m->dims.L; l++)
         for (int e = 0; e < m->dims.E; e++) {
             size_t i = (size_t)l * m->dims.E + e;
@@ -546,7 +540,7 @@ static int plan_collective(boundary_state *bs, const char *trigger,
             t->migration_bytes += moved;
             t->migrations += moved > 0;
         }
-    double took_ms = (now_s() - start) * 1e3;
+    double took_ms = (clock_monotonic_s() - start) * 1e3;
     if (c->rank == 0) {
         b->have_proposal = 0;
         b->pending_result = 1;
@@ -587,8 +581,6 @@ static int policy_tick(boundary_state *bs, moe_error *err)
     return 0;
 }
 
-static const char *const policy_words[] = {"off", "suggest", "auto"};
-
 static int apply_command(boundary_state *b, const command *c, char *reply,
                          size_t reply_size, moe_error *err)
 {
@@ -600,9 +592,9 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
     char local[256] = "";
     switch (c->kind) {
     case COMMAND_MOVE: {
-        double move_start = now_s();
+        double move_start = clock_monotonic_s();
         size_t bytes = trainer_move_expert(t, c->layer, c->expert, c->rank);
-        duration_ms = (now_s() - move_start) * 1e3;
+        duration_ms = (clock_monotonic_s() - move_start) * 1e3;
         t->migration_bytes += bytes;
         t->migrations += bytes > 0;
         snprintf(local, sizeof local, "expert %d.%d on rank %d from step %d "
@@ -625,10 +617,10 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
             free(share);
             break;
         }
-        double move_start = now_s();
+        double move_start = clock_monotonic_s();
         size_t bytes = trainer_split_expert(t, c->layer, c->expert, c->rank,
                                             share);
-        duration_ms = (now_s() - move_start) * 1e3;
+        duration_ms = (clock_monotonic_s() - move_start) * 1e3;
         t->migration_bytes += bytes;
         t->migrations += bytes > 0;
         int at = snprintf(local, sizeof local, "expert %d.%d rows from step "
@@ -686,13 +678,13 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
             flags |= APPLIED_REFUSED;
             break;
         }
-        double start = now_s();
+        double start = clock_monotonic_s();
         if (plan_collective(b, apply ? "apply" : "plan",
                             apply ? PLAN_APPLY : PLAN_SHOW, local,
                             sizeof local, &refused, err) < 0)
             return -1;
         if (apply)
-            duration_ms = (now_s() - start) * 1e3;
+            duration_ms = (clock_monotonic_s() - start) * 1e3;
         if (refused)
             flags |= APPLIED_REFUSED;
         break;
@@ -710,7 +702,7 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
                      "only by hand");
         else
             snprintf(local, sizeof local, "policy %s every %d min-gain %g%%: "
-                     "next plan after step %d", policy_words[bal->policy],
+                     "next plan after step %d", config_policy_names[bal->policy],
                      bal->every, bal->min_gain * 100, next);
         break;
     }
@@ -721,7 +713,7 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
                  b->paused ? "paused" : "running",
                  optimizer_lr(&t->opt, t->state.step + 1), t->comm->world,
                  t->comm->world > 1 ? "s" : "", t->model->placement_version,
-                 policy_words[t->bal.policy], t->bal.every,
+                 config_policy_names[t->bal.policy], t->bal.every,
                  t->bal.min_gain * 100);
         break;
     }
@@ -891,7 +883,7 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
          * ones, then what clients of the control socket sent. While paused
          * the job waits here, still answering commands. */
         int stop_now = 0;
-        double commands_start = now_s();
+        double commands_start = clock_monotonic_s();
         if (opt->script) {
             int flags = run_script(&boundary, have_values ? values : NULL,
                                    err);
@@ -907,7 +899,7 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
         stop_now |= flags & APPLIED_STOP;
         /* Paused time is not command time. */
         if (!boundary.paused_s)
-            summary->command_s += now_s() - commands_start;
+            summary->command_s += clock_monotonic_s() - commands_start;
         boundary.paused_s = 0;
         if (stop_now) {
             outcome = TRAIN_STOPPED;
@@ -942,9 +934,9 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
         int last = s.step == opt->last_step;
         if (due(s.step, cfg->train.eval_every) ||
             (last && cfg->train.eval_every > 0)) {
-            double val_start = now_s();
+            double val_start = clock_monotonic_s();
             double val_loss = trainer_validate(t);
-            summary->val_s += now_s() - val_start;
+            summary->val_s += clock_monotonic_s() - val_start;
             summary->val_loss = val_loss;
             summary->val_step = s.step;
             if (metrics &&
@@ -958,11 +950,11 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
             have_values = 1;
         }
         if (due(s.step, cfg->checkpoint.every) || last) {
-            double checkpoint_start = now_s();
+            double checkpoint_start = clock_monotonic_s();
             if (trainer_checkpoint(t, checkpoint_path, sizeof t->last_checkpoint,
                                    err) < 0)
                 return TRAIN_FAILED;
-            summary->checkpoint_s += now_s() - checkpoint_start;
+            summary->checkpoint_s += clock_monotonic_s() - checkpoint_start;
             checkpointed_step = s.step;
             if (metrics && metrics_write_checkpoint(metrics, s.step,
                                                     checkpoint_path, err) < 0)

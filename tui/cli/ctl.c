@@ -1,4 +1,5 @@
 #include "tui/cli/ctl.h"
+#include "engine/core/clock.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -18,13 +19,6 @@ enum {
      * is not a record from moectl. */
     CTL_RECORD_MAX = 16 << 20,
 };
-
-static long long ctl_now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 static int ctl_connect(const char *socket_path, FILE *err)
 {
@@ -118,7 +112,7 @@ static int ctl_await_reply(int fd, const char *socket_path, int timeout_ms,
         fprintf(err, "moectl ctl: out of memory\n");
         return CTL_FAILED;
     }
-    long long deadline = ctl_now_ms() + timeout_ms;
+    long long deadline = clock_monotonic_ms() + timeout_ms;
     int status = -1;
     while (status < 0) {
         /* Every complete line in the buffer first. */
@@ -148,7 +142,7 @@ static int ctl_await_reply(int fd, const char *socket_path, int timeout_ms,
             buf = grown;
             cap *= 2;
         }
-        long long left_ms = deadline - ctl_now_ms();
+        long long left_ms = deadline - clock_monotonic_ms();
         struct pollfd pfd = {.fd = fd, .events = POLLIN};
         int ready = left_ms > 0 ? poll(&pfd, 1, (int)left_ms) : 0;
         if (ready < 0 && errno == EINTR)

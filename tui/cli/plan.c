@@ -304,8 +304,7 @@ static int print_json(const plan_model *pm, const plan_mix *cluster,
         "{s:s, s:s, s:o, s:f, s:f, s:s, s:o, s:o}", "config", cfg->source,
         "currency", cfg->cluster.currency, "model", model, "tokens_per_step",
         pm->tokens_per_step, "bytes_per_param", cfg->plan.bytes_per_param,
-        "dense", cfg->plan.dense == CONFIG_DENSE_SHARDED ? "sharded"
-                                                         : "replicated",
+        "dense", config_dense_names[cfg->plan.dense],
         "cluster", mix_json(pm, cluster, cluster_cheapest), "mixes", rows);
     if (!root) {
         fprintf(stderr, "moectl plan: cannot build the JSON output\n");

@@ -1,4 +1,5 @@
 #include "tui/console/console.h"
+#include "engine/core/signals.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -1168,13 +1169,8 @@ static void restore_terminal(void)
  * 0 detached or done, 3 stopped, 1 lost the job. */
 static int run_console(console *c)
 {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGHUP, &sa, NULL);
+    static const int signals[] = {SIGINT, SIGTERM, SIGHUP, 0};
+    signals_install(on_signal, signals);
     atexit(restore_terminal);
     setup_terminal(c);
     /* The records do not carry the balance policy; the reply to status

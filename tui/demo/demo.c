@@ -1,4 +1,6 @@
 #include "tui/demo/demo.h"
+#include "engine/core/signals.h"
+#include "engine/core/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -161,13 +163,6 @@ struct demo {
 };
 
 /* ---- small helpers ----------------------------------------------------- */
-
-static long long now_ms(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (long long)t.tv_sec * 1000 + t.tv_nsec / 1000000;
-}
 
 static void say(demo *d, const char *fmt, ...)
 {
@@ -1081,7 +1076,7 @@ static int demo_advance(demo *d)
     int status = chapters[d->chapter].run(d);
     if (status != 0) {
         d->chapter_done = 1;
-        d->done_at_ms = now_ms();
+        d->done_at_ms = clock_monotonic_ms();
         d->status[0] = '\0';
     }
     return status;
@@ -1224,12 +1219,8 @@ static void show_log(const char *log_path)
 static int run_headless(demo *d, char **engine_argv, const char *socket_path,
                         const char *log_path, const char *metrics_path)
 {
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_demo_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
+    static const int signals[] = {SIGINT, SIGTERM, 0};
+    signals_install(on_demo_signal, signals);
     fflush(NULL);
     pid_t pid = fork();
     if (pid == 0) {
@@ -1387,7 +1378,7 @@ static int narration_tick(void *ctx, console_send_fn send, void *console)
             d->story_over = 1;
         changed = r != 0 || strcmp(before, d->status) != 0;
     } else if (n->autoplay && !d->story_over &&
-               now_ms() - d->done_at_ms >= DEMO_HOLD_MS) {
+               clock_monotonic_ms() - d->done_at_ms >= DEMO_HOLD_MS) {
         start_chapter(d, d->chapter + 1);
         changed = 1;
     }
