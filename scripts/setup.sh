@@ -28,7 +28,7 @@ packages=(
     build-essential meson ninja-build pkg-config python3
     libyaml-dev libjansson-dev libopenblas-dev libopenblas-openmp-dev
     libncurses-dev
-    openmpi-bin libopenmpi-dev bible-kjv tmux
+    openmpi-bin libopenmpi-dev bible-kjv tmux man-db groff-base
     hipcc libamdhip64-dev
 )
 if ((bench)); then
