@@ -29,6 +29,9 @@ typedef enum field_kind {
 #define OPEN_MAX 2u /* max itself is out of range */
 #define NO_MAX DBL_MAX
 
+/* One key of the schema. Its default, unit and meaning live here too: the
+ * defaults (config_defaults), the reference (config_describe) and the
+ * loader all read this one table. */
 typedef struct schema_field schema_field;
 struct schema_field {
     const char *key;
@@ -40,31 +43,17 @@ struct schema_field {
     const schema_field *children; /* FIELD_SECTION, FIELD_SEQUENCE */
     size_t count_offset;        /* FIELD_SEQUENCE: int item count */
     size_t item_size;           /* FIELD_SEQUENCE */
-    void (*item_init)(void *item); /* FIELD_SEQUENCE: defaults of one item */
+    /* The default: FIELD_INT, FIELD_DOUBLE and FIELD_U64 (exact in a
+     * double) their value, FIELD_ENUM its index in names, FIELD_SEQUENCE
+     * its number of items (each item the children's defaults). */
+    double default_number;
+    const char *default_text;   /* FIELD_STRING; NULL: "" */
+    const char *unit;           /* of a number ("GB/s", "steps"); or NULL */
+    const char *about;          /* what the key means, one sentence or two */
 };
 
+/* The offset of a config member, as the schema and the checks name it. */
 #define CFG(member) offsetof(config, member)
-#define DEV(member) offsetof(config_device, member)
-#define STRING_MAX(type, member) ((double)sizeof(((type *)0)->member) - 1)
-
-#define INT_FIELD(k, off, lo, hi)                                            \
-    {.key = k, .kind = FIELD_INT, .offset = off, .min = lo, .max = hi}
-#define U64_FIELD(k, off) {.key = k, .kind = FIELD_U64, .offset = off}
-#define REAL_FIELD(k, off, lo, hi, open_ends)                                \
-    {.key = k, .kind = FIELD_DOUBLE, .offset = off, .min = lo, .max = hi,   \
-     .open = open_ends}
-#define STRING_FIELD(k, off, max_length)                                     \
-    {.key = k, .kind = FIELD_STRING, .offset = off, .min = 1,                \
-     .max = max_length}
-/* A string that may be empty ("": not set). */
-#define OPTIONAL_STRING_FIELD(k, off, max_length)                            \
-    {.key = k, .kind = FIELD_STRING, .offset = off, .min = 0,                \
-     .max = max_length}
-#define ENUM_FIELD(k, off, value_names)                                      \
-    {.key = k, .kind = FIELD_ENUM, .offset = off, .names = value_names}
-#define SECTION_FIELD(k, fields)                                             \
-    {.key = k, .kind = FIELD_SECTION, .children = fields}
-#define END_FIELDS {.key = NULL}
 
 /* A place in some input, 0-based as libyaml's marks; column in characters. */
 typedef struct where {
@@ -124,6 +113,8 @@ void schema_list_keys(const schema_field *fields, char *buf, size_t size);
 void schema_format_path(char *out, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 void schema_join_path(char *out, const char *path, const char *key);
+/* Sets every leaf under fields, within base, to its default. */
+void schema_set_defaults(const schema_field *fields, unsigned char *base);
 
 /* diagnostics.c: error reports. */
 size_t diag_utf8_chars(const char *s, size_t n);

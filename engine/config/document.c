@@ -30,7 +30,7 @@ static int walk_sequence(load_ctx *ctx, yaml_document_t *doc,
         char item_path[PATH_LEN];
         schema_format_path(item_path, "%s[%zu]", path, i);
         unsigned char *item = array + i * f->item_size;
-        f->item_init(item);
+        schema_set_defaults(f->children, item);
         int rc = walk_mapping(ctx, doc, yaml_document_get_node(doc, items[i]),
                               f->children, item, item_path, false);
         if (rc)
