@@ -8,6 +8,7 @@
 #include <float.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <yaml.h>
@@ -155,6 +156,11 @@ int document_load(load_ctx *ctx);
 
 /* overrides.c: one --set argument. */
 int overrides_apply(load_ctx *ctx, const char *arg);
+
+/* print.c: the printer. */
+/* Writes the value of the leaf f within base as YAML that reads back to
+ * it (no key, no newline). */
+void print_leaf(FILE *out, const schema_field *f, const unsigned char *base);
 
 /* checks.c: cross-field checks. */
 /* Remembers where the top-level leaf at offset was set, so that a

@@ -73,36 +73,30 @@ static void print_double(FILE *out, double v)
 static void print_fields(FILE *out, const schema_field *fields,
                          const unsigned char *base, int indent, bool dash);
 
-static void print_field(FILE *out, const schema_field *f,
-                        const unsigned char *base, int indent)
+void print_leaf(FILE *out, const schema_field *f, const unsigned char *base)
 {
     const unsigned char *field = base + f->offset;
-    fprintf(out, "%s:", f->key);
     switch (f->kind) {
     case FIELD_INT: {
         int v;
         memcpy(&v, field, sizeof v);
-        fprintf(out, " %d\n", v);
+        fprintf(out, "%d", v);
         break;
     }
     case FIELD_U64: {
         uint64_t v;
         memcpy(&v, field, sizeof v);
-        fprintf(out, " %" PRIu64 "\n", v);
+        fprintf(out, "%" PRIu64, v);
         break;
     }
     case FIELD_DOUBLE: {
         double v;
         memcpy(&v, field, sizeof v);
-        fputc(' ', out);
         print_double(out, v);
-        fputc('\n', out);
         break;
     }
     case FIELD_STRING:
-        fputc(' ', out);
         print_string(out, (const char *)field);
-        fputc('\n', out);
         break;
     case FIELD_ENUM: {
         int v, count = 0;
@@ -110,24 +104,36 @@ static void print_field(FILE *out, const schema_field *f,
         while (f->names[count])
             count++;
         if (v >= 0 && v < count)
-            fprintf(out, " %s\n", f->names[v]);
+            fputs(f->names[v], out);
         else
-            fprintf(out, " %d # not a valid value\n", v);
+            fprintf(out, "%d # not a valid value", v);
         break;
     }
     case FIELD_SECTION:
+    case FIELD_SEQUENCE:
+        break; /* not leaves: print_field walks them */
+    }
+}
+
+static void print_field(FILE *out, const schema_field *f,
+                        const unsigned char *base, int indent)
+{
+    fprintf(out, "%s:", f->key);
+    if (f->kind == FIELD_SECTION) {
         fputc('\n', out);
         print_fields(out, f->children, base, indent + 2, false);
-        break;
-    case FIELD_SEQUENCE: {
+    } else if (f->kind == FIELD_SEQUENCE) {
         int count;
         memcpy(&count, base + f->count_offset, sizeof count);
         fputc('\n', out);
         for (int i = 0; i < count; i++)
             print_fields(out, f->children,
-                         field + (size_t)i * f->item_size, indent + 4, true);
-        break;
-    }
+                         base + f->offset + (size_t)i * f->item_size,
+                         indent + 4, true);
+    } else {
+        fputc(' ', out);
+        print_leaf(out, f, base);
+        fputc('\n', out);
     }
 }
 

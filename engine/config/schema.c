@@ -102,7 +102,6 @@ static const schema_field cluster_fields[] = {
      .min = 1, .max = CONFIG_MAX_DEVICES, .children = device_fields,
      .count_offset = CFG(cluster.device_count),
      .item_size = sizeof(config_device), .default_number = 1,
-     .unit = "entries",
      .about = "one entry per rank, each a mapping of the keys below"},
     OPTIONAL_STRING_FIELD("placement", CFG(cluster.placement),
                           STRING_MAX(config, cluster.placement),
