@@ -34,6 +34,45 @@ static int set_value(load_ctx *ctx, const schema_field *f, unsigned char *base,
     return rc;
 }
 
+/* After a sequence key at *p: an index into its existing entries, .N or
+ * [N]. Moves *p past it, *base to the entry and appends [N] to path. */
+static int enter_entry(load_ctx *ctx, const schema_field *f, const char **p,
+                       const char *equals, unsigned char **base, char *path)
+{
+    const char *arg = ctx->text, *q = *p;
+    where at = {ctx->source, arg, ctx->length, 0, 0};
+    int count;
+    memcpy(&count, *base + f->count_offset, sizeof count);
+    bool bracket = q < equals && *q == '[';
+    if (q < equals)
+        q++;
+    const char *digits = q;
+    long index = 0;
+    while (q < equals && *q >= '0' && *q <= '9' && q - digits < 9)
+        index = index * 10 + (*q++ - '0');
+    at.column = diag_utf8_chars(arg, (size_t)(digits - arg));
+    if (q == digits)
+        return diag_fail_at(ctx, &at,
+                            "%s: expected an entry index (0..%d) and a "
+                            "key, like %s.0.%s=VALUE",
+                            path, count - 1, path, f->children[0].key);
+    if (index >= count)
+        return diag_fail_at(ctx, &at, "%s: index %ld is out of range (0..%d)",
+                            path, index, count - 1);
+    if (bracket) {
+        at.column = diag_utf8_chars(arg, (size_t)(q - arg));
+        if (q == equals || *q != ']')
+            return diag_fail_at(ctx, &at, "%s: expected \"]\"", path);
+        q++;
+    }
+    *base += f->offset + (size_t)index * f->item_size;
+    char entry[PATH_LEN];
+    schema_format_path(entry, "%s[%ld]", path, index);
+    memcpy(path, entry, PATH_LEN);
+    *p = q;
+    return 0;
+}
+
 /* Applies `a.b=value`, `cluster.devices.N.key=value` or
  * `cluster.devices[N].key=value`. */
 int overrides_apply(load_ctx *ctx, const char *arg)
@@ -77,36 +116,9 @@ int overrides_apply(load_ctx *ctx, const char *arg)
         memcpy(path, child, sizeof path);
 
         if (f->kind == FIELD_SEQUENCE) {
-            /* An index into the existing entries: .N or [N]. */
-            int count;
-            memcpy(&count, base + f->count_offset, sizeof count);
-            bool bracket = p < equals && *p == '[';
-            if (p < equals)
-                p++;
-            const char *digits = p;
-            long index = 0;
-            while (p < equals && *p >= '0' && *p <= '9' && p - digits < 9)
-                index = index * 10 + (*p++ - '0');
-            at.column = diag_utf8_chars(arg, (size_t)(digits - arg));
-            if (p == digits)
-                return diag_fail_at(
-                    ctx, &at,
-                    "%s: expected an entry index (0..%d) and a "
-                    "key, like %s.0.%s=VALUE",
-                    path, count - 1, path, f->children[0].key);
-            if (index >= count)
-                return diag_fail_at(ctx, &at,
-                                    "%s: index %ld is out of range (0..%d)",
-                                    path, index, count - 1);
-            if (bracket) {
-                at.column = diag_utf8_chars(arg, (size_t)(p - arg));
-                if (p == equals || *p != ']')
-                    return diag_fail_at(ctx, &at, "%s: expected \"]\"", path);
-                p++;
-            }
-            base += f->offset + (size_t)index * f->item_size;
-            schema_format_path(child, "%s[%ld]", path, index);
-            memcpy(path, child, sizeof path);
+            int rc = enter_entry(ctx, f, &p, equals, &base, path);
+            if (rc)
+                return rc;
             record = false;
         }
         if (f->kind == FIELD_SECTION || f->kind == FIELD_SEQUENCE) {
