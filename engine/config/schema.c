@@ -2,13 +2,15 @@
  * unit and meaning, and the enum name tables. The document reader, the
  * --set overrides, the printer, the defaults and the reference all walk
  * these tables. */
-#include "engine/config/config_internal.h"
+#include "engine/config/config.h"
 
 #include <limits.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "engine/config/config_internal.h"
 
 _Static_assert(sizeof(config_backend) == sizeof(int) &&
                    sizeof(config_precision) == sizeof(int),
