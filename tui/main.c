@@ -31,6 +31,7 @@ static const char usage_text[] =
     "                         [--script OPS] [--socket PATH]\n"
     "                         [--set KEY=VALUE]...\n"
     "       moectl check CONFIG [--set KEY=VALUE]...\n"
+    "       moectl check --describe[=man]         the configuration keys\n"
     "       moectl plan CONFIG [--json] [--set KEY=VALUE]...\n"
     "       moectl ctl SOCKET COMMAND...\n"
     "       moectl attach SOCKET\n"
@@ -99,6 +100,18 @@ static int usage_error(const char *fmt, const char *arg)
     fprintf(stderr, fmt, arg);
     fprintf(stderr, "\nTry 'moectl --help'.\n");
     return EXIT_USAGE;
+}
+
+/* moectl check --describe[=man]: the configuration reference, generated
+ * from the schema (format: what follows "--describe"). */
+static int describe_config(const char *format)
+{
+    if (format[0] && strcmp(format, "=man") != 0)
+        return usage_error("unknown --describe format \"%s\" (expected "
+                           "--describe or --describe=man)", format);
+    config_describe_format f = format[0] ? CONFIG_DESCRIBE_MAN
+                                         : CONFIG_DESCRIBE_TEXT;
+    return config_describe(stdout, f) == 0 ? 0 : EXIT_RUNTIME;
 }
 
 /* Thread settings that BLAS and OpenMP read when they are loaded, before
@@ -406,6 +419,9 @@ int main(int argc, char **argv)
             return 0;
         }
     }
+    if (argc == 3 && strcmp(argv[1], "check") == 0 &&
+        strncmp(argv[2], "--describe", 10) == 0)
+        return describe_config(argv[2] + 10);
     if (argc > 1 && strcmp(argv[1], "ctl") == 0)
         return ctl_run(argc > 2 ? argv[2] : NULL, argc > 3 ? argc - 3 : 0,
                        argv + 3);

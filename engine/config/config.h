@@ -163,7 +163,8 @@ typedef struct config {
     } launcher;
 } config;
 
-/* Sets every field to its default. */
+/* Sets every field to its default: the schema's defaults, which
+ * configs/default.yaml states too. */
 void config_defaults(config *cfg);
 
 /* Loads defaults, then the YAML file at `path` (or, when path is NULL, the
@@ -188,6 +189,17 @@ int config_placement(const config *cfg, int *placement, char *reason,
 /* Writes the fully resolved configuration as YAML that config_load reads
  * back to the same values. */
 void config_print(const config *cfg, FILE *out);
+
+/* The reference of every key the schema accepts, generated from the
+ * schema: full dotted key, type, range or choices, unit, default and
+ * meaning (`moectl check --describe[=man]`). */
+typedef enum config_describe_format {
+    CONFIG_DESCRIBE_TEXT, /* one block per key, for a terminal */
+    CONFIG_DESCRIBE_MAN,  /* roff: the whole page moectl-config(5) */
+} config_describe_format;
+
+/* Writes the reference to out. Returns 0, or -1 when writing failed. */
+int config_describe(FILE *out, config_describe_format format);
 
 /* The text of configs/default.yaml, embedded at build time. */
 extern const char config_default_yaml[];

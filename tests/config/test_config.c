@@ -45,6 +45,40 @@ static int compare_values(const config *a, const config *b)
     return memcmp(&x, &y, sizeof x);
 }
 
+/* Prints both as YAML and names the first line where they differ, so that
+ * a failed comparison says which key. */
+static void report_first_difference(const config *expected,
+                                    const config *got)
+{
+    char *texts[2] = {NULL, NULL};
+    size_t lengths[2];
+    const config *both[2] = {expected, got};
+    for (int i = 0; i < 2; i++) {
+        FILE *out = open_memstream(&texts[i], &lengths[i]);
+        if (!out)
+            return;
+        config_print(both[i], out);
+        fclose(out);
+    }
+    /* Past the "# resolved from" line, which names each source. */
+    const char *a = strchr(texts[0], '\n'), *b = strchr(texts[1], '\n');
+    while (a && b && *a && *a == *b) {
+        a++;
+        b++;
+    }
+    if (a && b && (*a || *b)) {
+        while (a > texts[0] && a[-1] != '\n') {
+            a--;
+            b--;
+        }
+        fprintf(stderr, "first difference: %s has\n  %.*s\nwhere %s has\n"
+                "  %.*s\n", expected->source, (int)strcspn(a, "\n"), a,
+                got->source, (int)strcspn(b, "\n"), b);
+    }
+    free(texts[0]);
+    free(texts[1]);
+}
+
 /* Prints cfg, loads the text back under the same source and compares the
  * whole struct byte for byte. */
 static void check_round_trip(const config *cfg)
@@ -111,8 +145,10 @@ static void test_presets(void)
     EXPECT_LOADS(config_load(&embedded, NULL, NULL, 0, &e_));
     EXPECT(strcmp(embedded.name, "default") == 0);
     EXPECT(strcmp(embedded.source, "<embedded default>") == 0);
-    /* config_defaults and configs/default.yaml must not drift apart. */
+    /* The schema's defaults and configs/default.yaml must not drift
+     * apart: the file states them, the schema is what the code uses. */
     EXPECT(compare_values(&embedded, &defaults) == 0);
+    report_first_difference(&defaults, &embedded);
 
     source_path("configs/default.yaml", path, sizeof path);
     EXPECT_LOADS(config_load(&file, path, NULL, 0, &e_));
