@@ -8,6 +8,14 @@
 
 #include "engine/balance/planner_search.h"
 
+int planner_item_by_key(const void *x, const void *y)
+{
+    const planner_item *a = x, *b = y;
+    if (a->key != b->key)
+        return a->key > b->key ? -1 : 1;
+    return (a->index > b->index) - (a->index < b->index);
+}
+
 int planner_room(const planner_problem *p, int r, int items)
 {
     double capacity = p->rank[r].capacity_bytes, bytes = p->expert_bytes;

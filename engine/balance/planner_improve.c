@@ -76,6 +76,142 @@ static int search_better(const planner_search *s, double d_s, double a_s,
     return peak_s < best_peak_s || (peak_s == best_peak_s && b_s < best_to_s);
 }
 
+/* One layer's bottleneck rank a, what it holds and the best changes off
+ * it found so far: a gain (a move, or a swap with expert gain_f), a move
+ * onto a full rank that needs a push, and a flat change that keeps the
+ * objective but lowers the larger of the two ranks' times. */
+typedef struct search_step {
+    int l, a;
+    double layer_s, rate_a;
+    const int *place;   /* (experts) the layer's placement */
+    const double *load; /* (experts) */
+    const double *sum;  /* (ranks) the layer's rows per rank */
+    double gain_s, gain_peak_s, gain_to_s;
+    int gain_e, gain_f, gain_b;
+    double flat_s;
+    int flat_e, flat_f, flat_b;
+    double push_s;
+    int push_e, push_b;
+} search_step;
+
+/* Records a change by d (pen of it penalty) that moves expert e to rank b
+ * (and f, when not -1, back to a), leaving times a_s and b_s. */
+static void step_offer(const planner_search *s, search_step *t, double d,
+                       double pen, double a_s, double b_s, int e, int f,
+                       int b)
+{
+    if (search_better(s, d, a_s, b_s, t->gain_s, t->gain_peak_s,
+                      t->gain_to_s)) {
+        t->gain_s = d, t->gain_to_s = b_s;
+        t->gain_peak_s = planner_max(a_s, b_s);
+        t->gain_e = e, t->gain_f = f, t->gain_b = b;
+    } else if (d <= 0 && pen <= 0 && planner_max(a_s, b_s) < t->flat_s) {
+        t->flat_s = planner_max(a_s, b_s);
+        t->flat_e = e, t->flat_f = f, t->flat_b = b;
+    }
+}
+
+/* Every move of an expert off rank a to a candidate in list (count of
+ * them; the slot after them takes the expert's home). */
+static void step_try_moves(const planner_search *s, search_step *t,
+                           int *list, int count)
+{
+    const planner_problem *p = s->p;
+    int E = s->experts, a = t->a;
+    for (int e = 0; e < E; e++) {
+        if (t->place[e] != a || t->load[e] <= 0)
+            continue;
+        int i = t->l * E + e, home = p->placement[i];
+        double x = t->load[e], a_s = (t->sum[a] - x) / t->rate_a;
+        if (!(a_s < t->layer_s))
+            continue;
+        double stay_pen = search_penalty(s, i, a);
+        list[count] = home >= 0 && home < s->ranks ? home : a;
+        for (int k = 0; k <= count; k++) {
+            int b = list[k];
+            if (b == a || (i == s->tabu_item && b == s->tabu_rank))
+                continue;
+            double b_s = (t->sum[b] + x) / p->rank[b].rate;
+            if (!(b_s < t->layer_s))
+                continue;
+            double pen = search_penalty(s, i, b) - stay_pen;
+            double d = search_layer_delta(s, t->l, a, b, a_s, b_s) + pen;
+            if (!search_has_room(s, b)) {
+                if (d < t->push_s)
+                    t->push_s = d, t->push_e = e, t->push_b = b;
+                continue;
+            }
+            step_offer(s, t, d, pen, a_s, b_s, e, -1, b);
+        }
+    }
+}
+
+/* Every swap of an expert on rank a with a lighter one of the layer
+ * elsewhere: they cost O(experts) each, so only where no move gains. */
+static void step_try_swaps(const planner_search *s, search_step *t)
+{
+    const planner_problem *p = s->p;
+    int E = s->experts, a = t->a;
+    for (int e = 0; e < E && t->gain_e < 0; e++) {
+        if (t->place[e] != a || t->load[e] <= 0)
+            continue;
+        int i = t->l * E + e;
+        double x = t->load[e], stay_pen = search_penalty(s, i, a);
+        for (int f = 0; f < E; f++) {
+            int b = t->place[f];
+            if (b == a || !(t->load[f] < x))
+                continue;
+            int j = t->l * E + f;
+            if ((i == s->tabu_item && b == s->tabu_rank) ||
+                (j == s->tabu_item && a == s->tabu_rank))
+                continue;
+            double y = t->load[f];
+            double a2_s = (t->sum[a] - x + y) / t->rate_a;
+            double b_s = (t->sum[b] + x - y) / p->rank[b].rate;
+            if (!(b_s < t->layer_s) || !(a2_s < t->layer_s))
+                continue;
+            double pen = search_penalty(s, i, b) - stay_pen +
+                         search_penalty(s, j, a) - search_penalty(s, j, b);
+            double d = search_layer_delta(s, t->l, a, b, a2_s, b_s) + pen;
+            step_offer(s, t, d, pen, a2_s, b_s, e, f, b);
+        }
+    }
+}
+
+/* Carries out the best change found: a gain; else (with_push) a push
+ * that pays; else a flat change. Returns 1 if it changed anything. */
+static int step_apply(planner_search *s, const search_step *t, int with_push)
+{
+    int E = s->experts, l = t->l, a = t->a;
+    if (t->gain_e >= 0) {
+        if (t->gain_f >= 0)
+            planner_search_move(s, l * E + t->gain_f, a);
+        planner_search_move(s, l * E + t->gain_e, t->gain_b);
+        planner_search_update_top(s, l);
+        return 1;
+    }
+    if (with_push && t->push_e >= 0) {
+        int to;
+        double d;
+        int j = search_cheapest_push(s, l, a, t->push_b, &to, &d);
+        if (j >= 0 && t->push_s + d < -s->min_gain_s) {
+            planner_search_move(s, l * E + t->push_e, t->push_b);
+            planner_search_move(s, j, to);
+            planner_search_update_top(s, l);
+            planner_search_update_top(s, j / E);
+            return 1;
+        }
+    }
+    if (t->flat_e >= 0) {
+        if (t->flat_f >= 0)
+            planner_search_move(s, l * E + t->flat_f, a);
+        planner_search_move(s, l * E + t->flat_e, t->flat_b);
+        planner_search_update_top(s, l);
+        return 1;
+    }
+    return 0;
+}
+
 /* One improvement in layer l, taken off its bottleneck rank a: the best
  * plain move or swap that lowers the objective; else (with_push) a move
  * onto a full rank that pushes an expert of another layer out; else a
@@ -89,10 +225,6 @@ static int search_step_layer(planner_search *s, int l, int with_push)
     double layer_s = s->top_s[3 * l];
     if (a < 0 || layer_s <= 0)
         return 0;
-    const int *place = s->place + (size_t)l * E;
-    const double *load = p->load + (size_t)l * E;
-    const double *sum = s->rank_sum + (size_t)l * s->ranks;
-    double rate_a = p->rank[a].rate;
     int *list = s->candidates + CANDIDATES(E), blocked;
     int count = planner_search_candidates(s, l, list, &blocked);
     if (blocked >= 0)
@@ -100,109 +232,19 @@ static int search_step_layer(planner_search *s, int l, int with_push)
 
     /* Equal gains (often: the layer's time is set elsewhere) go to the
      * move that leaves the two ranks the least loaded. */
-    double gain_s = -s->min_gain_s, gain_peak_s = INFINITY;
-    double gain_to_s = INFINITY;
-    double flat_s = layer_s - s->min_gain_s;
-    int gain_e = -1, gain_f = -1, gain_b = -1;
-    int flat_e = -1, flat_f = -1, flat_b = -1;
-    double push_s = -s->min_gain_s;
-    int push_e = -1, push_b = -1;
-
-    for (int e = 0; e < E; e++) {
-        if (place[e] != a || load[e] <= 0)
-            continue;
-        int i = l * E + e, home = p->placement[i];
-        double x = load[e], a_s = (sum[a] - x) / rate_a;
-        if (!(a_s < layer_s))
-            continue;
-        double stay_pen = search_penalty(s, i, a);
-        list[count] = home >= 0 && home < s->ranks ? home : a;
-        for (int k = 0; k <= count; k++) {
-            int b = list[k];
-            if (b == a || (i == s->tabu_item && b == s->tabu_rank))
-                continue;
-            double b_s = (sum[b] + x) / p->rank[b].rate;
-            if (!(b_s < layer_s))
-                continue;
-            double pen = search_penalty(s, i, b) - stay_pen;
-            double d = search_layer_delta(s, l, a, b, a_s, b_s) + pen;
-            if (!search_has_room(s, b)) {
-                if (d < push_s)
-                    push_s = d, push_e = e, push_b = b;
-                continue;
-            }
-            if (search_better(s, d, a_s, b_s, gain_s, gain_peak_s,
-                              gain_to_s)) {
-                gain_s = d, gain_to_s = b_s;
-                gain_peak_s = planner_max(a_s, b_s);
-                gain_e = e, gain_f = -1, gain_b = b;
-            } else if (d <= 0 && pen <= 0 && planner_max(a_s, b_s) < flat_s) {
-                flat_s = planner_max(a_s, b_s);
-                flat_e = e, flat_f = -1, flat_b = b;
-            }
-        }
-    }
-    /* Swaps only where no move gains: they cost O(experts) each. */
-    for (int e = 0; e < E && gain_e < 0; e++) {
-        if (place[e] != a || load[e] <= 0)
-            continue;
-        int i = l * E + e;
-        double x = load[e], stay_pen = search_penalty(s, i, a);
-        for (int f = 0; f < E; f++) {
-            int b = place[f];
-            if (b == a || !(load[f] < x))
-                continue;
-            int j = l * E + f;
-            if ((i == s->tabu_item && b == s->tabu_rank) ||
-                (j == s->tabu_item && a == s->tabu_rank))
-                continue;
-            double y = load[f];
-            double a2_s = (sum[a] - x + y) / rate_a;
-            double b_s = (sum[b] + x - y) / p->rank[b].rate;
-            if (!(b_s < layer_s) || !(a2_s < layer_s))
-                continue;
-            double pen = search_penalty(s, i, b) - stay_pen +
-                         search_penalty(s, j, a) - search_penalty(s, j, b);
-            double d = search_layer_delta(s, l, a, b, a2_s, b_s) + pen;
-            if (search_better(s, d, a2_s, b_s, gain_s, gain_peak_s,
-                              gain_to_s)) {
-                gain_s = d, gain_to_s = b_s;
-                gain_peak_s = planner_max(a2_s, b_s);
-                gain_e = e, gain_f = f, gain_b = b;
-            } else if (d <= 0 && pen <= 0 && planner_max(a2_s, b_s) < flat_s) {
-                flat_s = planner_max(a2_s, b_s);
-                flat_e = e, flat_f = f, flat_b = b;
-            }
-        }
-    }
-
-    if (gain_e >= 0) {
-        if (gain_f >= 0)
-            planner_search_move(s, l * E + gain_f, a);
-        planner_search_move(s, l * E + gain_e, gain_b);
-        planner_search_update_top(s, l);
-        return 1;
-    }
-    if (with_push && push_e >= 0) {
-        int to;
-        double d;
-        int j = search_cheapest_push(s, l, a, push_b, &to, &d);
-        if (j >= 0 && push_s + d < -s->min_gain_s) {
-            planner_search_move(s, l * E + push_e, push_b);
-            planner_search_move(s, j, to);
-            planner_search_update_top(s, l);
-            planner_search_update_top(s, j / E);
-            return 1;
-        }
-    }
-    if (flat_e >= 0) {
-        if (flat_f >= 0)
-            planner_search_move(s, l * E + flat_f, a);
-        planner_search_move(s, l * E + flat_e, flat_b);
-        planner_search_update_top(s, l);
-        return 1;
-    }
-    return 0;
+    search_step t = {
+        .l = l, .a = a, .layer_s = layer_s, .rate_a = p->rank[a].rate,
+        .place = s->place + (size_t)l * E, .load = p->load + (size_t)l * E,
+        .sum = s->rank_sum + (size_t)l * s->ranks,
+        .gain_s = -s->min_gain_s, .gain_peak_s = INFINITY,
+        .gain_to_s = INFINITY, .gain_e = -1, .gain_f = -1, .gain_b = -1,
+        .flat_s = layer_s - s->min_gain_s,
+        .flat_e = -1, .flat_f = -1, .flat_b = -1,
+        .push_s = -s->min_gain_s, .push_e = -1, .push_b = -1,
+    };
+    step_try_moves(s, &t, list, count);
+    step_try_swaps(s, &t);
+    return step_apply(s, &t, with_push);
 }
 
 /* Layer l's time plus the penalty of its moved experts. */

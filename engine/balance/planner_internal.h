@@ -26,10 +26,14 @@ double planner_base_s(const planner_problem *p);
  * at a boundary. */
 int planner_room(const planner_problem *p, int r, int items);
 
-/* Something to sort by key, descending. */
+/* Something to sort by key. */
 typedef struct planner_item {
     double key;
     int index;
 } planner_item;
+
+/* qsort order of planner_items: by key descending, ties to the lower
+ * index. */
+int planner_item_by_key(const void *x, const void *y);
 
 #endif

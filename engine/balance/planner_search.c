@@ -6,15 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Descending by key, ties to the lower index. */
-static int planner_item_by_key(const void *x, const void *y)
-{
-    const planner_item *a = x, *b = y;
-    if (a->key != b->key)
-        return a->key > b->key ? -1 : 1;
-    return (a->index > b->index) - (a->index < b->index);
-}
-
 static int planner_lowest_bit(uint64_t word)
 {
 #if defined(__GNUC__) || defined(__clang__)
