@@ -178,16 +178,25 @@ static void step_try_swaps(const planner_search *s, search_step *t)
     }
 }
 
+/* Moves expert e of the step's layer to rank b, and f (when not -1)
+ * back to its bottleneck rank. */
+static void step_take(planner_search *s, const search_step *t, int e, int f,
+                      int b)
+{
+    int E = s->experts;
+    if (f >= 0)
+        planner_search_move(s, t->l * E + f, t->a);
+    planner_search_move(s, t->l * E + e, b);
+    planner_search_update_top(s, t->l);
+}
+
 /* Carries out the best change found: a gain; else (with_push) a push
  * that pays; else a flat change. Returns 1 if it changed anything. */
 static int step_apply(planner_search *s, const search_step *t, int with_push)
 {
     int E = s->experts, l = t->l, a = t->a;
     if (t->gain_e >= 0) {
-        if (t->gain_f >= 0)
-            planner_search_move(s, l * E + t->gain_f, a);
-        planner_search_move(s, l * E + t->gain_e, t->gain_b);
-        planner_search_update_top(s, l);
+        step_take(s, t, t->gain_e, t->gain_f, t->gain_b);
         return 1;
     }
     if (with_push && t->push_e >= 0) {
@@ -203,10 +212,7 @@ static int step_apply(planner_search *s, const search_step *t, int with_push)
         }
     }
     if (t->flat_e >= 0) {
-        if (t->flat_f >= 0)
-            planner_search_move(s, l * E + t->flat_f, a);
-        planner_search_move(s, l * E + t->flat_e, t->flat_b);
-        planner_search_update_top(s, l);
+        step_take(s, t, t->flat_e, t->flat_f, t->flat_b);
         return 1;
     }
     return 0;
