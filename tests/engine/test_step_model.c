@@ -90,16 +90,24 @@ static void expect_prices(const char *what, const step_model *m,
            mix->cost_per_mtok * mix->mfu, product);
 }
 
+/* step_model_init, counting a failure. */
+static int model_init(step_model *m, const config *cfg)
+{
+    moe_error err;
+    if (step_model_init(m, cfg, &err) < 0) {
+        EXPECT(0, "step_model_init: %s", err.message);
+        return -1;
+    }
+    return 0;
+}
+
 static void test_by_hand(void)
 {
     config cfg;
     small_config(&cfg);
     step_model m;
-    moe_error err;
-    if (step_model_init(&m, &cfg, &err) < 0) {
-        EXPECT(0, "step_model_init: %s", err.message);
+    if (model_init(&m, &cfg) < 0)
         return;
-    }
     const double dense = m.params.dense;
     EXPECT(m.params.expert == EXPERT_PARAMS, "expert %g", m.params.expert);
     EXPECT(m.tokens_per_step == G, "G %g", m.tokens_per_step);
@@ -168,21 +176,16 @@ static void test_memory(void)
     config cfg;
     small_config(&cfg);
     step_model m;
-    moe_error err;
-    if (step_model_init(&m, &cfg, &err) < 0) {
-        EXPECT(0, "step_model_init: %s", err.message);
+    if (model_init(&m, &cfg) < 0)
         return;
-    }
     double dense_bytes = m.params.dense * 16;
     double expert_bytes = EXPERT_PARAMS * 16.0;
     step_model_finish(&m);
 
     cfg.cluster.devices[0].memory_gb = (dense_bytes + 1.5 * expert_bytes) /
                                        1e9;
-    if (step_model_init(&m, &cfg, &err) < 0) {
-        EXPECT(0, "step_model_init: %s", err.message);
+    if (model_init(&m, &cfg) < 0)
         return;
-    }
     double base_b = G / 2.0 * 6 * m.params.dense / S_B;
     double rate_b = S_B / (6.0 * EXPERT_PARAMS);
     EXPECT(m.cluster.fits && close_to(m.cluster.step_s, base_b + 16 / rate_b),
@@ -199,10 +202,8 @@ static void test_memory(void)
 
     cfg.cluster.devices[0].memory_gb = 1.0;
     cfg.cluster.devices[1].memory_gb = 0.5 * dense_bytes / 1e9;
-    if (step_model_init(&m, &cfg, &err) < 0) {
-        EXPECT(0, "step_model_init: %s", err.message);
+    if (model_init(&m, &cfg) < 0)
         return;
-    }
     EXPECT(!m.cluster.fits && isnan(m.cluster.step_s) &&
                isnan(m.cluster.use[1].used_gb),
            "B without room for the dense state: the cluster fits");
