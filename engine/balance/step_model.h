@@ -83,6 +83,7 @@ int step_model_check(const config *cfg, moe_error *err);
 /* Evaluates cfg's cluster and every mix. Returns 0, or -1 with the reason
  * in err (step_model_check's, or out of memory). m keeps cfg. */
 int step_model_init(step_model *m, const config *cfg, moe_error *err);
+/* Frees the mixes; also safe after a failed init. */
 void step_model_finish(step_model *m);
 
 /* cluster.devices[entry]'s name, or "devices[N]" (in buf) without one. */
