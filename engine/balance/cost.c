@@ -29,12 +29,21 @@ void cost_model_params(const config *cfg, cost_params *out)
     out->active = out->dense + L * K * out->expert;
 }
 
+double cost_device_price_per_hour(const config_device *device)
+{
+    return device->count * device->price_per_hour;
+}
+
+double cost_device_peak_flops(const config_device *device)
+{
+    return device->count * device->peak_tflops * 1e12;
+}
+
 double cost_price_per_hour(const config *cfg)
 {
     double sum = 0;
     for (int i = 0; i < cfg->cluster.device_count; i++)
-        sum += cfg->cluster.devices[i].count *
-               cfg->cluster.devices[i].price_per_hour;
+        sum += cost_device_price_per_hour(&cfg->cluster.devices[i]);
     return sum;
 }
 
@@ -42,8 +51,7 @@ double cost_peak_flops(const config *cfg)
 {
     double sum = 0;
     for (int i = 0; i < cfg->cluster.device_count; i++)
-        sum += cfg->cluster.devices[i].count *
-               cfg->cluster.devices[i].peak_tflops * 1e12;
+        sum += cost_device_peak_flops(&cfg->cluster.devices[i]);
     return sum;
 }
 
@@ -58,5 +66,6 @@ double cost_mfu(double active_params, double tokens_per_s, double peak_flops)
 {
     if (!(peak_flops > 0))
         return NAN;
-    return 6.0 * active_params * tokens_per_s / peak_flops;
+    return COST_FLOP_PER_PARAM_TOKEN * active_params * tokens_per_s /
+           peak_flops;
 }

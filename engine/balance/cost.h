@@ -1,6 +1,7 @@
 /* What training costs: parameter counts of a configuration (without
- * building its model), MFU and price per token, and the analytic step
- * model behind `moectl plan`.
+ * building its model), MFU and price per token. The analytic step model
+ * behind `moectl plan` (engine/balance/step_model.h) prices its mixes
+ * with these.
  *
  *   cost per token = Σ price_per_hour / 3600 / tokens_per_s
  *   MFU            = 6 · N_active · tokens_per_s / Σ peak FLOP/s
@@ -27,7 +28,14 @@ typedef struct cost_params {
     double active;    /* dense + top_k routed experts per layer */
 } cost_params;
 
+/* Training FLOPs per parameter and token: forward 2, backward 4. */
+#define COST_FLOP_PER_PARAM_TOKEN 6.0
+
 void cost_model_params(const config *cfg, cost_params *out);
+
+/* One device entry's price per hour and peak FLOP/s, its count included. */
+double cost_device_price_per_hour(const config_device *device);
+double cost_device_peak_flops(const config_device *device);
 
 /* Σ price_per_hour and Σ peak FLOP/s over the devices (count included). */
 double cost_price_per_hour(const config *cfg);

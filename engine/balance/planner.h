@@ -1,7 +1,8 @@
 /* The placement planner: which rank should hold each routed expert so that
  * slow devices do not hold up fast ones. A pure function of its inputs (no
  * MPI, no clock): the live trainer feeds it measured loads and speeds, and
- * `moectl plan` feeds it the analytic model of a configuration.
+ * `moectl plan` feeds it the analytic model of a configuration
+ * (engine/balance/step_model.h).
  *
  * The step-time model. Ranks meet at every layer (the token all-to-all), so
  * a layer's expert phase lasts as long as its slowest rank:

@@ -85,6 +85,12 @@ static void test_formulas(void)
     cfg.cluster.devices[1].count = 2;
     cfg.cluster.devices[1].price_per_hour = 7;
     cfg.cluster.devices[1].peak_tflops = 370;
+    EXPECT(cost_device_price_per_hour(&cfg.cluster.devices[0]) == 7.5 &&
+               cost_device_price_per_hour(&cfg.cluster.devices[1]) == 14,
+           "one entry's price: count x price_per_hour");
+    EXPECT(cost_device_peak_flops(&cfg.cluster.devices[1]) == 740e12,
+           "one entry's peak: %.12g",
+           cost_device_peak_flops(&cfg.cluster.devices[1]));
     EXPECT(fabs(cost_price_per_hour(&cfg) - 21.5) < 1e-12, "%.12g",
            cost_price_per_hour(&cfg));
     EXPECT(fabs(cost_peak_flops(&cfg) - 1040e12) < 1, "%.12g",
