@@ -303,6 +303,18 @@ static void check_balance(void)
                    STATE(121, false, "auto", 50, 0.05) "}");
     EXPECT(strcmp(v.status, "running") == 0 && !v.paused,
            "resume: status %s", v.status);
+    /* A scripted status at this step, then one asked over the socket:
+     * the socket's reply is no echo of the script's event. */
+    before = v.event_count;
+    view_apply(&v, "{\"type\":\"event\",\"step\":121,\"command\":\"status\","
+                   "\"origin\":\"script\",\"ok\":true,\"reply\":\"step 121\","
+                   STATE(121, false, "auto", 50, 0.05) "}");
+    view_apply(&v, "{\"type\":\"reply\",\"ok\":true,\"command\":\"status\","
+                   "\"message\":\"step 121\","
+                   STATE(121, false, "auto", 50, 0.05) "}");
+    EXPECT(v.event_count == before + 2 &&
+               strcmp(last_event(&v), "ok: step 121") == 0,
+           "a socket status after a scripted one: %s", last_event(&v));
     view_apply(&v, "{\"type\":\"reply\",\"ok\":false,\"error\":\"unknown "
                    "command\"}");
     EXPECT(strcmp(last_event(&v), "error: unknown command") == 0,

@@ -6,8 +6,10 @@
  * seen. Exit 0 when all holds, 1 otherwise.
  *
  * usage: check_records [--all] FILE...
- *   --all  every declared top-level record type must appear, except
- *          "reply" (the control socket's, never in a metrics file) */
+ *        check_records --markdown
+ *   --all       every declared top-level record type must appear, except
+ *               "reply" (the control socket's, never in a metrics file)
+ *   --markdown  prints the schema as a Markdown table (for the README) */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +17,15 @@
 #include "engine/protocol/record.h"
 
 enum { LINE_MAX_BYTES = 1 << 22 };
+
+/* Whether r has the run_id of the file's first record (kept in id). */
+static int same_run(char *id, size_t size, const record_value *r)
+{
+    const char *run_id = record_string(r, RECORD_COMMON_run_id);
+    if (!id[0])
+        snprintf(id, size, "%s", run_id);
+    return strcmp(id, run_id) == 0 && run_id[0];
+}
 
 /* Checks one file; counts the types seen. Returns the bad lines. */
 static int check_file(const char *path, char *line, int seen[])
@@ -25,6 +36,7 @@ static int check_file(const char *path, char *line, int seen[])
         return 1;
     }
     int bad = 0, number = 0;
+    char run_id[RECORD_RUN_ID_MAX] = "";
     while (fgets(line, LINE_MAX_BYTES, f)) {
         number++;
         line[strcspn(line, "\n")] = '\0';
@@ -33,6 +45,11 @@ static int check_file(const char *path, char *line, int seen[])
         if (record_decode(line, &r, why, sizeof why) < 0 ||
             record_check(&r, why, sizeof why) < 0) {
             printf("FAIL %s:%d: %s\n", path, number, why);
+            bad++;
+        } else if (!same_run(run_id, sizeof run_id, &r)) {
+            printf("FAIL %s:%d: run_id %s after %s: one run, one id\n",
+                   path, number, record_string(&r, RECORD_COMMON_run_id),
+                   run_id);
             bad++;
         } else {
             seen[r.type]++;
@@ -47,8 +64,33 @@ static int check_file(const char *path, char *line, int seen[])
     return bad;
 }
 
+static void print_markdown(void)
+{
+    static const char *const kinds[] = {"int", "real", "string", "bool",
+                                        "array", "object"};
+    static const char *const presence[] = {"", "null when n/a",
+                                           "optional"};
+    printf("| record | field | kind | unit | |\n|---|---|---|---|---|\n");
+    for (int f = 0; f < RECORD_FIELD_COUNT; f++) {
+        const record_field_info *i = &record_fields[f];
+        const char *owner = i->owner == RECORD_TYPE_COMMON
+                                ? "every record"
+                                : record_type_names[i->owner];
+        char kind[64];
+        snprintf(kind, sizeof kind, "%s%s%s", kinds[i->kind],
+                 i->part >= 0 ? " of " : "",
+                 i->part >= 0 ? record_type_names[i->part] : "");
+        printf("| %s | `%s` | %s | %s | %s |\n", owner, i->name, kind,
+               i->unit, presence[i->presence]);
+    }
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--markdown") == 0) {
+        print_markdown();
+        return 0;
+    }
     int all = argc > 1 && strcmp(argv[1], "--all") == 0;
     int first = 1 + all;
     if (first >= argc) {

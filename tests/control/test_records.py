@@ -75,7 +75,8 @@ def main():
             fail("records do not follow the schema")
 
         # The same reader rejects a record that lost a field, one that
-        # gained an undeclared field, and an undeclared type.
+        # gained an undeclared field, an undeclared type, a part that lost
+        # a field, a kind that changed, and two run_ids in one run.
         records = [json.loads(line) for line in open(files[-1])]
         step = next(r for r in records if r["type"] == "step")
         event = next(r for r in records if r["type"] == "event")
@@ -86,11 +87,14 @@ def main():
             "part": dict(step, **{"state": {k: v for k, v in
                                             step["state"].items()
                                             if k != "paused"}}),
+            "kind": dict(step, **{"step": "12"}),
+            "run_id": [step, dict(event, **{"run_id": "other-run"})],
         }
         for name, record in cases.items():
             path = os.path.join(tmp, name + ".jsonl")
             with open(path, "w") as f:
-                f.write(json.dumps(record) + "\n")
+                for r in record if isinstance(record, list) else [record]:
+                    f.write(json.dumps(r) + "\n")
             p = check([path], require_all=False)
             if p.returncode == 0:
                 fail(f"check_records accepted a bad record ({name}): "
