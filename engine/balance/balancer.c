@@ -336,13 +336,19 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
                                          b->proposal, b->proposal_share,
                                          b->share_units);
     double gain = b->before_s > 0 ? 1.0 - b->after_s / b->before_s : 0;
-    json_t *record = json_pack(
-        "{s:s, s:i, s:s, s:b, s:o, s:o, s:i, s:f, s:f, s:f, s:f}", "type",
-        "plan", "step", step, "trigger", trigger, "applied", applied, "moves",
-        moves, "splits", splits, "changes", b->proposal_changes,
-        "predicted_before_ms", b->before_s * 1e3, "predicted_after_ms",
-        b->after_s * 1e3, "predicted_gain", gain, "moved_bytes",
-        b->move_bytes * b->proposal_moves);
+    json_t *record = record_begin(RECORD_TYPE_PLAN);
+    record_set_int(record, RECORD_PLAN_step, step);
+    record_set_string(record, RECORD_PLAN_trigger, trigger);
+    record_set_bool(record, RECORD_PLAN_applied, applied);
+    record_set_json(record, RECORD_PLAN_moves, moves);
+    record_set_json(record, RECORD_PLAN_splits, splits);
+    record_set_int(record, RECORD_PLAN_changes, b->proposal_changes);
+    record_set_real(record, RECORD_PLAN_predicted_before_ms,
+                    b->before_s * 1e3);
+    record_set_real(record, RECORD_PLAN_predicted_after_ms, b->after_s * 1e3);
+    record_set_real(record, RECORD_PLAN_predicted_gain, gain);
+    record_set_real(record, RECORD_PLAN_moved_bytes,
+                    b->move_bytes * b->proposal_moves);
     return metrics_write_record(sink, record, err);
 }
 
@@ -369,15 +375,18 @@ int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
     else
         b->missed = 0;
     if (sink) {
-        json_t *record = json_pack(
-            "{s:s, s:i, s:i, s:i, s:f, s:f, s:f}", "type", "plan_result",
-            "step", s->step, "applied_step", b->applied_step, "steps",
-            b->measured_steps, "before_ms", b->applied_before_s * 1e3,
-            "predicted_ms", b->applied_after_s * 1e3, "measured_ms",
-            measured * 1e3);
-        if (record)
-            json_object_set_new(record, "delivered",
-                                json_boolean(b->missed == 0));
+        json_t *record = record_begin(RECORD_TYPE_PLAN_RESULT);
+        record_set_int(record, RECORD_PLAN_RESULT_step, s->step);
+        record_set_int(record, RECORD_PLAN_RESULT_applied_step,
+                       b->applied_step);
+        record_set_int(record, RECORD_PLAN_RESULT_steps, b->measured_steps);
+        record_set_real(record, RECORD_PLAN_RESULT_before_ms,
+                        b->applied_before_s * 1e3);
+        record_set_real(record, RECORD_PLAN_RESULT_predicted_ms,
+                        b->applied_after_s * 1e3);
+        record_set_real(record, RECORD_PLAN_RESULT_measured_ms,
+                        measured * 1e3);
+        record_set_bool(record, RECORD_PLAN_RESULT_delivered, b->missed == 0);
         if (metrics_write_record(sink, record, err) < 0)
             return -1;
     }

@@ -287,15 +287,16 @@ static int command_parse_policy(const word *args, const command_limits *limits,
 {
     (void)limits;
     char quoted[QUOTE_MAX + 4];
-    out->policy = -1;
+    int policy = -1;
     for (int i = 0; config_policy_names[i]; i++)
         if (word_is(&args[0], config_policy_names[i]))
-            out->policy = i;
-    if (out->policy < 0)
+            policy = i;
+    if (policy < 0)
         return command_fail(reason, reason_size,
                             "policy: expected off, suggest or auto, got "
                             "\"%s\"",
                             command_quote(&args[0], quoted, sizeof quoted));
+    out->policy = (config_policy)policy;
     out->every = 0;
     out->min_gain = -1;
     for (const word *w = &args[1]; w->text; w += 2) {
@@ -430,7 +431,7 @@ void command_format(const command *c, char *out, size_t size)
     }
     case COMMAND_POLICY: {
         int n = snprintf(out, size, "%s %s", name,
-                         c->policy >= 0 && c->policy <= CONFIG_POLICY_AUTO
+                         c->policy <= CONFIG_POLICY_AUTO
                              ? config_policy_names[c->policy] : "?");
         if (c->every > 0 && n >= 0 && (size_t)n < size)
             n += snprintf(out + n, size - (size_t)n, " every %d", c->every);

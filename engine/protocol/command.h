@@ -5,6 +5,8 @@
 
 #include <stddef.h>
 
+#include "engine/config/config.h"
+
 typedef enum command_kind {
     COMMAND_PAUSE,
     COMMAND_RESUME,
@@ -22,16 +24,13 @@ typedef enum command_kind {
 /* Most ranks one split names. */
 enum { COMMAND_SPLIT_MAX = 16 };
 
-/* The balance policies, in the order of config_policy. */
-enum { COMMAND_POLICY_OFF, COMMAND_POLICY_SUGGEST, COMMAND_POLICY_AUTO };
-
 typedef struct command {
     command_kind kind;
     double value;   /* lr */
     int layer;      /* move */
     int expert;     /* move */
     int rank;       /* move */
-    int policy;     /* policy: COMMAND_POLICY_* */
+    config_policy policy; /* policy */
     int every;      /* policy: steps between plans; 0 keeps the current */
     double min_gain; /* policy: fraction of a step; < 0 keeps the current */
     int split_count;                     /* split: ranks named */

@@ -12,6 +12,8 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "engine/protocol/record.h"
+
 enum {
     LISTEN_BACKLOG = 16,
     /* Reads per client and poll, so one busy client cannot hold the loop. */
@@ -44,7 +46,14 @@ struct control_server {
     /* The latest record of each kind a new client needs to draw the job
      * at once (the run, the last step, the last validation). */
     char *remembered[CONTROL_REMEMBERED_MAX];
+    char run_id[RECORD_RUN_ID_MAX]; /* stamped on replies */
 };
+
+void control_set_run_id(control_server *s, const char *run_id)
+{
+    if (s)
+        snprintf(s->run_id, sizeof s->run_id, "%s", run_id ? run_id : "");
+}
 
 void control_remember(control_server *s, int kind, const char *line)
 {
@@ -68,42 +77,30 @@ static int control_set_flags(int fd)
     return 0;
 }
 
-/* Client strings (an engine message, a quoted word) may hold bytes that are
- * not UTF-8, which jansson refuses; those bytes are sent as '?'. */
-static json_t *control_json_text(const char *text)
+/* The reply record, or NULL when out of memory. Free with free(). Client
+ * text (an engine message, a quoted word) that is not UTF-8 is sent with
+ * '?' for the bytes jansson refuses. */
+static char *control_reply_record(const char *run_id, int ok,
+                                  const command *cmd, const char *text,
+                                  const record_state *state)
 {
-    json_t *s = json_string(text);
-    if (s)
-        return s;
-    char *copy = strdup(text);
-    if (!copy)
-        return NULL;
-    for (char *p = copy; *p; p++)
-        if ((unsigned char)*p >= 0x80)
-            *p = '?';
-    s = json_string(copy);
-    free(copy);
-    return s;
-}
-
-/* The reply record, or NULL when out of memory. Free with free(). */
-static char *control_reply_record(int ok, const command *cmd, const char *text)
-{
-    json_t *record = json_object();
+    json_t *record = record_begin(RECORD_TYPE_REPLY);
     if (!record)
         return NULL;
-    json_object_set_new(record, "type", json_string("reply"));
-    json_object_set_new(record, "ok", json_boolean(ok));
+    record_set_bool(record, RECORD_REPLY_ok, ok);
     if (cmd) {
         char formatted[64];
         command_format(cmd, formatted, sizeof formatted);
-        json_object_set_new(record, "command", json_string(formatted));
+        record_set_string(record, RECORD_REPLY_command, formatted);
     }
     if (ok && text)
-        json_object_set_new(record, "message", control_json_text(text));
+        record_set_string(record, RECORD_REPLY_message, text);
     else if (!ok)
-        json_object_set_new(record, "error",
-                            control_json_text(text ? text : "command failed"));
+        record_set_string(record, RECORD_REPLY_error,
+                          text ? text : "command failed");
+    if (state)
+        record_set_json(record, RECORD_REPLY_state, record_state_json(state));
+    record_stamp(record, run_id);
     char *line = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER);
     json_decref(record);
     return line;
@@ -181,10 +178,11 @@ static void control_client_send(control_client *c, const char *text)
     control_client_flush(c);
 }
 
-static void control_client_reply(control_client *c, int ok, const command *cmd,
-                                 const char *text)
+static void control_client_reply(const control_server *s, control_client *c,
+                                 int ok, const command *cmd, const char *text,
+                                 const record_state *state)
 {
-    char *record = control_reply_record(ok, cmd, text);
+    char *record = control_reply_record(s->run_id, ok, cmd, text, state);
     if (record)
         control_client_send(c, record);
     free(record);
@@ -404,7 +402,8 @@ static void control_accept(control_server *s, const command_limits *limits)
             char message[64];
             snprintf(message, sizeof message, "too many clients (limit %d)",
                      CONTROL_MAX_CLIENTS);
-            char *record = control_reply_record(0, NULL, message);
+            char *record = control_reply_record(s->run_id, 0, NULL, message,
+                                                NULL);
             char line[256];
             int len = record ? snprintf(line, sizeof line, "%s\n", record) : -1;
             /* Best effort: a fresh socket takes one short line. */
@@ -435,7 +434,7 @@ static void control_handle_line(control_server *s, int slot, char *line,
     char reason[256];
     command cmd;
     if (command_parse(line, limits, &cmd, reason, sizeof reason) < 0) {
-        control_client_reply(c, 0, NULL, reason);
+        control_client_reply(s, c, 0, NULL, reason, NULL);
         return;
     }
     int tail = (s->queue_head + s->queue_len) % CONTROL_QUEUE_MAX;
@@ -461,7 +460,7 @@ static void control_client_lines(control_server *s, int slot,
                 char reason[64];
                 snprintf(reason, sizeof reason,
                          "line too long (limit %d bytes)", CONTROL_LINE_MAX);
-                control_client_reply(c, 0, NULL, reason);
+                control_client_reply(s, c, 0, NULL, reason, NULL);
                 c->discarding = 1;
                 start = c->in_len;
             }
@@ -471,7 +470,8 @@ static void control_client_lines(control_server *s, int slot,
         if (c->discarding) {
             c->discarding = 0;
         } else if (memchr(line, '\0', len)) {
-            control_client_reply(c, 0, NULL, "line contains a NUL byte");
+            control_client_reply(s, c, 0, NULL, "line contains a NUL byte",
+                                 NULL);
         } else {
             if (s->queue_len == CONTROL_QUEUE_MAX)
                 break;
@@ -571,12 +571,19 @@ int control_poll(control_server *s, const command_limits *limits,
 void control_reply(control_server *s, const control_request *req, int ok,
                    const char *message)
 {
+    control_reply_state(s, req, ok, message, NULL);
+}
+
+void control_reply_state(control_server *s, const control_request *req,
+                         int ok, const char *message,
+                         const record_state *state)
+{
     if (!s || !req || req->client < 0 || req->client >= CONTROL_MAX_CLIENTS)
         return;
     control_client *c = &s->clients[req->client];
     if (c->fd < 0 || c->generation != req->generation)
         return;
-    control_client_reply(c, ok, &req->cmd, message);
+    control_client_reply(s, c, ok, &req->cmd, message, state);
 }
 
 void control_broadcast(control_server *s, const char *line)

@@ -3,11 +3,14 @@
  * engine/protocol/command.h) and receive one JSON Lines stream: the replies to their
  * commands and the records broadcast to every client.
  *
- * Reply records:
- *   {"type":"reply","ok":true,"command":"lr 0.0001","message":"..."}
- *   {"type":"reply","ok":false,"command":"move 1.2 3","error":"..."}
- *   {"type":"reply","ok":false,"error":"..."}   (a line that did not parse)
- * "message" is left out when the engine gave none.
+ * Reply records (record type "reply" of engine/protocol/record.h):
+ *   {"type":"reply","ok":true,"command":"lr 0.0001","message":"...",
+ *    "state":{...},"schema":2,"time":...,"run_id":"..."}
+ *   {"type":"reply","ok":false,"command":"move 1.2 3","error":"...",...}
+ *   {"type":"reply","ok":false,"error":"...",...} (a line that did not parse)
+ * "message" is left out when the engine gave none; "state" (the job's
+ * state after the command) when the engine gave none. The text is for
+ * display; the facts are fields.
  *
  * Single-threaded: every call comes from the engine's own loop, and none of
  * them blocks. */
@@ -16,6 +19,7 @@
 
 #include "engine/protocol/command.h"
 #include "engine/core/error.h"
+#include "engine/protocol/record.h"
 
 enum {
     CONTROL_MAX_CLIENTS = 32,
@@ -66,6 +70,12 @@ int control_poll(control_server *s, const command_limits *limits,
  * still open. message may be NULL. */
 void control_reply(control_server *s, const control_request *req, int ok,
                    const char *message);
+/* The same with the job's state after the command (state may be NULL). */
+void control_reply_state(control_server *s, const control_request *req,
+                         int ok, const char *message,
+                         const record_state *state);
+/* The run_id stamped on every reply (metrics_attach_control sets it). */
+void control_set_run_id(control_server *s, const char *run_id);
 
 /* Queues one JSON Lines record (text without its newline; any newline in it
  * is sent as a space) for every client and sends what the sockets take now.

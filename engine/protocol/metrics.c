@@ -1,29 +1,63 @@
 #include "engine/protocol/metrics.h"
 
 #include <jansson.h>
-
-#include "engine/protocol/control.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "engine/protocol/control.h"
 
 struct metrics_sink {
     FILE *f; /* NULL: no file */
     int owned;
     char path[CONFIG_PATH_MAX];
     control_server *control;
+    char run_id[RECORD_RUN_ID_MAX];
+    record_state state; /* written into step records */
+    int have_state;
 };
 
 void metrics_attach_control(metrics_sink *sink, control_server *s)
 {
     sink->control = s;
+    control_set_run_id(s, sink->run_id);
 }
 
-int metrics_open(metrics_sink **out, const char *path, moe_error *err)
+const char *metrics_run_id(const metrics_sink *sink)
+{
+    return sink->run_id;
+}
+
+void metrics_set_state(metrics_sink *sink, const record_state *state)
+{
+    if (!sink)
+        return;
+    sink->state = *state;
+    sink->have_state = 1;
+}
+
+/* "<name>-<UTC start time>-<pid>": new for every process (see record.h). */
+static void make_run_id(char *out, size_t size, const char *run_name)
+{
+    time_t now = time(NULL);
+    struct tm utc;
+    char when[32] = "unknown";
+    if (gmtime_r(&now, &utc))
+        strftime(when, sizeof when, "%Y%m%dT%H%M%SZ", &utc);
+    snprintf(out, size, "%.48s-%s-%ld", run_name && *run_name ? run_name
+                                                               : "run",
+             when, (long)getpid());
+}
+
+int metrics_open(metrics_sink **out, const char *path, const char *run_name,
+                 moe_error *err)
 {
     metrics_sink *sink = calloc(1, sizeof *sink);
     if (!sink)
         return error_set(err, "out of memory");
+    make_run_id(sink->run_id, sizeof sink->run_id, run_name);
     snprintf(sink->path, sizeof sink->path, "%s", path ? path : "");
     if (!path) {
         sink->f = NULL;
@@ -52,16 +86,11 @@ void metrics_close(metrics_sink *sink)
     free(sink);
 }
 
-/* JSON has no NaN or infinity: a value that is not finite is null. */
-static json_t *number(double x)
-{
-    return isfinite(x) ? json_real(x) : json_null();
-}
-
 static int emit(metrics_sink *sink, json_t *record, moe_error *err)
 {
     if (!record)
         return error_set(err, "out of memory building a metrics record");
+    record_stamp(record, sink->run_id);
     char *text = json_dumps(record, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!text) {
         json_decref(record);
@@ -74,11 +103,14 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
     if (sink->control) {
         control_broadcast(sink->control, text);
         const char *type = json_string_value(json_object_get(record, "type"));
-        if (type && strcmp(type, "run") == 0)
+        int kind = type ? config_enum_lookup(record_type_names, type,
+                                             strlen(type))
+                        : -1;
+        if (kind == RECORD_TYPE_RUN)
             control_remember(sink->control, CONTROL_REMEMBER_RUN, text);
-        else if (type && strcmp(type, "step") == 0)
+        else if (kind == RECORD_TYPE_STEP)
             control_remember(sink->control, CONTROL_REMEMBER_STEP, text);
-        else if (type && strcmp(type, "val") == 0)
+        else if (kind == RECORD_TYPE_VAL)
             control_remember(sink->control, CONTROL_REMEMBER_VAL, text);
     }
     json_decref(record);
@@ -88,79 +120,136 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
     return 0;
 }
 
+
+static json_t *device_part(const config_device *dev)
+{
+    json_t *o = record_begin(RECORD_TYPE_DEVICE);
+    record_set_string(o, RECORD_DEVICE_name, dev->name);
+    record_set_string(o, RECORD_DEVICE_backend,
+                      config_backend_names[dev->backend]);
+    record_set_int(o, RECORD_DEVICE_index, dev->index);
+    record_set_int(o, RECORD_DEVICE_threads, dev->threads);
+    record_set_real(o, RECORD_DEVICE_price_per_hour, dev->price_per_hour);
+    record_set_real(o, RECORD_DEVICE_peak_tflops, dev->peak_tflops);
+    record_set_bool(o, RECORD_DEVICE_emulated, dev->slowdown != 1.0);
+    return o;
+}
+
+static json_t *model_part(const model_dims *d)
+{
+    json_t *o = record_begin(RECORD_TYPE_MODEL);
+    record_set_int(o, RECORD_MODEL_vocab, d->V);
+    record_set_int(o, RECORD_MODEL_d_model, d->C);
+    record_set_int(o, RECORD_MODEL_layers, d->L);
+    record_set_int(o, RECORD_MODEL_heads, d->H);
+    record_set_int(o, RECORD_MODEL_seq_len, d->T);
+    record_set_int(o, RECORD_MODEL_experts, d->E);
+    record_set_int(o, RECORD_MODEL_top_k, d->K);
+    record_set_int(o, RECORD_MODEL_expert_hidden, d->F);
+    record_set_int(o, RECORD_MODEL_shared_hidden, d->S);
+    return o;
+}
+
+static json_t *balance_part(const config *cfg)
+{
+    json_t *o = record_begin(RECORD_TYPE_BALANCE);
+    record_set_string(o, RECORD_BALANCE_policy,
+                      config_policy_names[cfg->balance.policy]);
+    record_set_int(o, RECORD_BALANCE_every, cfg->balance.every);
+    record_set_real(o, RECORD_BALANCE_min_gain, cfg->balance.min_gain);
+    record_set_real(o, RECORD_BALANCE_bias_update_rate,
+                    cfg->balance.bias_update_rate);
+    record_set_int(o, RECORD_BALANCE_routing_warmup_steps,
+                   cfg->balance.routing_warmup_steps);
+    return o;
+}
+
 int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
                       int resumed_step, moe_error *err)
 {
-    const model_dims *d = &m->dims;
     json_t *devices = json_array();
-    for (int i = 0; i < cfg->cluster.device_count; i++) {
-        const config_device *dev = &cfg->cluster.devices[i];
-        json_array_append_new(devices, json_pack(
-            "{s:s, s:s, s:i, s:i, s:f, s:f, s:b}", "name", dev->name,
-            "backend", config_backend_names[dev->backend], "index", dev->index, "threads",
-            dev->threads, "price_per_hour", dev->price_per_hour,
-            "peak_tflops", dev->peak_tflops, "emulated", dev->slowdown != 1.0));
-    }
-    json_t *record = json_pack(
-        "{s:s, s:s, s:s, s:o, s:I, s:I, s:f, s:i, s:i, s:{s:i, s:i, s:i, s:i, "
-        "s:i, s:i, s:i, s:i, s:i}, s:i, s:s}",
-        "type", "run", "config", cfg->name, "source", cfg->source,
-        "devices", devices,
-        "params", (json_int_t)m->param_count,
-        "active_params", (json_int_t)model_active_params(m),
-        "flops_per_token", model_flops_per_token(m),
-        "tokens_per_step", cfg->train.batch_size * cfg->model.seq_len,
-        "steps", cfg->train.steps,
-        "model", "vocab", d->V, "d_model", d->C, "layers", d->L, "heads",
-        d->H, "seq_len", d->T, "experts", d->E, "top_k", d->K,
-        "expert_hidden", d->F, "shared_hidden", d->S,
-        "resumed_from", resumed_step, "currency", cfg->cluster.currency);
-    if (record)
-        json_object_set_new(record, "balance", json_pack(
-            "{s:s, s:i, s:f, s:f, s:i}", "policy",
-            config_policy_names[cfg->balance.policy], "every", cfg->balance.every,
-            "min_gain", cfg->balance.min_gain, "bias_update_rate",
-            cfg->balance.bias_update_rate, "routing_warmup_steps",
-            cfg->balance.routing_warmup_steps));
-    return emit(sink, record, err);
+    for (int i = 0; i < cfg->cluster.device_count; i++)
+        json_array_append_new(devices, device_part(&cfg->cluster.devices[i]));
+    json_t *r = record_begin(RECORD_TYPE_RUN);
+    record_set_string(r, RECORD_RUN_config, cfg->name);
+    record_set_string(r, RECORD_RUN_source, cfg->source);
+    record_set_json(r, RECORD_RUN_devices, devices);
+    record_set_int(r, RECORD_RUN_params, (long long)m->param_count);
+    record_set_int(r, RECORD_RUN_active_params,
+                   (long long)model_active_params(m));
+    record_set_real(r, RECORD_RUN_flops_per_token, model_flops_per_token(m));
+    record_set_int(r, RECORD_RUN_tokens_per_step,
+                   cfg->train.batch_size * cfg->model.seq_len);
+    record_set_int(r, RECORD_RUN_steps, cfg->train.steps);
+    record_set_json(r, RECORD_RUN_model, model_part(&m->dims));
+    record_set_int(r, RECORD_RUN_resumed_from, resumed_step);
+    record_set_string(r, RECORD_RUN_currency, cfg->cluster.currency);
+    record_set_json(r, RECORD_RUN_balance, balance_part(cfg));
+    return emit(sink, r, err);
 }
 
-/* Per-layer imbalance of this step's load: max/mean, coefficient of
- * variation and dead (unrouted) experts; the load average; cost and MFU. */
-static void add_balance(json_t *record, const step_stats *s)
+void metrics_layer_imbalance(const int *load, int experts,
+                             metrics_imbalance *out)
+{
+    double sum = 0, sq = 0, max = 0;
+    int zeros = 0;
+    for (int e = 0; e < experts; e++) {
+        sum += load[e];
+        sq += (double)load[e] * load[e];
+        max = load[e] > max ? load[e] : max;
+        zeros += load[e] == 0;
+    }
+    double mean = sum / experts;
+    double var = sq / experts - mean * mean;
+    out->max_mean = mean > 0 ? max / mean : NAN;
+    out->cv = mean > 0 ? sqrt(fmax(var, 0)) / mean : NAN;
+    out->dead = zeros;
+}
+
+double metrics_ideal_share(const step_stats *s)
+{
+    return s->tokens_per_s / s->ideal_tokens_per_s;
+}
+
+static json_t *real_or_null(double x)
+{
+    return isfinite(x) ? json_real(x) : json_null();
+}
+
+static json_t *imbalance_part(const step_stats *s)
 {
     json_t *max_mean = json_array(), *cv = json_array(), *dead = json_array();
-    json_t *ema = json_array();
     for (int l = 0; l < s->layers; l++) {
-        const int *row = s->expert_load + (size_t)l * s->experts;
-        double sum = 0, sq = 0, max = 0;
-        int zeros = 0;
-        for (int e = 0; e < s->experts; e++) {
-            sum += row[e];
-            sq += (double)row[e] * row[e];
-            max = row[e] > max ? row[e] : max;
-            zeros += row[e] == 0;
-        }
-        double mean = sum / s->experts;
-        double var = sq / s->experts - mean * mean;
-        json_array_append_new(max_mean, number(mean > 0 ? max / mean : NAN));
-        json_array_append_new(cv, number(mean > 0 ? sqrt(fmax(var, 0)) / mean
-                                                  : NAN));
-        json_array_append_new(dead, json_integer(zeros));
-        if (s->load_ema) {
+        metrics_imbalance m;
+        metrics_layer_imbalance(s->expert_load + (size_t)l * s->experts,
+                                s->experts, &m);
+        json_array_append_new(max_mean, real_or_null(m.max_mean));
+        json_array_append_new(cv, real_or_null(m.cv));
+        json_array_append_new(dead, json_integer(m.dead));
+    }
+    json_t *o = record_begin(RECORD_TYPE_IMBALANCE);
+    record_set_json(o, RECORD_IMBALANCE_max_mean, max_mean);
+    record_set_json(o, RECORD_IMBALANCE_cv, cv);
+    record_set_json(o, RECORD_IMBALANCE_dead, dead);
+    return o;
+}
+
+/* Per-layer imbalance of this step's load, the load average, the router
+ * bias, cost and MFU. */
+static void add_balance(json_t *r, const step_stats *s)
+{
+    record_set_json(r, RECORD_STEP_imbalance, imbalance_part(s));
+    if (s->load_ema) {
+        json_t *ema = json_array();
+        for (int l = 0; l < s->layers; l++) {
             json_t *cells = json_array();
             for (int e = 0; e < s->experts; e++)
                 json_array_append_new(cells, json_real(round(
                     s->load_ema[(size_t)l * s->experts + e] * 100) / 100));
             json_array_append_new(ema, cells);
         }
+        record_set_json(r, RECORD_STEP_load_ema, ema);
     }
-    json_object_set_new(record, "imbalance", json_pack(
-        "{s:o, s:o, s:o}", "max_mean", max_mean, "cv", cv, "dead", dead));
-    if (s->load_ema)
-        json_object_set_new(record, "load_ema", ema);
-    else
-        json_decref(ema);
     if (s->router_bias) {
         json_t *bias = json_array();
         for (int l = 0; l < s->layers; l++) {
@@ -170,21 +259,19 @@ static void add_balance(json_t *record, const step_stats *s)
                     s->router_bias[(size_t)l * s->experts + e]));
             json_array_append_new(bias, cells);
         }
-        json_object_set_new(record, "router_bias", bias);
+        record_set_json(r, RECORD_STEP_router_bias, bias);
     }
-    json_object_set_new(record, "routing_mix", number(s->routing_mix));
-    json_object_set_new(record, "straggler",
-                        s->straggler >= 0 ? json_integer(s->straggler)
-                                          : json_null());
-    json_object_set_new(record, "ideal_tokens_per_s",
-                        number(s->ideal_tokens_per_s));
-    json_object_set_new(record, "mfu", number(s->mfu));
-    json_object_set_new(record, "cost_per_hour", number(s->cost_per_hour));
-    json_object_set_new(record, "cost_per_mtok", number(s->cost_per_mtok));
-    json_object_set_new(record, "cost_per_btok",
-                        number(s->cost_per_mtok * 1e3));
-    json_object_set_new(record, "cost_per_ttok",
-                        number(s->cost_per_mtok * 1e6));
+    record_set_real(r, RECORD_STEP_routing_mix, s->routing_mix);
+    record_set_json(r, RECORD_STEP_straggler,
+                    s->straggler >= 0 ? json_integer(s->straggler)
+                                      : json_null());
+    record_set_real(r, RECORD_STEP_ideal_tokens_per_s, s->ideal_tokens_per_s);
+    record_set_real(r, RECORD_STEP_ideal_share, metrics_ideal_share(s));
+    record_set_real(r, RECORD_STEP_mfu, s->mfu);
+    record_set_real(r, RECORD_STEP_cost_per_hour, s->cost_per_hour);
+    record_set_real(r, RECORD_STEP_cost_per_mtok, s->cost_per_mtok);
+    record_set_real(r, RECORD_STEP_cost_per_btok, s->cost_per_mtok * 1e3);
+    record_set_real(r, RECORD_STEP_cost_per_ttok, s->cost_per_mtok * 1e6);
 }
 
 json_t *metrics_splits_json(int layers, int experts, int ranks,
@@ -212,96 +299,110 @@ json_t *metrics_splits_json(int layers, int experts, int ranks,
     return splits;
 }
 
+static json_t *rank_part(int r, const rank_stats *q, const config_device *dev)
+{
+    json_t *o = record_begin(RECORD_TYPE_RANK);
+    record_set_int(o, RECORD_RANK_rank, r);
+    record_set_string(o, RECORD_RANK_device, dev->name);
+    record_set_string(o, RECORD_RANK_backend,
+                      config_backend_names[dev->backend]);
+    record_set_bool(o, RECORD_RANK_emulated, dev->slowdown != 1.0);
+    record_set_real(o, RECORD_RANK_expert_ms, q->expert_ms);
+    record_set_real(o, RECORD_RANK_dense_ms, q->dense_ms);
+    record_set_real(o, RECORD_RANK_alltoall_ms, q->alltoall_ms);
+    record_set_real(o, RECORD_RANK_allreduce_ms, q->allreduce_ms);
+    record_set_real(o, RECORD_RANK_idle_ms, q->idle_ms);
+    record_set_int(o, RECORD_RANK_tokens, (long long)q->tokens);
+    record_set_int(o, RECORD_RANK_experts, (long long)q->experts);
+    record_set_int(o, RECORD_RANK_migration_bytes,
+                   (long long)q->migration_bytes);
+    record_set_real(o, RECORD_RANK_expert_flops_per_s, q->expert_flops_per_s);
+    record_set_real(o, RECORD_RANK_state_gb, q->state_bytes * 1e-9);
+    record_set_real(o, RECORD_RANK_capacity_gb, q->capacity_bytes * 1e-9);
+    record_set_real(o, RECORD_RANK_rss_gb, q->rss_bytes * 1e-9);
+    return o;
+}
+
+/* The state at the boundary before step s (see metrics_set_state). */
+static json_t *step_state_part(const metrics_sink *sink, const step_stats *s)
+{
+    record_state state = sink->state;
+    if (!sink->have_state)
+        state = (record_state){.step = s->step - 1, .lr = s->lr,
+                               .ranks = s->ranks,
+                               .placement_version = s->placement_version};
+    return record_state_json(&state);
+}
+
 int metrics_write_step(metrics_sink *sink, const step_stats *s,
                        moe_error *err)
 {
-    json_t *load = json_array();
-    for (int l = 0; l < s->layers; l++) {
-        json_t *row = json_array();
-        for (int e = 0; e < s->experts; e++)
-            json_array_append_new(
-                row, json_integer(s->expert_load[(size_t)l * s->experts + e]));
-        json_array_append_new(load, row);
-    }
-    json_t *ranks = json_array(), *placement = json_array();
-    for (int r = 0; s->rank && r < s->ranks; r++) {
-        const rank_stats *q = &s->rank[r];
-        const config_device *dev = &s->devices[r];
-        json_array_append_new(ranks, json_pack(
-            "{s:i, s:s, s:s, s:b, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:I}",
-            "rank", r, "device", dev->name, "backend", config_backend_names[dev->backend],
-            "emulated", dev->slowdown != 1.0, "expert_ms", number(q->expert_ms),
-            "dense_ms", number(q->dense_ms), "alltoall_ms",
-            number(q->alltoall_ms), "allreduce_ms", number(q->allreduce_ms),
-            "idle_ms", number(q->idle_ms), "tokens", (json_int_t)q->tokens,
-            "experts", (json_int_t)q->experts, "migration_bytes",
-            (json_int_t)q->migration_bytes));
-        json_t *row = json_array_get(ranks, json_array_size(ranks) - 1);
-        json_object_set_new(row, "expert_flops_per_s",
-                            number(q->expert_flops_per_s));
-        json_object_set_new(row, "state_gb", number(q->state_bytes * 1e-9));
-        json_object_set_new(row, "capacity_gb",
-                            number(q->capacity_bytes * 1e-9));
-        json_object_set_new(row, "rss_gb", number(q->rss_bytes * 1e-9));
-    }
-    for (int l = 0; s->placement && l < s->layers; l++) {
-        json_t *row = json_array();
-        for (int e = 0; e < s->experts; e++)
-            json_array_append_new(
-                row, json_integer(s->placement[(size_t)l * s->experts + e]));
-        json_array_append_new(placement, row);
-    }
-    json_t *record = json_pack(
-        "{s:s, s:i, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:i, s:I, s:o, "
-        "s:i, s:o, s:o, s:o, s:i}",
-        "type", "step", "step", s->step, "loss", number(s->loss),
-        "lr", number(s->lr), "grad_norm", number(s->grad_norm),
-        "tokens_per_s", number(s->tokens_per_s),
-        "model_flops_per_s", number(s->flops_per_s),
-        "aux_loss", number(s->aux_loss), "z_loss", number(s->z_loss),
-        "step_ms", number(s->step_s * 1e3), "tokens", s->tokens,
-        "tokens_seen", (json_int_t)s->tokens_seen,
-        "elapsed_s", number(s->elapsed_s), "dropped", s->dropped,
-        "expert_load", load, "ranks", ranks, "placement", placement,
-        "placement_version", s->placement_version);
-    if (record)
-        add_balance(record, s);
-    if (record && s->share)
-        json_object_set_new(record, "splits", metrics_splits_json(
+    json_t *ranks = json_array();
+    for (int r = 0; s->rank && r < s->ranks; r++)
+        json_array_append_new(ranks, rank_part(r, &s->rank[r],
+                                               &s->devices[r]));
+    json_t *o = record_begin(RECORD_TYPE_STEP);
+    record_set_int(o, RECORD_STEP_step, s->step);
+    record_set_real(o, RECORD_STEP_loss, s->loss);
+    record_set_real(o, RECORD_STEP_lr, s->lr);
+    record_set_real(o, RECORD_STEP_grad_norm, s->grad_norm);
+    record_set_real(o, RECORD_STEP_tokens_per_s, s->tokens_per_s);
+    record_set_real(o, RECORD_STEP_model_flops_per_s, s->flops_per_s);
+    record_set_real(o, RECORD_STEP_aux_loss, s->aux_loss);
+    record_set_real(o, RECORD_STEP_z_loss, s->z_loss);
+    record_set_real(o, RECORD_STEP_step_ms, s->step_s * 1e3);
+    record_set_int(o, RECORD_STEP_tokens, s->tokens);
+    record_set_int(o, RECORD_STEP_tokens_seen, (long long)s->tokens_seen);
+    record_set_real(o, RECORD_STEP_elapsed_s, s->elapsed_s);
+    record_set_int(o, RECORD_STEP_dropped, s->dropped);
+    record_set_json(o, RECORD_STEP_expert_load,
+                    record_grid_int(s->expert_load, s->layers, s->experts));
+    record_set_json(o, RECORD_STEP_ranks, ranks);
+    record_set_json(o, RECORD_STEP_placement,
+                    record_grid_int(s->placement, s->layers, s->experts));
+    record_set_int(o, RECORD_STEP_placement_version, s->placement_version);
+    add_balance(o, s);
+    if (s->share)
+        record_set_json(o, RECORD_STEP_splits, metrics_splits_json(
             s->layers, s->experts, s->ranks, s->placement, s->share,
             s->share_units));
-    return emit(sink, record, err);
+    record_set_json(o, RECORD_STEP_state, step_state_part(sink, s));
+    return emit(sink, o, err);
 }
 
 int metrics_write_val(metrics_sink *sink, int step, double val_loss,
                       moe_error *err)
 {
-    return emit(sink,
-                json_pack("{s:s, s:i, s:o}", "type", "val", "step", step,
-                          "val_loss", number(val_loss)),
-                err);
+    json_t *o = record_begin(RECORD_TYPE_VAL);
+    record_set_int(o, RECORD_VAL_step, step);
+    record_set_real(o, RECORD_VAL_val_loss, val_loss);
+    return emit(sink, o, err);
 }
 
 int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
                              moe_error *err)
 {
-    return emit(sink,
-                json_pack("{s:s, s:i, s:s}", "type", "checkpoint", "step",
-                          step, "path", path),
-                err);
+    json_t *o = record_begin(RECORD_TYPE_CHECKPOINT);
+    record_set_int(o, RECORD_CHECKPOINT_step, step);
+    record_set_string(o, RECORD_CHECKPOINT_path, path);
+    return emit(sink, o, err);
 }
 
-int metrics_write_event(metrics_sink *sink, int step, const char *command_text,
-                        const char *reply, double duration_ms,
+int metrics_write_event(metrics_sink *sink, const metrics_event *event,
                         moe_error *err)
 {
-    json_t *record = json_pack("{s:s, s:i, s:s}", "type", "event", "step",
-                               step, "command", command_text);
-    if (record && reply)
-        json_object_set_new(record, "reply", json_string(reply));
-    if (record && isfinite(duration_ms))
-        json_object_set_new(record, "duration_ms", json_real(duration_ms));
-    return emit(sink, record, err);
+    json_t *o = record_begin(RECORD_TYPE_EVENT);
+    record_set_int(o, RECORD_EVENT_step, event->step);
+    record_set_string(o, RECORD_EVENT_command, event->command);
+    record_set_string(o, RECORD_EVENT_origin,
+                      record_origin_names[event->origin]);
+    record_set_bool(o, RECORD_EVENT_ok, event->ok);
+    record_set_string(o, RECORD_EVENT_reply,
+                      event->reply ? event->reply : "");
+    if (isfinite(event->duration_ms))
+        record_set_real(o, RECORD_EVENT_duration_ms, event->duration_ms);
+    record_set_json(o, RECORD_EVENT_state, record_state_json(event->state));
+    return emit(sink, o, err);
 }
 
 int metrics_write_record(metrics_sink *sink, json_t *record, moe_error *err)
@@ -312,29 +413,26 @@ int metrics_write_record(metrics_sink *sink, json_t *record, moe_error *err)
 int metrics_write_summary(metrics_sink *sink, const run_summary *s,
                           moe_error *err)
 {
-    json_t *record = json_pack(
-        "{s:s, s:s, s:i, s:i, s:o, s:o, s:i, s:o, s:o, s:I}",
-        "type", "summary", "status", s->status, "first_step", s->first_step,
-        "last_step", s->last_step, "loss", number(s->loss),
-        "val_loss", number(s->val_loss), "val_step", s->val_step,
-        "tokens_per_s", number(s->tokens_per_s),
-        "elapsed_s", number(s->elapsed_s),
-        "tokens_seen", (json_int_t)s->tokens_seen);
-    if (record) {
-        json_object_set_new(record, "checkpoint",
-                            s->checkpoint ? json_string(s->checkpoint)
-                                          : json_null());
-        json_object_set_new(record, "cost_per_mtok",
-                            number(s->cost_per_mtok));
-        json_object_set_new(record, "mfu", number(s->mfu));
-        json_object_set_new(record, "migrations",
-                            json_integer(s->migrations));
-        json_object_set_new(record, "migration_bytes",
-                            number(s->migration_bytes));
-        json_object_set_new(record, "phases_s", json_pack(
-            "{s:o, s:o, s:o, s:o}", "train", number(s->train_s),
-            "validation", number(s->val_s), "checkpoints",
-            number(s->checkpoint_s), "commands", number(s->command_s)));
-    }
-    return emit(sink, record, err);
+    json_t *o = record_begin(RECORD_TYPE_SUMMARY);
+    record_set_string(o, RECORD_SUMMARY_status, s->status);
+    record_set_int(o, RECORD_SUMMARY_first_step, s->first_step);
+    record_set_int(o, RECORD_SUMMARY_last_step, s->last_step);
+    record_set_real(o, RECORD_SUMMARY_loss, s->loss);
+    record_set_real(o, RECORD_SUMMARY_val_loss, s->val_loss);
+    record_set_int(o, RECORD_SUMMARY_val_step, s->val_step);
+    record_set_real(o, RECORD_SUMMARY_tokens_per_s, s->tokens_per_s);
+    record_set_real(o, RECORD_SUMMARY_elapsed_s, s->elapsed_s);
+    record_set_int(o, RECORD_SUMMARY_tokens_seen, (long long)s->tokens_seen);
+    record_set_string(o, RECORD_SUMMARY_checkpoint, s->checkpoint);
+    record_set_real(o, RECORD_SUMMARY_cost_per_mtok, s->cost_per_mtok);
+    record_set_real(o, RECORD_SUMMARY_mfu, s->mfu);
+    record_set_int(o, RECORD_SUMMARY_migrations, s->migrations);
+    record_set_real(o, RECORD_SUMMARY_migration_bytes, s->migration_bytes);
+    json_t *phases = record_begin(RECORD_TYPE_PHASES);
+    record_set_real(phases, RECORD_PHASES_train, s->train_s);
+    record_set_real(phases, RECORD_PHASES_validation, s->val_s);
+    record_set_real(phases, RECORD_PHASES_checkpoints, s->checkpoint_s);
+    record_set_real(phases, RECORD_PHASES_commands, s->command_s);
+    record_set_json(o, RECORD_SUMMARY_phases_s, phases);
+    return emit(sink, o, err);
 }

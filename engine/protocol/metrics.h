@@ -1,7 +1,7 @@
 /* Metrics as JSON Lines: one record per step, per validation, a run
- * record at the start and a summary at the end (schema in README.md).
- * Built with jansson; each line is flushed as it is written so a reader
- * tailing the file sees whole records. */
+ * record at the start and a summary at the end, each built through the
+ * schema of engine/protocol/record.h. Each line is flushed as it is
+ * written so a reader tailing the file sees whole records. */
 #ifndef MOECTL_ENGINE_METRICS_H
 #define MOECTL_ENGINE_METRICS_H
 
@@ -11,6 +11,7 @@
 #include "engine/config/config.h"
 #include "engine/core/error.h"
 #include "engine/model/model.h"
+#include "engine/protocol/record.h"
 
 typedef struct metrics_sink metrics_sink;
 struct control_server;
@@ -89,11 +90,30 @@ typedef struct run_summary {
 } run_summary;
 
 /* path "-" writes to standard output; NULL writes no file (records then
- * only go to a control server). */
-int metrics_open(metrics_sink **out, const char *path, moe_error *err);
-/* Every record written from now on also goes to the clients of s. */
+ * only go to a control server). run_name (the config's name) starts the
+ * run_id of every record (record.h). */
+int metrics_open(metrics_sink **out, const char *path, const char *run_name,
+                 moe_error *err);
+/* Every record written from now on also goes to the clients of s, whose
+ * replies carry the same run_id. */
 void metrics_attach_control(metrics_sink *sink, struct control_server *s);
 void metrics_close(metrics_sink *sink);
+const char *metrics_run_id(const metrics_sink *sink);
+/* The job's state at this boundary: step records written from now on
+ * carry it (the state the step ran in). */
+void metrics_set_state(metrics_sink *sink, const record_state *state);
+
+/* One layer's imbalance of a step's load: max/mean and coefficient of
+ * variation (NAN when nothing was routed), dead (unrouted) experts. The
+ * one computation behind the records and the script's metrics. */
+typedef struct metrics_imbalance {
+    double max_mean, cv;
+    int dead;
+} metrics_imbalance;
+void metrics_layer_imbalance(const int *load, int experts,
+                             metrics_imbalance *out);
+/* tokens_per_s / ideal_tokens_per_s: the fraction of the ideal speed. */
+double metrics_ideal_share(const step_stats *s);
 
 int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
                       int resumed_step, moe_error *err);
@@ -103,10 +123,17 @@ int metrics_write_val(metrics_sink *sink, int step, double val_loss,
                       moe_error *err);
 int metrics_write_checkpoint(metrics_sink *sink, int step, const char *path,
                              moe_error *err);
-/* A command applied at the boundary after `step`, with its reply (may be
- * NULL) and how long it took (NAN: not timed). */
-int metrics_write_event(metrics_sink *sink, int step, const char *command_text,
-                        const char *reply, double duration_ms,
+/* A command applied (or refused) at the boundary after `step`. */
+typedef struct metrics_event {
+    int step;
+    const char *command;       /* in the command grammar */
+    record_origin origin;
+    int ok;                    /* applied, not refused */
+    const char *reply;         /* for display; may be NULL */
+    double duration_ms;        /* NAN: not timed */
+    const record_state *state; /* after the command */
+} metrics_event;
+int metrics_write_event(metrics_sink *sink, const metrics_event *event,
                         moe_error *err);
 struct json_t;
 /* [[layer, expert, [[rank, share], ...]], ...] for the experts of a share
@@ -115,7 +142,8 @@ struct json_t;
 struct json_t *metrics_splits_json(int layers, int experts, int ranks,
                                    const int *placement, const int *share,
                                    int units);
-/* Any record built by the caller (it is consumed). */
+/* Any record built by the caller with record_begin (it is consumed);
+ * the common fields are added here. */
 int metrics_write_record(metrics_sink *sink, struct json_t *record,
                          moe_error *err);
 int metrics_write_summary(metrics_sink *sink, const run_summary *s,

@@ -298,26 +298,21 @@ void script_values(double *v, const step_stats *st, double val_loss)
     v[SCRIPT_METRIC_step_ms] = st->step_s * 1e3;
     v[SCRIPT_METRIC_mfu] = st->mfu;
     v[SCRIPT_METRIC_cost_per_mtok] = st->cost_per_mtok;
-    v[SCRIPT_METRIC_ideal_share] = st->tokens_per_s / st->ideal_tokens_per_s;
+    v[SCRIPT_METRIC_ideal_share] = metrics_ideal_share(st);
     v[SCRIPT_METRIC_dropped] = st->dropped;
     if (!st->expert_load)
         return;
+    /* The step record's figures (the worst layer), not a second formula. */
     double max_mean = 0, cv = 0, dead = 0;
     for (int l = 0; l < st->layers; l++) {
-        const int *row = st->expert_load + (size_t)l * st->experts;
-        double sum = 0, sq = 0, max = 0;
-        for (int e = 0; e < st->experts; e++) {
-            sum += row[e];
-            sq += (double)row[e] * row[e];
-            max = fmax(max, row[e]);
-            dead += row[e] == 0;
+        metrics_imbalance m;
+        metrics_layer_imbalance(st->expert_load + (size_t)l * st->experts,
+                                st->experts, &m);
+        if (isfinite(m.max_mean)) {
+            max_mean = fmax(max_mean, m.max_mean);
+            cv = fmax(cv, m.cv);
         }
-        double mean = sum / st->experts;
-        if (mean > 0) {
-            max_mean = fmax(max_mean, max / mean);
-            cv = fmax(cv, sqrt(fmax(sq / st->experts - mean * mean, 0)) /
-                              mean);
-        }
+        dead += m.dead;
     }
     v[SCRIPT_METRIC_max_mean] = max_mean;
     v[SCRIPT_METRIC_cv] = cv;

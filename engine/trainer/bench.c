@@ -457,23 +457,25 @@ static void measure_ranks(const config *base, const bench_options *opt,
         int n = 0;
         char line[1 << 16];
         while (tps && ms && fgets(line, sizeof line, in)) {
-            json_error_t jerr;
-            json_t *r = json_loads(line, 0, &jerr);
-            const char *type = json_string_value(json_object_get(r, "type"));
-            int step = (int)json_integer_value(json_object_get(r, "step"));
-            if (type && strcmp(type, "step") == 0 && step > opt->warmup &&
-                n < steps) {
-                tps[n] = json_real_value(json_object_get(r, "tokens_per_s"));
-                ms[n] = json_real_value(json_object_get(r, "step_ms"));
-                json_t *rank0 = json_array_get(json_object_get(r, "ranks"), 0);
-                share += json_real_value(json_object_get(rank0, "alltoall_ms")) /
-                         ms[n];
-                n++;
-            } else if (type && strcmp(type, "event") == 0) {
-                row->move_ms =
-                    json_real_value(json_object_get(r, "duration_ms"));
+            record_value r;
+            char why[256];
+            if (record_decode(line, &r, why, sizeof why) < 0) {
+                record_free(&r);
+                continue;
             }
-            json_decref(r);
+            int step = (int)record_int(&r, RECORD_STEP_step, 0);
+            if (r.type == RECORD_TYPE_STEP && step > opt->warmup &&
+                n < steps) {
+                tps[n] = record_real(&r, RECORD_STEP_tokens_per_s);
+                ms[n] = record_real(&r, RECORD_STEP_step_ms);
+                record_value rank0;
+                record_part(&r, RECORD_STEP_ranks, 0, &rank0);
+                share += record_real(&rank0, RECORD_RANK_alltoall_ms) / ms[n];
+                n++;
+            } else if (r.type == RECORD_TYPE_EVENT) {
+                row->move_ms = record_real(&r, RECORD_EVENT_duration_ms);
+            }
+            record_free(&r);
         }
         fclose(in);
         if (n > 0) {

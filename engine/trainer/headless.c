@@ -243,7 +243,7 @@ int headless_run(const config *cfg, const headless_options *opt,
     if (c->rank == 0) {
         /* Records go to the metrics file and to the control socket's
          * clients; commands come back through the socket. */
-        if (metrics_open(&metrics, opt->metrics, &err) < 0)
+        if (metrics_open(&metrics, opt->metrics, cfg->name, &err) < 0)
             goto done;
         if (control_open(&control, opt->socket, &err) < 0) {
             status = opt->socket ? 2 : 1;

@@ -245,6 +245,24 @@ def case_metrics(tmp):
     summary = records[-1]
     if summary["last_step"] != 12 or summary["status"] != "done":
         fail(f"summary {summary}")
+    # Every record: the schema version, a wall-clock time (Unix seconds,
+    # in order) and one run_id for the whole run (record.h).
+    if any(r.get("schema") != 2 for r in records):
+        fail("a record without schema 2")
+    times = [r.get("time") for r in records]
+    if not all(isinstance(t, float) for t in times) or times != sorted(times) \
+            or abs(times[0] - time.time()) > 600:
+        fail(f"record times {times[:3]}...")
+    run_ids = {r.get("run_id") for r in records}
+    if len(run_ids) != 1 or not run_ids.pop().startswith("tiny-"):
+        fail(f"run_id must be one per run, the config's name first: "
+             f"{ {r.get('run_id') for r in records} }")
+    # Step records carry the job's steerable state, so a late reader knows.
+    state = [r for r in records if r["type"] == "step"][-1]["state"]
+    if state != {"step": 11, "last_step": 12, "paused": False,
+                 "lr": state["lr"], "ranks": 1, "placement_version": 1,
+                 "policy": "off", "every": 50, "min_gain": 0.05}:
+        fail(f"state of the last step record: {state}")
     # --metrics - writes the same records to stdout.
     rc, out, _ = run(["run", TINY, "--metrics", "-", "--steps", "2",
                       "--set", "data.path=" + CORPUS,

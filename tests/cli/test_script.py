@@ -83,6 +83,18 @@ when max_mean > 1e9 stop # never
     for e in of(records, "event"):
         if not e.get("reply"):
             fail(f"event without a reply: {e}")
+        # The facts are fields: who gave it, whether it applied, and the
+        # job's state after it (record.h).
+        if e.get("origin") != "script" or e.get("ok") is not True:
+            fail(f"event origin/ok: {e}")
+        state = e.get("state", {})
+        if state.get("step") != e["step"] or state.get("paused") is not \
+                False or state.get("policy") != "off" or \
+                state.get("last_step") != 200:  # train.steps
+            fail(f"event state: {e}")
+    lr_event = of(records, "event")[0]
+    if lr_event["state"]["lr"] != 0.005:
+        fail(f"the state after lr 0.005: {lr_event}")
     steps = {s["step"]: s for s in of(records, "step")}
     if steps[1]["lr"] != 0.005:  # lr VALUE holds from then on
         fail(f"lr at step 1 is {steps[1]['lr']}, want 0.005")

@@ -1,7 +1,8 @@
 /* The console's view of a job, fed records as the engine writes them
- * (engine/protocol/metrics.c, engine/balance/balancer.c, engine/protocol/control.c): every figure
- * comes from a record, a missing one is n/a, and the balance policy is
- * learned from the records that carry it. */
+ * (engine/protocol/metrics.c, engine/balance/balancer.c,
+ * engine/protocol/control.c): every figure comes from a record field, a
+ * missing one is n/a, and the balance policy and the paused state are
+ * learned from the records' "state" fields, never from reply text. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -46,11 +47,17 @@ static void step_record(char *out, size_t size, int step, double step_ms,
              "\"imbalance\":{\"max_mean\":[2.0,1.0],\"cv\":[0.8,0.0],"
              "\"dead\":[1,0]},"
              "\"load_ema\":[[11.5,0.5,18],[5,5.25,4.75]],"
-             "\"straggler\":%s,\"ideal_tokens_per_s\":%.17g,\"mfu\":%s,"
+             "\"straggler\":%s,\"ideal_tokens_per_s\":%.17g,"
+             "\"ideal_share\":%.17g,\"mfu\":%s,"
              "\"cost_per_hour\":0.12,\"cost_per_mtok\":%.17g,"
-             "\"cost_per_btok\":%.17g,\"cost_per_ttok\":%.17g}",
-             step, tokens_per_s, step_ms, straggler, ideal, mfu_text, mtok,
-             mtok * 1e3, mtok * 1e6);
+             "\"cost_per_btok\":%.17g,\"cost_per_ttok\":%.17g,"
+             "\"state\":{\"step\":%d,\"last_step\":1000,\"paused\":false,"
+             "\"lr\":0.01,\"ranks\":2,\"placement_version\":1,"
+             "\"policy\":\"off\",\"every\":50,\"min_gain\":0.05},"
+             "\"schema\":2,\"time\":1796300000.25,\"run_id\":\"tiny2-x-1\"}",
+             step, tokens_per_s, step_ms, straggler, ideal,
+             tokens_per_s / ideal, mfu_text, mtok, mtok * 1e3, mtok * 1e6,
+             step - 1);
 }
 
 static int near(double a, double b)
@@ -141,10 +148,9 @@ static void check_older_engine(void)
                isnan(v.ranks[0].state_gb),
            "rank figures n/a");
     view_cost cost;
-    /* Derived from the prices: 0.12 per hour at 1000 tokens/s. */
-    EXPECT(view_cost_now(&v, &cost) &&
-               near(cost.per_mtok, 0.12 / 3600 / 1000 * 1e6),
-           "cost from prices %g", cost.per_mtok);
+    /* The engine's figures or none: the view derives no cost of its own. */
+    EXPECT(!view_cost_now(&v, &cost), "cost derived from prices %g",
+           cost.per_mtok);
     EXPECT(v.expert_load[5] == 6, "expert_load");
     view_finish(&v);
 }
@@ -180,6 +186,12 @@ static void check_straggler(void)
     view_finish(&v);
 }
 
+/* A "state" object: the job after a step or command. */
+#define STATE(step, paused, policy, every, min_gain)                          \
+    "\"state\":{\"step\":" #step ",\"last_step\":1000,\"paused\":" #paused     \
+    ",\"lr\":0.01,\"ranks\":2,\"placement_version\":1,\"policy\":\"" policy   \
+    "\",\"every\":" #every ",\"min_gain\":" #min_gain "}"
+
 static void check_balance(void)
 {
     view v;
@@ -189,28 +201,35 @@ static void check_balance(void)
                strcmp(view_policy_name(v.policy), "n/a") == 0,
            "policy unknown at first");
 
-    /* The console's status on attach. */
+    /* The console's status on attach: the facts are the state's fields;
+     * the message is only shown (here it even says otherwise). */
     view_apply(&v, "{\"type\":\"reply\",\"ok\":true,\"command\":\"status\","
                    "\"message\":\"step 5 of 100, running, lr 0.01, 2 ranks, "
-                   "placement version 1, policy off\"}");
-    EXPECT(v.policy == VIEW_POLICY_OFF, "status: policy off");
+                   "placement version 1, policy auto\","
+                   STATE(5, false, "off", 50, 0.05) "}");
+    EXPECT(v.policy == CONFIG_POLICY_OFF && v.have_state &&
+               v.state.step == 5 && !v.paused,
+           "status: policy off from the state, not the message");
     EXPECT(strstr(last_event(&v), "ok: step 5 of 100") != NULL,
            "status reply logged: %s", last_event(&v));
 
     /* b: the event, then the reply to this console, shown once. */
     int before = v.event_count;
     view_apply(&v, "{\"type\":\"event\",\"step\":7,\"command\":\"policy "
-                   "suggest\",\"reply\":\"policy suggest every 50 min-gain "
-                   "5%: next plan after step 50\"}");
+                   "suggest\",\"origin\":\"control\",\"ok\":true,"
+                   "\"reply\":\"policy suggest every 50 min-gain "
+                   "5%: next plan after step 50\","
+                   STATE(7, false, "suggest", 50, 0.05) "}");
     view_apply(&v, "{\"type\":\"reply\",\"ok\":true,\"command\":\"policy "
                    "suggest\",\"message\":\"policy suggest every 50 min-gain "
-                   "5%: next plan after step 50\"}");
+                   "5%: next plan after step 50\","
+                   STATE(7, false, "suggest", 50, 0.05) "}");
     EXPECT(v.event_count == before + 1, "policy reply logged %d times",
            v.event_count - before);
     EXPECT(strcmp(last_event(&v), "step 7: policy suggest every 50 min-gain "
                                   "5%: next plan after step 50") == 0,
            "policy event: %s", last_event(&v));
-    EXPECT(v.policy == VIEW_POLICY_SUGGEST && v.policy_every == 50 &&
+    EXPECT(v.policy == CONFIG_POLICY_SUGGEST && v.policy_every == 50 &&
                near(v.policy_min_gain, 0.05),
            "policy suggest every %d min-gain %g", v.policy_every,
            v.policy_min_gain);
@@ -220,7 +239,7 @@ static void check_balance(void)
                    "\"applied\":true,\"moves\":[[0,1,0,1],[1,2,1,0]],"
                    "\"predicted_before_ms\":10.5,\"predicted_after_ms\":9.5,"
                    "\"predicted_gain\":0.095,\"moved_bytes\":1000}");
-    EXPECT(v.policy == VIEW_POLICY_AUTO, "an auto plan implies policy auto");
+    EXPECT(v.policy == CONFIG_POLICY_AUTO, "an auto plan implies policy auto");
     EXPECT(v.plan.have && v.plan.step == 50 && v.plan.moves == 2 &&
                v.plan.applied && near(v.plan.before_ms, 10.5) &&
                near(v.plan.after_ms, 9.5) && near(v.plan.gain, 0.095) &&
@@ -228,8 +247,9 @@ static void check_balance(void)
                strcmp(v.plan.trigger, "auto") == 0,
            "plan");
     view_apply(&v, "{\"type\":\"event\",\"step\":50,\"command\":\"policy "
-                   "auto\",\"reply\":\"2 moves, predicted step 10.5 -> 9.5 "
-                   "ms (-9.5%)\"}");
+                   "auto\",\"origin\":\"policy\",\"ok\":true,"
+                   "\"reply\":\"2 moves, predicted step 10.5 -> 9.5 "
+                   "ms (-9.5%)\"," STATE(50, false, "auto", 50, 0.05) "}");
     EXPECT(strcmp(last_event(&v), "step 50: auto plan: 2 moves, predicted "
                                   "step 10.5 -> 9.5 ms (-9.5%)") == 0,
            "policy turn: %s", last_event(&v));
@@ -246,35 +266,94 @@ static void check_balance(void)
                                   "(before 10.7 ms)") == 0,
            "plan_result event: %s", last_event(&v));
 
-    /* a, refused: the event with its reply, marked by the error reply. */
+    /* a, refused: the event says so itself (ok false); the error reply to
+     * this console is not logged again. */
     before = v.event_count;
     view_apply(&v, "{\"type\":\"event\",\"step\":120,\"command\":\"apply\","
+                   "\"origin\":\"control\",\"ok\":false,"
                    "\"reply\":\"apply: one rank holds every expert; there "
-                   "is nothing to place\"}");
+                   "is nothing to place\","
+                   STATE(120, false, "auto", 50, 0.05) "}");
     view_apply(&v, "{\"type\":\"reply\",\"ok\":false,\"command\":\"apply\","
                    "\"error\":\"apply: one rank holds every expert; there is "
-                   "nothing to place\"}");
+                   "nothing to place\"," STATE(120, false, "auto", 50, 0.05)
+                   "}");
     EXPECT(v.event_count == before + 1 &&
                strcmp(last_event(&v), "step 120: apply: one rank holds every "
                                       "expert; there is nothing to place "
                                       "(refused)") == 0,
            "refused apply: %s", last_event(&v));
-    /* An event without a reply, and a reply with no event (a malformed
-     * command). */
-    view_apply(&v, "{\"type\":\"event\",\"step\":121,\"command\":\"pause\"}");
+    /* The same command at another step is another event's reply. */
+    view_apply(&v, "{\"type\":\"reply\",\"ok\":false,\"command\":\"apply\","
+                   "\"error\":\"apply: again\","
+                   STATE(121, false, "auto", 50, 0.05) "}");
+    EXPECT(v.event_count == before + 2 &&
+               strcmp(last_event(&v), "error: apply: again") == 0,
+           "a reply of another step: %s", last_event(&v));
+
+    /* pause: the state says paused, whatever the reply's words. */
+    view_apply(&v, "{\"type\":\"event\",\"step\":121,\"command\":\"pause\","
+                   "\"origin\":\"control\",\"ok\":true,\"reply\":\"\","
+                   STATE(121, true, "auto", 50, 0.05) "}");
     EXPECT(strcmp(last_event(&v), "step 121: pause") == 0 &&
-               strcmp(v.status, "paused") == 0,
-           "pause: %s", last_event(&v));
+               strcmp(v.status, "paused") == 0 && v.paused,
+           "pause: %s, status %s", last_event(&v), v.status);
+    view_apply(&v, "{\"type\":\"event\",\"step\":121,\"command\":\"resume\","
+                   "\"origin\":\"script\",\"ok\":true,\"reply\":\"resumed\","
+                   STATE(121, false, "auto", 50, 0.05) "}");
+    EXPECT(strcmp(v.status, "running") == 0 && !v.paused,
+           "resume: status %s", v.status);
+    /* A scripted status at this step, then one asked over the socket:
+     * the socket's reply is no echo of the script's event. */
+    before = v.event_count;
+    view_apply(&v, "{\"type\":\"event\",\"step\":121,\"command\":\"status\","
+                   "\"origin\":\"script\",\"ok\":true,\"reply\":\"step 121\","
+                   STATE(121, false, "auto", 50, 0.05) "}");
+    view_apply(&v, "{\"type\":\"reply\",\"ok\":true,\"command\":\"status\","
+                   "\"message\":\"step 121\","
+                   STATE(121, false, "auto", 50, 0.05) "}");
+    EXPECT(v.event_count == before + 2 &&
+               strcmp(last_event(&v), "ok: step 121") == 0,
+           "a socket status after a scripted one: %s", last_event(&v));
     view_apply(&v, "{\"type\":\"reply\",\"ok\":false,\"error\":\"unknown "
                    "command\"}");
     EXPECT(strcmp(last_event(&v), "error: unknown command") == 0,
            "error reply: %s", last_event(&v));
-    /* Someone else sets the policy (moectl ctl): the event says so. */
+    /* Someone else sets the policy (moectl ctl): the event's state says
+     * so, every and min-gain included. */
     view_apply(&v, "{\"type\":\"event\",\"step\":130,\"command\":\"policy "
-                   "off\",\"reply\":\"policy off: placement changes only by "
-                   "hand\"}");
-    EXPECT(v.policy == VIEW_POLICY_OFF, "policy off from an event");
+                   "off\",\"origin\":\"control\",\"ok\":true,"
+                   "\"reply\":\"policy off: placement changes only by "
+                   "hand\"," STATE(130, false, "off", 30, 0.02) "}");
+    EXPECT(v.policy == CONFIG_POLICY_OFF && v.policy_every == 30 &&
+               near(v.policy_min_gain, 0.02),
+           "policy off from an event");
     EXPECT(view_apply(&v, "not json") == -1, "a line that is no record");
+    EXPECT(view_apply(&v, "{\"type\":\"novel\"}") == 0,
+           "a record of a type the view does not know is skipped");
+    view_finish(&v);
+}
+
+/* A console that attaches late learns the policy and the paused state
+ * from the first records it gets: the run's balance, the step's state. */
+static void check_late_attach(void)
+{
+    view v;
+    view_init(&v);
+    view_apply(&v, "{\"type\":\"run\",\"config\":\"tiny2\",\"devices\":[],"
+                   "\"steps\":1000,\"model\":{\"layers\":2,\"experts\":3},"
+                   "\"balance\":{\"policy\":\"suggest\",\"every\":25,"
+                   "\"min_gain\":0.1},\"currency\":\"EUR\"}");
+    EXPECT(v.policy == CONFIG_POLICY_SUGGEST && v.policy_every == 25 &&
+               near(v.policy_min_gain, 0.1),
+           "policy from the run record's balance");
+    char line[4096];
+    step_record(line, sizeof line, 40, 1.0, 0.02, 128000, 0.1, "1");
+    EXPECT(view_apply(&v, line) == 0, "step 40");
+    EXPECT(v.policy == CONFIG_POLICY_OFF && v.policy_every == 50 &&
+               v.have_state && v.state.step == 39 && !v.paused &&
+               strcmp(v.run_id, "tiny2-x-1") == 0,
+           "the step record's state and run_id");
     view_finish(&v);
 }
 
@@ -284,6 +363,7 @@ int main(void)
     check_older_engine();
     check_straggler();
     check_balance();
+    check_late_attach();
     printf("view: %d failure(s)\n", failures);
     return failures ? 1 : 0;
 }

@@ -82,19 +82,19 @@ static void test_valid(void)
     expect_valid("apply", (command){.kind = COMMAND_APPLY});
     expect_valid("policy off",
                  (command){.kind = COMMAND_POLICY,
-                           .policy = COMMAND_POLICY_OFF, .min_gain = -1});
+                           .policy = CONFIG_POLICY_OFF, .min_gain = -1});
     expect_valid("policy suggest every 10",
                  (command){.kind = COMMAND_POLICY,
-                           .policy = COMMAND_POLICY_SUGGEST, .every = 10,
+                           .policy = CONFIG_POLICY_SUGGEST, .every = 10,
                            .min_gain = -1});
     expect_valid("policy auto every 20 min-gain 0.05",
-                 (command){.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_AUTO,
+                 (command){.kind = COMMAND_POLICY, .policy = CONFIG_POLICY_AUTO,
                            .every = 20, .min_gain = 0.05});
     expect_valid("policy auto min-gain 5% every 1",
-                 (command){.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_AUTO,
+                 (command){.kind = COMMAND_POLICY, .policy = CONFIG_POLICY_AUTO,
                            .every = 1, .min_gain = 0.05});
     expect_valid("policy auto min-gain 0",
-                 (command){.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_AUTO,
+                 (command){.kind = COMMAND_POLICY, .policy = CONFIG_POLICY_AUTO,
                            .min_gain = 0});
     expect_valid("move 03.007 002",
                  (command){.kind = COMMAND_MOVE, .layer = 3, .expert = 7,
@@ -289,8 +289,8 @@ static void test_format(void)
         {.kind = COMMAND_MOVE, .layer = 3, .expert = 7, .rank = 2},
         {.kind = COMMAND_PLAN},
         {.kind = COMMAND_APPLY},
-        {.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_OFF, .min_gain = -1},
-        {.kind = COMMAND_POLICY, .policy = COMMAND_POLICY_AUTO, .every = 20,
+        {.kind = COMMAND_POLICY, .policy = CONFIG_POLICY_OFF, .min_gain = -1},
+        {.kind = COMMAND_POLICY, .policy = CONFIG_POLICY_AUTO, .every = 20,
          .min_gain = 0.05},
     };
     const char *text[] = {"pause", "resume", "stop", "checkpoint", "status",

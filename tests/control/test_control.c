@@ -15,11 +15,13 @@
 #include <unistd.h>
 
 #include "engine/protocol/control.h"
+#include "engine/protocol/record.h"
 #include "tui/cli/ctl.h"
 
 #include "tests/expect.h"
 
 enum { WAIT_MS = 5000 };
+#define TEST_RUN_ID "test-20261203T000000Z-1"
 
 static const command_limits limits = {.layers = 4, .experts = 8, .ranks = 3};
 static char base_dir[] = "/tmp/moectl-test-XXXXXX";
@@ -45,6 +47,7 @@ static control_server *open_server(void)
         printf("FAIL: control_open: %s\n", err.message);
         exit(1);
     }
+    control_set_run_id(s, TEST_RUN_ID);
     return s;
 }
 
@@ -123,11 +126,43 @@ static int client_read_line(test_client *c, control_server *s, char *line,
     }
 }
 
+/* A reply follows the schema, carries this server's run_id and a time
+ * near now; the text compared is the record without those three fields. */
+static void strip_reply_stamp(char *line, size_t size, int line_number)
+{
+    record_value r;
+    char why[256];
+    if (record_decode(line, &r, why, sizeof why) < 0 ||
+        r.type != RECORD_TYPE_REPLY) {
+        record_free(&r);
+        return; /* a broadcast line: compared as it is */
+    }
+    int checked = record_check(&r, why, sizeof why) == 0;
+    const char *run_id = record_string(&r, RECORD_COMMON_run_id);
+    double age_s = (double)time(NULL) - record_real(&r, RECORD_COMMON_time);
+    if (!checked || !run_id || strcmp(run_id, TEST_RUN_ID) != 0 ||
+        !(age_s > -5 && age_s < 60)) {
+        failures++;
+        printf("FAIL %s:%d: reply %s: %s\n", __FILE__, line_number, line,
+               checked ? "run_id or time wrong" : why);
+    }
+    json_object_del(r.json, "schema");
+    json_object_del(r.json, "time");
+    json_object_del(r.json, "run_id");
+    char *text = json_dumps(r.json, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    if (text)
+        snprintf(line, size, "%s", text);
+    free(text);
+    record_free(&r);
+}
+
 static void expect_line(test_client *c, control_server *s, const char *want,
                         int line_number)
 {
     char line[8192] = "";
     int rc = client_read_line(c, s, line, sizeof line, WAIT_MS);
+    if (rc == 1)
+        strip_reply_stamp(line, sizeof line, line_number);
     if (rc != 1 || strcmp(line, want) != 0) {
         failures++;
         printf("FAIL %s:%d: read %s\n  got  %s\n  want %s\n", __FILE__,
@@ -300,6 +335,32 @@ static void test_command_and_reply(void)
                           "expert 1.2\"}");
     EXPECT_LINE(&a, NULL, "{\"type\":\"reply\",\"ok\":true,\"command\":"
                           "\"pause\"}");
+
+    /* The facts of a reply are fields: the job's state after the command. */
+    client_say(&a, "policy auto every 20\n");
+    EXPECT(poll_requests(s, req, 1, 8, WAIT_MS) == 1, "no policy request");
+    record_state state = {.step = 7, .last_step = 50, .paused = 1,
+                          .lr = 1e-3, .ranks = 2, .placement_version = 3,
+                          .policy = CONFIG_POLICY_AUTO, .every = 20,
+                          .min_gain = 0.05};
+    control_reply_state(s, &req[0], 1, "policy auto every 20", &state);
+    char reply[1024] = "";
+    EXPECT(client_read_line(&a, NULL, reply, sizeof reply, WAIT_MS) == 1,
+           "no policy reply");
+    record_value r;
+    record_state got;
+    char why[256] = "";
+    EXPECT(record_decode(reply, &r, why, sizeof why) == 0 &&
+               record_check(&r, why, sizeof why) == 0 &&
+               record_state_read(&r, RECORD_REPLY_state, &got) == 0,
+           "policy reply %s: %s", reply, why);
+    EXPECT(got.step == 7 && got.last_step == 50 && got.paused &&
+               got.lr == 1e-3 && got.ranks == 2 &&
+               got.placement_version == 3 &&
+               got.policy == CONFIG_POLICY_AUTO && got.every == 20 &&
+               got.min_gain == 0.05,
+           "state of the policy reply: %s", reply);
+    record_free(&r);
 
     /* Messages are escaped by jansson, and bytes that are not UTF-8 sent as
      * '?', so the reply always stays one parseable line. */

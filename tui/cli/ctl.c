@@ -2,7 +2,6 @@
 #include "engine/core/clock.h"
 
 #include <errno.h>
-#include <jansson.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,6 +9,8 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "engine/protocol/record.h"
 
 enum {
     CTL_OK = 0,
@@ -72,33 +73,31 @@ static int ctl_send_line(int fd, const char *line)
 static int ctl_record(const char *socket_path, const char *text, FILE *out,
                       FILE *err)
 {
-    json_error_t json_err;
-    json_t *record = json_loads(text, 0, &json_err);
-    if (!record || !json_is_object(record)) {
+    record_value record;
+    char why[256];
+    int decoded = record_decode(text, &record, why, sizeof why) == 0;
+    if (!decoded && !record.json) {
         fprintf(err, "moectl ctl: %s sent a line that is not a JSON record: "
-                     "%s\n", socket_path,
-                record ? "not an object" : json_err.text);
-        json_decref(record);
+                     "%s\n", socket_path, why);
+        record_free(&record);
         return CTL_FAILED;
     }
-    const char *type = json_string_value(json_object_get(record, "type"));
-    if (!type || strcmp(type, "reply") != 0) {
-        json_decref(record);
+    if (!decoded || record.type != RECORD_TYPE_REPLY) {
+        record_free(&record);
         return -1;
     }
     int status;
-    if (json_is_true(json_object_get(record, "ok"))) {
-        const char *message =
-            json_string_value(json_object_get(record, "message"));
+    if (record_bool(&record, RECORD_REPLY_ok)) {
+        const char *message = record_string(&record, RECORD_REPLY_message);
         fprintf(out, "%s\n", message && *message ? message : "ok");
         status = CTL_OK;
     } else {
-        const char *error = json_string_value(json_object_get(record, "error"));
+        const char *error = record_string(&record, RECORD_REPLY_error);
         fprintf(err, "moectl ctl: %s\n", error ? error : "command failed");
         status = CTL_FAILED;
     }
     fflush(out);
-    json_decref(record);
+    record_free(&record);
     return status;
 }
 

@@ -6,8 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const policy_names[] = {"off", "suggest", "auto"};
-
 static void figure_init(view_figure *f)
 {
     f->now = f->avg = NAN;
@@ -62,21 +60,21 @@ void view_event(view *v, const char *text)
 
 const char *view_policy_name(view_policy policy)
 {
-    return policy >= VIEW_POLICY_OFF && policy <= VIEW_POLICY_AUTO
-               ? policy_names[policy]
+    return policy >= CONFIG_POLICY_OFF && policy <= CONFIG_POLICY_AUTO
+               ? config_policy_names[policy]
                : "n/a";
 }
 
-static double real_of(json_t *o, const char *key)
+static void copy_string(char *out, size_t size, const record_value *r,
+                        record_field f)
 {
-    json_t *x = json_object_get(o, key);
-    return json_is_number(x) ? json_number_value(x) : NAN;
+    const char *s = record_string(r, f);
+    snprintf(out, size, "%s", s ? s : "");
 }
 
-static void copy_string(char *out, size_t size, json_t *o, const char *key)
+static int int_of(const record_value *r, record_field f)
 {
-    const char *s = json_string_value(json_object_get(o, key));
-    snprintf(out, size, "%s", s ? s : "");
+    return (int)record_int(r, f, 0);
 }
 
 /* The latest value of a figure, and its moving average with this record
@@ -127,86 +125,95 @@ static int read_real_grid(double *grid, json_t *rows, int layers,
     return 1;
 }
 
-static int policy_of_word(const char *word, size_t n)
+/* The policy and its settings as a record's state or balance tells. */
+static void learn_policy(view *v, config_policy policy, int every,
+                         double min_gain)
 {
-    for (int p = VIEW_POLICY_OFF; p <= VIEW_POLICY_AUTO; p++)
-        if (strlen(policy_names[p]) == n &&
-            strncmp(word, policy_names[p], n) == 0)
-            return p;
-    return VIEW_POLICY_UNKNOWN;
-}
-
-/* "policy WORD..." at text: the policy it names, or unknown. */
-static int policy_at(const char *text)
-{
-    if (!text || strncmp(text, "policy ", 7) != 0)
-        return VIEW_POLICY_UNKNOWN;
-    const char *word = text + 7;
-    return policy_of_word(word, strcspn(word, " :,;"));
-}
-
-/* What the engine writes when a policy is set: "policy auto every 100
- * min-gain 2%: next plan after step 200" or "policy off: ...". */
-static void learn_policy_reply(view *v, const char *reply)
-{
-    int policy = policy_at(reply);
-    if (policy == VIEW_POLICY_UNKNOWN)
-        return;
-    v->policy = (view_policy)policy;
-    int every;
-    double min_gain_percent;
-    const char *rest = strchr(reply + 7, ' ');
-    if (rest && sscanf(rest, " every %d min-gain %lf%%", &every,
-                       &min_gain_percent) == 2) {
+    v->policy = policy;
+    if (every > 0)
         v->policy_every = every;
-        v->policy_min_gain = min_gain_percent / 100;
-    }
+    if (isfinite(min_gain))
+        v->policy_min_gain = min_gain;
 }
 
-static void apply_run(view *v, json_t *r)
+/* The job's state after a step or command: the policy and paused. */
+static void learn_state(view *v, const record_value *r, record_field f)
 {
-    copy_string(v->config, sizeof v->config, r, "config");
-    copy_string(v->currency, sizeof v->currency, r, "currency");
-    v->steps_total = (int)json_integer_value(json_object_get(r, "steps"));
-    v->tokens_per_step =
-        (int)json_integer_value(json_object_get(r, "tokens_per_step"));
-    v->flops_per_token = real_of(r, "flops_per_token");
-    json_t *model = json_object_get(r, "model");
-    int layers = (int)json_integer_value(json_object_get(model, "layers"));
-    int experts = (int)json_integer_value(json_object_get(model, "experts"));
+    record_state state;
+    if (record_state_read(r, f, &state) < 0)
+        return;
+    v->state = state;
+    v->have_state = 1;
+    v->paused = state.paused;
+    learn_policy(v, state.policy, state.every, state.min_gain);
+    if (strcmp(v->status, "running") == 0 || strcmp(v->status, "paused") == 0 ||
+        strcmp(v->status, "starting") == 0)
+        snprintf(v->status, sizeof v->status, "%s",
+                 state.paused ? "paused" : "running");
+}
+
+static void alloc_grids(view *v, int layers, int experts)
+{
+    free_grids(v);
+    size_t cells = (size_t)layers * (size_t)experts;
+    size_t rows = layers ? (size_t)layers : 1;
+    cells = cells ? cells : 1;
+    v->expert_load = calloc(cells, sizeof *v->expert_load);
+    v->placement = calloc(cells, sizeof *v->placement);
+    v->kept = calloc(cells, sizeof *v->kept);
+    v->holders = calloc(cells, sizeof *v->holders);
+    v->load_ema = calloc(cells, sizeof *v->load_ema);
+    v->max_mean = calloc(rows, sizeof *v->max_mean);
+    v->cv = calloc(rows, sizeof *v->cv);
+    v->dead = calloc(rows, sizeof *v->dead);
+    v->layers = layers;
+    v->experts = experts;
+    v->have_load_ema = v->have_imbalance = 0;
+}
+
+static int grids_ready(const view *v)
+{
+    return v->expert_load && v->placement && v->kept && v->holders &&
+           v->load_ema && v->max_mean && v->cv && v->dead;
+}
+
+static void apply_run(view *v, const record_value *r)
+{
+    copy_string(v->config, sizeof v->config, r, RECORD_RUN_config);
+    copy_string(v->currency, sizeof v->currency, r, RECORD_RUN_currency);
+    v->steps_total = int_of(r, RECORD_RUN_steps);
+    v->tokens_per_step = int_of(r, RECORD_RUN_tokens_per_step);
+    v->flops_per_token = record_real(r, RECORD_RUN_flops_per_token);
+    record_value model;
+    record_part(r, RECORD_RUN_model, 0, &model);
+    int layers = int_of(&model, RECORD_MODEL_layers);
+    int experts = int_of(&model, RECORD_MODEL_experts);
     layers = layers > 0 ? layers : 0;
     experts = experts > 0 ? experts : 0;
-    if (layers != v->layers || experts != v->experts || !v->expert_load) {
-        free_grids(v);
-        size_t cells = (size_t)layers * (size_t)experts;
-        size_t rows = layers ? (size_t)layers : 1;
-        cells = cells ? cells : 1;
-        v->expert_load = calloc(cells, sizeof *v->expert_load);
-        v->placement = calloc(cells, sizeof *v->placement);
-        v->kept = calloc(cells, sizeof *v->kept);
-        v->holders = calloc(cells, sizeof *v->holders);
-        v->load_ema = calloc(cells, sizeof *v->load_ema);
-        v->max_mean = calloc(rows, sizeof *v->max_mean);
-        v->cv = calloc(rows, sizeof *v->cv);
-        v->dead = calloc(rows, sizeof *v->dead);
-        v->layers = layers;
-        v->experts = experts;
-        v->have_load_ema = v->have_imbalance = 0;
-    }
-    json_t *devices = json_object_get(r, "devices");
+    if (layers != v->layers || experts != v->experts || !v->expert_load)
+        alloc_grids(v, layers, experts);
     v->device_count = 0;
-    for (size_t i = 0; i < json_array_size(devices) && i < VIEW_MAX_RANKS;
-         i++) {
-        json_t *d = json_array_get(devices, i);
+    for (size_t i = 0; i < record_count(r, RECORD_RUN_devices) &&
+                       i < VIEW_MAX_RANKS; i++) {
+        record_value d;
+        record_part(r, RECORD_RUN_devices, i, &d);
         view_device *dev = &v->devices[v->device_count++];
-        copy_string(dev->name, sizeof dev->name, d, "name");
-        copy_string(dev->backend, sizeof dev->backend, d, "backend");
-        dev->price_per_hour = real_of(d, "price_per_hour");
-        dev->emulated = json_is_true(json_object_get(d, "emulated"));
+        copy_string(dev->name, sizeof dev->name, &d, RECORD_DEVICE_name);
+        copy_string(dev->backend, sizeof dev->backend, &d,
+                    RECORD_DEVICE_backend);
+        dev->price_per_hour = record_real(&d, RECORD_DEVICE_price_per_hour);
+        dev->emulated = record_bool(&d, RECORD_DEVICE_emulated);
     }
-    v->have_run = v->expert_load && v->placement && v->kept &&
-                  v->holders && v->load_ema &&
-                  v->max_mean && v->cv && v->dead;
+    record_value balance;
+    if (record_part(r, RECORD_RUN_balance, 0, &balance) == 0) {
+        int policy = record_enum(&balance, RECORD_BALANCE_policy,
+                                 config_policy_names);
+        if (policy >= 0)
+            learn_policy(v, (config_policy)policy,
+                         int_of(&balance, RECORD_BALANCE_every),
+                         record_real(&balance, RECORD_BALANCE_min_gain));
+    }
+    v->have_run = grids_ready(v);
     if (strcmp(v->status, "starting") == 0)
         snprintf(v->status, sizeof v->status, "running");
 }
@@ -240,14 +247,16 @@ static void record_history(view *v, int step, double loss, double val)
 
 /* Per-layer imbalance as the engine measured it; layers it lacks are
  * n/a. */
-static void apply_imbalance(view *v, json_t *imbalance)
+static void apply_imbalance(view *v, const record_value *step)
 {
-    v->have_imbalance = json_is_object(imbalance);
+    record_value imbalance;
+    v->have_imbalance =
+        record_part(step, RECORD_STEP_imbalance, 0, &imbalance) == 0;
     if (!v->have_imbalance)
         return;
-    json_t *max_mean = json_object_get(imbalance, "max_mean");
-    json_t *cv = json_object_get(imbalance, "cv");
-    json_t *dead = json_object_get(imbalance, "dead");
+    json_t *max_mean = record_json(&imbalance, RECORD_IMBALANCE_max_mean);
+    json_t *cv = record_json(&imbalance, RECORD_IMBALANCE_cv);
+    json_t *dead = record_json(&imbalance, RECORD_IMBALANCE_dead);
     for (int l = 0; l < v->layers; l++) {
         json_t *m = json_array_get(max_mean, (size_t)l);
         json_t *c = json_array_get(cv, (size_t)l);
@@ -258,23 +267,25 @@ static void apply_imbalance(view *v, json_t *imbalance)
     }
 }
 
-static void apply_ranks(view *v, json_t *ranks)
+static void apply_ranks(view *v, const record_value *step)
 {
     v->rank_count = 0;
-    for (size_t i = 0; i < json_array_size(ranks) && i < VIEW_MAX_RANKS; i++) {
-        json_t *q = json_array_get(ranks, i);
+    size_t n = record_count(step, RECORD_STEP_ranks);
+    for (size_t i = 0; i < n && i < VIEW_MAX_RANKS; i++) {
+        record_value q;
+        record_part(step, RECORD_STEP_ranks, i, &q);
         view_rank *k = &v->ranks[v->rank_count++];
-        k->expert_ms = real_of(q, "expert_ms");
-        k->dense_ms = real_of(q, "dense_ms");
-        k->alltoall_ms = real_of(q, "alltoall_ms");
-        k->allreduce_ms = real_of(q, "allreduce_ms");
-        k->idle_ms = real_of(q, "idle_ms");
-        k->tokens = real_of(q, "tokens");
-        k->experts = (int)json_integer_value(json_object_get(q, "experts"));
-        k->expert_flops_per_s = real_of(q, "expert_flops_per_s");
-        k->state_gb = real_of(q, "state_gb");
-        k->capacity_gb = real_of(q, "capacity_gb");
-        k->rss_gb = real_of(q, "rss_gb");
+        k->expert_ms = record_real(&q, RECORD_RANK_expert_ms);
+        k->dense_ms = record_real(&q, RECORD_RANK_dense_ms);
+        k->alltoall_ms = record_real(&q, RECORD_RANK_alltoall_ms);
+        k->allreduce_ms = record_real(&q, RECORD_RANK_allreduce_ms);
+        k->idle_ms = record_real(&q, RECORD_RANK_idle_ms);
+        k->tokens = record_real(&q, RECORD_RANK_tokens);
+        k->experts = int_of(&q, RECORD_RANK_experts);
+        k->expert_flops_per_s = record_real(&q, RECORD_RANK_expert_flops_per_s);
+        k->state_gb = record_real(&q, RECORD_RANK_state_gb);
+        k->capacity_gb = record_real(&q, RECORD_RANK_capacity_gb);
+        k->rss_gb = record_real(&q, RECORD_RANK_rss_gb);
     }
 }
 
@@ -304,73 +315,80 @@ static void apply_splits(view *v, json_t *splits)
     }
 }
 
-static void apply_step(view *v, json_t *r)
+/* The figures that are averaged (see view_figure). */
+static void apply_figures(view *v, const record_value *r)
 {
-    v->step = (int)json_integer_value(json_object_get(r, "step"));
-    v->loss = real_of(r, "loss");
-    v->lr = real_of(r, "lr");
-    v->model_flops_per_s = real_of(r, "model_flops_per_s");
-    v->elapsed_s = real_of(r, "elapsed_s");
-    v->step_ms = real_of(r, "step_ms");
-    double tokens_per_s = real_of(r, "tokens_per_s");
-    double ideal = real_of(r, "ideal_tokens_per_s");
-    double tokens = real_of(r, "tokens");
-    figure_update(&v->tokens_per_s, tokens_per_s, v->step_ms);
-    figure_update(&v->mfu, real_of(r, "mfu"), v->step_ms);
-    figure_update(&v->efficiency, ideal > 0 ? tokens_per_s / ideal : NAN,
+    double tokens = record_real(r, RECORD_STEP_tokens);
+    figure_update(&v->tokens_per_s, record_real(r, RECORD_STEP_tokens_per_s),
                   v->step_ms);
-    figure_update(&v->cost_per_hour, real_of(r, "cost_per_hour"),
+    figure_update(&v->mfu, record_real(r, RECORD_STEP_mfu), v->step_ms);
+    figure_update(&v->efficiency, record_real(r, RECORD_STEP_ideal_share),
                   v->step_ms);
-    figure_update(&v->cost_per_mtok, real_of(r, "cost_per_mtok"), tokens);
-    figure_update(&v->cost_per_btok, real_of(r, "cost_per_btok"), tokens);
-    figure_update(&v->cost_per_ttok, real_of(r, "cost_per_ttok"), tokens);
+    figure_update(&v->cost_per_hour, record_real(r, RECORD_STEP_cost_per_hour),
+                  v->step_ms);
+    figure_update(&v->cost_per_mtok, record_real(r, RECORD_STEP_cost_per_mtok),
+                  tokens);
+    figure_update(&v->cost_per_btok, record_real(r, RECORD_STEP_cost_per_btok),
+                  tokens);
+    figure_update(&v->cost_per_ttok, record_real(r, RECORD_STEP_cost_per_ttok),
+                  tokens);
+}
+
+static void apply_step(view *v, const record_value *r)
+{
+    v->step = int_of(r, RECORD_STEP_step);
+    v->loss = record_real(r, RECORD_STEP_loss);
+    v->lr = record_real(r, RECORD_STEP_lr);
+    v->model_flops_per_s = record_real(r, RECORD_STEP_model_flops_per_s);
+    v->elapsed_s = record_real(r, RECORD_STEP_elapsed_s);
+    v->step_ms = record_real(r, RECORD_STEP_step_ms);
+    apply_figures(v, r);
     if (v->have_run) {
-        read_grid(v->expert_load, json_object_get(r, "expert_load"),
+        read_grid(v->expert_load, record_json(r, RECORD_STEP_expert_load),
                   v->layers, v->experts);
-        read_grid(v->placement, json_object_get(r, "placement"), v->layers,
-                  v->experts);
+        read_grid(v->placement, record_json(r, RECORD_STEP_placement),
+                  v->layers, v->experts);
         v->have_load_ema = read_real_grid(
-            v->load_ema, json_object_get(r, "load_ema"), v->layers,
+            v->load_ema, record_json(r, RECORD_STEP_load_ema), v->layers,
             v->experts);
-        apply_imbalance(v, json_object_get(r, "imbalance"));
-        apply_splits(v, json_object_get(r, "splits"));
+        apply_imbalance(v, r);
+        apply_splits(v, record_json(r, RECORD_STEP_splits));
     }
-    v->placement_version =
-        (int)json_integer_value(json_object_get(r, "placement_version"));
-    apply_ranks(v, json_object_get(r, "ranks"));
-    json_t *straggler = json_object_get(r, "straggler");
-    v->straggler = json_is_integer(straggler) &&
-                           json_integer_value(straggler) >= 0 &&
-                           json_integer_value(straggler) < v->rank_count
-                       ? (int)json_integer_value(straggler)
+    v->placement_version = int_of(r, RECORD_STEP_placement_version);
+    apply_ranks(v, r);
+    long long straggler = record_int(r, RECORD_STEP_straggler, -1);
+    v->straggler = straggler >= 0 && straggler < v->rank_count
+                       ? (int)straggler
                        : -1;
-    if (straggler) /* older engines publish none: keep the window empty */
+    /* older engines publish none: keep the window empty */
+    if (record_json(r, RECORD_STEP_straggler))
         v->stragglers[v->straggler_count++ % VIEW_STRAGGLER_WINDOW] =
             v->straggler;
     record_history(v, v->step, v->loss, NAN);
+    learn_state(v, r, RECORD_STEP_state);
     v->have_step = 1;
 }
 
-static void apply_plan(view *v, json_t *r)
+static void apply_plan(view *v, const record_value *r)
 {
     view_plan *p = &v->plan;
     p->have = 1;
-    p->step = (int)json_integer_value(json_object_get(r, "step"));
-    copy_string(p->trigger, sizeof p->trigger, r, "trigger");
-    p->applied = json_is_true(json_object_get(r, "applied"));
-    json_t *changes = json_object_get(r, "changes");
-    p->moves = json_is_integer(changes)
-                   ? (int)json_integer_value(changes)
-                   : (int)json_array_size(json_object_get(r, "moves"));
-    p->splits = (int)json_array_size(json_object_get(r, "splits"));
-    p->before_ms = real_of(r, "predicted_before_ms");
-    p->after_ms = real_of(r, "predicted_after_ms");
-    p->gain = real_of(r, "predicted_gain");
-    p->moved_bytes = real_of(r, "moved_bytes");
+    p->step = int_of(r, RECORD_PLAN_step);
+    copy_string(p->trigger, sizeof p->trigger, r, RECORD_PLAN_trigger);
+    p->applied = record_bool(r, RECORD_PLAN_applied);
+    p->moves = (int)record_int(r, RECORD_PLAN_changes,
+                               (long long)record_count(r, RECORD_PLAN_moves));
+    p->splits = (int)record_count(r, RECORD_PLAN_splits);
+    p->before_ms = record_real(r, RECORD_PLAN_predicted_before_ms);
+    p->after_ms = record_real(r, RECORD_PLAN_predicted_after_ms);
+    p->gain = record_real(r, RECORD_PLAN_predicted_gain);
+    p->moved_bytes = record_real(r, RECORD_PLAN_moved_bytes);
     /* Only the policy's own turns plan as "auto" or "suggest". */
-    int policy = policy_of_word(p->trigger, strlen(p->trigger));
-    if (policy == VIEW_POLICY_AUTO || policy == VIEW_POLICY_SUGGEST)
-        v->policy = (view_policy)policy;
+    int trigger = record_enum(r, RECORD_PLAN_trigger, record_trigger_names);
+    if (trigger == RECORD_TRIGGER_AUTO)
+        v->policy = CONFIG_POLICY_AUTO;
+    else if (trigger == RECORD_TRIGGER_SUGGEST)
+        v->policy = CONFIG_POLICY_SUGGEST;
     v->plan_before_event = 1;
 }
 
@@ -383,17 +401,16 @@ static char *ms_text(char out[32], double ms)
     return out;
 }
 
-static void apply_plan_result(view *v, json_t *r)
+static void apply_plan_result(view *v, const record_value *r)
 {
     view_plan_result *p = &v->plan_result;
     p->have = 1;
-    p->step = (int)json_integer_value(json_object_get(r, "step"));
-    p->applied_step =
-        (int)json_integer_value(json_object_get(r, "applied_step"));
-    p->steps = (int)json_integer_value(json_object_get(r, "steps"));
-    p->before_ms = real_of(r, "before_ms");
-    p->predicted_ms = real_of(r, "predicted_ms");
-    p->measured_ms = real_of(r, "measured_ms");
+    p->step = int_of(r, RECORD_PLAN_RESULT_step);
+    p->applied_step = int_of(r, RECORD_PLAN_RESULT_applied_step);
+    p->steps = int_of(r, RECORD_PLAN_RESULT_steps);
+    p->before_ms = record_real(r, RECORD_PLAN_RESULT_before_ms);
+    p->predicted_ms = record_real(r, RECORD_PLAN_RESULT_predicted_ms);
+    p->measured_ms = record_real(r, RECORD_PLAN_RESULT_measured_ms);
     char text[VIEW_EVENT_BYTES], predicted[32], measured[32], before[32];
     snprintf(text, sizeof text, "step %d: plan at step %d: predicted %s ms, "
              "measured %s ms over %d steps (before %s ms)", p->step,
@@ -403,136 +420,143 @@ static void apply_plan_result(view *v, json_t *r)
     view_event(v, text);
 }
 
-/* Replies that restate their command ("lr 0.0001 from step 58") are
- * logged alone. */
-static int says_command(const char *reply, const char *command)
+/* Commands whose replies restate them ("lr 0.0001 from step 58"): their
+ * events are logged with the reply alone, as are refusals, whose reasons
+ * name their command ("apply: one rank holds every expert; ..."). Keyed
+ * by the command's name, the first word of the grammar. */
+static const char *const restating_commands[] = {"lr", "policy", NULL};
+
+static int restates(const char *command)
 {
-    size_t n = strlen(command);
-    return strncmp(reply, command, n) == 0 &&
-           (reply[n] == '\0' || reply[n] == ' ' || reply[n] == ':');
+    if (!command)
+        return 0;
+    return config_enum_lookup(restating_commands, command,
+                              strcspn(command, " ")) >= 0;
 }
 
-static void apply_event(view *v, json_t *r)
+static void apply_event(view *v, const record_value *r)
 {
-    const char *command = json_string_value(json_object_get(r, "command"));
-    const char *reply = json_string_value(json_object_get(r, "reply"));
-    int step = (int)json_integer_value(json_object_get(r, "step"));
+    const char *command = record_string(r, RECORD_EVENT_command);
+    const char *reply = record_string(r, RECORD_EVENT_reply);
+    int step = int_of(r, RECORD_EVENT_step);
+    int refused = record_has(r, RECORD_EVENT_ok) &&
+                  !record_bool(r, RECORD_EVENT_ok);
+    int origin = record_enum(r, RECORD_EVENT_origin, record_origin_names);
+    learn_state(v, r, RECORD_EVENT_state);
+    reply = reply && *reply ? reply : NULL;
     char text[VIEW_EVENT_BYTES];
-    /* The policy's own turn is logged as the command "policy auto" (or
-     * suggest), after its plan record: say so, rather than show it as if
-     * someone had set the policy. */
-    int policy = policy_at(command);
-    int policy_turn = v->plan_before_event && policy != VIEW_POLICY_UNKNOWN &&
-                      strcmp(command + 7, v->plan.trigger) == 0;
-    if (policy_turn)
+    /* The policy's own turn: say so, rather than show it as if someone
+     * had set the policy. */
+    if (origin == RECORD_ORIGIN_POLICY)
         snprintf(text, sizeof text, "step %d: %s plan: %s", step,
-                 policy == VIEW_POLICY_AUTO ? "auto" : "suggested",
+                 v->policy == CONFIG_POLICY_AUTO ? "auto" : "suggested",
                  reply ? reply : "");
-    else if (reply && command && says_command(reply, command))
+    else if (reply && (restates(command) || refused))
         snprintf(text, sizeof text, "step %d: %s", step, reply);
     else
         snprintf(text, sizeof text, "step %d: %s%s%s", step,
                  command ? command : "?", reply ? ": " : "",
                  reply ? reply : "");
+    if (refused)
+        snprintf(text + strlen(text), sizeof text - strlen(text),
+                 " (refused)");
     view_event(v, text);
     v->plan_before_event = 0;
     snprintf(v->last_command, sizeof v->last_command, "%s",
              command ? command : "");
     snprintf(v->last_reply, sizeof v->last_reply, "%s", reply ? reply : "");
-    v->last_event_index = v->event_count - 1;
-    if (policy != VIEW_POLICY_UNKNOWN) {
-        v->policy = (view_policy)policy;
-        if (!policy_turn)
-            learn_policy_reply(v, reply);
-    }
-    if (command && strcmp(command, "pause") == 0)
-        snprintf(v->status, sizeof v->status, "paused");
-    else if (command && strcmp(command, "resume") == 0)
-        snprintf(v->status, sizeof v->status, "running");
+    v->last_event_step = step;
+    /* Only a command from the socket is answered by a reply as well. */
+    v->last_event_index =
+        origin == RECORD_ORIGIN_CONTROL ? v->event_count - 1 : -1;
 }
 
-static void apply_reply(view *v, json_t *r)
+static void apply_reply(view *v, const record_value *r)
 {
-    int ok = json_is_true(json_object_get(r, "ok"));
-    const char *command = json_string_value(json_object_get(r, "command"));
+    int ok = record_bool(r, RECORD_REPLY_ok);
+    const char *command = record_string(r, RECORD_REPLY_command);
     const char *message =
-        json_string_value(json_object_get(r, ok ? "message" : "error"));
+        record_string(r, ok ? RECORD_REPLY_message : RECORD_REPLY_error);
     message = message ? message : "";
-    if (ok && command && strcmp(command, "status") == 0) {
-        const char *at = strstr(message, "policy ");
-        int policy = policy_at(at);
-        if (policy != VIEW_POLICY_UNKNOWN)
-            v->policy = (view_policy)policy;
-    } else if (ok && policy_at(command) != VIEW_POLICY_UNKNOWN) {
-        learn_policy_reply(v, message);
-    }
-    /* A command applied at a step boundary was logged already, with this
-     * reply, by its event record: show it once, marked if refused. */
+    learn_state(v, r, RECORD_REPLY_state);
+    /* A command applied at a step boundary was logged already by its
+     * event record (the same command at the same step): show it once. */
+    record_state state;
     int logged = command && v->last_event_index >= 0 &&
                  v->last_event_index > v->event_count - VIEW_EVENTS &&
-                 strcmp(command, v->last_command) == 0 &&
-                 strcmp(message, v->last_reply) == 0;
-    char text[VIEW_EVENT_BYTES];
+                 record_state_read(r, RECORD_REPLY_state, &state) == 0 &&
+                 state.step == v->last_event_step &&
+                 strcmp(command, v->last_command) == 0;
     if (logged) {
-        if (!ok) {
-            char *slot = v->events[v->last_event_index % VIEW_EVENTS];
-            snprintf(text, sizeof text, "%.*s (refused)",
-                     (int)sizeof text - 11, slot);
-            snprintf(slot, VIEW_EVENT_BYTES, "%s", text);
-        }
         v->last_event_index = -1;
         return;
     }
+    char text[VIEW_EVENT_BYTES];
     snprintf(text, sizeof text, "%s %s", ok ? "ok:" : "error:", message);
     view_event(v, text);
 }
 
+static void apply_val(view *v, const record_value *r)
+{
+    int step = int_of(r, RECORD_VAL_step);
+    v->val_loss = record_real(r, RECORD_VAL_val_loss);
+    v->have_val = isfinite(v->val_loss);
+    record_history(v, step, NAN, v->val_loss);
+    char text[VIEW_EVENT_BYTES];
+    snprintf(text, sizeof text, "step %d: val_loss %.4f", step, v->val_loss);
+    view_event(v, text);
+}
+
+static void apply_checkpoint(view *v, const record_value *r)
+{
+    const char *path = record_string(r, RECORD_CHECKPOINT_path);
+    char text[VIEW_EVENT_BYTES];
+    snprintf(text, sizeof text, "step %d: checkpoint %s",
+             int_of(r, RECORD_CHECKPOINT_step), path ? path : "?");
+    view_event(v, text);
+}
+
+static void apply_summary(view *v, const record_value *r)
+{
+    int status = record_enum(r, RECORD_SUMMARY_status, record_status_names);
+    snprintf(v->status, sizeof v->status, "%s",
+             status == RECORD_STATUS_STOPPED ? "stopped" : "done");
+    char text[VIEW_EVENT_BYTES];
+    snprintf(text, sizeof text, "run %s at step %d", v->status,
+             int_of(r, RECORD_SUMMARY_last_step));
+    view_event(v, text);
+}
+
+/* What each record type does to the view. */
+static void (*const view_appliers[RECORD_TYPE_COUNT])(view *,
+                                                      const record_value *) = {
+    [RECORD_TYPE_RUN] = apply_run,
+    [RECORD_TYPE_STEP] = apply_step,
+    [RECORD_TYPE_VAL] = apply_val,
+    [RECORD_TYPE_CHECKPOINT] = apply_checkpoint,
+    [RECORD_TYPE_EVENT] = apply_event,
+    [RECORD_TYPE_PLAN] = apply_plan,
+    [RECORD_TYPE_PLAN_RESULT] = apply_plan_result,
+    [RECORD_TYPE_SUMMARY] = apply_summary,
+    [RECORD_TYPE_REPLY] = apply_reply,
+};
+
 int view_apply(view *v, const char *line)
 {
-    json_error_t error;
-    json_t *r = json_loads(line, 0, &error);
-    const char *type = json_string_value(json_object_get(r, "type"));
-    if (!type) {
-        json_decref(r);
-        return -1;
+    record_value r;
+    char why[128];
+    if (record_decode(line, &r, why, sizeof why) < 0) {
+        /* A record of a type this console does not know is skipped. */
+        int is_record = r.json != NULL;
+        record_free(&r);
+        return is_record ? 0 : -1;
     }
-    char text[VIEW_EVENT_BYTES];
-    if (strcmp(type, "run") == 0) {
-        apply_run(v, r);
-    } else if (strcmp(type, "step") == 0) {
-        apply_step(v, r);
-    } else if (strcmp(type, "val") == 0) {
-        int step = (int)json_integer_value(json_object_get(r, "step"));
-        v->val_loss = real_of(r, "val_loss");
-        v->have_val = isfinite(v->val_loss);
-        record_history(v, step, NAN, v->val_loss);
-        snprintf(text, sizeof text, "step %d: val_loss %.4f", step,
-                 v->val_loss);
-        view_event(v, text);
-    } else if (strcmp(type, "event") == 0) {
-        apply_event(v, r);
-    } else if (strcmp(type, "plan") == 0) {
-        apply_plan(v, r);
-    } else if (strcmp(type, "plan_result") == 0) {
-        apply_plan_result(v, r);
-    } else if (strcmp(type, "checkpoint") == 0) {
-        const char *path = json_string_value(json_object_get(r, "path"));
-        snprintf(text, sizeof text, "step %d: checkpoint %s",
-                 (int)json_integer_value(json_object_get(r, "step")),
-                 path ? path : "?");
-        view_event(v, text);
-    } else if (strcmp(type, "reply") == 0) {
-        apply_reply(v, r);
-    } else if (strcmp(type, "summary") == 0) {
-        const char *status = json_string_value(json_object_get(r, "status"));
-        snprintf(v->status, sizeof v->status, "%s",
-                 status && strcmp(status, "stopped") == 0 ? "stopped"
-                                                           : "done");
-        snprintf(text, sizeof text, "run %s at step %d", v->status,
-                 (int)json_integer_value(json_object_get(r, "last_step")));
-        view_event(v, text);
-    }
-    json_decref(r);
+    const char *run_id = record_string(&r, RECORD_COMMON_run_id);
+    if (run_id)
+        snprintf(v->run_id, sizeof v->run_id, "%s", run_id);
+    if (view_appliers[r.type])
+        view_appliers[r.type](v, &r);
+    record_free(&r);
     return 0;
 }
 
@@ -560,40 +584,13 @@ int view_straggler(const view *v, double *share)
     return best;
 }
 
-static int price_per_hour_of_devices(const view *v, double *per_hour)
-{
-    if (!v->have_run || v->device_count == 0)
-        return 0;
-    double sum = 0;
-    for (int i = 0; i < v->device_count; i++) {
-        if (!isfinite(v->devices[i].price_per_hour))
-            return 0;
-        sum += v->devices[i].price_per_hour;
-    }
-    *per_hour = sum;
-    return 1;
-}
-
 int view_cost_now(const view *v, view_cost *out)
 {
-    if (!v->have_step)
+    if (!v->have_step || !v->cost_per_mtok.valid)
         return 0;
-    if (v->cost_per_mtok.valid) {
-        out->per_hour = v->cost_per_hour.valid ? v->cost_per_hour.avg : NAN;
-        out->per_mtok = v->cost_per_mtok.avg;
-        out->per_btok = v->cost_per_btok.valid ? v->cost_per_btok.avg
-                                               : out->per_mtok * 1e3;
-        out->per_ttok = v->cost_per_ttok.valid ? v->cost_per_ttok.avg
-                                               : out->per_mtok * 1e6;
-        return 1;
-    }
-    double per_hour;
-    if (!price_per_hour_of_devices(v, &per_hour) || !v->tokens_per_s.valid ||
-        !(v->tokens_per_s.avg > 0))
-        return 0;
-    out->per_hour = per_hour;
-    out->per_mtok = per_hour / 3600.0 / v->tokens_per_s.avg * 1e6;
-    out->per_btok = out->per_mtok * 1e3;
-    out->per_ttok = out->per_mtok * 1e6;
+    out->per_hour = v->cost_per_hour.valid ? v->cost_per_hour.avg : NAN;
+    out->per_mtok = v->cost_per_mtok.avg;
+    out->per_btok = v->cost_per_btok.valid ? v->cost_per_btok.avg : NAN;
+    out->per_ttok = v->cost_per_ttok.valid ? v->cost_per_ttok.avg : NAN;
     return 1;
 }

@@ -6,6 +6,9 @@
 
 #include <stddef.h>
 
+#include "engine/config/config.h"
+#include "engine/protocol/record.h"
+
 enum {
     VIEW_HISTORY = 4096,
     VIEW_EVENTS = 64,
@@ -16,13 +19,17 @@ enum {
     VIEW_STRAGGLER_WINDOW = 64,
 };
 
-/* The balance policy, as far as the records tell (see view_apply). */
-typedef enum view_policy {
+/* The balance policy, as far as the records tell: a config_policy, or
+ * VIEW_POLICY_UNKNOWN before a record told it. The VIEW_POLICY_* names
+ * other than UNKNOWN are the config_policy values under the console's
+ * older names. */
+typedef int view_policy;
+enum {
     VIEW_POLICY_UNKNOWN = -1,
-    VIEW_POLICY_OFF,
-    VIEW_POLICY_SUGGEST,
-    VIEW_POLICY_AUTO,
-} view_policy;
+    VIEW_POLICY_OFF = CONFIG_POLICY_OFF,
+    VIEW_POLICY_SUGGEST = CONFIG_POLICY_SUGGEST,
+    VIEW_POLICY_AUTO = CONFIG_POLICY_AUTO,
+};
 
 /* A measured figure from step records: the latest value and its moving
  * average, valid 0 when the latest record lacked it (absent or null) so
@@ -91,8 +98,8 @@ typedef struct view {
     double elapsed_s, step_ms;
     view_figure tokens_per_s;        /* by time */
     view_figure mfu;                 /* 0..1, by time */
-    view_figure efficiency;          /* tokens_per_s / ideal_tokens_per_s,
-                                        by time: ideal time / time */
+    view_figure efficiency;          /* the step's ideal_share: tokens/s
+                                        / ideal tokens/s, by time */
     view_figure cost_per_hour;       /* in currency, by time */
     view_figure cost_per_mtok, cost_per_btok, cost_per_ttok; /* by tokens */
     int *expert_load;   /* (layers, experts) of the last step */
@@ -122,14 +129,20 @@ typedef struct view {
     int have_val;
     double val_loss;
 
-    /* Balance: the latest plan and result, and the policy. The engine
-     * publishes the policy only in replies to `status` and `policy`, in
-     * `policy ...` events and through plan triggers (auto, suggest). */
+    /* Balance: the latest plan and result, and the policy: from the run
+     * record's balance (as configured), then the "state" of every step,
+     * event and reply record, and plan triggers (auto, suggest). */
     view_plan plan;
     view_plan_result plan_result;
     view_policy policy;
     int policy_every;        /* 0: not known */
     double policy_min_gain;  /* fraction; NAN: not known */
+
+    /* The job's latest state (record_state): valid when have_state. */
+    int have_state;
+    record_state state;
+    int paused;              /* state.paused, 0 until known */
+    char run_id[RECORD_RUN_ID_MAX]; /* of the latest record; "" before */
 
     /* Status: running, paused, stopped, done, failed. */
     char status[16];
@@ -138,9 +151,11 @@ typedef struct view {
     int event_count;      /* total ever added; the last VIEW_EVENTS kept */
 
     /* To show a command's reply once: the last event record's command,
-     * reply and slot, and whether a plan record came since. */
+     * its step and slot (a reply with the same command and state.step is
+     * that event's), and whether a plan record came since. */
     char last_command[96];
     char last_reply[VIEW_EVENT_BYTES];
+    int last_event_step;
     int last_event_index;   /* -1: none */
     int plan_before_event;
 } view;
@@ -160,16 +175,15 @@ void view_event(view *v, const char *text);
 int view_straggler(const view *v, double *share);
 
 /* Cost in the run's currency: the step records' figures, averaged (see
- * view_figure); for older engines that lack them, derived from the
- * devices' prices and the averaged tokens/s. Returns 0 when not
- * measurable. */
+ * view_figure), never derived here. Returns 0 when the records carry
+ * none. */
 typedef struct view_cost {
     double per_hour;
     double per_mtok, per_btok, per_ttok; /* per 1e6, 1e9, 1e12 tokens */
 } view_cost;
 int view_cost_now(const view *v, view_cost *out);
 
-/* The policy's name (off, suggest, auto) or "n/a". */
+/* The policy's name (config_policy_names) or "n/a". */
 const char *view_policy_name(view_policy policy);
 
 #endif

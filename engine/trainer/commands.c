@@ -1,0 +1,485 @@
+#include "engine/trainer/commands.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "engine/core/clock.h"
+#include "engine/protocol/control.h"
+#include "engine/protocol/script.h"
+
+/* The job's state now, as records carry it. */
+static record_state boundary_record_state(const boundary_state *b)
+{
+    const trainer *t = b->t;
+    return (record_state){
+        .step = t->state.step,
+        .last_step = b->opt->last_step,
+        .paused = b->paused,
+        .lr = optimizer_lr(&t->opt, t->state.step + 1),
+        .ranks = t->comm->world,
+        .placement_version = t->model->placement_version,
+        .policy = t->bal.policy,
+        .every = t->bal.every,
+        .min_gain = t->bal.min_gain,
+    };
+}
+
+enum plan_action { PLAN_SHOW, PLAN_APPLY, PLAN_AUTO };
+
+/* Rank 0's half of planning: plan (or reuse the proposal `apply` names),
+ * decide whether to carry it out, describe it in text and write the plan
+ * record. verdict: planned (0), no plan (-1), metrics failed (-2); apply. */
+static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
+                          enum plan_action action, int verdict[2],
+                          char *text, size_t text_size, moe_error *err)
+{
+    trainer *t = bs->t;
+    model *m = t->model;
+    balancer *b = &t->bal;
+    int reuse = action == PLAN_APPLY && b->have_proposal &&
+                b->proposal_version == m->placement_version;
+    if (!reuse)
+        verdict[0] = balancer_plan(b, m->expert_rank, m->expert_share,
+                                   m->placement_version, text, text_size);
+    if (verdict[0] != 0)
+        return;
+    double gain = 1.0 - b->after_s / b->before_s;
+    double threshold = balancer_auto_threshold(b);
+    verdict[1] = b->proposal_changes > 0 &&
+                 (action == PLAN_APPLY ||
+                  (action == PLAN_AUTO && gain >= threshold));
+    balancer_describe(b, m->expert_rank, m->expert_share, text, text_size);
+    if (action == PLAN_AUTO && !verdict[1] && b->proposal_changes > 0)
+        snprintf(text + strlen(text), text_size - strlen(text),
+                 "; kept: gain below %g%%%s", threshold * 100,
+                 b->missed ? " (min-gain doubled for each recent "
+                             "plan that did not deliver)" : "");
+    if (bs->metrics &&
+        balancer_write_plan(b, bs->metrics, t->state.step,
+                            record_trigger_names[trigger], verdict[1],
+                            m->expert_rank, err) < 0)
+        verdict[0] = -2;
+}
+
+/* Rank 0 plans from its measurements; every rank learns the verdict and,
+ * when the plan is to be carried out, the new placement, and makes the
+ * same moves in the same order. A "plan" record describes the proposal.
+ * Returns 0 (reply says what happened; *refused when there was no plan),
+ * or -1 on a failure to write metrics. */
+static int plan_collective(boundary_state *bs, record_trigger trigger,
+                           enum plan_action action, char *reply,
+                           size_t reply_size, int *refused, moe_error *err)
+{
+    trainer *t = bs->t;
+    model *m = t->model;
+    balancer *b = &t->bal;
+    const comm *c = t->comm;
+    size_t cells = (size_t)m->dims.L * m->dims.E;
+    int verdict[2] = {0, 0}; /* planned (0) or not (-1); apply */
+    char text[512] = "";
+    if (c->rank == 0)
+        plan_on_rank0(bs, trigger, action, verdict, text, sizeof text, err);
+    if (c->world > 1)
+        comm_broadcast(c, verdict, sizeof verdict, 0);
+    if (verdict[0] == -2)
+        return -1;
+    snprintf(reply, reply_size, "%s", text);
+    *refused = verdict[0] < 0;
+    if (!verdict[1])
+        return 0;
+    if (c->world > 1) {
+        comm_broadcast(c, b->proposal, cells * sizeof *b->proposal, 0);
+        comm_broadcast(c, b->proposal_share,
+                       cells * c->world * sizeof *b->proposal_share, 0);
+    }
+    double start = clock_monotonic_s();
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++) {
+            size_t i = (size_t)l * m->dims.E + e;
+            size_t moved = trainer_split_expert(
+                t, l, e, b->proposal[i], b->proposal_share + i * c->world);
+            t->migration_bytes += moved;
+            t->migrations += moved > 0;
+        }
+    double took_ms = (clock_monotonic_s() - start) * 1e3;
+    if (c->rank == 0) {
+        b->have_proposal = 0;
+        b->pending_result = 1;
+        b->applied_step = t->state.step;
+        b->applied_before_s = b->step_s;
+        b->applied_after_s = b->after_s;
+        b->measured_sum_s = 0;
+        b->measured_steps = 0;
+        snprintf(reply + strlen(reply), reply_size - strlen(reply),
+                 "; applied in %.1f ms, placement version %d", took_ms,
+                 m->placement_version);
+    }
+    return 0;
+}
+
+int policy_tick(boundary_state *bs, moe_error *err)
+{
+    trainer *t = bs->t;
+    balancer *b = &t->bal;
+    if (b->policy == CONFIG_POLICY_OFF || t->state.step == 0 ||
+        t->state.step % b->every != 0 || t->comm->world == 1)
+        return 0;
+    char reply[512];
+    int refused;
+    int auto_ = b->policy == CONFIG_POLICY_AUTO;
+    if (plan_collective(bs, auto_ ? RECORD_TRIGGER_AUTO
+                                  : RECORD_TRIGGER_SUGGEST,
+                        auto_ ? PLAN_AUTO : PLAN_SHOW, reply, sizeof reply,
+                        &refused, err) < 0)
+        return -1;
+    if (!bs->metrics)
+        return 0;
+    record_state state = boundary_record_state(bs);
+    metrics_event event = {
+        .step = t->state.step,
+        .command = auto_ ? "policy auto" : "policy suggest",
+        .origin = RECORD_ORIGIN_POLICY,
+        .ok = !refused,
+        .reply = reply,
+        .duration_ms = NAN,
+        .state = &state,
+    };
+    return metrics_write_event(bs->metrics, &event, err);
+}
+
+/* What a command did: its reply text, APPLIED_* flags, and how long its
+ * work took (NAN: not timed). */
+typedef struct command_result {
+    char reply[256];
+    int flags;
+    double duration_ms;
+} command_result;
+
+typedef int (*command_handler)(boundary_state *b, const command *c,
+                               command_result *out, moe_error *err);
+
+static int apply_move(boundary_state *b, const command *c,
+                      command_result *out, moe_error *err)
+{
+    (void)err;
+    trainer *t = b->t;
+    double move_start = clock_monotonic_s();
+    size_t bytes = trainer_move_expert(t, c->layer, c->expert, c->rank);
+    out->duration_ms = (clock_monotonic_s() - move_start) * 1e3;
+    t->migration_bytes += bytes;
+    t->migrations += bytes > 0;
+    snprintf(out->reply, sizeof out->reply, "expert %d.%d on rank %d from "
+             "step %d (%zu bytes moved, placement version %d)", c->layer,
+             c->expert, c->rank, t->state.step + 1, bytes,
+             t->model->placement_version);
+    return 0;
+}
+
+static int apply_split(boundary_state *b, const command *c,
+                       command_result *out, moe_error *err)
+{
+    trainer *t = b->t;
+    int world = t->comm->world;
+    char *local = out->reply;
+    size_t size = sizeof out->reply;
+    int *share = calloc((size_t)world, sizeof *share);
+    if (!share)
+        return error_set(err, "out of memory");
+    if (model_shares_from_weights(world, c->split_count, c->split_rank,
+                                  c->split_weight, share) < 0) {
+        snprintf(local, size, "split: a weight is too small for its rank "
+                 "to get any rows (shares are in 1/%d)", MODEL_SHARE_UNITS);
+        out->flags |= APPLIED_REFUSED;
+        free(share);
+        return 0;
+    }
+    double move_start = clock_monotonic_s();
+    size_t bytes = trainer_split_expert(t, c->layer, c->expert, c->rank,
+                                        share);
+    out->duration_ms = (clock_monotonic_s() - move_start) * 1e3;
+    t->migration_bytes += bytes;
+    t->migrations += bytes > 0;
+    int at = snprintf(local, size, "expert %d.%d rows from step %d:",
+                      c->layer, c->expert, t->state.step + 1);
+    for (int i = 0; i < c->split_count && at > 0 && (size_t)at < size; i++)
+        at += snprintf(local + at, size - (size_t)at, " rank %d %.1f%%",
+                       c->split_rank[i],
+                       100.0 * share[c->split_rank[i]] / MODEL_SHARE_UNITS);
+    if (at > 0 && (size_t)at < size)
+        snprintf(local + at, size - (size_t)at,
+                 " (%zu bytes shipped, placement version %d)", bytes,
+                 t->model->placement_version);
+    free(share);
+    return 0;
+}
+
+static int apply_lr(boundary_state *b, const command *c, command_result *out,
+                    moe_error *err)
+{
+    (void)err;
+    b->t->opt.lr_override = c->value;
+    snprintf(out->reply, sizeof out->reply, "lr %g from step %d", c->value,
+             b->t->state.step + 1);
+    return 0;
+}
+
+static int apply_checkpoint(boundary_state *b, const command *c,
+                            command_result *out, moe_error *err)
+{
+    (void)c;
+    trainer *t = b->t;
+    if (trainer_checkpoint(t, b->checkpoint_path, sizeof t->last_checkpoint,
+                           err) < 0)
+        return -1;
+    *b->checkpointed_step = t->state.step;
+    snprintf(out->reply, sizeof out->reply, "%s", b->checkpoint_path);
+    if (b->metrics && metrics_write_checkpoint(b->metrics, t->state.step,
+                                               b->checkpoint_path, err) < 0)
+        return -1;
+    return 0;
+}
+
+static int apply_stop(boundary_state *b, const command *c,
+                      command_result *out, moe_error *err)
+{
+    (void)c, (void)err;
+    out->flags |= APPLIED_STOP;
+    snprintf(out->reply, sizeof out->reply, "stopping after step %d with a "
+             "checkpoint", b->t->state.step);
+    return 0;
+}
+
+static int apply_pause(boundary_state *b, const command *c,
+                       command_result *out, moe_error *err)
+{
+    (void)c, (void)err;
+    b->paused = 1;
+    snprintf(out->reply, sizeof out->reply, "paused after step %d",
+             b->t->state.step);
+    return 0;
+}
+
+static int apply_resume(boundary_state *b, const command *c,
+                        command_result *out, moe_error *err)
+{
+    (void)c, (void)err;
+    snprintf(out->reply, sizeof out->reply, "%s",
+             b->paused ? "resumed" : "was not paused");
+    b->paused = 0;
+    return 0;
+}
+
+/* plan and apply. */
+static int apply_plan(boundary_state *b, const command *c,
+                      command_result *out, moe_error *err)
+{
+    int apply = c->kind == COMMAND_APPLY;
+    if (b->t->comm->world == 1) {
+        snprintf(out->reply, sizeof out->reply, "%s: one rank holds every "
+                 "expert; there is nothing to place",
+                 apply ? "apply" : "plan");
+        out->flags |= APPLIED_REFUSED;
+        return 0;
+    }
+    int refused = 0;
+    double start = clock_monotonic_s();
+    if (plan_collective(b, apply ? RECORD_TRIGGER_APPLY : RECORD_TRIGGER_PLAN,
+                        apply ? PLAN_APPLY : PLAN_SHOW, out->reply,
+                        sizeof out->reply, &refused, err) < 0)
+        return -1;
+    if (apply)
+        out->duration_ms = (clock_monotonic_s() - start) * 1e3;
+    if (refused)
+        out->flags |= APPLIED_REFUSED;
+    return 0;
+}
+
+static int apply_policy(boundary_state *b, const command *c,
+                        command_result *out, moe_error *err)
+{
+    (void)err;
+    balancer *bal = &b->t->bal;
+    bal->policy = c->policy;
+    if (c->every > 0)
+        bal->every = c->every;
+    if (c->min_gain >= 0)
+        bal->min_gain = c->min_gain;
+    int next = (b->t->state.step / bal->every + 1) * bal->every;
+    if (bal->policy == CONFIG_POLICY_OFF)
+        snprintf(out->reply, sizeof out->reply, "policy off: placement "
+                 "changes only by hand");
+    else
+        snprintf(out->reply, sizeof out->reply, "policy %s every %d "
+                 "min-gain %g%%: next plan after step %d",
+                 config_policy_names[bal->policy], bal->every,
+                 bal->min_gain * 100, next);
+    return 0;
+}
+
+static int apply_status(boundary_state *b, const command *c,
+                        command_result *out, moe_error *err)
+{
+    (void)c, (void)err;
+    const trainer *t = b->t;
+    snprintf(out->reply, sizeof out->reply, "step %d of %d, %s, lr %g, %d "
+             "rank%s, placement version %d, policy %s every %d min-gain %g%%",
+             t->state.step, b->opt->last_step,
+             b->paused ? "paused" : "running",
+             optimizer_lr(&t->opt, t->state.step + 1), t->comm->world,
+             t->comm->world > 1 ? "s" : "", t->model->placement_version,
+             config_policy_names[t->bal.policy], t->bal.every,
+             t->bal.min_gain * 100);
+    return 0;
+}
+
+static const struct {
+    command_kind kind;
+    command_handler run;
+} command_handlers[] = {
+    {COMMAND_PAUSE, apply_pause},
+    {COMMAND_RESUME, apply_resume},
+    {COMMAND_STOP, apply_stop},
+    {COMMAND_CHECKPOINT, apply_checkpoint},
+    {COMMAND_LR, apply_lr},
+    {COMMAND_MOVE, apply_move},
+    {COMMAND_STATUS, apply_status},
+    {COMMAND_PLAN, apply_plan},
+    {COMMAND_APPLY, apply_plan},
+    {COMMAND_POLICY, apply_policy},
+    {COMMAND_SPLIT, apply_split},
+};
+
+/* Applies c on this rank and (rank 0) writes its event record; fills
+ * *state with the job's state after it. Returns APPLIED_* flags, or -1. */
+static int apply_command(boundary_state *b, const command *c,
+                         record_origin origin, command_result *out,
+                         record_state *state, moe_error *err)
+{
+    *out = (command_result){.duration_ms = NAN};
+    size_t n = sizeof command_handlers / sizeof command_handlers[0];
+    size_t i = 0;
+    while (i < n && command_handlers[i].kind != c->kind)
+        i++;
+    if (i == n)
+        return error_set(err, "command kind %d has no handler", c->kind);
+    if (command_handlers[i].run(b, c, out, err) < 0)
+        return -1;
+    *state = boundary_record_state(b);
+    /* A status asked over the socket is answered there; a scripted one
+     * is answered in the metrics. */
+    if (b->metrics &&
+        (c->kind != COMMAND_STATUS || origin != RECORD_ORIGIN_CONTROL)) {
+        char text[96];
+        command_format(c, text, sizeof text);
+        metrics_event event = {
+            .step = b->t->state.step,
+            .command = text,
+            .origin = origin,
+            .ok = !(out->flags & APPLIED_REFUSED),
+            .reply = out->reply,
+            .duration_ms = out->duration_ms,
+            .state = state,
+        };
+        if (metrics_write_event(b->metrics, &event, err) < 0)
+            return -1;
+    }
+    return out->flags;
+}
+
+enum { BOUNDARY_MAX_COMMANDS = 64 };
+
+/* One round: rank 0 drains the socket, every rank applies the commands
+ * in the same order, rank 0 answers each client. Returns flags or -1. */
+static int serve_round(boundary_state *b, const command_limits *limits,
+                       moe_error *err)
+{
+    const comm *c = b->t->comm;
+    control_server *control = b->opt->control;
+    control_request requests[BOUNDARY_MAX_COMMANDS];
+    command commands[BOUNDARY_MAX_COMMANDS];
+    int count = 0;
+    if (c->rank == 0 && control)
+        count = control_poll(control, limits, requests,
+                             BOUNDARY_MAX_COMMANDS);
+    for (int i = 0; i < count; i++)
+        commands[i] = requests[i].cmd;
+    /* One broadcast a step when nothing happens: the count. */
+    comm_broadcast(c, &count, sizeof count, 0);
+    if (count > 0)
+        comm_broadcast(c, commands, (size_t)count * sizeof *commands, 0);
+    int flags = 0;
+    for (int i = 0; i < count; i++) {
+        command_result result;
+        record_state state;
+        int applied = apply_command(b, &commands[i], RECORD_ORIGIN_CONTROL,
+                                    &result, &state, err);
+        if (applied < 0) {
+            if (c->rank == 0)
+                control_reply(control, &requests[i], 0, err->message);
+            return -1;
+        }
+        flags |= applied & ~APPLIED_REFUSED;
+        if (c->rank == 0)
+            control_reply_state(control, &requests[i],
+                                !(applied & APPLIED_REFUSED), result.reply,
+                                &state);
+    }
+    return flags;
+}
+
+int serve_controls(boundary_state *b, moe_error *err)
+{
+    trainer *t = b->t;
+    const comm *c = t->comm;
+    const model_dims *d = &t->model->dims;
+    command_limits limits = {d->L, d->E, c->world};
+    int flags = 0;
+    for (;;) {
+        int round = serve_round(b, &limits, err);
+        if (round < 0)
+            return -1;
+        flags |= round;
+        /* Rank 0 decides for all: without a socket nothing could resume. */
+        int paused = b->paused && !(flags & APPLIED_STOP) && b->opt->control;
+        comm_broadcast(c, &paused, sizeof paused, 0);
+        if (!paused)
+            break;
+        b->paused_s = 1;
+        if (c->rank == 0) {
+            struct timespec nap = {0, 20 * 1000 * 1000};
+            nanosleep(&nap, NULL);
+        }
+    }
+    record_state state = boundary_record_state(b);
+    metrics_set_state(b->metrics, &state);
+    return flags;
+}
+
+int run_script(boundary_state *b, const double *values, moe_error *err)
+{
+    trainer *t = b->t;
+    const comm *c = t->comm;
+    command due_now[BOUNDARY_MAX_COMMANDS];
+    int count = 0;
+    if (c->rank == 0)
+        count = script_due(b->opt->script, t->state.step, values, due_now,
+                           BOUNDARY_MAX_COMMANDS);
+    if (c->world > 1) {
+        comm_broadcast(c, &count, sizeof count, 0);
+        if (count > 0)
+            comm_broadcast(c, due_now, (size_t)count * sizeof *due_now, 0);
+    }
+    int flags = 0;
+    for (int i = 0; i < count; i++) {
+        command_result result;
+        record_state state;
+        int applied = apply_command(b, &due_now[i], RECORD_ORIGIN_SCRIPT,
+                                    &result, &state, err);
+        if (applied < 0)
+            return -1;
+        flags |= applied;
+    }
+    return flags;
+}
