@@ -470,7 +470,8 @@ int main(int argc, char **argv)
         for (int i = a.first_option; i < argc; i++)
             engine[n++] = argv[i];
         engine[n++] = "--headless";
-        int status = console_launch(engine, n);
+        engine[n] = NULL;
+        int status = console_launch(engine);
         free(engine);
         return status;
     }

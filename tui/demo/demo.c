@@ -1387,23 +1387,17 @@ static int narration_tick(void *ctx, console_send_fn send, void *console)
     return changed;
 }
 
-static int narration_key(void *ctx, int key)
+static void narration_next(void *ctx)
 {
     demo_narration *n = ctx;
     demo *d = n->d;
-    if (key == 'q')
-        return CONSOLE_KEY_QUIT;
-    if (key == '\n' || key == '\r') {
-        if (d->chapter_done && !d->story_over) {
-            start_chapter(d, d->chapter + 1);
-            narration_compose(n);
-        }
-        return CONSOLE_KEY_USED;
+    if (d->chapter_done && !d->story_over) {
+        start_chapter(d, d->chapter + 1);
+        narration_compose(&n[0]);
     }
-    return CONSOLE_KEY_IGNORED;
 }
 
-static int run_console(demo *d, char **engine_argv, int engine_argc,
+static int run_console(demo *d, char **engine_argv,
                        int autoplay, const char *metrics_path)
 {
     static demo_narration n;
@@ -1415,11 +1409,11 @@ static int run_console(demo *d, char **engine_argv, int engine_argc,
         .ctx = &n,
         .record = narration_record,
         .tick = narration_tick,
-        .key = narration_key,
+        .next = narration_next,
         .title = d->title,
         .text = n.text,
     };
-    int status = console_launch_narrated(engine_argv, engine_argc, &narrator);
+    int status = console_launch_narrated(engine_argv, &narrator);
     printf("moectl demo: metrics: %s\n", metrics_path);
     /* Stopped by q is how the demo ends. */
     return status == 3 ? 0 : status;
@@ -1579,7 +1573,7 @@ int demo_main(int argc, char **argv)
         rmdir(dir); /* when empty: the log stays if it has something */
     } else {
         engine[n] = NULL;
-        status = run_console(&d, engine, n, autoplay, metrics_path);
+        status = run_console(&d, engine, autoplay, metrics_path);
         rmdir(dir); /* when empty */
     }
     free(engine);
