@@ -79,7 +79,7 @@ static int read_records(console *c)
            (status == JOB_CLIENT_FAILED && errno == EINTR);
 }
 
-/* ---- the terminal -------------------------------------------------------- */
+/* ---- the terminal ------------------------------------------------------- */
 
 static void setup_terminal(console *c)
 {
@@ -112,7 +112,7 @@ static void restore_terminal(void)
         endwin();
 }
 
-/* ---- the loop -------------------------------------------------------------- */
+/* ---- the loop ----------------------------------------------------------- */
 
 static int job_ended(const console *c)
 {

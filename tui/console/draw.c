@@ -56,7 +56,8 @@ static void draw_header(console *c, const layout_rect *r)
 {
     const view *v = &c->v;
     char elapsed[16], eta[16];
-    format_duration(elapsed, sizeof elapsed, v->have_step ? v->elapsed_s : NAN);
+    format_duration(elapsed, sizeof elapsed,
+                    v->have_step ? v->elapsed_s : NAN);
     double remaining = NAN;
     if (v->have_step && v->tokens_per_s.avg > 0 && v->tokens_per_step > 0)
         remaining = (double)(v->steps_total - v->step) * v->tokens_per_step /

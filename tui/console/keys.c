@@ -6,7 +6,7 @@
 
 enum { KEY_ESCAPE = 27 };
 
-/* ---- the actions --------------------------------------------------------- */
+/* ---- the actions -------------------------------------------------------- */
 
 static console_reaction pause_or_resume(console *c, int key)
 {
@@ -240,7 +240,7 @@ static console_reaction end_story(console *c, int key)
     return CONSOLE_REDRAW;
 }
 
-/* ---- the table ------------------------------------------------------------- */
+/* ---- the table ---------------------------------------------------------- */
 
 #define NORMAL KEYS_IN(MODE_NORMAL)
 #define COMMAND KEYS_IN(MODE_COMMAND)
@@ -314,7 +314,7 @@ const console_binding console_bindings[] = {
 const int console_binding_count =
     (int)(sizeof console_bindings / sizeof console_bindings[0]);
 
-/* ---- lookup ------------------------------------------------------------------- */
+/* ---- lookup ------------------------------------------------------------- */
 
 unsigned keys_active(const console *c)
 {
@@ -354,7 +354,7 @@ console_reaction keys_dispatch(console *c, int key)
     return b ? b->run(c, key) : 0;
 }
 
-/* ---- the help and the footer ---------------------------------------------------- */
+/* ---- the help and the footer -------------------------------------------- */
 
 /* A binding a binding before it shadows (the story's q over the normal
  * q) is not listed: it cannot be reached. */
