@@ -292,14 +292,15 @@ const console_binding console_bindings[] = {
 
     {{KEYS_ANY}, "any key", "close the help", "close", HELP, back_to_normal},
 
+    /* Enter and Esc first: the footer keeps what fits, in this order. */
+    {ENTER_KEYS, "Enter", "move the expert there", "move", MOVE,
+     move_expert},
+    {{KEY_ESCAPE}, "Esc", "keep it where it is", "back", MOVE,
+     back_to_normal},
     {{KEY_LEFT, 'h'}, "left/h", "the previous rank", "previous", MOVE,
      previous_rank},
     {{KEY_RIGHT, 'l'}, "right/l", "the next rank", "next", MOVE, next_rank},
     {{KEYS_DIGIT}, "0-9", "that rank", "rank", MOVE, numbered_rank},
-    {ENTER_KEYS, "Enter", "move the expert there", "moves", MOVE,
-     move_expert},
-    {{KEY_ESCAPE}, "Esc", "keep it where it is", "cancels", MOVE,
-     back_to_normal},
 
     {{'y'}, "y", "stop the job (checkpoint first)", "yes", CONFIRM,
      stop_job},

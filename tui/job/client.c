@@ -10,7 +10,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-enum { FIRST_BUFFER_BYTES = 64 * 1024 };
+enum { FIRST_BUFFER_BYTES = 64 * 1024, SEND_WAIT_MS = 5000 };
 
 void job_client_init(job_client *c)
 {
@@ -62,9 +62,15 @@ int job_client_send(job_client *c, const char *line)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            /* A job that reads nothing for this long is not coming back. */
             struct pollfd pfd = {.fd = c->fd, .events = POLLOUT};
-            poll(&pfd, 1, 1000);
-            continue;
+            int ready = poll(&pfd, 1, SEND_WAIT_MS);
+            if (ready == 0)
+                errno = ETIMEDOUT;
+            if (ready > 0 || (ready < 0 && errno == EINTR))
+                continue;
+            status = -1;
+            break;
         }
         if (n < 0) {
             status = -1;
@@ -91,9 +97,9 @@ static int make_room(job_client *c)
     if (c->len < c->cap)
         return 0;
     if (c->cap >= JOB_CLIENT_LINE_MAX) {
+        c->dropped_lines += !c->dropping;
         c->len = 0;
         c->dropping = 1;
-        c->dropped_lines++;
         return 0;
     }
     char *grown = realloc(c->buf, c->cap * 2 + 1);
@@ -161,7 +167,5 @@ void job_client_close(job_client *c)
     if (c->fd >= 0)
         close(c->fd);
     free(c->buf);
-    int dropped = c->dropped_lines;
     job_client_init(c);
-    c->dropped_lines = dropped;
 }

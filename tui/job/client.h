@@ -41,7 +41,8 @@ void job_client_init(job_client *c);
 int job_client_connect(job_client *c, const char *socket_path);
 
 /* Sends line followed by a newline, all of it. Returns 0, or -1 with errno
- * set (EPIPE once the job is gone; no SIGPIPE is raised). */
+ * set (EPIPE once the job is gone, no SIGPIPE raised; ETIMEDOUT when the
+ * job took none of it for 5 s). */
 int job_client_send(job_client *c, const char *line);
 
 /* Waits up to wait_ms (0: not at all) for data, then reads all there is
@@ -49,8 +50,8 @@ int job_client_send(job_client *c, const char *line);
 job_client_status job_client_read(job_client *c, int wait_ms,
                                   job_client_line_fn on_line, void *ctx);
 
-/* Closes the socket (if open) and frees the buffer; the client can connect
- * again. */
+/* Closes the socket (if open) and frees the buffer: the client is as
+ * job_client_init left it, and can connect again. */
 void job_client_close(job_client *c);
 
 #endif
