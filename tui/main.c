@@ -23,56 +23,95 @@
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
 enum { MAX_SETS = 256 };
 
-static const char usage_text[] =
-    "usage: moectl [CONFIG]                       train CONFIG (default: the\n"
-    "                                             embedded configs/default.yaml)\n"
-    "       moectl run CONFIG [--headless] [--steps N] [--metrics PATH|-]\n"
-    "                         [--resume CKPT|DIR] [--at STEP:COMMAND]...\n"
-    "                         [--script OPS] [--socket PATH]\n"
-    "                         [--set KEY=VALUE]...\n"
-    "       moectl check CONFIG [--set KEY=VALUE]...\n"
-    "       moectl check --describe[=man]         the configuration keys\n"
-    "       moectl plan CONFIG [--json] [--set KEY=VALUE]...\n"
-    "       moectl ctl SOCKET COMMAND...\n"
-    "       moectl attach SOCKET\n"
-    "       moectl demo [CONFIG] [--headless] [--autoplay] [--metrics PATH]\n"
-    "                   [--steps-per-chapter N] [--set KEY=VALUE]...\n"
-    "       moectl bench [CONFIG] [--steps N] [--warmup N] [--repeat N]\n"
-    "                    [--profile]\n"
-    "                    [--no-peer] [--no-scaling] [--no-ranks]\n"
-    "                    [--set KEY=VALUE]...\n"
-    "       moectl --help | --version\n"
-    "\n"
-    "commands:\n"
-    "  run     train; a progress line goes to stderr (redrawn in place on a\n"
-    "          terminal), metrics go to --metrics as JSON Lines\n"
-    "  run     on a terminal, opens the console on the job (detach with q,\n"
-    "          reattach with moectl attach); --headless or no terminal:\n"
-    "          a progress line instead\n"
-    "  attach  open the console on a running job's control socket\n"
-    "  demo    a guided story on a live job (configs/demo.yaml: two CPU\n"
-    "          ranks, one emulated 3x slower): uneven load, the straggler,\n"
-    "          a hand move, plan/apply, policy auto, cost per 1M tokens, all\n"
-    "          measured; Enter advances (--autoplay: by itself);\n"
-    "          --headless prints it and stops the job at the end;\n"
-    "          --steps-per-chapter N measures over N steps (200)\n"
-    "  ctl     send one command to a running job's control socket: pause,\n"
-    "          resume, stop, checkpoint, status, lr VALUE, move L.E R\n"
-    "  check   validate CONFIG with its overrides and print the resolved\n"
-    "          configuration\n"
-    "  plan    what training CONFIG would cost, from an analytic model (no\n"
-    "          training): step time, tokens/s, MFU and cost per 1M/1B/1T\n"
-    "          tokens on the configured devices and on every mix of them,\n"
-    "          each device at its stated utilization (expected MFU);\n"
-    "          --json prints one JSON object\n"
-    "  bench   training speed of CONFIG (default configs/bench.yaml) against\n"
-    "          OpenBLAS sgemm and the PyTorch peer (tests/bench/torch_peer.py\n"
-    "          run by /usr/bin/python3), with scaling rows; --profile adds\n"
-    "          the time per model part; --steps/--warmup set the measured\n"
-    "          and warm-up steps (20 and 5); --repeat N interleaved rounds,\n"
-    "          best of each kept (2); rank rows: tokens/s on 1, 2, 4 MPI\n"
-    "          ranks, the all-to-all share, the time to move one expert\n"
-    "\n"
+/* The subcommands: `moectl NAME ...` runs run(argc, argv) with the whole
+ * command line; `moectl --help` is generated from this table. A first word
+ * that names none trains (`moectl [CONFIG]`). */
+typedef struct subcommand {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *usage;   /* after "moectl NAME"; '\n' continues it */
+    const char *help;    /* what it does; '\n' continues it */
+    int sets_threads;    /* applies the BLAS/OpenMP thread settings first */
+} subcommand;
+
+static int train_command(int argc, char **argv);
+static int check_command(int argc, char **argv);
+static int ctl_command(int argc, char **argv);
+static int attach_command(int argc, char **argv);
+static int demo_command(int argc, char **argv);
+
+static const subcommand subcommands[] = {
+    {"run", train_command,
+     "CONFIG [--headless] [--steps N] [--metrics PATH|-]\n"
+     "[--resume CKPT|DIR] [--at STEP:COMMAND]...\n"
+     "[--script OPS] [--socket PATH]\n"
+     "[--set KEY=VALUE]...",
+     "train; a progress line goes to stderr (redrawn in place on a\n"
+     "terminal), metrics go to --metrics as JSON Lines; on a terminal,\n"
+     "opens the console on the job (detach with q, reattach with moectl\n"
+     "attach); --headless or no terminal: a progress line instead", 1},
+    {"check", check_command, "CONFIG [--set KEY=VALUE]...\n"
+     "| --describe[=man]",
+     "validate CONFIG with its overrides and print the resolved\n"
+     "configuration; --describe prints every configuration key from\n"
+     "the schema (=man: as the page moectl-config(5))", 1},
+    {"plan", train_command, "CONFIG [--json] [--set KEY=VALUE]...",
+     "what training CONFIG would cost, from an analytic model (no\n"
+     "training): step time, tokens/s, MFU and cost per 1M/1B/1T\n"
+     "tokens on the configured devices and on every mix of them,\n"
+     "each device at its stated utilization (expected MFU);\n"
+     "--json prints one JSON object", 1},
+    {"ctl", ctl_command, "SOCKET COMMAND...",
+     "send one command to a running job's control socket: pause,\n"
+     "resume, stop, checkpoint, status, lr VALUE, move L.E R", 0},
+    {"attach", attach_command, "SOCKET",
+     "open the console on a running job's control socket", 0},
+    {"demo", demo_command,
+     "[CONFIG] [--headless] [--autoplay] [--metrics PATH]\n"
+     "[--steps-per-chapter N] [--set KEY=VALUE]...",
+     "a guided story on a live job (configs/demo.yaml: two CPU\n"
+     "ranks, one emulated 3x slower): uneven load, the straggler,\n"
+     "a hand move, plan/apply, policy auto, cost per 1M tokens, all\n"
+     "measured; Enter advances (--autoplay: by itself);\n"
+     "--headless prints it and stops the job at the end;\n"
+     "--steps-per-chapter N measures over N steps (200)", 1},
+    {"bench", train_command,
+     "[CONFIG] [--steps N] [--warmup N] [--repeat N]\n"
+     "[--profile] [--no-peer] [--no-scaling] [--no-ranks]\n"
+     "[--set KEY=VALUE]...",
+     "training speed of CONFIG (default configs/bench.yaml) against\n"
+     "OpenBLAS sgemm and the PyTorch peer (tests/bench/torch_peer.py\n"
+     "run by /usr/bin/python3), with scaling rows; --profile adds\n"
+     "the time per model part; --steps/--warmup set the measured\n"
+     "and warm-up steps (20 and 5); --repeat N interleaved rounds,\n"
+     "best of each kept (2); rank rows: tokens/s on 1, 2, 4 MPI\n"
+     "ranks, the all-to-all share, the time to move one expert", 1},
+};
+enum { SUBCOMMANDS = sizeof subcommands / sizeof subcommands[0] };
+
+static const subcommand *subcommand_find(const char *name)
+{
+    for (int i = 0; i < SUBCOMMANDS; i++)
+        if (strcmp(subcommands[i].name, name) == 0)
+            return &subcommands[i];
+    return NULL;
+}
+
+/* text's lines, the first after what is already on the line, the others
+ * indented by indent columns. */
+static void print_continued(FILE *out, const char *text, int indent)
+{
+    for (;;) {
+        size_t len = strcspn(text, "\n");
+        fprintf(out, "%.*s\n", (int)len, text);
+        if (!text[len])
+            return;
+        text += len + 1;
+        fprintf(out, "%*s", indent, "");
+    }
+}
+
+static const char options_text[] =
     "options:\n"
     "  --headless         run without the console\n"
     "  --steps N          stop after step N; the learning-rate schedule still\n"
@@ -94,6 +133,23 @@ static const char usage_text[] =
     "exit status: 0 done, 1 runtime failure, 2 bad usage or configuration,\n"
     "3 stopped by a signal after writing a checkpoint.\n";
 
+static void print_usage(FILE *out)
+{
+    fprintf(out, "usage: moectl [CONFIG]                       train CONFIG "
+                 "(default: the\n%45s embedded configs/default.yaml)\n", "");
+    for (int i = 0; i < SUBCOMMANDS; i++) {
+        const subcommand *s = &subcommands[i];
+        int indent = fprintf(out, "       moectl %s ", s->name);
+        print_continued(out, s->usage, indent);
+    }
+    fprintf(out, "       moectl --help | --version\n\ncommands:\n");
+    for (int i = 0; i < SUBCOMMANDS; i++) {
+        fprintf(out, "  %-7s ", subcommands[i].name);
+        print_continued(out, subcommands[i].help, 10);
+    }
+    fprintf(out, "\n%s", options_text);
+}
+
 static int usage_error(const char *fmt, const char *arg)
 {
     fprintf(stderr, "moectl: ");
@@ -102,8 +158,6 @@ static int usage_error(const char *fmt, const char *arg)
     return EXIT_USAGE;
 }
 
-/* moectl check --describe[=man]: the configuration reference, generated
- * from the schema (format: what follows "--describe"). */
 static int describe_config(const char *format)
 {
     if (format[0] && strcmp(format, "=man") != 0)
@@ -172,14 +226,13 @@ static int parse_int(const char *text, int *out)
     return 0;
 }
 
+/* argv[1] is the command word when it names a subcommand; otherwise the
+ * command is run. */
 static int parse_arguments(int argc, char **argv, arguments *a)
 {
     int i = 1;
     a->command = "run";
-    if (i < argc && (strcmp(argv[i], "run") == 0 ||
-                     strcmp(argv[i], "check") == 0 ||
-                     strcmp(argv[i], "bench") == 0 ||
-                     strcmp(argv[i], "plan") == 0))
+    if (i < argc && subcommand_find(argv[i]))
         a->command = argv[i++];
     int bench = strcmp(a->command, "bench") == 0;
     int plan = strcmp(a->command, "plan") == 0;
@@ -407,36 +460,58 @@ static int run_ranks(const config *cfg, const headless_options *opt,
     return status;
 }
 
-int main(int argc, char **argv)
+static int ctl_command(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            fputs(usage_text, stdout);
-            return 0;
-        }
-        if (strcmp(argv[i], "--version") == 0) {
-            printf("moectl %s\n", MOECTL_VERSION);
-            return 0;
-        }
-    }
-    if (argc == 3 && strcmp(argv[1], "check") == 0 &&
-        strncmp(argv[2], "--describe", 10) == 0)
-        return describe_config(argv[2] + 10);
-    if (argc > 1 && strcmp(argv[1], "ctl") == 0)
-        return ctl_run(argc > 2 ? argv[2] : NULL, argc > 3 ? argc - 3 : 0,
-                       argv + 3);
-    if (argc > 1 && strcmp(argv[1], "attach") == 0) {
-        if (argc != 3) {
-            fprintf(stderr, "usage: moectl attach SOCKET\n");
-            return EXIT_USAGE;
-        }
-        return console_attach(argv[2]);
-    }
-    apply_thread_environment(argv);
-    if (argc > 1 && strcmp(argv[1], "demo") == 0)
-        return demo_main(argc - 2, argv + 2);
+    return ctl_run(argc > 2 ? argv[2] : NULL, argc > 3 ? argc - 3 : 0,
+                   argv + 3);
+}
 
-    arguments a;
+/* check CONFIG ..., or check --describe[=man]: the schema's reference. */
+static int check_command(int argc, char **argv)
+{
+    if (argc == 3 && strncmp(argv[2], "--describe", 10) == 0)
+        return describe_config(argv[2] + 10);
+    return train_command(argc, argv);
+}
+
+static int attach_command(int argc, char **argv)
+{
+    if (argc != 3) {
+        fprintf(stderr, "usage: moectl attach SOCKET\n");
+        return EXIT_USAGE;
+    }
+    return console_attach(argv[2]);
+}
+
+static int demo_command(int argc, char **argv)
+{
+    return demo_main(argc - 2, argv + 2);
+}
+
+/* On a terminal, and unless --headless: the console, which runs this same
+ * command line headless as its job. */
+static int console_command(const arguments *a, int argc, char **argv)
+{
+    char **engine = calloc((size_t)argc + 4, sizeof *engine);
+    if (!engine)
+        return EXIT_RUNTIME;
+    int n = 0;
+    engine[n++] = argv[0];
+    engine[n++] = "run";
+    for (int i = a->first_option; i < argc; i++)
+        engine[n++] = argv[i];
+    engine[n++] = "--headless";
+    engine[n] = NULL;
+    int status = console_launch(engine);
+    free(engine);
+    return status;
+}
+
+/* run (also the default), check, plan and bench: a configuration, then
+ * what to do with it. */
+static int train_command(int argc, char **argv)
+{
+    static arguments a;
     memset(&a, 0, sizeof a);
     a.bench = (bench_options){
         .warmup = 5,
@@ -472,23 +547,29 @@ int main(int argc, char **argv)
         return bench_run(&cfg, &a.bench);
     if (strcmp(a.command, "plan") == 0)
         return plan_run(&cfg, &a.plan);
-    /* On a terminal, and unless --headless: the console, which runs this
-     * same command line headless as its job. A rank started by mpirun is
-     * never a console. */
+    /* A rank started by mpirun is never a console. */
     if (!a.headless_flag && isatty(STDIN_FILENO) && isatty(STDOUT_FILENO) &&
-        !getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE")) {
-        char **engine = calloc((size_t)argc + 3, sizeof *engine);
-        if (!engine)
-            return EXIT_RUNTIME;
-        int n = 0;
-        engine[n++] = argv[0];
-        engine[n++] = "run";
-        for (int i = a.first_option; i < argc; i++)
-            engine[n++] = argv[i];
-        engine[n++] = "--headless";
-        int status = console_launch(engine, n);
-        free(engine);
-        return status;
-    }
+        !getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE"))
+        return console_command(&a, argc, argv);
     return run_ranks(&cfg, &a.headless, argc, argv);
+}
+
+int main(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            print_usage(stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("moectl %s\n", MOECTL_VERSION);
+            return 0;
+        }
+    }
+    const subcommand *command = argc > 1 ? subcommand_find(argv[1]) : NULL;
+    if (!command)
+        command = subcommand_find("run");
+    if (command->sets_threads)
+        apply_thread_environment(argv);
+    return command->run(argc, argv);
 }

@@ -2,13 +2,11 @@
 #include "engine/core/clock.h"
 
 #include <errno.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
-#include <unistd.h>
+
+#include "tui/job/client.h"
 
 #include "engine/protocol/record.h"
 
@@ -16,56 +14,21 @@ enum {
     CTL_OK = 0,
     CTL_FAILED = 1,
     CTL_USAGE = 2,
-    /* Step records carry the whole expert-load matrix; anything past this
-     * is not a record from moectl. */
-    CTL_RECORD_MAX = 16 << 20,
 };
 
-static int ctl_connect(const char *socket_path, FILE *err)
+static int ctl_connect(job_client *client, const char *socket_path,
+                       FILE *err)
 {
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    if (strlen(socket_path) >= sizeof addr.sun_path) {
+    if (job_client_connect(client, socket_path) == 0)
+        return 0;
+    if (errno == ENAMETOOLONG)
         fprintf(err, "moectl ctl: cannot connect to %s: path too long for a "
                      "Unix socket (limit %zu bytes)\n",
-                socket_path, sizeof addr.sun_path - 1);
-        return -1;
-    }
-    memcpy(addr.sun_path, socket_path, strlen(socket_path) + 1);
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    if (fd < 0) {
-        fprintf(err, "moectl ctl: socket: %s\n", strerror(errno));
-        return -1;
-    }
-    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+                socket_path, sizeof ((struct sockaddr_un *)0)->sun_path - 1);
+    else
         fprintf(err, "moectl ctl: cannot connect to %s: %s\n", socket_path,
                 strerror(errno));
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
-static int ctl_send_line(int fd, const char *line)
-{
-    size_t len = strlen(line);
-    char *buf = malloc(len + 1);
-    if (!buf)
-        return -1;
-    memcpy(buf, line, len);
-    buf[len] = '\n';
-    size_t sent = 0;
-    while (sent < len + 1) {
-        ssize_t n = send(fd, buf + sent, len + 1 - sent, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            free(buf);
-            return -1;
-        }
-        sent += (size_t)n;
-    }
-    free(buf);
-    return 0;
+    return -1;
 }
 
 /* Handles one record: returns -1 to keep reading (not a reply), or the exit
@@ -101,91 +64,71 @@ static int ctl_record(const char *socket_path, const char *text, FILE *out,
     return status;
 }
 
-/* Reads records until the reply; status as ctl_request. */
-static int ctl_await_reply(int fd, const char *socket_path, int timeout_ms,
-                           FILE *out, FILE *err)
+typedef struct ctl_reading {
+    const char *socket_path;
+    FILE *out, *err;
+    int status;   /* -1 until the reply */
+} ctl_reading;
+
+static int ctl_line(void *ctx, const char *line)
 {
-    size_t cap = 64 * 1024, len = 0;
-    char *buf = malloc(cap + 1);
-    if (!buf) {
-        fprintf(err, "moectl ctl: out of memory\n");
-        return CTL_FAILED;
-    }
+    ctl_reading *r = ctx;
+    r->status = ctl_record(r->socket_path, line, r->out, r->err);
+    return r->status >= 0;
+}
+
+/* Reads records until the reply; status as ctl_request. */
+static int ctl_await_reply(job_client *client, const char *socket_path,
+                           int timeout_ms, FILE *out, FILE *err)
+{
+    ctl_reading reading = {socket_path, out, err, -1};
     long long deadline = clock_monotonic_ms() + timeout_ms;
-    int status = -1;
-    while (status < 0) {
-        /* Every complete line in the buffer first. */
-        char *newline;
-        while (status < 0 && (newline = memchr(buf, '\n', len))) {
-            *newline = '\0';
-            status = ctl_record(socket_path, buf, out, err);
-            size_t used = (size_t)(newline - buf) + 1;
-            memmove(buf, buf + used, len - used);
-            len -= used;
-        }
-        if (status >= 0)
-            break;
-        if (len == cap) {
-            if (cap >= CTL_RECORD_MAX) {
-                fprintf(err, "moectl ctl: %s sent a record longer than %d "
-                             "bytes\n", socket_path, CTL_RECORD_MAX);
-                status = CTL_FAILED;
-                break;
-            }
-            char *grown = realloc(buf, cap * 2 + 1);
-            if (!grown) {
-                fprintf(err, "moectl ctl: out of memory\n");
-                status = CTL_FAILED;
-                break;
-            }
-            buf = grown;
-            cap *= 2;
-        }
+    for (;;) {
         long long left_ms = deadline - clock_monotonic_ms();
-        struct pollfd pfd = {.fd = fd, .events = POLLIN};
-        int ready = left_ms > 0 ? poll(&pfd, 1, (int)left_ms) : 0;
-        if (ready < 0 && errno == EINTR)
-            continue;
-        if (ready == 0) {
-            fprintf(err, "moectl ctl: no reply from %s within %g s\n",
-                    socket_path, timeout_ms / 1000.0);
-            status = CTL_FAILED;
-            break;
+        job_client_status read =
+            job_client_read(client, left_ms > 0 ? (int)left_ms : 0, ctl_line,
+                            &reading);
+        if (reading.status >= 0)
+            return reading.status;
+        if (client->dropped_lines > 0) {
+            fprintf(err, "moectl ctl: %s sent a record longer than %d "
+                         "bytes\n", socket_path, JOB_CLIENT_LINE_MAX);
+            return CTL_FAILED;
         }
-        ssize_t n = ready < 0 ? -1 : recv(fd, buf + len, cap - len, 0);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
+        if (read == JOB_CLIENT_FAILED) {
             fprintf(err, "moectl ctl: reading from %s: %s\n", socket_path,
                     strerror(errno));
-            status = CTL_FAILED;
-        } else if (n == 0) {
+            return CTL_FAILED;
+        }
+        if (read == JOB_CLIENT_CLOSED) {
             fprintf(err, "moectl ctl: %s closed the connection before "
                          "replying\n", socket_path);
-            status = CTL_FAILED;
-        } else {
-            len += (size_t)n;
+            return CTL_FAILED;
+        }
+        if (clock_monotonic_ms() >= deadline) {
+            fprintf(err, "moectl ctl: no reply from %s within %g s\n",
+                    socket_path, timeout_ms / 1000.0);
+            return CTL_FAILED;
         }
     }
-    free(buf);
-    return status;
 }
 
 int ctl_request(const char *socket_path, const char *line, int timeout_ms,
                 FILE *out, FILE *err)
 {
-    int fd = ctl_connect(socket_path, err);
-    if (fd < 0)
+    job_client client;
+    job_client_init(&client);
+    if (ctl_connect(&client, socket_path, err) < 0)
         return CTL_FAILED;
     int status;
-    if (ctl_send_line(fd, line) < 0) {
+    if (job_client_send(&client, line) < 0) {
         fprintf(err, "moectl ctl: sending to %s: %s\n", socket_path,
                 strerror(errno));
         status = CTL_FAILED;
     } else {
-        status = ctl_await_reply(fd, socket_path, timeout_ms, out, err);
+        status = ctl_await_reply(&client, socket_path, timeout_ms, out, err);
     }
-    close(fd);
+    job_client_close(&client);
     return status;
 }
 

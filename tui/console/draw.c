@@ -1,0 +1,213 @@
+#include "tui/console/draw.h"
+
+#include <math.h>
+#include <ncurses.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "tui/console/format.h"
+#include "tui/console/keys.h"
+
+/* Display columns of a UTF-8 text whose glyphs are all one column wide
+ * (ours are: ASCII and a few arrows). */
+int draw_text_cols(const char *s)
+{
+    int n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
+/* Writes at most cols columns of s, never splitting a UTF-8 glyph. */
+void draw_text(int row, int col, const char *s, int cols)
+{
+    int bytes = 0, used = 0;
+    while (s[bytes] && used < cols) {
+        bytes++;
+        while (((unsigned char)s[bytes] & 0xC0) == 0x80)
+            bytes++;
+        used++;
+    }
+    if (bytes > 0)
+        mvaddnstr(row, col, s, bytes);
+}
+
+/* A panel's title on its first row, a column clear of the next panel. */
+void draw_title(const layout_rect *r, const char *title)
+{
+    if (r->rows < 2 || r->cols < 4)
+        return;
+    attron(A_BOLD);
+    draw_text(r->row, r->col, title, r->cols - 1);
+    attroff(A_BOLD);
+}
+
+/* The longest of texts (longest first) that fits in cols columns. */
+const char *draw_longest_fitting(const char *const *texts, int count,
+                                 int cols)
+{
+    for (int i = 0; i < count - 1; i++)
+        if (draw_text_cols(texts[i]) <= cols)
+            return texts[i];
+    return texts[count - 1];
+}
+
+static void draw_header(console *c, const layout_rect *r)
+{
+    const view *v = &c->v;
+    char elapsed[16], eta[16];
+    format_duration(elapsed, sizeof elapsed,
+                    v->have_step ? v->elapsed_s : NAN);
+    double remaining = NAN;
+    if (v->have_step && v->tokens_per_s.avg > 0 && v->tokens_per_step > 0)
+        remaining = (double)(v->steps_total - v->step) * v->tokens_per_step /
+                    v->tokens_per_s.avg;
+    format_duration(eta, sizeof eta, remaining);
+    char left[256];
+    snprintf(left, sizeof left, " moectl  %s  [%s]  step %d/%d ",
+             v->have_run ? v->config : "(waiting for the job)", v->status,
+             v->step, v->steps_total);
+    char right[64];
+    snprintf(right, sizeof right, " elapsed %s  ETA %s ", elapsed, eta);
+    int bar = r->cols - (int)strlen(left) - (int)strlen(right) - 2;
+    if (c->color)
+        attron(COLOR_PAIR(COLOR_PAIR_TITLE));
+    attron(A_REVERSE);
+    mvhline(r->row, r->col, ' ', r->cols);
+    mvprintw(r->row, r->col, "%.*s", r->cols, left);
+    if (bar > 4) {
+        double f = v->steps_total > 0 ? (double)v->step / v->steps_total : 0;
+        int filled = (int)(f * bar + 0.5);
+        mvaddch(r->row, r->col + (int)strlen(left), '[');
+        for (int i = 0; i < bar; i++)
+            addch(i < filled ? '=' : ' ');
+        addch(']');
+    }
+    if ((int)strlen(right) < r->cols)
+        mvprintw(r->row, r->col + r->cols - (int)strlen(right), "%s", right);
+    attroff(A_REVERSE);
+    if (c->color)
+        attroff(COLOR_PAIR(COLOR_PAIR_TITLE));
+}
+
+
+/* What the footer says before the keys, in the modes that ask something. */
+static void mode_prompt(const console *c, char *line, size_t size)
+{
+    line[0] = '\0';
+    if (c->mode == MODE_MOVE) {
+        /* The choices with each rank's load, the chosen one bracketed. */
+        int n = snprintf(line, size, "move expert %d.%d to rank %d:",
+                         c->cursor_layer, c->cursor_expert, c->move_target);
+        for (int i = 0; i < c->v.device_count && n > 0 &&
+                        n < (int)size - 1; i++) {
+            const view_rank *k = i < c->v.rank_count ? &c->v.ranks[i] : NULL;
+            n += snprintf(line + n, size - (size_t)n, " %s%d %s %.0ftok%s",
+                          i == c->move_target ? "[" : "", i,
+                          c->v.devices[i].name, k ? k->tokens : 0.0,
+                          i == c->move_target ? "]" : "");
+        }
+    } else if (c->mode == MODE_CONFIRM_STOP) {
+        snprintf(line, size, "Stop the job (checkpoint first)?");
+    } else if (c->mode == MODE_QUIT) {
+        snprintf(line, size, "Leave:");
+    } else if (c->quitting) {
+        snprintf(line, size, "[stopping the job]");
+    } else if (!c->connected) {
+        snprintf(line, size, "[disconnected]");
+    }
+}
+
+/* The footer: the : line, or the mode's prompt and the keys it takes,
+ * from the key table. */
+static void draw_footer(console *c, const layout_rect *r)
+{
+    mvhline(r->row, r->col, ' ', r->cols);
+    char line[512];
+    if (c->mode == MODE_COMMAND) {
+        snprintf(line, sizeof line, ":%s", c->input);
+    } else {
+        mode_prompt(c, line, sizeof line);
+        size_t used = strlen(line);
+        if (used && used + 2 < sizeof line) {
+            memcpy(line + used, "  ", 3);
+            used += 2;
+        }
+        keys_footer(line + used, sizeof line - used, keys_active(c),
+                    r->cols - (int)used);
+    }
+    attron(A_REVERSE);
+    mvprintw(r->row, r->col, "%-*.*s", r->cols, r->cols, line);
+    attroff(A_REVERSE);
+    if (c->mode == MODE_COMMAND) {
+        curs_set(1);
+        move(r->row, r->col + 1 + c->input_length);
+    } else {
+        curs_set(0);
+    }
+}
+
+/* What the heatmap's marks mean, after the keys in the ? overlay. */
+static const char *const heatmap_legend[] = {
+    "",
+    "Heatmap: 10 x tokens (moving average) / layer mean. Underlined, or !",
+    "without colour: hosted on the straggler, the rank the others waited",
+    "for most often over the last 64 steps (marked in Devices).",
+    "",
+};
+
+enum { HELP_LINES_MAX = 40, HELP_COLS = 72 };
+
+/* The ? overlay, centred: the keys of the normal mode (and the story's),
+ * the heatmap's legend, and how to close it. */
+static void draw_help(const console *c, int rows, int cols)
+{
+    static char lines[HELP_LINES_MAX][KEYS_HELP_COLS];
+    unsigned modes = KEYS_IN(MODE_NORMAL) | (c->narrator ? KEYS_STORY : 0);
+    int n = keys_help(lines, HELP_LINES_MAX - 8, modes);
+    int legend = (int)(sizeof heatmap_legend / sizeof heatmap_legend[0]);
+    for (int i = 0; i < legend; i++)
+        snprintf(lines[n++], KEYS_HELP_COLS, "%s", heatmap_legend[i]);
+    const console_binding *close = keys_find(KEYS_IN(MODE_HELP), 0);
+    if (close)
+        snprintf(lines[n++], KEYS_HELP_COLS, "Press %s to %s.", close->label,
+                 close->help);
+    int top = rows / 2 - n / 2 - 1, left = cols / 2 - HELP_COLS / 2;
+    left = left < 0 ? 0 : left;
+    for (int i = -1; i <= n; i++) {
+        mvhline(top + 1 + i, left, ' ', HELP_COLS);
+        if (i >= 0 && i < n)
+            mvprintw(top + 1 + i, left + 2, "%.*s", cols - 2, lines[i]);
+    }
+}
+
+void console_draw(console *c)
+{
+    int rows, cols;
+    getmaxyx(stdscr, rows, cols);
+    layout_options opt = {c->v.layers, c->v.experts, c->v.device_count};
+    layout lay;
+    layout_compute(&lay, rows, cols, &opt);
+    erase();
+    draw_header(c, &lay.panel[LAYOUT_HEADER]);
+    if (lay.too_small) {
+        mvprintw(rows / 2, 0, "%.*s", cols,
+                 "The console needs at least 80x24.");
+    } else {
+        draw_loss(c, &lay.panel[LAYOUT_LOSS]);
+        draw_speed(c, &lay.panel[LAYOUT_SPEED]);
+        draw_heatmap(c, &lay.panel[LAYOUT_HEATMAP]);
+        draw_devices(c, &lay.panel[LAYOUT_DEVICES]);
+        draw_balance(c, &lay.panel[LAYOUT_BALANCE]);
+        if (c->narrator)
+            draw_narration(c, &lay.panel[LAYOUT_EVENTS]);
+        else
+            draw_events(c, &lay.panel[LAYOUT_EVENTS]);
+    }
+    if (c->mode == MODE_HELP)
+        draw_help(c, rows, cols);
+    draw_footer(c, &lay.panel[LAYOUT_FOOTER]);
+    refresh();
+    c->dirty = 0;
+}
+

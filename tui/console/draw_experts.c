@@ -1,0 +1,194 @@
+#include "tui/console/draw.h"
+
+#include <math.h>
+#include <ncurses.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tui/console/format.h"
+
+static int load_level(double ratio)
+{
+    if (ratio <= 0)
+        return COLOR_PAIR_DEAD;
+    if (ratio < 0.5)
+        return COLOR_PAIR_COLD;
+    if (ratio < 1.0)
+        return COLOR_PAIR_COOL;
+    if (ratio < 1.5)
+        return COLOR_PAIR_WARM;
+    return COLOR_PAIR_HOT;
+}
+
+/* A layer's imbalance as the engine measured it, or computed from this
+ * step's load for engines that do not publish it. */
+static void layer_stats(const view *v, int l, char *out, size_t size)
+{
+    double max_mean = NAN, cv = NAN;
+    int dead = -1;
+    if (v->have_imbalance) {
+        max_mean = v->max_mean[l];
+        cv = v->cv[l];
+        dead = v->dead[l];
+    } else {
+        const int *load = v->expert_load + (size_t)l * v->experts;
+        double mean = 0, max = 0, var = 0;
+        dead = 0;
+        for (int e = 0; e < v->experts; e++) {
+            mean += load[e];
+            max = load[e] > max ? load[e] : max;
+            dead += load[e] == 0;
+        }
+        mean /= v->experts;
+        for (int e = 0; e < v->experts; e++)
+            var += (load[e] - mean) * (load[e] - mean);
+        if (mean > 0) {
+            max_mean = max / mean;
+            cv = sqrt(var / v->experts) / mean;
+        }
+    }
+    char m[16] = "n/a", k[16] = "n/a", d[16] = "n/a";
+    if (isfinite(max_mean))
+        snprintf(m, sizeof m, "%.2fx", max_mean);
+    if (isfinite(cv))
+        snprintf(k, sizeof k, "%.2f", cv);
+    if (dead >= 0)
+        snprintf(d, sizeof d, "%d", dead);
+    snprintf(out, size, "max %s cv %s dead %s", m, k, d);
+}
+
+/* Where the heatmap's parts go in its rectangle. */
+typedef struct heatmap_geometry {
+    int label, cell;     /* columns: "L12  ", one expert */
+    int shown;           /* experts that fit */
+    int stats_col, room; /* the per-layer stats beside the cells */
+    int stats_beside;
+    int straggler;       /* -1: none */
+    double share;        /* of the steps it was the straggler */
+} heatmap_geometry;
+
+/* One layer's row: its label, a cell per expert shown, its stats. */
+static void draw_layer_row(const console *c, const heatmap_geometry *g,
+                           int row, int col, int l)
+{
+    const view *v = &c->v;
+    int ema = v->have_load_ema;
+    size_t first = (size_t)l * v->experts;
+    const int *load = v->expert_load + first;
+    const double *avg = v->load_ema + first;
+    double mean = 0;
+    for (int e = 0; e < v->experts; e++)
+        mean += ema ? avg[e] : load[e];
+    mean /= v->experts;
+    mvprintw(row, col, "L%-4d", l);
+    for (int e = 0; e < g->shown; e++) {
+        double value = ema ? avg[e] : load[e];
+        double ratio = mean > 0 && isfinite(value) ? value / mean : 0;
+        int selected = l == c->cursor_layer && e == c->cursor_expert;
+        int on_straggler = g->straggler >= 0 &&
+                           v->placement[first + e] == g->straggler;
+        int pair = load_level(ratio);
+        attr_t attrs = (selected ? A_REVERSE : 0) |
+                       (on_straggler ? A_UNDERLINE | A_BOLD : 0);
+        if (c->color)
+            attron(COLOR_PAIR(pair));
+        attron(attrs);
+        char text[8];
+        if (c->color)
+            snprintf(text, sizeof text, "%2.0f ",
+                     ratio * 10 > 99 ? 99 : ratio * 10);
+        else
+            snprintf(text, sizeof text, "%c%c ",
+                     " .:-=+*#%@"[ratio >= 1.8 ? 9 : (int)(ratio * 5)],
+                     selected ? '<' : on_straggler ? '!' : ' ');
+        mvaddstr(row, col + g->label + e * g->cell, text);
+        attroff(attrs);
+        if (c->color)
+            attroff(COLOR_PAIR(pair));
+    }
+    if (g->stats_beside) {
+        char stats[64];
+        layer_stats(v, l, stats, sizeof stats);
+        draw_text(row, g->stats_col, stats, g->room);
+    }
+}
+
+/* What the underlined (or !) cells mean. */
+static void draw_legend(const console *c, const heatmap_geometry *g,
+                        int row, const layout_rect *r)
+{
+    const view *v = &c->v;
+    char legend[128];
+    int hosted = 0;
+    for (int i = 0; g->straggler >= 0 && i < v->layers * v->experts; i++)
+        hosted += v->placement[i] == g->straggler;
+    if (g->straggler >= 0 && hosted)
+        snprintf(legend, sizeof legend, "%s on straggler %d (%.0f%% of "
+                 "steps)", c->color ? "underlined:" : "!:", g->straggler,
+                 g->share * 100);
+    else if (g->straggler >= 0)
+        snprintf(legend, sizeof legend, "straggler %d (%.0f%% of steps) "
+                 "hosts no expert", g->straggler, g->share * 100);
+    else
+        snprintf(legend, sizeof legend, "no straggler");
+    draw_text(row, r->col, legend, r->cols - 1);
+}
+
+/* The selected expert: where it is and what it was sent. */
+static void draw_selection(const console *c, const heatmap_geometry *g,
+                           int row, const layout_rect *r)
+{
+    const view *v = &c->v;
+    int l = c->cursor_layer, e = c->cursor_expert;
+    if (l >= v->layers || e >= v->experts)
+        return;
+    size_t at = (size_t)l * v->experts + e;
+    char line[192], extra[64] = "";
+    if (v->have_load_ema && isfinite(v->load_ema[at]))
+        snprintf(extra, sizeof extra, ", avg %.0f", v->load_ema[at]);
+    char split[48] = "";
+    if (v->holders[at] > 1)
+        snprintf(split, sizeof split, " (%.0f%% of its rows; split over "
+                 "%d ranks)", v->kept[at] * 100, v->holders[at]);
+    int n = snprintf(line, sizeof line, "expert %d.%d on rank %d%s: %d "
+                     "tokens%s%s", l, e, v->placement[at], split,
+                     v->expert_load[at], extra,
+                     g->shown < v->experts ? " (more experts than fit)" : "");
+    if (!g->stats_beside && n > 0 && n < (int)sizeof line) {
+        char stats[64];
+        layer_stats(v, l, stats, sizeof stats);
+        snprintf(line + n, sizeof line - (size_t)n, "; L%d %s", l, stats);
+    }
+    draw_text(row, r->col, line, r->cols - 1);
+}
+
+void draw_heatmap(console *c, const layout_rect *r)
+{
+    const view *v = &c->v;
+    int ema = v->have_load_ema;
+    if (c->color)
+        draw_title(r, ema ? "Expert load: 10 x avg tokens / layer mean"
+                          : "Expert load: 10 x tokens / layer mean");
+    else
+        draw_title(r, ema ? "Expert load .:-=+*#%@ = avg tokens / mean"
+                          : "Expert load .:-=+*#%@ = tokens / mean");
+    if (!v->have_run || !v->have_step || v->layers == 0 || v->experts == 0)
+        return;
+    heatmap_geometry g = {.label = 6, .cell = 3};
+    g.straggler = view_straggler(v, &g.share);
+    g.shown = (r->cols - g.label - 1) / g.cell; /* a gap before the next */
+    if (g.shown > v->experts)
+        g.shown = v->experts;
+    g.stats_col = r->col + g.label + g.shown * g.cell + 1;
+    g.room = r->col + r->cols - g.stats_col - 1; /* a gap to the next */
+    g.stats_beside = g.room >= 24;
+    int row = r->row + 1, end = r->row + r->rows - 1; /* last: selection */
+    for (int l = 0; l < v->layers && row < end; l++, row++)
+        draw_layer_row(c, &g, row, r->col, l);
+    /* The legend, on the row above the selection when the layers left it
+     * free. */
+    if (row < end && v->straggler_count > 0)
+        draw_legend(c, &g, end - 1, r);
+    draw_selection(c, &g, end, r);
+}
