@@ -494,6 +494,137 @@ static void measure_ranks(const config *base, const bench_options *opt,
         fprintf(stderr, "moectl bench: could not remove %s\n", dir);
 }
 
+/* The best of each figure over the interleaved rounds. */
+typedef struct bench_best {
+    double sgemm, backend_gemm;
+    run_result run;
+    peer_result peer;
+} bench_best;
+
+/* One round: sgemm, moectl, and (with_peer) the peer at 1 and 2 threads.
+ * Returns 0; 1 when the peer failed (said on stderr; later rounds go on
+ * without it); -1 when moectl's own run failed. */
+static int bench_round(const config *base, const bench_options *opt,
+                       int threads, int with_peer, bench_best *best)
+{
+    double blas, own;
+    measure_sgemm(2048, threads, 5, &blas, &own);
+    printf("  OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s; the "
+           "backend's GEMM: %.1f GFLOP/s\n", threads, blas, own);
+    if (!(blas <= best->sgemm))
+        best->sgemm = blas;
+    if (!(own <= best->backend_gemm))
+        best->backend_gemm = own;
+
+    run_result r;
+    measure(base, opt->warmup, opt->steps, &r);
+    if (!r.ok) {
+        fprintf(stderr, "moectl bench: %s\n", r.error);
+        return -1;
+    }
+    printf("  moectl: %.0f tokens/s, step %.1f ms, peak RSS %.0f MiB\n",
+           r.tokens_per_s, r.step_ms, r.peak_rss_mb);
+    if (!best->run.ok || r.tokens_per_s > best->run.tokens_per_s)
+        best->run = r;
+
+    for (int t = 1; with_peer && opt->peer && t <= 2; t++) {
+        peer_result p;
+        measure_peer(opt, base, t, &p);
+        if (!p.ok) {
+            fprintf(stderr, "moectl bench: %s\n", p.error);
+            return 1;
+        }
+        printf("  PyTorch %s, %d thread%s: %.0f tokens/s, peak RSS %.0f "
+               "MiB\n", p.torch_version, t, t > 1 ? "s" : "",
+               p.tokens_per_s, p.peak_rss_mb);
+        if (!best->peer.ok || p.tokens_per_s > best->peer.tokens_per_s)
+            best->peer = p;
+    }
+    return 0;
+}
+
+static void print_best(const bench_options *opt, int threads,
+                       const bench_best *best)
+{
+    const run_result *run = &best->run;
+    const peer_result *peer = &best->peer;
+    double gflops = run->tokens_per_s * run->flops_per_token / 1e9;
+    printf("\nbest of %d rounds:\n", opt->repeats);
+    printf("OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s (the backend's "
+           "GEMM: %.1f)\n", threads, best->sgemm, best->backend_gemm);
+    printf("moectl: %.0f tokens/s (median of %d steps after %d warm-up), "
+           "step %.1f ms, %.1f model GFLOP/s = %.0f%% of sgemm; "
+           "peak RSS %.0f MiB\n",
+           run->tokens_per_s, run->measured_steps, opt->warmup,
+           run->step_ms, gflops, 100 * gflops / best->sgemm,
+           run->peak_rss_mb);
+    printf("  params %zu, active %zu, %.1f MFLOP/token; loss %.3f -> %.3f\n",
+           run->params, run->active_params, run->flops_per_token / 1e6,
+           run->loss_first, run->loss_last);
+    if (!peer->ok)
+        return;
+    printf("PyTorch %s (best at %d thread%s): %.0f tokens/s, peak RSS "
+           "%.0f MiB; loss %.3f -> %.3f\n", peer->torch_version,
+           peer->threads, peer->threads > 1 ? "s" : "", peer->tokens_per_s,
+           peer->peak_rss_mb, peer->loss_first, peer->loss_last);
+    printf("ratio moectl / PyTorch: %.2fx tokens/s, %.2fx peak memory\n",
+           run->tokens_per_s / peer->tokens_per_s,
+           run->peak_rss_mb / peer->peak_rss_mb);
+}
+
+static void print_scaling(const config *base, const bench_options *opt)
+{
+    printf("\nScaling (moectl, median of %d steps after %d warm-up):\n",
+           opt->scaling_steps, 2);
+    printf("  %-22s %12s %10s %12s %12s\n", "variant", "tokens/s",
+           "step ms", "optimizer ms", "GFLOP/s");
+    static const int experts[] = {8, 16, 64};
+    static const int seq[] = {128, 512};
+    for (int i = 0; i < 5; i++) {
+        config cfg = *base;
+        char label[64];
+        if (i < 3) {
+            cfg.moe.n_experts = experts[i];
+            snprintf(label, sizeof label, "experts %d, top-%d", experts[i],
+                     cfg.moe.top_k);
+        } else {
+            cfg.model.seq_len = seq[i - 3];
+            snprintf(label, sizeof label, "seq_len %d", seq[i - 3]);
+        }
+        run_result r;
+        measure(&cfg, 2, opt->scaling_steps, &r);
+        if (!r.ok) {
+            printf("  %-22s %s\n", label, r.error);
+            continue;
+        }
+        printf("  %-22s %12.0f %10.1f %12.1f %12.1f\n", label,
+               r.tokens_per_s, r.step_ms, r.optimizer_ms,
+               r.tokens_per_s * r.flops_per_token / 1e9);
+    }
+}
+
+static void print_ranks(const config *base, const bench_options *opt)
+{
+    printf("\nRanks (the bench model on N CPU ranks under mpirun, threads "
+           "split between them; median of %d steps after %d warm-up):\n",
+           opt->steps, opt->warmup);
+    printf("  %-6s %12s %10s %15s %18s\n", "ranks", "tokens/s", "step ms",
+           "all-to-all share", "move one expert ms");
+    for (int ranks = 1; ranks <= 4; ranks *= 2) {
+        ranks_row r;
+        measure_ranks(base, opt, ranks, &r);
+        if (!r.ok) {
+            printf("  %-6d %s\n", ranks, r.error);
+            continue;
+        }
+        char move[32] = "-";
+        if (ranks > 1)
+            snprintf(move, sizeof move, "%.2f", r.move_ms);
+        printf("  %-6d %12.0f %10.1f %14.1f%% %18s\n", ranks,
+               r.tokens_per_s, r.step_ms, 100 * r.alltoall_share, move);
+    }
+}
+
 int bench_run(const config *base, const bench_options *opt)
 {
     int threads = base->cluster.devices[0].threads;
@@ -505,123 +636,21 @@ int bench_run(const config *base, const bench_options *opt)
     /* On a shared machine the capacity a process gets varies from minute
      * to minute, so every figure is measured `repeats` times, interleaved,
      * and the best of each is kept (the least disturbed run). */
-    double sgemm = NAN, backend_gemm = NAN;
-    run_result main_run = {0};
-    peer_result best_peer = {0};
+    bench_best best = {.sgemm = NAN, .backend_gemm = NAN};
     int status = 0;
     for (int rep = 0; rep < opt->repeats; rep++) {
         printf("round %d of %d:\n", rep + 1, opt->repeats);
-        double blas, own;
-        measure_sgemm(2048, threads, 5, &blas, &own);
-        printf("  OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s; the "
-               "backend's GEMM: %.1f GFLOP/s\n", threads, blas, own);
-        if (!(blas <= sgemm))
-            sgemm = blas;
-        if (!(own <= backend_gemm))
-            backend_gemm = own;
-
-        run_result r;
-        measure(base, opt->warmup, opt->steps, &r);
-        if (!r.ok) {
-            fprintf(stderr, "moectl bench: %s\n", r.error);
+        int round = bench_round(base, opt, threads, !status, &best);
+        if (round < 0)
             return 1;
-        }
-        printf("  moectl: %.0f tokens/s, step %.1f ms, peak RSS %.0f MiB\n",
-               r.tokens_per_s, r.step_ms, r.peak_rss_mb);
-        if (!main_run.ok || r.tokens_per_s > main_run.tokens_per_s)
-            main_run = r;
-
-        for (int t = 1; opt->peer && t <= 2 && status == 0; t++) {
-            peer_result p;
-            measure_peer(opt, base, t, &p);
-            if (!p.ok) {
-                fprintf(stderr, "moectl bench: %s\n", p.error);
-                status = 1;
-                break;
-            }
-            printf("  PyTorch %s, %d thread%s: %.0f tokens/s, peak RSS %.0f "
-                   "MiB\n", p.torch_version, t, t > 1 ? "s" : "",
-                   p.tokens_per_s, p.peak_rss_mb);
-            if (!best_peer.ok || p.tokens_per_s > best_peer.tokens_per_s)
-                best_peer = p;
-        }
+        status |= round;
     }
-
-    double gflops = main_run.tokens_per_s * main_run.flops_per_token / 1e9;
-    printf("\nbest of %d rounds:\n", opt->repeats);
-    printf("OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s (the backend's "
-           "GEMM: %.1f)\n", threads, sgemm, backend_gemm);
-    printf("moectl: %.0f tokens/s (median of %d steps after %d warm-up), "
-           "step %.1f ms, %.1f model GFLOP/s = %.0f%% of sgemm; "
-           "peak RSS %.0f MiB\n",
-           main_run.tokens_per_s, main_run.measured_steps, opt->warmup,
-           main_run.step_ms, gflops, 100 * gflops / sgemm,
-           main_run.peak_rss_mb);
-    printf("  params %zu, active %zu, %.1f MFLOP/token; loss %.3f -> %.3f\n",
-           main_run.params, main_run.active_params,
-           main_run.flops_per_token / 1e6, main_run.loss_first,
-           main_run.loss_last);
-    if (best_peer.ok) {
-        printf("PyTorch %s (best at %d thread%s): %.0f tokens/s, peak RSS "
-               "%.0f MiB; loss %.3f -> %.3f\n", best_peer.torch_version,
-               best_peer.threads, best_peer.threads > 1 ? "s" : "",
-               best_peer.tokens_per_s, best_peer.peak_rss_mb,
-               best_peer.loss_first, best_peer.loss_last);
-        printf("ratio moectl / PyTorch: %.2fx tokens/s, %.2fx peak memory\n",
-               main_run.tokens_per_s / best_peer.tokens_per_s,
-               main_run.peak_rss_mb / best_peer.peak_rss_mb);
-    }
-
-    if (opt->scaling) {
-        printf("\nScaling (moectl, median of %d steps after %d warm-up):\n",
-               opt->scaling_steps, 2);
-        printf("  %-22s %12s %10s %12s %12s\n", "variant", "tokens/s",
-               "step ms", "optimizer ms", "GFLOP/s");
-        static const int experts[] = {8, 16, 64};
-        static const int seq[] = {128, 512};
-        for (int i = 0; i < 5; i++) {
-            config cfg = *base;
-            char label[64];
-            if (i < 3) {
-                cfg.moe.n_experts = experts[i];
-                snprintf(label, sizeof label, "experts %d, top-%d",
-                         experts[i], cfg.moe.top_k);
-            } else {
-                cfg.model.seq_len = seq[i - 3];
-                snprintf(label, sizeof label, "seq_len %d", seq[i - 3]);
-            }
-            run_result r;
-            measure(&cfg, 2, opt->scaling_steps, &r);
-            if (!r.ok) {
-                printf("  %-22s %s\n", label, r.error);
-                continue;
-            }
-            printf("  %-22s %12.0f %10.1f %12.1f %12.1f\n", label,
-                   r.tokens_per_s, r.step_ms, r.optimizer_ms,
-                   r.tokens_per_s * r.flops_per_token / 1e9);
-        }
-    }
-    if (opt->ranks) {
-        printf("\nRanks (the bench model on N CPU ranks under mpirun, threads "
-               "split between them; median of %d steps after %d warm-up):\n",
-               opt->steps, opt->warmup);
-        printf("  %-6s %12s %10s %15s %18s\n", "ranks", "tokens/s",
-               "step ms", "all-to-all share", "move one expert ms");
-        for (int ranks = 1; ranks <= 4; ranks *= 2) {
-            ranks_row r;
-            measure_ranks(base, opt, ranks, &r);
-            if (!r.ok) {
-                printf("  %-6d %s\n", ranks, r.error);
-                continue;
-            }
-            char move[32] = "-";
-            if (ranks > 1)
-                snprintf(move, sizeof move, "%.2f", r.move_ms);
-            printf("  %-6d %12.0f %10.1f %14.1f%% %18s\n", ranks,
-                   r.tokens_per_s, r.step_ms, 100 * r.alltoall_share, move);
-        }
-    }
+    print_best(opt, threads, &best);
+    if (opt->scaling)
+        print_scaling(base, opt);
+    if (opt->ranks)
+        print_ranks(base, opt);
     if (opt->profile)
-        print_profile(&main_run);
+        print_profile(&best.run);
     return status;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "engine/balance/cost.h"
 #include "engine/protocol/command.h"
 #include "engine/protocol/control.h"
 #include "engine/protocol/script.h"
@@ -158,9 +159,7 @@ static void on_checkpoint(int step, const char *path, void *user)
 static void print_summary(const run_summary *s, const config *cfg, int status)
 {
     const char *currency = cfg->cluster.currency;
-    double price = 0;
-    for (int i = 0; i < cfg->cluster.device_count; i++)
-        price += cfg->cluster.devices[i].price_per_hour;
+    double price = cost_price_per_hour(cfg);
     fprintf(stderr, "moectl: summary\n");
     fprintf(stderr, "  status      %s at step %d (exit %d)\n", s->status,
             s->last_step, status);
@@ -189,6 +188,86 @@ int headless_failed_together(void)
     return failed_together;
 }
 
+/* Creates the trainer on every rank, and tells every rank whether all
+ * started (a GPU rank may find no device): a failure then ends each rank
+ * cleanly, with the failing rank's reason, rather than through MPI_Abort.
+ * Returns 0 when all started; sets *quiet on a rank that started while
+ * another did not (the rank that failed says why). */
+static int start_every_rank(trainer **t, const config *cfg, const comm *c,
+                            int *quiet, moe_error *err)
+{
+    int started = trainer_create(t, cfg, c, err) == 0;
+    if (c->world > 1) {
+        int all_started = started;
+        int *each = malloc((size_t)c->world * sizeof *each);
+        if (each) {
+            comm_allgather_int(c, &started, 1, each);
+            for (int r = 0; r < c->world; r++)
+                all_started &= each[r];
+            free(each);
+            if (!all_started) {
+                failed_together = 1;
+                if (started) {
+                    *quiet = 1;
+                    return -1;
+                }
+            }
+        }
+    }
+    return started ? 0 : -1;
+}
+
+/* Rank 0's channels: records go to the metrics file and to the control
+ * socket's clients; commands come back through the socket. Returns the
+ * exit status on failure (2 for a socket path given and unusable), 0 when
+ * both are open. */
+static int open_channels(const config *cfg, const headless_options *opt,
+                         metrics_sink **metrics, control_server **control,
+                         moe_error *err)
+{
+    if (metrics_open(metrics, opt->metrics, cfg->name, err) < 0)
+        return 1;
+    if (control_open(control, opt->socket, err) < 0)
+        return opt->socket ? 2 : 1;
+    metrics_attach_control(*metrics, *control);
+    fprintf(stderr, "moectl: control socket %s (moectl ctl %s status)\n",
+            control_path(*control), control_path(*control));
+    return 0;
+}
+
+static void announce_start(const config *cfg, const trainer *t,
+                           const comm *c, int last_step)
+{
+    fprintf(stderr, "moectl: training %s (%zu parameters, %zu active) on "
+                    "%d rank%s, steps %d..%d\n", cfg->name,
+            t->model->param_count, model_active_params(t->model), c->world,
+            c->world > 1 ? "s" : "", t->state.step + 1, last_step);
+    for (int r = 0; r < cfg->cluster.device_count; r++)
+        if (cfg->cluster.devices[r].slowdown != 1.0)
+            fprintf(stderr, "moectl: rank %d (%s) is EMULATED %.2fx slower "
+                            "(cluster.devices[%d].slowdown)\n", r,
+                    cfg->cluster.devices[r].name,
+                    cfg->cluster.devices[r].slowdown, r);
+}
+
+/* The run's end for people: one line, then the summary. Returns the exit
+ * status (0 done, 3 stopped). */
+static int announce_end(const config *cfg, const run_summary *summary,
+                        train_outcome outcome)
+{
+    char elapsed[32];
+    format_duration(elapsed, sizeof elapsed, summary->elapsed_s);
+    fprintf(stderr, "moectl: %s at step %d: loss %.4f, val_loss %.4f, "
+                    "%.0f tokens/s, %s%s%s\n",
+            outcome == TRAIN_STOPPED ? "stopped" : "done", summary->last_step,
+            summary->loss, summary->val_loss, summary->tokens_per_s, elapsed,
+            summary->checkpoint ? ", checkpoint " : "",
+            summary->checkpoint ? summary->checkpoint : "");
+    int status = outcome == TRAIN_STOPPED ? 3 : 0;
+    print_summary(summary, cfg, status);
+    return status;
+}
+
 int headless_run(const config *cfg, const headless_options *opt,
                  const comm *c)
 {
@@ -208,29 +287,7 @@ int headless_run(const config *cfg, const headless_options *opt,
         status = 2;
         goto done;
     }
-    /* Every rank learns whether all started (a GPU rank may find no
-     * device): a failure then ends each rank cleanly, with the failing
-     * rank's reason, rather than through MPI_Abort. */
-    int started = trainer_create(&t, cfg, c, &err) == 0;
-    if (c->world > 1) {
-        int all_started = started;
-        int *each = malloc((size_t)c->world * sizeof *each);
-        if (each) {
-            comm_allgather_int(c, &started, 1, each);
-            for (int r = 0; r < c->world; r++)
-                all_started &= each[r];
-            free(each);
-            if (!all_started) {
-                failed_together = 1;
-                if (started) {
-                    status = 1;
-                    quiet = 1; /* the rank that failed says why */
-                    goto done;
-                }
-            }
-        }
-    }
-    if (!started)
+    if (start_every_rank(&t, cfg, c, &quiet, &err) < 0)
         goto done;
     if (opt->resume && trainer_resume(t, opt->resume, &err) < 0)
         goto done;
@@ -240,19 +297,10 @@ int headless_run(const config *cfg, const headless_options *opt,
         status = 2;
         goto done;
     }
-    if (c->rank == 0) {
-        /* Records go to the metrics file and to the control socket's
-         * clients; commands come back through the socket. */
-        if (metrics_open(&metrics, opt->metrics, cfg->name, &err) < 0)
-            goto done;
-        if (control_open(&control, opt->socket, &err) < 0) {
-            status = opt->socket ? 2 : 1;
-            goto done;
-        }
-        metrics_attach_control(metrics, control);
-        fprintf(stderr, "moectl: control socket %s (moectl ctl %s status)\n",
-                control_path(control), control_path(control));
-    }
+    if (c->rank == 0 &&
+        (status = open_channels(cfg, opt, &metrics, &control, &err)) != 0)
+        goto done;
+    status = 1;
 
     progress_state p = {
         .tty = isatty(STDERR_FILENO),
@@ -274,17 +322,7 @@ int headless_run(const config *cfg, const headless_options *opt,
     signals_install(on_signal, signals);
 
     if (c->rank == 0)
-        fprintf(stderr, "moectl: training %s (%zu parameters, %zu active) on "
-                        "%d rank%s, steps %d..%d\n", cfg->name,
-                t->model->param_count, model_active_params(t->model),
-                c->world, c->world > 1 ? "s" : "", t->state.step + 1,
-                last_step);
-    for (int r = 0; c->rank == 0 && r < cfg->cluster.device_count; r++)
-        if (cfg->cluster.devices[r].slowdown != 1.0)
-            fprintf(stderr, "moectl: rank %d (%s) is EMULATED %.2fx slower "
-                            "(cluster.devices[%d].slowdown)\n", r,
-                    cfg->cluster.devices[r].name,
-                    cfg->cluster.devices[r].slowdown, r);
+        announce_start(cfg, t, c, last_step);
     run_summary summary;
     train_outcome outcome = trainer_run(t, &run, &summary, &err);
     end_line(&p);
@@ -297,19 +335,9 @@ int headless_run(const config *cfg, const headless_options *opt,
         }
         goto done;
     }
-
-    char elapsed[32];
-    format_duration(elapsed, sizeof elapsed, summary.elapsed_s);
-    if (c->rank == 0)
-        fprintf(stderr, "moectl: %s at step %d: loss %.4f, val_loss %.4f, "
-                    "%.0f tokens/s, %s%s%s\n",
-            outcome == TRAIN_STOPPED ? "stopped" : "done", summary.last_step,
-            summary.loss, summary.val_loss, summary.tokens_per_s, elapsed,
-            summary.checkpoint ? ", checkpoint " : "",
-            summary.checkpoint ? summary.checkpoint : "");
     status = outcome == TRAIN_STOPPED ? 3 : 0;
     if (c->rank == 0)
-        print_summary(&summary, cfg, status);
+        status = announce_end(cfg, &summary, outcome);
 done:
     if (status != 0 && status != 3 && !quiet) {
         if (c->world == 1)
