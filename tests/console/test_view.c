@@ -274,6 +274,9 @@ static void check_balance(void)
                    "\"reply\":\"apply: one rank holds every expert; there "
                    "is nothing to place\","
                    STATE(120, false, "auto", 50, 0.05) "}");
+    EXPECT(!v.last_event_ok && v.last_event_step == 120,
+           "a refused event: ok %d at step %d", v.last_event_ok,
+           v.last_event_step);
     view_apply(&v, "{\"type\":\"reply\",\"ok\":false,\"command\":\"apply\","
                    "\"error\":\"apply: one rank holds every expert; there is "
                    "nothing to place\"," STATE(120, false, "auto", 50, 0.05)
@@ -295,6 +298,7 @@ static void check_balance(void)
     view_apply(&v, "{\"type\":\"event\",\"step\":121,\"command\":\"pause\","
                    "\"origin\":\"control\",\"ok\":true,\"reply\":\"\","
                    STATE(121, true, "auto", 50, 0.05) "}");
+    EXPECT(v.last_event_ok, "an applied event is ok");
     EXPECT(strcmp(last_event(&v), "step 121: pause") == 0 &&
                strcmp(v.status, "paused") == 0 && v.paused,
            "pause: %s, status %s", last_event(&v), v.status);

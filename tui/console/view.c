@@ -466,6 +466,7 @@ static void apply_event(view *v, const record_value *r)
              command ? command : "");
     snprintf(v->last_reply, sizeof v->last_reply, "%s", reply ? reply : "");
     v->last_event_step = step;
+    v->last_event_ok = !refused;
     /* Only a command from the socket is answered by a reply as well. */
     v->last_event_index =
         origin == RECORD_ORIGIN_CONTROL ? v->event_count - 1 : -1;

@@ -156,6 +156,7 @@ typedef struct view {
     char last_command[96];
     char last_reply[VIEW_EVENT_BYTES];
     int last_event_step;
+    int last_event_ok;      /* the event's ok: 0 when the job refused it */
     int last_event_index;   /* -1: none */
     int plan_before_event;
 } view;

@@ -259,8 +259,10 @@ static void note_event(demo *d)
     const view *v = &d->v;
     if (d->sent[0] && d->event_step < 0 && v->step >= d->sent_at &&
         strcmp(v->last_command, d->sent) == 0) {
-        d->event_step = v->step;
+        d->event_step = v->last_event_step;
         d->event_index = v->last_event_index;
+        d->refused = !v->last_event_ok;
+        d->answered = 1;
         snprintf(d->reply, sizeof d->reply, "%s", v->last_reply);
     }
     /* The first decision of policy auto: its event carries the reply. */
@@ -273,35 +275,13 @@ static void note_event(demo *d)
     }
 }
 
-/* The reply to the story's command follows its event in the same
- * boundary: the view marks the event's line when the job refused it, and
- * the next step record comes after it in any case. */
-static void note_answer(demo *d, const char *line_before, int step_before)
-{
-    const view *v = &d->v;
-    if (!line_before || d->answered)
-        return;
-    if (d->event_index > v->event_count - VIEW_EVENTS &&
-        strcmp(v->events[d->event_index % VIEW_EVENTS], line_before) != 0)
-        d->refused = 1;
-    if (v->last_event_index != d->event_index || v->step != step_before ||
-        d->refused)
-        d->answered = 1;
-}
-
 void demo_record(demo *d, const char *line)
 {
     view *v = &d->v;
-    int events_before = v->event_count, step_before = v->step;
+    int events_before = v->event_count;
     int plan_step = v->plan.step, had_plan = v->plan.have;
     char plan_trigger[sizeof v->plan.trigger];
     memcpy(plan_trigger, v->plan.trigger, sizeof plan_trigger);
-    /* The line of the story's command's event, when it came before. */
-    char event_line[VIEW_EVENT_BYTES];
-    int tracked = d->event_index >= 0;
-    if (tracked)
-        memcpy(event_line, v->events[d->event_index % VIEW_EVENTS],
-               sizeof event_line);
     if (view_apply(v, line) < 0)
         return;
     if (v->have_run && v->have_step && v->step > 0 &&
@@ -313,7 +293,6 @@ void demo_record(demo *d, const char *line)
     if (v->event_count > events_before &&
         v->last_event_index == v->event_count - 1)
         note_event(d);
-    note_answer(d, tracked ? event_line : NULL, step_before);
 }
 
 /* ---- commands ----------------------------------------------------------- */
