@@ -177,6 +177,7 @@ static void prune(const char *dir, int keep)
 }
 
 int checkpoint_save(const char *dir, int keep, const model *m,
+                    const int *expert_rank,
                     const checkpoint_state *st, char *path_out,
                     size_t path_size, moe_error *err)
 {
@@ -211,7 +212,7 @@ int checkpoint_save(const char *dir, int keep, const model *m,
     /* Placement: the rank of each (layer, expert). */
     size_t experts = (size_t)m->dims.L * m->dims.E;
     for (size_t i = 0; i < experts; i++) {
-        int32_t rank = m->expert_rank ? m->expert_rank[i] : 0;
+        int32_t rank = expert_rank ? expert_rank[i] : 0;
         put(&s, &rank, sizeof rank);
     }
     size_t bytes = m->param_count * sizeof(float);

@@ -27,7 +27,7 @@ const char *const model_part_names[MODEL_PART_COUNT] = {
 static void slowdown_charge(model *m, double now)
 {
     model_profile *p = &m->profile;
-    double waited = m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
+    double waited = m->ep ? m->ep->exchange_s(m->ep->ctx) : 0.0;
     double compute = now - p->slowdown_mark - (waited - p->slowdown_comm);
     p->slowdown_mark = now;
     p->slowdown_comm = waited;
@@ -95,7 +95,7 @@ static void lap_begin(model *m)
     m->profile.lap_compute_s = 0.0;
     m->profile.slowdown_mark = m->profile.lap_start;
     m->profile.slowdown_comm =
-        m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
+        m->ep ? m->ep->exchange_s(m->ep->ctx) : 0.0;
 }
 
 void model_set_slowdown(model *m, double slowdown)
@@ -382,9 +382,6 @@ void model_destroy(model *m)
 {
     if (!m)
         return;
-    expert_parallel_destroy(m->ep);
-    free(m->expert_rank);
-    free(m->expert_share);
     free(m->reduce_buffer);
     activations_destroy(m->acts);
     free(m->dispatch);
@@ -545,7 +542,7 @@ static void balance_losses(model *m, const layer_acts *v,
 /* The global dispatch counts of layer l's last forward. */
 static const int *layer_selected(const model *m, int l)
 {
-    return m->ep ? expert_parallel_dispatch(m->ep, l)->selected
+    return m->ep ? m->ep->dispatch(m->ep->ctx, l)->selected
                  : m->dispatch[l].selected;
 }
 
@@ -704,10 +701,10 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
             else
                 memset(a->branch_out, 0, NC * sizeof(float));
             lap(m, &fw[MODEL_PART_shared_experts]);
-            expert_parallel_forward(m->ep, l, v.ffn_norm_out, v.expert_index,
+            m->ep->forward(m->ep->ctx, l, v.ffn_norm_out, v.expert_index,
                                     v.gate, a->branch_out);
             lap(m, &fw[MODEL_PART_permute]);
-            balance_losses(m, &v, expert_parallel_dispatch(m->ep, l), N);
+            balance_losses(m, &v, m->ep->dispatch(m->ep->ctx, l), N);
             lap(m, &fw[MODEL_PART_router]);
             memcpy(v.x_next, v.x_mid, NC * sizeof(float));
             ops->add_inplace(ctx, v.x_next, a->branch_out, NC);
@@ -820,9 +817,9 @@ void model_backward(model *m)
         lap(m, &bw[MODEL_PART_shared_experts]);
 
         const router_dispatch *rd =
-            m->ep ? expert_parallel_dispatch(m->ep, l) : v.rd;
+            m->ep ? m->ep->dispatch(m->ep->ctx, l) : v.rd;
         if (m->ep) {
-            expert_parallel_backward(m->ep, l, a->d_resid, v.gate,
+            m->ep->backward(m->ep->ctx, l, a->d_resid, v.gate,
                                      a->d_norm_out, a->d_gate);
             lap(m, &bw[MODEL_PART_permute]);
         } else {
@@ -914,7 +911,7 @@ int model_dropped_assignments(const model *m)
 {
     int dropped = 0;
     for (int l = 0; l < m->dims.L; l++)
-        dropped += m->ep ? expert_parallel_dispatch(m->ep, l)->dropped
+        dropped += m->ep ? m->ep->dispatch(m->ep->ctx, l)->dropped
                          : m->dispatch[l].dropped;
     return dropped;
 }
@@ -934,85 +931,36 @@ double model_flops_per_token(const model *m)
     return 6.0 * non_embedding + 12.0 * d->L * d->C * d->T;
 }
 
-int model_distribute(model *m, const comm *c, const int *placement,
-                     moe_error *err)
+int model_set_comm(model *m, const comm *c, moe_error *err)
 {
-    const model_dims *d = &m->dims;
-    size_t experts = (size_t)d->L * d->E;
-    m->expert_rank = malloc(experts * sizeof *m->expert_rank);
-    if (!m->expert_rank)
-        return error_set(err, "out of memory");
-    for (size_t i = 0; i < experts; i++)
-        m->expert_rank[i] = placement ? placement[i]
-                                      : (int)(i % (size_t)d->E) % c->world;
-    m->comm = c;
-    m->expert_share = calloc(experts * c->world, sizeof *m->expert_share);
-    if (!m->expert_share)
-        return error_set(err, "out of memory");
-    for (int l = 0; l < d->L; l++)
-        for (int e = 0; e < d->E; e++)
-            model_unsplit_expert(m, l, e);
-    m->placement_version = 1;
     m->comm = c;
     if (routing_scratch_reserve(m, c->world) < 0)
         return error_set(err, "out of memory for routing scratch");
-    if (c->world == 1)
-        return 0;
-    return expert_parallel_create(&m->ep, m, c, err);
+    return 0;
+}
+
+void model_set_expert_parallel(model *m, const model_expert_parallel *ep)
+{
+    m->ep = ep;
+}
+
+static int residency(const model *m, int l, int e)
+{
+    return m->ep ? m->ep->residency(m->ep->ctx, l, e)
+                 : MODEL_EXPERT_HELD | MODEL_EXPERT_OWNED;
 }
 
 int model_owns_expert(const model *m, int l, int e)
 {
-    return !m->comm ||
-           m->expert_rank[(size_t)l * m->dims.E + e] == m->comm->rank;
-}
-
-int model_expert_share(const model *m, int l, int e, int r)
-{
-    if (!m->comm)
-        return MODEL_SHARE_UNITS;
-    return m->expert_share[((size_t)l * m->dims.E + e) * m->comm->world + r];
+    return (residency(m, l, e) & MODEL_EXPERT_OWNED) != 0;
 }
 
 int model_holds_expert(const model *m, int l, int e)
 {
-    return !m->comm || model_expert_share(m, l, e, m->comm->rank) > 0;
+    return (residency(m, l, e) & MODEL_EXPERT_HELD) != 0;
 }
 
-void model_unsplit_expert(model *m, int l, int e)
+int model_expert_is_split(const model *m, int l, int e)
 {
-    int world = m->comm->world;
-    int *share = m->expert_share + ((size_t)l * m->dims.E + e) * world;
-    for (int r = 0; r < world; r++)
-        share[r] = 0;
-    share[m->expert_rank[(size_t)l * m->dims.E + e]] = MODEL_SHARE_UNITS;
-}
-
-int model_split_experts(const model *m)
-{
-    int split = 0;
-    for (int l = 0; m->comm && l < m->dims.L; l++)
-        for (int e = 0; e < m->dims.E; e++)
-            split += model_expert_share(
-                         m, l, e, m->expert_rank[(size_t)l * m->dims.E + e]) <
-                     MODEL_SHARE_UNITS;
-    return split;
-}
-
-int model_shares_from_weights(int world, int n, const int *ranks,
-                              const int *weights, int *share)
-{
-    long total = 0, given = 0;
-    for (int i = 0; i < n; i++)
-        total += weights[i];
-    for (int r = 0; r < world; r++)
-        share[r] = 0;
-    for (int i = 0; i < n; i++) {
-        share[ranks[i]] = (int)((long)weights[i] * MODEL_SHARE_UNITS / total);
-        if (share[ranks[i]] == 0)
-            return -1;
-        given += share[ranks[i]];
-    }
-    share[ranks[0]] += (int)(MODEL_SHARE_UNITS - given);
-    return 0;
+    return (residency(m, l, e) & MODEL_EXPERT_SPLIT) != 0;
 }

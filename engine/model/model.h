@@ -18,7 +18,6 @@
 #include "engine/core/comm.h"
 #include "engine/config/config.h"
 #include "engine/core/error.h"
-#include "engine/moe/expert_parallel.h"
 #include "engine/model/router.h"
 #include "kernels/backend.h"
 
@@ -141,23 +140,13 @@ typedef struct model {
 
     model_profile profile; /* accumulates until model_profile_reset */
 
-    /* Expert parallelism (model_distribute); a lone rank leaves these
-     * NULL and world 1. */
+    /* The ranks sharing the batch (model_set_comm; NULL: a lone model)
+     * and, when the experts are spread over them, the expert-parallel
+     * layer (model_set_expert_parallel; NULL: every expert local). */
     const comm *comm;
-    expert_parallel *ep;
-    int *expert_rank;      /* (L, E) placement: the rank of each expert */
-    /* Split experts: (L, E, world) shares of each expert's rows, in units
-     * of 1/MODEL_SHARE_UNITS. A rank with a share holds a replica
-     * (weights and Adam moments) and computes its share of the rows,
-     * taken in slot order (rank order of the shares); the replicas' partial
-     * gradients are summed among the holders before the optimizer step,
-     * so every replica takes the same update. The expert's rank always
-     * holds a share and is the replica counted by the gradient norm and
-     * saved in checkpoints. An unsplit expert has all units at its rank. */
-    int *expert_share;
+    const struct model_expert_parallel *ep;
     float *reduce_buffer;  /* staging of optimizer_reduce_gradients */
     size_t reduce_capacity;
-    int placement_version;
     int total_tokens;      /* tokens of the last forward over all ranks */
 
     /* Routing-side balancing state: training state, in checkpoints and
@@ -237,28 +226,45 @@ model_expert_weights model_expert_views(model *m, int l);
  * `backward`): the expert-parallel layer times its own parts. */
 void model_lap(model *m, enum model_part part, int backward);
 
-/* Spreads the routed experts over the ranks of c (placement (L, E) of
- * ranks, or NULL for round-robin by expert). Every rank then trains its
- * own `batch` sequences of the global batch. */
-int model_distribute(model *m, const comm *c, const int *placement,
-                     moe_error *err);
-/* 1 when this rank is expert e of layer l's rank (its primary holder). */
-int model_owns_expert(const model *m, int l, int e);
+/* This rank's copy of expert (l, e), as expert parallelism sees it. */
+enum model_expert_residency {
+    MODEL_EXPERT_HELD = 1,  /* a replica is here (a share of its rows) */
+    MODEL_EXPERT_OWNED = 2, /* here is its primary holder */
+    MODEL_EXPERT_SPLIT = 4  /* its rows are split over several ranks */
+};
 
-#define MODEL_SHARE_UNITS 4096
-/* 1 when this rank holds a replica of expert (l, e): a share of its rows. */
+/* The routed experts of every layer computed across ranks: a table the
+ * expert-parallel layer (engine/moe) fills and owns; the model calls it
+ * instead of its local expert GEMMs. ctx is passed back to every slot. */
+typedef struct model_expert_parallel {
+    void *ctx;
+    /* As the local path, over the ranks: ADDS the combined outputs of the
+     * layer's experts for norm_out's tokens to out. */
+    void (*forward)(void *ctx, int l, const float *norm_out,
+                    const int *expert_index, const float *gate, float *out);
+    /* ADDS to dnorm_out, SETS dgate, adds the held experts' gradients. */
+    void (*backward)(void *ctx, int l, const float *dout, const float *gate,
+                     float *dnorm_out, float *dgate);
+    /* The global dispatch of layer l's last forward. */
+    const router_dispatch *(*dispatch)(const void *ctx, int l);
+    /* Seconds spent exchanging with other ranks so far. */
+    double (*exchange_s)(const void *ctx);
+    /* enum model_expert_residency bits of expert (l, e) on this rank. */
+    int (*residency)(const void *ctx, int l, int e);
+} model_expert_parallel;
+
+/* The ranks of c share the batch: every rank trains its own `batch`
+ * sequences of the global batch, and the losses are summed over them. */
+int model_set_comm(model *m, const comm *c, moe_error *err);
+/* Installs the expert-parallel layer (its table must outlive the model's
+ * use of it), or NULL for every expert local. */
+void model_set_expert_parallel(model *m, const model_expert_parallel *ep);
+/* 1 when this rank is expert e of layer l's primary holder. */
+int model_owns_expert(const model *m, int l, int e);
+/* 1 when this rank holds a replica of expert (l, e). */
 int model_holds_expert(const model *m, int l, int e);
-/* Share of rank r in expert (l, e), in 1/MODEL_SHARE_UNITS. */
-int model_expert_share(const model *m, int l, int e, int r);
-/* Gives all of (l, e)'s rows to its rank: no longer split. */
-void model_unsplit_expert(model *m, int l, int e);
-/* Shares (world) for n distinct ranks with integer weights: units in
- * proportion, the rounding remainder to the first. Returns -1 when a
- * rank's share would round to nothing. */
-int model_shares_from_weights(int world, int n, const int *ranks,
-                              const int *weights, int *share);
-/* Experts currently split over more than one rank. */
-int model_split_experts(const model *m);
+/* 1 when expert (l, e)'s rows are split over several ranks. */
+int model_expert_is_split(const model *m, int l, int e);
 
 /* Tokens routed to each expert by the last forward: load (L, E). */
 void model_expert_load(const model *m, int *load);

@@ -108,7 +108,10 @@ void optimizer_reduce_gradients(model *m)
     for (int i = 0; i < MODEL_TENSOR_COUNT; i++)
         if (!is_expert_tensor(i))
             count += m->tensors[i].count;
-    int split = model_split_experts(m);
+    int split = 0;
+    for (int l = 0; l < d->L; l++)
+        for (int e = 0; e < d->E; e++)
+            split += model_expert_is_split(m, l, e);
     count += (size_t)split * (w13 + w2);
     if (count > m->reduce_capacity) {
         free(m->reduce_buffer);
@@ -135,8 +138,7 @@ void optimizer_reduce_gradients(model *m)
         for (int l = 0; split && l < d->L; l++)
             for (int e = 0; e < d->E; e++) {
                 size_t x = (size_t)l * d->E + e;
-                if (model_expert_share(m, l, e, m->expert_rank[x]) ==
-                    MODEL_SHARE_UNITS)
+                if (!model_expert_is_split(m, l, e))
                     continue;
                 float *g13 = m->grad_memory +
                              m->tensors[MODEL_TENSOR_expert_w13].offset +

@@ -9,6 +9,7 @@
 
 #include "engine/protocol/control.h"
 #include "engine/balance/cost.h"
+#include "engine/moe/migration.h"
 #include "engine/protocol/script.h"
 #include "kernels/cpu/cpu_backend.h"
 
@@ -109,23 +110,26 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
     if (dataset_load(&t->data, cfg->data.path, cfg->data.val_fraction,
                      cfg->model.seq_len, err) < 0)
         goto fail;
-    int *placement = calloc((size_t)cfg->model.n_layers * cfg->moe.n_experts,
-                            sizeof *placement);
+    int *configured_rank = calloc((size_t)cfg->model.n_layers *
+                                    cfg->moe.n_experts,
+                                sizeof *configured_rank);
     char reason[256];
-    int placed = placement ? config_placement(cfg, placement, reason,
-                                              sizeof reason) : -1;
+    int placed = configured_rank ? config_placement(cfg, configured_rank, reason,
+                                                  sizeof reason)
+                               : -1;
     if (placed < 0) {
         error_set(err, "%s: cluster.placement: %s", cfg->source,
-                  placement ? reason : "out of memory");
-        free(placement);
+                  configured_rank ? reason : "out of memory");
+        free(configured_rank);
         goto fail;
     }
     int made = model_create(&t->model, cfg, &t->be, t->local_batch, err) == 0 &&
-               model_distribute(t->model, c, placed ? placement : NULL,
-                                err) == 0;
-    free(placement);
+               sharding_create(&t->sharding, t->model, c,
+                               placed ? configured_rank : NULL, err) == 0;
+    free(configured_rank);
     if (!made)
         goto fail;
+    t->placement = sharding_placement(t->sharding);
     size_t tokens = (size_t)cfg->train.batch_size * cfg->model.seq_len;
     /* Tokens go to the ops (embedding, cross-entropy) as they are. */
     t->inputs = t->be.ops->alloc(t->be.ctx, tokens * sizeof *t->inputs);
@@ -137,7 +141,8 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
         error_set(err, "out of memory");
         goto fail;
     }
-    if (balancer_create(&t->bal, cfg, c->world, MODEL_SHARE_UNITS, err) < 0)
+    if (balancer_create(&t->bal, cfg, c->world, PLACEMENT_SHARE_UNITS,
+                        err) < 0)
         goto fail;
     t->price_per_hour = cost_price_per_hour(cfg);
     t->peak_flops = cost_peak_flops(cfg);
@@ -164,6 +169,7 @@ void trainer_destroy(trainer *t)
 {
     if (!t)
         return;
+    sharding_destroy(t->sharding);
     model_destroy(t->model);
     dataset_finish(&t->data);
     if (t->be.ops) {
@@ -193,15 +199,15 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
     model *m = t->model;
     const comm *c = t->comm;
     size_t experts = (size_t)m->dims.L * m->dims.E;
-    int *placement = calloc(experts, sizeof *placement);
-    if (!placement)
+    int *recorded_rank = calloc(experts, sizeof *recorded_rank);
+    if (!recorded_rank)
         return error_set(err, "out of memory");
     /* Rank 0 reads, then hands every rank the same state. */
     checkpoint_state st;
     memset(&st, 0, sizeof st);
     int status = 0;
     if (c->rank == 0) {
-        status = checkpoint_load(path, m, &st, placement, err);
+        status = checkpoint_load(path, m, &st, recorded_rank, err);
         if (status == 0 && st.seed != t->cfg.train.seed)
             status = error_set(err, "%s was trained with train.seed %llu, "
                                     "but the configuration has %llu", path,
@@ -209,7 +215,7 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
                                (unsigned long long)t->cfg.train.seed);
     }
     if (agree(t, status, err) < 0) {
-        free(placement);
+        free(recorded_rank);
         return -1;
     }
     size_t bytes = m->param_count * sizeof(float);
@@ -218,89 +224,31 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
     comm_broadcast(c, m->adam_v_memory, bytes, 0);
     comm_broadcast(c, &st, sizeof st, 0);
     model_broadcast_balance_state(m, 0);
-    comm_broadcast(c, placement, experts * sizeof *placement, 0);
+    comm_broadcast(c, recorded_rank, experts * sizeof *recorded_rank, 0);
     /* The recorded placement stands when it was made for this many ranks;
      * otherwise the experts are placed afresh. */
     int highest = 0;
     for (size_t i = 0; i < experts; i++)
-        highest = placement[i] > highest ? placement[i] : highest;
-    if (highest + 1 == c->world) {
-        memcpy(m->expert_rank, placement, experts * sizeof *placement);
-        m->placement_version++;
-    }
+        highest = recorded_rank[i] > highest ? recorded_rank[i] : highest;
     /* Checkpoints keep each expert's rank, not its split: a resumed run
      * starts unsplit, and the balance policy splits again if it pays. */
-    for (int l = 0; l < m->dims.L; l++)
-        for (int e = 0; e < m->dims.E; e++)
-            model_unsplit_expert(m, l, e);
-    free(placement);
+    placement_restore(t->placement,
+                      highest + 1 == c->world ? recorded_rank : NULL);
+    free(recorded_rank);
     t->state = st;
     return 0;
 }
 
-/* What moving one expert ships: its weights and both moments. */
-static size_t expert_move_bytes(const model *m)
-{
-    size_t experts = (size_t)m->dims.L * m->dims.E;
-    size_t slice = m->tensors[MODEL_TENSOR_expert_w13].count / experts +
-                   m->tensors[MODEL_TENSOR_expert_w2].count / experts;
-    return 3 * slice * sizeof(float);
-}
-
-/* Sends expert (l, e)'s weights and Adam moments between ranks. */
-static void transfer_expert(trainer *t, int l, int e, int from, int to)
-{
-    model *m = t->model;
-    const comm *c = t->comm;
-    if (from == to || (c->rank != from && c->rank != to))
-        return;
-    int ids[2] = {MODEL_TENSOR_expert_w13, MODEL_TENSOR_expert_w2};
-    float *slabs[3] = {m->param_memory, m->adam_m_memory, m->adam_v_memory};
-    for (int i = 0; i < 2; i++) {
-        const model_tensor_info *info = &m->tensors[ids[i]];
-        size_t slice = info->count / ((size_t)m->dims.L * m->dims.E);
-        size_t offset = info->offset + ((size_t)l * m->dims.E + e) * slice;
-        for (int k = 0; k < 3; k++) {
-            if (c->rank == from)
-                comm_send(c, slabs[k] + offset, slice * sizeof(float), to);
-            else
-                comm_recv(c, slabs[k] + offset, slice * sizeof(float), from);
-        }
-    }
-}
-
-/* A move is a split with every row on `to`. */
 size_t trainer_move_expert(trainer *t, int l, int e, int to)
 {
-    int share[CONFIG_MAX_DEVICES] = {0};
-    share[to] = MODEL_SHARE_UNITS;
-    return trainer_split_expert(t, l, e, to, share);
+    return migration_move_expert(t->model, t->placement, t->comm, l, e, to);
 }
 
 size_t trainer_split_expert(trainer *t, int l, int e, int to,
                             const int *share)
 {
-    model *m = t->model;
-    int world = t->comm->world;
-    int *rank = &m->expert_rank[(size_t)l * m->dims.E + e];
-    int *now = m->expert_share + ((size_t)l * m->dims.E + e) * world;
-    int changed = *rank != to;
-    size_t bytes = 0;
-    /* Replicas are identical: a rank that already holds one needs
-     * nothing; one that gains a share gets the expert from its rank. */
-    for (int r = 0; r < world; r++) {
-        changed |= now[r] != share[r];
-        if (share[r] > 0 && now[r] == 0) {
-            transfer_expert(t, l, e, *rank, r);
-            bytes += expert_move_bytes(m);
-        }
-    }
-    if (!changed)
-        return 0;
-    *rank = to;
-    memcpy(now, share, (size_t)world * sizeof *share);
-    m->placement_version++;
-    return bytes;
+    return migration_split_expert(t->model, t->placement, t->comm, l, e, to,
+                                  share);
 }
 
 int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
@@ -309,14 +257,12 @@ int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
     model *m = t->model;
     /* Rank 0 writes the whole model: first it collects the experts other
      * ranks hold. */
-    for (int l = 0; l < m->dims.L; l++)
-        for (int e = 0; e < m->dims.E; e++)
-            transfer_expert(t, l, e, m->expert_rank[(size_t)l * m->dims.E + e],
-                            0);
+    migration_gather_experts(m, t->placement, t->comm, 0);
     int status = 0;
     if (t->comm->rank == 0)
         status = checkpoint_save(t->cfg.checkpoint.dir, t->cfg.checkpoint.keep,
-                                 m, &t->state, path_out, path_size, err);
+                                 m, t->placement->expert_rank, &t->state,
+                                 path_out, path_size, err);
     if (agree(t, status, err) < 0)
         return -1;
     if (t->comm->world > 1)
@@ -362,7 +308,7 @@ void trainer_step(trainer *t, step_stats *s)
     double expert_s = m->profile.forward_s[MODEL_PART_experts] +
                       m->profile.backward_s[MODEL_PART_experts] -
                       experts_before;
-    double alltoall_s = m->ep ? expert_parallel_take_alltoall_s(m->ep) : 0.0;
+    double alltoall_s = sharding_take_alltoall_s(t->sharding);
     mine.alltoall_ms = alltoall_s * 1e3;
     /* The expert part holds the routed-expert GEMMs alone (dispatch and
      * the all-to-all count elsewhere): the work placement can move. */
@@ -370,11 +316,11 @@ void trainer_step(trainer *t, step_stats *s)
     mine.allreduce_ms = (reduced - backward_done) * 1e3;
     mine.dense_ms = step_s * 1e3 - mine.expert_ms - mine.alltoall_ms -
                     mine.allreduce_ms;
-    mine.tokens = m->ep ? (double)expert_parallel_rows(m->ep)
-                        : (double)t->local_batch * T * m->dims.K;
+    mine.tokens = (double)sharding_rows(t->sharding);
     for (int l = 0; l < m->dims.L; l++)
         for (int e = 0; e < m->dims.E; e++)
-            mine.experts += model_holds_expert(m, l, e); /* replicas too */
+            mine.experts += placement_holds(t->placement, l, e); /* replicas
+                                                                   too */
     mine.migration_bytes = (double)t->migration_bytes;
     double expert_params = 3.0 * m->dims.C * m->dims.F;
     mine.expert_flops_per_s = expert_s > 0
@@ -424,11 +370,11 @@ void trainer_step(trainer *t, step_stats *s)
     s->ranks = t->comm->world;
     s->rank = t->rank;
     s->devices = t->cfg.cluster.devices;
-    s->placement = m->expert_rank;
-    s->share = m->expert_share;
-    s->share_units = MODEL_SHARE_UNITS;
-    s->split_experts = model_split_experts(m);
-    s->placement_version = m->placement_version;
+    s->placement = t->placement->expert_rank;
+    s->share = t->placement->share;
+    s->share_units = PLACEMENT_SHARE_UNITS;
+    s->split_experts = placement_split_count(t->placement);
+    s->placement_version = t->placement->version;
     s->straggler = -1;
     s->ideal_tokens_per_s = NAN;
     s->router_bias = t->cfg.balance.bias_update_rate > 0 ? m->router_bias
@@ -494,10 +440,11 @@ static int plan_collective(boundary_state *bs, const char *trigger,
     char text[512] = "";
     if (c->rank == 0) {
         int reuse = action == PLAN_APPLY && b->have_proposal &&
-                    b->proposal_version == m->placement_version;
+                    b->proposal_version == t->placement->version;
         if (!reuse)
-            verdict[0] = balancer_plan(b, m->expert_rank, m->expert_share,
-                                       m->placement_version, text,
+            verdict[0] = balancer_plan(b, t->placement->expert_rank,
+                                       t->placement->share,
+                                       t->placement->version, text,
                                        sizeof text);
         if (verdict[0] == 0) {
             double gain = 1.0 - b->after_s / b->before_s;
@@ -505,8 +452,8 @@ static int plan_collective(boundary_state *bs, const char *trigger,
             verdict[1] = b->proposal_changes > 0 &&
                          (action == PLAN_APPLY ||
                           (action == PLAN_AUTO && gain >= threshold));
-            balancer_describe(b, m->expert_rank, m->expert_share, text,
-                              sizeof text);
+            balancer_describe(b, t->placement->expert_rank,
+                              t->placement->share, text, sizeof text);
             if (action == PLAN_AUTO && !verdict[1] && b->proposal_changes > 0)
                 snprintf(text + strlen(text), sizeof text - strlen(text),
                          "; kept: gain below %g%%%s", threshold * 100,
@@ -514,7 +461,8 @@ static int plan_collective(boundary_state *bs, const char *trigger,
                                      "plan that did not deliver)" : "");
             if (bs->metrics &&
                 balancer_write_plan(b, bs->metrics, t->state.step, trigger,
-                                    verdict[1], m->expert_rank, err) < 0)
+                                    verdict[1], t->placement->expert_rank,
+                                    err) < 0)
                 verdict[0] = -2;
         }
     }
@@ -551,7 +499,7 @@ static int plan_collective(boundary_state *bs, const char *trigger,
         b->measured_steps = 0;
         snprintf(reply + strlen(reply), reply_size - strlen(reply),
                  "; applied in %.1f ms, placement version %d", took_ms,
-                 m->placement_version);
+                 t->placement->version);
     }
     return 0;
 }
@@ -600,7 +548,7 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
         snprintf(local, sizeof local, "expert %d.%d on rank %d from step %d "
                  "(%zu bytes moved, placement version %d)", c->layer,
                  c->expert, c->rank, t->state.step + 1, bytes,
-                 t->model->placement_version);
+                 t->placement->version);
         break;
     }
     case COMMAND_SPLIT: {
@@ -608,11 +556,11 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
         int *share = calloc((size_t)world, sizeof *share);
         if (!share)
             return error_set(err, "out of memory");
-        if (model_shares_from_weights(world, c->split_count, c->split_rank,
+        if (placement_shares_from_weights(world, c->split_count, c->split_rank,
                                       c->split_weight, share) < 0) {
             snprintf(local, sizeof local, "split: a weight is too small "
                      "for its rank to get any rows (shares are in 1/%d)",
-                     MODEL_SHARE_UNITS);
+                     PLACEMENT_SHARE_UNITS);
             flags |= APPLIED_REFUSED;
             free(share);
             break;
@@ -630,11 +578,11 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
             at += snprintf(local + at, sizeof local - (size_t)at,
                            " rank %d %.1f%%", c->split_rank[i],
                            100.0 * share[c->split_rank[i]] /
-                               MODEL_SHARE_UNITS);
+                               PLACEMENT_SHARE_UNITS);
         if (at > 0 && (size_t)at < sizeof local)
             snprintf(local + at, sizeof local - (size_t)at,
                      " (%zu bytes shipped, placement version %d)", bytes,
-                     t->model->placement_version);
+                     t->placement->version);
         free(share);
         break;
     }
@@ -712,7 +660,7 @@ static int apply_command(boundary_state *b, const command *c, char *reply,
                  t->state.step, b->opt->last_step,
                  b->paused ? "paused" : "running",
                  optimizer_lr(&t->opt, t->state.step + 1), t->comm->world,
-                 t->comm->world > 1 ? "s" : "", t->model->placement_version,
+                 t->comm->world > 1 ? "s" : "", t->placement->version,
                  config_policy_names[t->bal.policy], t->bal.every,
                  t->bal.min_gain * 100);
         break;

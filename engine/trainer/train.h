@@ -17,6 +17,8 @@
 #include "engine/protocol/metrics.h"
 #include "engine/model/model.h"
 #include "engine/model/optimizer.h"
+#include "engine/moe/placement.h"
+#include "engine/moe/sharding.h"
 #include "kernels/backend.h"
 
 typedef struct trainer {
@@ -26,6 +28,9 @@ typedef struct trainer {
     backend be;
     gpu_loader gpu;        /* the GPU backend's module, for a GPU device */
     model *model;
+    sharding *sharding;     /* the experts over the ranks */
+    placement *placement;   /* sharding's table: read it, change it only
+                               through trainer_move/split_expert */
     dataset data;
     optimizer_settings opt;
     checkpoint_state state; /* step, tokens seen, seed, data RNG */
@@ -76,7 +81,7 @@ int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
 size_t trainer_move_expert(trainer *t, int l, int e, int to);
 
 /* Gives expert (l, e) rank `to` and splits its rows by `share` (world,
- * in 1/MODEL_SHARE_UNITS, share[to] > 0): each rank that gains a share
+ * in 1/PLACEMENT_SHARE_UNITS, share[to] > 0): each rank that gains a share
  * and had none receives a replica from the expert's present rank. Every
  * rank calls it at the same boundary. Returns the bytes shipped. */
 size_t trainer_split_expert(trainer *t, int l, int e, int to,
