@@ -65,10 +65,10 @@ static void get(stream *s, void *data, size_t n)
 static void put_balance_state(stream *s, const model *m)
 {
     const size_t L = (size_t)m->dims.L, E = (size_t)m->dims.E;
-    int32_t ready = m->router_logit_stats_ready;
-    put(s, m->router_bias, L * E * sizeof *m->router_bias);
-    put(s, m->router_logit_mean, L * sizeof(double));
-    put(s, m->router_logit_var, L * sizeof(double));
+    int32_t ready = m->routing.stats_ready;
+    put(s, m->routing.bias, L * E * sizeof *m->routing.bias);
+    put(s, m->routing.logit_mean, L * sizeof(double));
+    put(s, m->routing.logit_var, L * sizeof(double));
     put(s, &ready, sizeof ready);
 }
 
@@ -77,18 +77,18 @@ static void get_balance_state(stream *s, model *m, uint32_t version)
     const size_t L = (size_t)m->dims.L, E = (size_t)m->dims.E;
     int32_t ready = 0;
     if (version == CHECKPOINT_VERSION_NO_BALANCE) {
-        memset(m->router_bias, 0, L * E * sizeof *m->router_bias);
-        memset(m->router_logit_mean, 0, L * sizeof(double));
-        memset(m->router_logit_var, 0, L * sizeof(double));
+        memset(m->routing.bias, 0, L * E * sizeof *m->routing.bias);
+        memset(m->routing.logit_mean, 0, L * sizeof(double));
+        memset(m->routing.logit_var, 0, L * sizeof(double));
     } else {
-        get(s, m->router_bias, L * E * sizeof *m->router_bias);
-        get(s, m->router_logit_mean, L * sizeof(double));
-        get(s, m->router_logit_var, L * sizeof(double));
+        get(s, m->routing.bias, L * E * sizeof *m->routing.bias);
+        get(s, m->routing.logit_mean, L * sizeof(double));
+        get(s, m->routing.logit_var, L * sizeof(double));
         get(s, &ready, sizeof ready);
     }
     for (size_t l = 0; l < L; l++)
-        m->router_logit_std[l] = sqrt(m->router_logit_var[l]);
-    m->router_logit_stats_ready = ready != 0;
+        m->routing.logit_std[l] = sqrt(m->routing.logit_var[l]);
+    m->routing.stats_ready = ready != 0;
 }
 
 static void dims_of(const model *m, int32_t dims[9])

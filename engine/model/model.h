@@ -18,7 +18,10 @@
 #include "engine/core/comm.h"
 #include "engine/config/config.h"
 #include "engine/core/error.h"
+#include "engine/model/profile.h"
 #include "engine/model/router.h"
+#include "engine/model/routing_balance.h"
+#include "engine/model/slowdown.h"
 #include "kernels/backend.h"
 
 typedef struct model_dims {
@@ -76,50 +79,36 @@ typedef struct model_tensor_info {
 
 typedef struct model_activations model_activations;
 
-/* Where a step's time goes, by part of the model (the console and
- * `moectl bench --profile` show it). */
-#define MODEL_PARTS(X)                                                         \
-    X(embedding)                                                               \
-    X(norms)          /* RMSNorms and residual adds */                         \
-    X(attention)      /* qkv, RoPE, attention, output projection */            \
-    X(router)         /* router GEMM, softmax, top-k, dispatch, aux/z */       \
-    X(permute)        /* token permute and un-permute */                       \
-    X(experts)        /* routed expert GEMMs and SwiGLU */                     \
-    X(shared_experts)                                                          \
-    X(head)           /* final norm, LM head, cross-entropy */
-
-enum model_part {
-#define X(name) MODEL_PART_##name,
-    MODEL_PARTS(X)
-#undef X
-    MODEL_PART_COUNT
-};
-
-extern const char *const model_part_names[MODEL_PART_COUNT];
-
-typedef struct model_profile {
-    double forward_s[MODEL_PART_COUNT];
-    double backward_s[MODEL_PART_COUNT];
-    double lap_start; /* monotonic seconds at the last lap */
-    double slowdown_mark;   /* compute before this is charged */
-    double slowdown_comm;   /* all-to-all seconds at the mark */
-    double slowdown_debt_s; /* emulated slowdown not yet slept */
-    double lap_compute_s;   /* compute charged since the last lap */
-    double lap_slept_s;     /* slept since the last lap */
-} model_profile;
-
-typedef struct model {
-    model_dims dims;
-    int batch; /* sequences the activations are sized for */
+/* The hyper-parameters of the math. */
+typedef struct model_hyper {
     float norm_eps;
     float rope_theta;
     float init_std;
     double aux_loss_coef;
     double z_loss_coef;
-    double capacity_factor;
-    double slowdown; /* > 1: emulate a slower device (model_set_slowdown) */
+    double capacity_factor; /* 0: dropless */
+} model_hyper;
+
+/* Results of the last forward. */
+typedef struct model_last_forward {
+    int batch;         /* sequences of this rank */
+    int total_tokens;  /* tokens over all ranks */
+    double ce_loss;    /* mean cross-entropy, nats per byte */
+    double aux_loss;   /* Σ over layers, coefficient applied */
+    double z_loss;     /* Σ over layers, coefficient applied */
+    int *expert_index; /* (L, N, K) experts chosen */
+} model_last_forward;
+
+struct model_expert_parallel;
+
+typedef struct model {
+    model_dims dims;
+    model_hyper hyper;
+    int batch; /* sequences the activations are sized for */
     const backend *be;
 
+    /* Parameters, gradients and Adam moments: one slab each, with the
+     * named views of MODEL_TENSORS. */
     size_t param_count;
     model_tensor_info tensors[MODEL_TENSOR_COUNT];
     float *param_memory; /* (param_count) each */
@@ -128,45 +117,22 @@ typedef struct model {
     float *adam_v_memory;
     model_tensors params, grads, adam_m, adam_v;
 
-    model_activations *acts;
-    router_dispatch *dispatch; /* (L) of the last forward */
-
-    /* Results of the last forward. */
-    int last_batch;
-    double ce_loss;  /* mean cross-entropy, nats per byte */
-    double aux_loss; /* Σ over layers, coefficient applied */
-    double z_loss;   /* Σ over layers, coefficient applied */
-    int *expert_index; /* (L, N, K) experts chosen by the last forward */
-
-    model_profile profile; /* accumulates until model_profile_reset */
+    model_activations *acts;   /* activations.h */
+    router_dispatch *dispatch; /* (L) of the last forward, one rank */
+    model_last_forward last;
+    routing_balance routing;   /* routing-side balancing state */
+    model_profile profile;     /* accumulates until model_profile_reset */
+    slowdown slowdown;         /* an emulated slower device */
 
     /* The ranks sharing the batch (model_set_comm; NULL: a lone model)
      * and, when the experts are spread over them, the expert-parallel
      * layer (model_set_expert_parallel; NULL: every expert local). */
     const comm *comm;
     const struct model_expert_parallel *ep;
-    float *reduce_buffer;  /* staging of optimizer_reduce_gradients */
-    size_t reduce_capacity;
-    int total_tokens;      /* tokens of the last forward over all ranks */
-
-    /* Routing-side balancing state: training state, in checkpoints and
-     * identical on every rank. Bias balancing (balance.bias_update_rate):
-     * top-k selects by probs + router_bias, gate weights stay unbiased.
-     * Routing warm-up (balance.routing_warmup_steps): during the first
-     * steps top-k selects by softmax(w·logits + (1−w)·noise) + bias, noise
-     * drawn from the running logit statistics (router_select_warmup). */
-    double bias_update_rate;
-    int routing_warmup_steps;
-    uint64_t routing_seed;     /* train.seed: keys the routing noise */
-    float *router_bias;        /* (L, E) */
-    double *router_logit_mean; /* (L) running mean of the router logits */
-    double *router_logit_var;  /* (L) running variance */
-    double *router_logit_std;  /* (L) its square root, for metrics */
-    int router_logit_stats_ready; /* the running statistics hold a step */
-    double routing_mix;        /* w of the last training step; 1: off/over */
-    int routing_step;          /* training step being routed, 0: plain */
-    double *pending_logit_mean; /* (L) statistics including this step's */
-    double *pending_logit_var;  /* (L)   batch, kept at model_end_train_step */
+    struct {
+        float *buffer; /* staging of optimizer_reduce_gradients */
+        size_t capacity;
+    } reduce;
 } model;
 
 /* Builds a model for cfg with activations for `batch` sequences. */
@@ -179,7 +145,8 @@ void model_destroy(model *m);
 void model_init_params(model *m, uint64_t seed);
 
 /* Forward pass of B (≤ batch) sequences of T tokens: inputs and targets
- * are (B, T). Returns the mean cross-entropy; aux and z losses are in m. */
+ * are (B, T). Returns the mean cross-entropy; aux and z losses are in
+ * m->last. */
 double model_forward(model *m, const int *inputs, const int *targets, int B);
 
 void model_zero_grad(model *m);
@@ -193,7 +160,7 @@ void model_profile_reset(model *m);
 /* Marks the next forwards as those of training step `step` (1-based): the
  * routing warm-up applies to them while step ≤ balance.routing_warmup_steps.
  * Any other forward (validation, benchmarks) routes plainly, by
- * probs + router_bias, and changes no balancing state. */
+ * probs + routing.bias, and changes no balancing state. */
 void model_begin_train_step(model *m, int step);
 
 /* Ends the training step begun by model_begin_train_step, after its

@@ -113,14 +113,14 @@ void optimizer_reduce_gradients(model *m)
         for (int e = 0; e < d->E; e++)
             split += model_expert_is_split(m, l, e);
     count += (size_t)split * (w13 + w2);
-    if (count > m->reduce_capacity) {
-        free(m->reduce_buffer);
-        m->reduce_buffer = malloc(count * sizeof *m->reduce_buffer);
-        m->reduce_capacity = m->reduce_buffer ? count : 0;
-        if (!m->reduce_buffer)
+    if (count > m->reduce.capacity) {
+        free(m->reduce.buffer);
+        m->reduce.buffer = malloc(count * sizeof *m->reduce.buffer);
+        m->reduce.capacity = m->reduce.buffer ? count : 0;
+        if (!m->reduce.buffer)
             comm_abort(m->comm, 1);
     }
-    float *pack = m->reduce_buffer;
+    float *pack = m->reduce.buffer;
     /* Pack, reduce, unpack: the same walk both ways. */
     for (int pass = 0; pass < 2; pass++) {
         size_t at = 0;

@@ -353,8 +353,8 @@ void trainer_step(trainer *t, step_stats *s)
     memset(s, 0, sizeof *s);
     s->step = step;
     s->loss = loss;
-    s->aux_loss = m->aux_loss;
-    s->z_loss = m->z_loss;
+    s->aux_loss = m->last.aux_loss;
+    s->z_loss = m->last.z_loss;
     s->lr = lr;
     s->grad_norm = grad_norm;
     s->step_s = step_s;
@@ -377,9 +377,9 @@ void trainer_step(trainer *t, step_stats *s)
     s->placement_version = t->placement->version;
     s->straggler = -1;
     s->ideal_tokens_per_s = NAN;
-    s->router_bias = t->cfg.balance.bias_update_rate > 0 ? m->router_bias
+    s->router_bias = t->cfg.balance.bias_update_rate > 0 ? m->routing.bias
                                                           : NULL;
-    s->routing_mix = m->routing_mix;
+    s->routing_mix = m->routing.mix;
     s->cost_per_hour = t->price_per_hour;
     s->cost_per_mtok = cost_per_mtok(t->price_per_hour, s->tokens_per_s);
     s->mfu = cost_mfu((double)model_active_params(m), s->tokens_per_s,
