@@ -176,6 +176,20 @@ static void prune(const char *dir, int keep)
     free(steps);
 }
 
+/* The written file's data on the disk before it is renamed into place. */
+static int flush_to_disk(FILE *f, moe_error *err)
+{
+    CHECK_CALL(err, fflush(f));
+    CHECK_CALL(err, fsync(fileno(f)));
+    return 0;
+}
+
+static int publish(const char *temp, const char *path, moe_error *err)
+{
+    CHECK_CALL(err, rename(temp, path));
+    return 0;
+}
+
 int checkpoint_save(const char *dir, int keep, const model *m,
                     const int *expert_rank,
                     const checkpoint_state *st, char *path_out,
@@ -223,20 +237,16 @@ int checkpoint_save(const char *dir, int keep, const model *m,
     uint64_t checksum = s.hash;
     put(&s, &checksum, sizeof checksum);
 
-    int failed = s.failed || fflush(s.f) != 0 || fsync(fileno(s.f)) != 0;
-    int saved_errno = errno;
-    if (fclose(s.f) != 0)
-        failed = 1;
-    if (failed) {
+    int status = s.failed ? error_set_errno(err, "cannot write checkpoint "
+                                                 "%s", temp)
+                          : flush_to_disk(s.f, err);
+    if (fclose(s.f) != 0 && status == 0)
+        status = error_set_errno(err, "cannot close checkpoint %s", temp);
+    if (status == 0)
+        status = publish(temp, path, err);
+    if (status < 0) {
         unlink(temp);
-        errno = saved_errno;
-        return error_set_errno(err, "cannot write checkpoint %s", temp);
-    }
-    if (rename(temp, path) < 0) {
-        saved_errno = errno;
-        unlink(temp);
-        errno = saved_errno;
-        return error_set_errno(err, "cannot rename %s to %s", temp, path);
+        return -1;
     }
     /* Make the rename itself durable. */
     int dir_fd = open(dir, O_RDONLY | O_DIRECTORY);

@@ -97,10 +97,34 @@ static void update(model *m, const optimizer_settings *s, size_t offset,
  * computed its share of the expert's rows; the others add zeros, which
  * leave a sum bit for bit as it was). The sum runs in rank order on every
  * rank, so every replica of a split expert takes the same update. */
-void optimizer_reduce_gradients(model *m)
+/* Grows the staging to `count` floats plus the all-reduce's scratch. Every
+ * rank grows at the same step (the count follows the placement, the same
+ * everywhere), and all learn whether any failed: none is left waiting in
+ * the all-reduce. */
+static int reserve_staging(model *m, size_t count, moe_error *err)
+{
+    size_t total = count + comm_allreduce_scratch_count(m->comm, count);
+    free(m->reduce.buffer);
+    m->reduce.buffer = malloc(total * sizeof *m->reduce.buffer);
+    double failed = m->reduce.buffer == NULL;
+    comm_allreduce_max_double(m->comm, &failed, 1);
+    if (failed) {
+        free(m->reduce.buffer);
+        m->reduce.buffer = NULL;
+        m->reduce.capacity = 0;
+        return error_set(err, "out of memory for the gradient all-reduce "
+                              "(%.1f MiB a rank): fewer split experts or "
+                              "a smaller model need less",
+                         (double)total * sizeof(float) / (1 << 20));
+    }
+    m->reduce.capacity = count;
+    return 0;
+}
+
+int optimizer_reduce_gradients(model *m, moe_error *err)
 {
     if (!m->ep)
-        return;
+        return 0;
     const model_dims *d = &m->dims;
     size_t w13 = expert_slice(m, MODEL_TENSOR_expert_w13);
     size_t w2 = expert_slice(m, MODEL_TENSOR_expert_w2);
@@ -113,13 +137,8 @@ void optimizer_reduce_gradients(model *m)
         for (int e = 0; e < d->E; e++)
             split += model_expert_is_split(m, l, e);
     count += (size_t)split * (w13 + w2);
-    if (count > m->reduce.capacity) {
-        free(m->reduce.buffer);
-        m->reduce.buffer = malloc(count * sizeof *m->reduce.buffer);
-        m->reduce.capacity = m->reduce.buffer ? count : 0;
-        if (!m->reduce.buffer)
-            comm_abort(m->comm, 1);
-    }
+    if (count > m->reduce.capacity && reserve_staging(m, count, err) < 0)
+        return -1;
     float *pack = m->reduce.buffer;
     /* Pack, reduce, unpack: the same walk both ways. */
     for (int pass = 0; pass < 2; pass++) {
@@ -158,8 +177,9 @@ void optimizer_reduce_gradients(model *m)
                 at += w13 + w2;
             }
         if (pass == 0)
-            comm_allreduce_sum_float(m->comm, pack, count);
+            comm_allreduce_sum_float(m->comm, pack, count, pack + count);
     }
+    return 0;
 }
 
 double optimizer_step(model *m, const optimizer_settings *s, int step,

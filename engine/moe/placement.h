@@ -17,7 +17,8 @@
 
 #define PLACEMENT_SHARE_UNITS 4096
 
-/* Fields are read-only outside placement.c and migration.c. */
+/* Read the fields; change them only through the functions below (the
+ * trainer through migration.h). */
 typedef struct placement {
     int layers, experts; /* L, E */
     int world;           /* ranks */

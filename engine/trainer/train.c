@@ -54,7 +54,8 @@ static int start_backend(trainer *t, const config_device *device, int rank,
 
 const char *trainer_device_error(const trainer *t)
 {
-    return t->gpu.handle ? t->gpu.backend_error() : NULL;
+    const backend_ops *ops = t->be.ops;
+    return ops && ops->last_error ? ops->last_error(t->be.ctx) : NULL;
 }
 
 static void stop_backend(trainer *t)
@@ -377,7 +378,7 @@ static double experts_s(const model *m)
            m->profile.backward_s[MODEL_PART_experts];
 }
 
-void trainer_step(trainer *t, step_stats *s)
+int trainer_step(trainer *t, step_stats *s, moe_error *err)
 {
     const config *cfg = &t->cfg;
     model *m = t->model;
@@ -399,7 +400,8 @@ void trainer_step(trainer *t, step_stats *s)
     at.zeroed = clock_monotonic_s();
     model_backward(m);
     at.backward_done = clock_monotonic_s();
-    optimizer_reduce_gradients(m);
+    if (optimizer_reduce_gradients(m, err) < 0)
+        return -1;
     at.reduced = clock_monotonic_s();
     double lr = optimizer_lr(&t->opt, step);
     double grad_norm = optimizer_step(m, &t->opt, step, lr);
@@ -418,6 +420,7 @@ void trainer_step(trainer *t, step_stats *s)
     describe_step(t, s, step, loss, lr, grad_norm, step_s);
     if (t->comm->rank == 0)
         balancer_observe(&t->bal, s);
+    return 0;
 }
 
 double trainer_validate(trainer *t)
@@ -958,7 +961,8 @@ static int run_step(run_context *r, moe_error *err)
     trainer *t = r->t;
     const train_run_options *opt = r->opt;
     step_stats s;
-    trainer_step(t, &s);
+    if (trainer_step(t, &s, err) < 0)
+        return -1;
     if (device_failed(t, s.step, err))
         return -1;
     r->summary->loss = s.loss;

@@ -67,8 +67,9 @@ const char *trainer_device_error(const trainer *t);
 /* Continues from a checkpoint file, or the newest one in a directory. */
 int trainer_resume(trainer *t, const char *path, moe_error *err);
 
-/* Trains one step and describes it in *s. */
-void trainer_step(trainer *t, step_stats *s);
+/* Trains one step and describes it in *s. Returns -1 on every rank when
+ * the step could not be completed (out of memory; err says why). */
+int trainer_step(trainer *t, step_stats *s, moe_error *err);
 
 /* Mean validation cross-entropy over train.eval_batches fixed batches. */
 double trainer_validate(trainer *t);
