@@ -153,6 +153,7 @@ void model_destroy(model *m)
     if (!m)
         return;
     free(m->reduce.buffer);
+    free(m->reduce.expert_squares);
     activations_destroy(m->acts);
     free(m->dispatch);
     if (m->be) {
@@ -622,6 +623,11 @@ double model_flops_per_token(const model *m)
 int model_set_comm(model *m, const comm *c, moe_error *err)
 {
     m->comm = c;
+    free(m->reduce.expert_squares);
+    m->reduce.expert_squares = calloc((size_t)m->dims.L * m->dims.E,
+                                      sizeof *m->reduce.expert_squares);
+    if (!m->reduce.expert_squares)
+        return error_set(err, "out of memory for the gradient norm");
     if (activations_reserve_routing(m->acts, m->batch * c->world,
                                     m->dims.E) < 0)
         return error_set(err, "out of memory for routing scratch");

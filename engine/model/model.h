@@ -131,6 +131,7 @@ typedef struct model {
     const struct model_expert_parallel *ep;
     struct {
         float *buffer; /* staging of optimizer_reduce_gradients */
+        double *expert_squares; /* (L, E) optimizer_grad_norm's sums */
         size_t capacity;
     } reduce;
 } model;

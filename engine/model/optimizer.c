@@ -55,9 +55,8 @@ double optimizer_grad_norm(const model *m)
      * the experts are. */
     double dense = 0.0;
     size_t experts = (size_t)m->dims.L * m->dims.E;
-    double *per_expert = calloc(experts, sizeof *per_expert);
-    if (!per_expert)
-        return NAN;
+    double *per_expert = m->reduce.expert_squares; /* model_set_comm's */
+    memset(per_expert, 0, experts * sizeof *per_expert);
     for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
         const model_tensor_info *t = &m->tensors[i];
         if (!is_expert_tensor(i)) {
@@ -76,7 +75,6 @@ double optimizer_grad_norm(const model *m)
     double total = dense;
     for (size_t x = 0; x < experts; x++)
         total += per_expert[x];
-    free(per_expert);
     return sqrt(total);
 }
 
