@@ -159,6 +159,12 @@ typedef struct backend_ops {
     void *(*alloc)(void *ctx, size_t bytes);
     void (*free)(void *ctx, void *p);
     void (*sync)(void *ctx);
+
+    /* Optional (NULL: the backend never fails, as the CPU's). The first
+     * failure of a runtime, BLAS or allocation call since the backend
+     * started, or NULL. Ops do not stop on failure: callers check this
+     * after a step, whose results are then garbage. */
+    const char *(*last_error)(void *ctx);
 } backend_ops;
 
 typedef struct backend {

@@ -23,12 +23,11 @@ int comm_init(comm *c, int *argc, char ***argv, moe_error *err)
         !getenv("PMIX_RANK"))
         return 0;
     int provided = 0;
-    if (MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided) !=
-        MPI_SUCCESS)
-        return error_set(err, "MPI_Init failed");
+    CHECK_CALL(err, MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED,
+                                    &provided));
     c->initialized = 1;
-    MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
-    MPI_Comm_size(MPI_COMM_WORLD, &c->world);
+    CHECK_CALL(err, MPI_Comm_rank(MPI_COMM_WORLD, &c->rank));
+    CHECK_CALL(err, MPI_Comm_size(MPI_COMM_WORLD, &c->world));
     return 0;
 }
 
@@ -60,22 +59,23 @@ void comm_allgather_int(const comm *c, const int *in, int count, int *out)
     MPI_Allgather(in, count, MPI_INT, out, count, MPI_INT, MPI_COMM_WORLD);
 }
 
+enum { ALLREDUCE_CHUNK = 1 << 20 };
+
+size_t comm_allreduce_scratch_count(const comm *c, size_t count)
+{
+    size_t rows = count < ALLREDUCE_CHUNK ? count : ALLREDUCE_CHUNK;
+    return (size_t)c->world * (rows ? rows : 1);
+}
+
 /* Sums in a fixed order on every rank: gather all contributions, add them
  * in rank order. MPI_Allreduce leaves the order to the implementation. */
-void comm_allreduce_sum_float(const comm *c, float *data, size_t count)
+void comm_allreduce_sum_float(const comm *c, float *data, size_t count,
+                              float *scratch)
 {
     if (c->world == 1)
         return;
-    enum { chunk = 1 << 20 };
-    size_t rows = count < chunk ? count : chunk;
-    float *all = malloc((size_t)c->world * (rows ? rows : 1) * sizeof *all);
-    if (!all) {
-        /* Not MPI_Allreduce: its order may differ between ranks, and the
-         * replicas of a split expert must take bit-identical updates. */
-        fprintf(stderr, "moectl: rank %d: out of memory for the gradient "
-                        "all-reduce\n", c->rank);
-        MPI_Abort(MPI_COMM_WORLD, 1);
-    }
+    const size_t chunk = ALLREDUCE_CHUNK;
+    float *all = scratch;
     for (size_t start = 0; start < count; start += chunk) {
         int n = (int)(count - start < chunk ? count - start : chunk);
         MPI_Allgather(data + start, n, MPI_FLOAT, all, n, MPI_FLOAT,
@@ -87,7 +87,6 @@ void comm_allreduce_sum_float(const comm *c, float *data, size_t count)
             data[start + i] = sum;
         }
     }
-    free(all);
 }
 
 void comm_allreduce_sum_double(const comm *c, double *data, int count)
@@ -182,9 +181,16 @@ void comm_allgather_int(const comm *c, const int *in, int count, int *out)
     memmove(out, in, (size_t)count * sizeof *in);
 }
 
-void comm_allreduce_sum_float(const comm *c, float *data, size_t count)
+size_t comm_allreduce_scratch_count(const comm *c, size_t count)
 {
-    (void)c, (void)data, (void)count;
+    (void)c, (void)count;
+    return 1;
+}
+
+void comm_allreduce_sum_float(const comm *c, float *data, size_t count,
+                              float *scratch)
+{
+    (void)c, (void)data, (void)count, (void)scratch;
 }
 
 void comm_allreduce_sum_double(const comm *c, double *data, int count)

@@ -24,8 +24,13 @@ void comm_abort(const comm *c, int status);
 void comm_barrier(const comm *c);
 /* out (world * count) = every rank's `count` ints, in rank order. */
 void comm_allgather_int(const comm *c, const int *in, int count, int *out);
-/* Element-wise sums, the result identical on every rank. */
-void comm_allreduce_sum_float(const comm *c, float *data, size_t count);
+/* Floats of scratch comm_allreduce_sum_float needs for `count` floats. */
+size_t comm_allreduce_scratch_count(const comm *c, size_t count);
+/* Element-wise sums, the result identical on every rank: added in rank
+ * order (not MPI_Allreduce, whose order may differ between ranks), with
+ * the caller's scratch of comm_allreduce_scratch_count floats. */
+void comm_allreduce_sum_float(const comm *c, float *data, size_t count,
+                              float *scratch);
 void comm_allreduce_sum_double(const comm *c, double *data, int count);
 void comm_allreduce_max_double(const comm *c, double *data, int count);
 /* Rows of `row` floats: rank r sends send_rows[r] rows (consecutive in

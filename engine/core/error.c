@@ -29,3 +29,14 @@ int error_set_errno(moe_error *err, const char *fmt, ...)
     }
     return -1;
 }
+
+int error_call_failed(moe_error *err, const char *statement,
+                      const char *function, const char *file, int line)
+{
+    int saved = errno;
+    if (saved)
+        return error_set(err, "%s failed in %s (%s:%d): %s", statement,
+                         function, file, line, strerror(saved));
+    return error_set(err, "%s failed in %s (%s:%d)", statement, function,
+                     file, line);
+}

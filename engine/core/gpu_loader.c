@@ -41,10 +41,9 @@ int gpu_loader_open(gpu_loader *g, const char *kind, char *why,
     *(void **)&g->device_count = dlsym(g->handle, "gpu_device_count");
     *(void **)&g->backend_init = dlsym(g->handle, "gpu_backend_init");
     *(void **)&g->backend_finish = dlsym(g->handle, "gpu_backend_finish");
-    *(void **)&g->backend_error = dlsym(g->handle, "gpu_backend_error");
     const char *kind_of = dlsym(g->handle, "gpu_backend_kind");
     if (!g->device_count || !g->backend_init || !g->backend_finish ||
-        !g->backend_error || !kind_of) {
+        !kind_of) {
         snprintf(why, why_size, "%s is not a moectl GPU backend (missing "
                  "symbols)", path);
         gpu_loader_close(g);

@@ -1,4 +1,5 @@
-/* Opens the GPU backend of a kind (cuda or hip) at run time. The backends
+/* Opens the GPU backend of a kind (cuda or hip) at run time. Its failures
+ * are read through its table (backend_ops.last_error). The backends
  * are shared modules built from kernels/cuda (kernels/hip for HIP), so a
  * CPU rank never loads a GPU runtime, and one moectl drives either vendor.
  * They export the functions of kernels/cuda/gpu_backend.h. */
@@ -15,7 +16,6 @@ typedef struct gpu_loader {
     int (*backend_init)(backend *be, int device, int tf32, char *why,
                         size_t why_size);
     void (*backend_finish)(backend *be);
-    const char *(*backend_error)(void);
 } gpu_loader;
 
 /* Loads the backend for kind "cuda" or "hip": $MOECTL_GPU_LIB when set,

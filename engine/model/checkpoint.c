@@ -65,10 +65,10 @@ static void get(stream *s, void *data, size_t n)
 static void put_balance_state(stream *s, const model *m)
 {
     const size_t L = (size_t)m->dims.L, E = (size_t)m->dims.E;
-    int32_t ready = m->router_logit_stats_ready;
-    put(s, m->router_bias, L * E * sizeof *m->router_bias);
-    put(s, m->router_logit_mean, L * sizeof(double));
-    put(s, m->router_logit_var, L * sizeof(double));
+    int32_t ready = m->routing.stats_ready;
+    put(s, m->routing.bias, L * E * sizeof *m->routing.bias);
+    put(s, m->routing.logit_mean, L * sizeof(double));
+    put(s, m->routing.logit_var, L * sizeof(double));
     put(s, &ready, sizeof ready);
 }
 
@@ -77,18 +77,18 @@ static void get_balance_state(stream *s, model *m, uint32_t version)
     const size_t L = (size_t)m->dims.L, E = (size_t)m->dims.E;
     int32_t ready = 0;
     if (version == CHECKPOINT_VERSION_NO_BALANCE) {
-        memset(m->router_bias, 0, L * E * sizeof *m->router_bias);
-        memset(m->router_logit_mean, 0, L * sizeof(double));
-        memset(m->router_logit_var, 0, L * sizeof(double));
+        memset(m->routing.bias, 0, L * E * sizeof *m->routing.bias);
+        memset(m->routing.logit_mean, 0, L * sizeof(double));
+        memset(m->routing.logit_var, 0, L * sizeof(double));
     } else {
-        get(s, m->router_bias, L * E * sizeof *m->router_bias);
-        get(s, m->router_logit_mean, L * sizeof(double));
-        get(s, m->router_logit_var, L * sizeof(double));
+        get(s, m->routing.bias, L * E * sizeof *m->routing.bias);
+        get(s, m->routing.logit_mean, L * sizeof(double));
+        get(s, m->routing.logit_var, L * sizeof(double));
         get(s, &ready, sizeof ready);
     }
     for (size_t l = 0; l < L; l++)
-        m->router_logit_std[l] = sqrt(m->router_logit_var[l]);
-    m->router_logit_stats_ready = ready != 0;
+        m->routing.logit_std[l] = sqrt(m->routing.logit_var[l]);
+    m->routing.stats_ready = ready != 0;
 }
 
 static void dims_of(const model *m, int32_t dims[9])
@@ -176,7 +176,22 @@ static void prune(const char *dir, int keep)
     free(steps);
 }
 
+/* The written file's data on the disk before it is renamed into place. */
+static int flush_to_disk(FILE *f, moe_error *err)
+{
+    CHECK_CALL(err, fflush(f));
+    CHECK_CALL(err, fsync(fileno(f)));
+    return 0;
+}
+
+static int publish(const char *temp, const char *path, moe_error *err)
+{
+    CHECK_CALL(err, rename(temp, path));
+    return 0;
+}
+
 int checkpoint_save(const char *dir, int keep, const model *m,
+                    const int *expert_rank,
                     const checkpoint_state *st, char *path_out,
                     size_t path_size, moe_error *err)
 {
@@ -211,7 +226,7 @@ int checkpoint_save(const char *dir, int keep, const model *m,
     /* Placement: the rank of each (layer, expert). */
     size_t experts = (size_t)m->dims.L * m->dims.E;
     for (size_t i = 0; i < experts; i++) {
-        int32_t rank = m->expert_rank ? m->expert_rank[i] : 0;
+        int32_t rank = expert_rank ? expert_rank[i] : 0;
         put(&s, &rank, sizeof rank);
     }
     size_t bytes = m->param_count * sizeof(float);
@@ -222,20 +237,16 @@ int checkpoint_save(const char *dir, int keep, const model *m,
     uint64_t checksum = s.hash;
     put(&s, &checksum, sizeof checksum);
 
-    int failed = s.failed || fflush(s.f) != 0 || fsync(fileno(s.f)) != 0;
-    int saved_errno = errno;
-    if (fclose(s.f) != 0)
-        failed = 1;
-    if (failed) {
+    int status = s.failed ? error_set_errno(err, "cannot write checkpoint "
+                                                 "%s", temp)
+                          : flush_to_disk(s.f, err);
+    if (fclose(s.f) != 0 && status == 0)
+        status = error_set_errno(err, "cannot close checkpoint %s", temp);
+    if (status == 0)
+        status = publish(temp, path, err);
+    if (status < 0) {
         unlink(temp);
-        errno = saved_errno;
-        return error_set_errno(err, "cannot write checkpoint %s", temp);
-    }
-    if (rename(temp, path) < 0) {
-        saved_errno = errno;
-        unlink(temp);
-        errno = saved_errno;
-        return error_set_errno(err, "cannot rename %s to %s", temp, path);
+        return -1;
     }
     /* Make the rename itself durable. */
     int dir_fd = open(dir, O_RDONLY | O_DIRECTORY);

@@ -22,9 +22,9 @@ typedef struct checkpoint_state {
 
 /* Writes DIR/step-NNNNNNNN.ckpt (creating DIR) and, if path_out is not
  * NULL, stores its path there; then keeps only the newest `keep`. The
- * placement recorded is m->expert_rank (all on rank 0 when NULL). */
+ * placement recorded is expert_rank (L, E) (all on rank 0 when NULL). */
 int checkpoint_save(const char *dir, int keep, const model *m,
-                    const checkpoint_state *st, char *path_out,
+                    const int *expert_rank, const checkpoint_state *st, char *path_out,
                     size_t path_size, moe_error *err);
 
 /* Reads a checkpoint into m (whose shape must match) and st. `path` is a

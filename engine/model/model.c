@@ -1,191 +1,55 @@
 #include "engine/model/model.h"
-#include "engine/core/clock.h"
 
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-#ifdef __linux__
-#include <sys/prctl.h>
-#endif
 
+#include "engine/core/clock.h"
 #include "engine/core/rng.h"
+#include "engine/model/activations.h"
 
-const char *const model_part_names[MODEL_PART_COUNT] = {
-#define X(name) #name,
-    MODEL_PARTS(X)
-#undef X
-};
-
-/* Emulates a slower device (model_set_slowdown): every stretch of compute
- * (its all-to-all waits excluded) adds (slowdown - 1) times its length to
- * a debt of sleep. The debt is slept at the end of each lap when it has
- * grown past 50 us (shorter sleeps are mostly overshoot, which is paid
- * back from the debt rather than accumulated), and always in full before
- * the rank next talks to the others, so that they wait for it there as
- * they would for a slow device. */
-static void slowdown_charge(model *m, double now)
+/* Seconds this rank has waited for the others in all-to-alls. */
+static double exchange_s(const model *m)
 {
-    model_profile *p = &m->profile;
-    double waited = m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
-    double compute = now - p->slowdown_mark - (waited - p->slowdown_comm);
-    p->slowdown_mark = now;
-    p->slowdown_comm = waited;
-    p->slowdown_debt_s += (m->slowdown - 1.0) * (compute > 0 ? compute : 0);
-    p->lap_compute_s += compute > 0 ? compute : 0;
-}
-
-static double slowdown_pay(model *m, double now, double at_least_s)
-{
-    model_profile *p = &m->profile;
-    double debt = p->slowdown_debt_s;
-    if (debt < at_least_s || debt <= 0)
-        return now;
-    struct timespec nap = {(time_t)debt,
-                           (long)((debt - (double)(time_t)debt) * 1e9)};
-    nanosleep(&nap, NULL);
-    double after = clock_monotonic_s();
-    p->slowdown_debt_s -= after - now;
-    p->lap_slept_s += after - now;
-    p->slowdown_mark = after;
-    return after;
+    return m->ep ? m->ep->exchange_s(m->ep->ctx) : 0.0;
 }
 
 void model_slowdown_sync(model *m)
 {
-    if (m->slowdown <= 1.0)
-        return;
-    double now = clock_monotonic_s();
-    slowdown_charge(m, now);
-    slowdown_pay(m, now, 0.0);
+    slowdown_sync(&m->slowdown, exchange_s(m));
 }
 
-/* Adds the time since the previous lap to `bucket`. Under an emulated
- * slowdown that is the time the slower device would have taken for this
- * lap's work: its compute times the slowdown, plus its waits, whenever the
- * debt happens to be slept (before the next exchange, or at a later lap),
- * so that each part's time scales with its own work. */
-static void lap(model *m, double *bucket)
-{
-    model_profile *p = &m->profile;
-    double now = clock_monotonic_s();
-    if (m->slowdown > 1.0) {
-        slowdown_charge(m, now);
-        now = slowdown_pay(m, now, 50e-6);
-    }
-    *bucket += now - p->lap_start - p->lap_slept_s +
-               (m->slowdown > 1.0 ? (m->slowdown - 1.0) * p->lap_compute_s
-                                  : 0.0);
-    p->lap_start = now;
-    p->lap_slept_s = 0.0;
-    p->lap_compute_s = 0.0;
-}
-
+/* Ends a lap of the profile in `part`. Under an emulated slowdown its
+ * length is the time the slower device would have taken for this lap's
+ * work: its compute times the slowdown, plus its waits, whenever the debt
+ * happens to be slept (before the next exchange, or at a later lap), so
+ * that each part's time scales with its own work. */
 void model_lap(model *m, enum model_part part, int backward)
 {
-    lap(m, backward ? &m->profile.backward_s[part]
-                    : &m->profile.forward_s[part]);
+    double correction_s;
+    double now = slowdown_end_lap(&m->slowdown, clock_monotonic_s(),
+                                  exchange_s(m), &correction_s);
+    profile_lap(&m->profile, part, backward, now, correction_s);
 }
 
 /* Starts the laps of a forward or backward pass. */
 static void lap_begin(model *m)
 {
-    m->profile.lap_start = clock_monotonic_s();
-    m->profile.lap_slept_s = 0.0;
-    m->profile.lap_compute_s = 0.0;
-    m->profile.slowdown_mark = m->profile.lap_start;
-    m->profile.slowdown_comm =
-        m->ep ? expert_parallel_peek_alltoall_s(m->ep) : 0.0;
+    double now = clock_monotonic_s();
+    profile_begin(&m->profile, now);
+    slowdown_begin(&m->slowdown, now, exchange_s(m));
 }
 
-void model_set_slowdown(model *m, double slowdown)
+void model_set_slowdown(model *m, double factor)
 {
-    m->slowdown = slowdown;
-#ifdef PR_SET_TIMERSLACK
-    /* Sleeps of tens of microseconds: the default 50 us slack would
-     * swamp them. */
-    if (slowdown > 1.0)
-        prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
-#endif
+    slowdown_set(&m->slowdown, factor);
 }
 
 void model_profile_reset(model *m)
 {
     memset(&m->profile, 0, sizeof m->profile);
+    slowdown_reset(&m->slowdown);
 }
-
-/* Activations of one forward pass kept for the backward pass, and the
- * backward pass's scratch, in one slab. N = batch·T, SK = N·K slots. */
-#define MODEL_ACTIVATIONS(X)                                                   \
-    X(resid, (size_t)(L + 1) * N * C)  /* (L+1, N, C) residual entering each \
-                                          layer, then the final one */         \
-    X(x_mid, (size_t)L * N * C)        /* (L, N, C) after attention */         \
-    X(attn_norm_out, (size_t)L * N * C) /* (L, N, C) */                        \
-    X(attn_rstd, (size_t)L * N)        /* (L, N) */                            \
-    X(qkv, (size_t)L * N * 3 * C)      /* (L, N, 3C) after RoPE */             \
-    X(att_probs, (size_t)L * B * H * T * T) /* (L, B, H, T, T) */              \
-    X(att_out, (size_t)L * N * C)      /* (L, N, C) heads before wo */         \
-    X(ffn_norm_out, (size_t)L * N * C) /* (L, N, C) */                         \
-    X(ffn_rstd, (size_t)L * N)         /* (L, N) */                            \
-    X(router_logits, (size_t)L * N * E) /* (L, N, E) */                        \
-    X(router_probs, (size_t)L * N * E) /* (L, N, E) */                         \
-    X(router_lse, (size_t)L * N)       /* (L, N) */                            \
-    X(gate_weight, (size_t)L * N * K)  /* (L, N, K) */                         \
-    X(expert_in, (size_t)L * SK * C)   /* (L, SK, C) tokens sorted by expert */ \
-    X(expert_h13, (size_t)L * SK * 2 * F) /* (L, SK, 2F) */                    \
-    X(expert_h, (size_t)L * SK * F)    /* (L, SK, F) */                        \
-    X(expert_out, (size_t)L * SK * C)  /* (L, SK, C) */                        \
-    X(shared_h13, (size_t)L * N * 2 * S) /* (L, N, 2S) */                      \
-    X(shared_h, (size_t)L * N * S)     /* (L, N, S) */                         \
-    X(branch_out, (size_t)N * C)       /* (N, C) scratch */                    \
-    X(final_out, (size_t)N * C)        /* (N, C) */                            \
-    X(final_rstd, (size_t)N)           /* (N) */                               \
-    X(logits, (size_t)N * V)           /* (N, V); dlogits after forward */     \
-    X(losses, (size_t)N)               /* (N) */                               \
-    X(d_resid, (size_t)N * C)          /* backward scratch from here on */     \
-    X(d_norm_out, (size_t)N * C)                                               \
-    X(d_qkv, (size_t)N * 3 * C)                                                \
-    X(d_att_out, (size_t)N * C)                                                \
-    X(d_router_logits, (size_t)N * E)                                          \
-    X(d_router_probs, (size_t)N * E)                                           \
-    X(d_gate, (size_t)N * K)                                                   \
-    X(d_expert_out, (size_t)SK * C)                                            \
-    X(d_expert_h, (size_t)SK * F)                                              \
-    X(d_expert_h13, (size_t)SK * 2 * F)                                        \
-    X(d_expert_in, (size_t)SK * C)                                             \
-    X(d_shared_h, (size_t)N * S)                                               \
-    X(d_shared_h13, (size_t)N * 2 * S)
-
-#define MODEL_INDICES(X)                                                       \
-    X(inputs, (size_t)N)                                                       \
-    X(targets, (size_t)N)                                                      \
-    X(expert_index, (size_t)L * N * K) /* (L, N, K) */                         \
-    X(group_rows, (size_t)L * E)       /* (L, E) */                            \
-    X(selected, (size_t)L * E)         /* (L, E) */                            \
-    X(token_of_slot, (size_t)L * SK)   /* (L, SK) */                           \
-    X(slot_of, (size_t)L * SK)         /* (L, N, K) */                         \
-    X(dispatch_scratch, (size_t)2 * E)
-
-struct model_activations {
-    const backend *be;  /* whose memory float_memory and int_memory are */
-    float *float_memory;
-    int *int_memory;
-#define X(name, count) float *name;
-    MODEL_ACTIVATIONS(X)
-#undef X
-#define X(name, count) int *name;
-    MODEL_INDICES(X)
-#undef X
-    /* Per-expert weight views for the grouped GEMMs of one layer. */
-    const float **w13;
-    const float **w2;
-    float **dw13;
-    float **dw2;
-    /* Routing warm-up scratch: (sequences of the global batch, 2) logit
-     * sums, then (E) scores. */
-    double *routing_scratch;
-    size_t routing_scratch_count;
-};
 
 static void dims_from_config(model_dims *d, const config *cfg)
 {
@@ -209,89 +73,6 @@ static void tensor_views(model_tensors *views, float *base,
 #undef X
 }
 
-static int activations_create(model_activations **out, const model_dims *dm,
-                              int B, const backend *be, moe_error *err)
-{
-    const size_t V = (size_t)dm->V, C = (size_t)dm->C, L = (size_t)dm->L,
-                 H = (size_t)dm->H, T = (size_t)dm->T, E = (size_t)dm->E,
-                 K = (size_t)dm->K, F = (size_t)dm->F, S = (size_t)dm->S;
-    const size_t N = (size_t)B * T, SK = N * K;
-    (void)V;
-
-    model_activations *a = calloc(1, sizeof *a);
-    if (!a)
-        return error_set(err, "out of memory for activations");
-
-    size_t floats = 0, ints = 0;
-#define X(name, count) floats += (count);
-    MODEL_ACTIVATIONS(X)
-#undef X
-#define X(name, count) ints += (count);
-    MODEL_INDICES(X)
-#undef X
-    /* What the ops address lives in the backend's memory. */
-    a->be = be;
-    a->float_memory = be->ops->alloc(be->ctx, floats * sizeof(float));
-    a->int_memory = be->ops->alloc(be->ctx, ints * sizeof(int));
-    a->w13 = malloc(E * sizeof *a->w13);
-    a->w2 = malloc(E * sizeof *a->w2);
-    a->dw13 = malloc(E * sizeof *a->dw13);
-    a->dw2 = malloc(E * sizeof *a->dw2);
-    if (!a->float_memory || !a->int_memory || !a->w13 || !a->w2 || !a->dw13 ||
-        !a->dw2) {
-        be->ops->free(be->ctx, a->float_memory);
-        be->ops->free(be->ctx, a->int_memory);
-        free(a->w13);
-        free(a->w2);
-        free(a->dw13);
-        free(a->dw2);
-        free(a);
-        return error_set(err, "out of memory for activations (%.1f MiB)",
-                         (double)(floats * 4 + ints * 4) / (1 << 20));
-    }
-    /* Zeroed once so that probs above the attention diagonal and unused
-     * tails hold defined values. */
-    memset(a->float_memory, 0, floats * sizeof(float));
-    memset(a->int_memory, 0, ints * sizeof(int));
-
-    float *fp = a->float_memory;
-    int *ip = a->int_memory;
-#define X(name, count) a->name = fp; fp += (count);
-    MODEL_ACTIVATIONS(X)
-#undef X
-#define X(name, count) a->name = ip; ip += (count);
-    MODEL_INDICES(X)
-#undef X
-    *out = a;
-    return 0;
-}
-
-static void activations_destroy(model_activations *a)
-{
-    if (!a)
-        return;
-    a->be->ops->free(a->be->ctx, a->float_memory);
-    a->be->ops->free(a->be->ctx, a->int_memory);
-    free(a->w13);
-    free(a->w2);
-    free(a->dw13);
-    free(a->dw2);
-    free(a->routing_scratch);
-    free(a);
-}
-
-/* Sizes the routing warm-up scratch for a global batch over `world` ranks. */
-static int routing_scratch_reserve(model *m, int world)
-{
-    model_activations *a = m->acts;
-    size_t count = (size_t)2 * m->batch * world + (size_t)m->dims.E;
-    double *scratch = realloc(a->routing_scratch, count * sizeof *scratch);
-    if (!scratch)
-        return -1;
-    a->routing_scratch = scratch;
-    a->routing_scratch_count = count;
-    return 0;
-}
 
 int model_create(model **out, const config *cfg, const backend *be, int batch,
                  moe_error *err)
@@ -301,16 +82,12 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
         return error_set(err, "out of memory for the model");
     dims_from_config(&m->dims, cfg);
     m->batch = batch;
-    m->norm_eps = (float)cfg->model.norm_eps;
-    m->rope_theta = (float)cfg->model.rope_theta;
-    m->init_std = (float)cfg->model.init_std;
-    m->aux_loss_coef = cfg->moe.aux_loss_coef;
-    m->z_loss_coef = cfg->moe.z_loss_coef;
-    m->capacity_factor = cfg->moe.capacity_factor;
-    m->bias_update_rate = cfg->balance.bias_update_rate;
-    m->routing_warmup_steps = cfg->balance.routing_warmup_steps;
-    m->routing_seed = cfg->train.seed;
-    m->routing_mix = 1.0;
+    m->hyper.norm_eps = (float)cfg->model.norm_eps;
+    m->hyper.rope_theta = (float)cfg->model.rope_theta;
+    m->hyper.init_std = (float)cfg->model.init_std;
+    m->hyper.aux_loss_coef = cfg->moe.aux_loss_coef;
+    m->hyper.z_loss_coef = cfg->moe.z_loss_coef;
+    m->hyper.capacity_factor = cfg->moe.capacity_factor;
     m->be = be;
 
     const model_dims *d = &m->dims;
@@ -330,23 +107,16 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     m->adam_m_memory = be->ops->alloc(be->ctx, bytes);
     m->adam_v_memory = be->ops->alloc(be->ctx, bytes);
     m->dispatch = calloc((size_t)d->L, sizeof *m->dispatch);
-    size_t bias_bytes = (size_t)d->L * d->E * sizeof *m->router_bias;
-    m->router_bias = be->ops->alloc(be->ctx, bias_bytes);
-    if (m->router_bias)
-        memset(m->router_bias, 0, bias_bytes);
-    /* mean, var, std, pending mean, pending var: (L) each */
-    m->router_logit_mean = calloc((size_t)5 * d->L, sizeof(double));
     if (!m->param_memory || !m->grad_memory || !m->adam_m_memory ||
-        !m->adam_v_memory || !m->dispatch || !m->router_bias ||
-        !m->router_logit_mean) {
+        !m->adam_v_memory || !m->dispatch) {
         model_destroy(m);
         return error_set(err, "out of memory for %zu parameters",
                          m->param_count);
     }
-    m->router_logit_var = m->router_logit_mean + d->L;
-    m->router_logit_std = m->router_logit_mean + 2 * d->L;
-    m->pending_logit_mean = m->router_logit_mean + 3 * d->L;
-    m->pending_logit_var = m->router_logit_mean + 4 * d->L;
+    if (routing_balance_init(&m->routing, cfg, d->L, d->E, be, err) < 0) {
+        model_destroy(m);
+        return -1;
+    }
     tensor_views(&m->params, m->param_memory, m->tensors);
     tensor_views(&m->grads, m->grad_memory, m->tensors);
     tensor_views(&m->adam_m, m->adam_m_memory, m->tensors);
@@ -359,7 +129,7 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
         model_destroy(m);
         return -1;
     }
-    if (routing_scratch_reserve(m, 1) < 0) {
+    if (activations_reserve_routing(m->acts, batch, d->E) < 0) {
         model_destroy(m);
         return error_set(err, "out of memory for routing scratch");
     }
@@ -373,7 +143,7 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
         rd->slot_of = a->slot_of + (size_t)l * SK;
         rd->scratch = a->dispatch_scratch;
     }
-    m->expert_index = a->expert_index;
+    m->last.expert_index = a->expert_index;
     *out = m;
     return 0;
 }
@@ -382,16 +152,13 @@ void model_destroy(model *m)
 {
     if (!m)
         return;
-    expert_parallel_destroy(m->ep);
-    free(m->expert_rank);
-    free(m->expert_share);
-    free(m->reduce_buffer);
+    free(m->reduce.buffer);
+    free(m->reduce.expert_squares);
     activations_destroy(m->acts);
     free(m->dispatch);
-    free(m->router_logit_mean);
     if (m->be) {
         void *ctx = m->be->ctx;
-        m->be->ops->free(ctx, m->router_bias);
+        routing_balance_finish(&m->routing, m->be);
         m->be->ops->free(ctx, m->param_memory);
         m->be->ops->free(ctx, m->grad_memory);
         m->be->ops->free(ctx, m->adam_m_memory);
@@ -405,7 +172,7 @@ void model_init_params(model *m, uint64_t seed)
     rng r;
     rng_seed(&r, seed, 1);
     const model_dims *d = &m->dims;
-    double residual_std = m->init_std / sqrt(2.0 * d->L);
+    double residual_std = m->hyper.init_std / sqrt(2.0 * d->L);
     static const enum model_init inits[] = {
 #define X(name, count, init, decay) init,
         MODEL_TENSORS(X)
@@ -421,7 +188,7 @@ void model_init_params(model *m, uint64_t seed)
             break;
         case MODEL_INIT_NORMAL:
             for (size_t j = 0; j < n; j++)
-                p[j] = (float)(m->init_std * rng_normal(&r));
+                p[j] = (float)(m->hyper.init_std * rng_normal(&r));
             break;
         case MODEL_INIT_RESIDUAL:
             for (size_t j = 0; j < n; j++)
@@ -434,60 +201,10 @@ void model_init_params(model *m, uint64_t seed)
     memset(m->adam_v_memory, 0, bytes);
 }
 
-/* Views of layer l's saved activations. Strides use the allocated batch,
- * so a smaller validation batch reuses the same slab. */
-typedef struct layer_acts {
-    float *x;             /* (N, C) residual entering the layer */
-    float *x_next;        /* (N, C) residual leaving it */
-    float *x_mid;         /* (N, C) residual after attention */
-    float *attn_norm_out; /* (N, C) */
-    float *attn_rstd;     /* (N) */
-    float *qkv;           /* (N, 3C) */
-    float *probs;         /* (B, H, T, T) */
-    float *att_out;       /* (N, C) */
-    float *ffn_norm_out;  /* (N, C) */
-    float *ffn_rstd;      /* (N) */
-    float *router_logits; /* (N, E) */
-    float *router_probs;  /* (N, E) */
-    float *router_lse;    /* (N) */
-    float *gate;          /* (N, K) */
-    int *expert_index;    /* (N, K) */
-    float *expert_in;     /* (SK, C) */
-    float *expert_h13;    /* (SK, 2F) */
-    float *expert_h;      /* (SK, F) */
-    float *expert_out;    /* (SK, C) */
-    float *shared_h13;    /* (N, 2S) */
-    float *shared_h;      /* (N, S) */
-    router_dispatch *rd;
-} layer_acts;
 
 static void layer_acts_of(model *m, int l, layer_acts *v)
 {
-    const model_dims *d = &m->dims;
-    model_activations *a = m->acts;
-    const size_t rows = (size_t)m->batch * d->T, SK = rows * d->K;
-    const size_t C = (size_t)d->C, layer = (size_t)l;
-    v->x = a->resid + layer * rows * C;
-    v->x_next = a->resid + (layer + 1) * rows * C;
-    v->x_mid = a->x_mid + layer * rows * C;
-    v->attn_norm_out = a->attn_norm_out + layer * rows * C;
-    v->attn_rstd = a->attn_rstd + layer * rows;
-    v->qkv = a->qkv + layer * rows * 3 * C;
-    v->probs = a->att_probs + layer * m->batch * d->H * d->T * d->T;
-    v->att_out = a->att_out + layer * rows * C;
-    v->ffn_norm_out = a->ffn_norm_out + layer * rows * C;
-    v->ffn_rstd = a->ffn_rstd + layer * rows;
-    v->router_logits = a->router_logits + layer * rows * d->E;
-    v->router_probs = a->router_probs + layer * rows * d->E;
-    v->router_lse = a->router_lse + layer * rows;
-    v->gate = a->gate_weight + layer * rows * d->K;
-    v->expert_index = a->expert_index + layer * rows * d->K;
-    v->expert_in = a->expert_in + layer * SK * C;
-    v->expert_h13 = a->expert_h13 + layer * SK * 2 * d->F;
-    v->expert_h = a->expert_h + layer * SK * d->F;
-    v->expert_out = a->expert_out + layer * SK * C;
-    v->shared_h13 = a->shared_h13 + layer * rows * 2 * d->S;
-    v->shared_h = a->shared_h + layer * rows * d->S;
+    activations_layer(m->acts, &m->dims, m->batch, l, v);
     v->rd = &m->dispatch[l];
 }
 
@@ -533,25 +250,20 @@ static void balance_losses(model *m, const layer_acts *v,
                            const router_dispatch *rd, int N)
 {
     const int K = m->dims.K, E = m->dims.E;
-    if (m->aux_loss_coef > 0.0)
-        m->aux_loss += router_aux_loss(NULL, v->router_probs, rd->selected, N,
-                                       m->total_tokens, K, E,
-                                       m->aux_loss_coef);
-    if (m->z_loss_coef > 0.0)
-        m->z_loss += router_z_loss(NULL, v->router_probs, v->router_lse, N,
-                                   m->total_tokens, E, m->z_loss_coef);
+    if (m->hyper.aux_loss_coef > 0.0)
+        m->last.aux_loss += router_aux_loss(NULL, v->router_probs, rd->selected, N,
+                                       m->last.total_tokens, K, E,
+                                       m->hyper.aux_loss_coef);
+    if (m->hyper.z_loss_coef > 0.0)
+        m->last.z_loss += router_z_loss(NULL, v->router_probs, v->router_lse, N,
+                                   m->last.total_tokens, E, m->hyper.z_loss_coef);
 }
 
 /* The global dispatch counts of layer l's last forward. */
 static const int *layer_selected(const model *m, int l)
 {
-    return m->ep ? expert_parallel_dispatch(m->ep, l)->selected
+    return m->ep ? m->ep->dispatch(m->ep->ctx, l)->selected
                  : m->dispatch[l].selected;
-}
-
-static int warmup_active(const model *m)
-{
-    return m->routing_step > 0 && m->routing_step <= m->routing_warmup_steps;
 }
 
 /* Layer l's top-k during the routing warm-up, replacing the kernel's
@@ -584,66 +296,41 @@ static void warmup_route(model *m, int l, const layer_acts *v, int B)
     double count = (double)sequences * T * E;
     double mean = sum / count;
     double var = fmax(sum_squares / count - mean * mean, 0.0);
-    if (m->router_logit_stats_ready) {
-        const double decay = ROUTER_LOGIT_EMA_DECAY;
-        mean = decay * m->router_logit_mean[l] + (1.0 - decay) * mean;
-        var = decay * m->router_logit_var[l] + (1.0 - decay) * var;
-    }
-    m->pending_logit_mean[l] = mean;
-    m->pending_logit_var[l] = var;
+    routing_balance_observe(&m->routing, l, mean, var, &mean, &var);
 
     router_warmup w = {
-        .mix = m->routing_mix,
+        .mix = m->routing.mix,
         .mean = mean,
         .std = sqrt(var),
-        .seed = m->routing_seed,
-        .step = m->routing_step,
+        .seed = m->routing.seed,
+        .step = m->routing.step,
         .layer = l,
         .first_token = (long)rank * B * T,
     };
     router_select_warmup(v->expert_index, v->gate, v->router_logits,
-                         v->router_probs, m->router_bias + (size_t)l * E, &w,
+                         v->router_probs, m->routing.bias + (size_t)l * E, &w,
                          scores, B * T, E, K);
 }
 
 void model_begin_train_step(model *m, int step)
 {
-    m->routing_step = step;
-    m->routing_mix = router_warmup_mix(step, m->routing_warmup_steps);
+    routing_balance_begin_step(&m->routing, step);
+}
+
+static const int *selected_of_layer(const void *m, int l)
+{
+    return layer_selected(m, l);
 }
 
 void model_end_train_step(model *m)
 {
-    const model_dims *d = &m->dims;
-    if (m->routing_step <= 0)
-        return;
-    if (warmup_active(m)) {
-        for (int l = 0; l < d->L; l++) {
-            m->router_logit_mean[l] = m->pending_logit_mean[l];
-            m->router_logit_var[l] = m->pending_logit_var[l];
-            m->router_logit_std[l] = sqrt(m->router_logit_var[l]);
-        }
-        m->router_logit_stats_ready = 1;
-    }
-    if (m->bias_update_rate > 0.0)
-        for (int l = 0; l < d->L; l++)
-            router_bias_update(m->router_bias + (size_t)l * d->E,
-                               layer_selected(m, l), d->E,
-                               m->bias_update_rate);
-    m->routing_step = 0;
+    routing_balance_end_step(&m->routing, selected_of_layer, m);
 }
 
 void model_broadcast_balance_state(model *m, int root)
 {
-    if (!m->comm)
-        return;
-    const model_dims *d = &m->dims;
-    comm_broadcast(m->comm, m->router_bias,
-                   (size_t)d->L * d->E * sizeof *m->router_bias, root);
-    comm_broadcast(m->comm, m->router_logit_mean,
-                   (size_t)3 * d->L * sizeof(double), root);
-    comm_broadcast(m->comm, &m->router_logit_stats_ready,
-                   sizeof m->router_logit_stats_ready, root);
+    if (m->comm)
+        routing_balance_broadcast(&m->routing, m->comm, root);
 }
 
 double model_forward(model *m, const int *inputs, const int *targets, int B)
@@ -658,44 +345,43 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     model_activations *a = m->acts;
     model_tensors *p = &m->params;
 
-    m->last_batch = B;
-    m->total_tokens = N * (m->comm ? m->comm->world : 1);
+    m->last.batch = B;
+    m->last.total_tokens = N * (m->comm ? m->comm->world : 1);
     memcpy(a->inputs, inputs, (size_t)N * sizeof(int));
     memcpy(a->targets, targets, (size_t)N * sizeof(int));
-    m->aux_loss = 0.0;
-    m->z_loss = 0.0;
-    double *fw = m->profile.forward_s;
+    m->last.aux_loss = 0.0;
+    m->last.z_loss = 0.0;
     lap_begin(m);
 
     ops->embedding_forward(ctx, a->resid, a->inputs, p->wte, N, C);
-    lap(m, &fw[MODEL_PART_embedding]);
+    model_lap(m, MODEL_PART_embedding, 0);
     for (int l = 0; l < L; l++) {
         layer_acts v;
         layer_acts_of(m, l, &v);
 
         ops->rmsnorm_forward(ctx, v.attn_norm_out, v.attn_rstd, v.x,
-                             p->attn_norm + (size_t)l * C, N, C, m->norm_eps);
-        lap(m, &fw[MODEL_PART_norms]);
+                             p->attn_norm + (size_t)l * C, N, C, m->hyper.norm_eps);
+        model_lap(m, MODEL_PART_norms, 0);
         ops->matmul_forward(ctx, v.qkv, v.attn_norm_out,
                             p->wqkv + (size_t)l * 3 * C * C, N, C, 3 * C);
-        ops->rope_forward(ctx, v.qkv, B, T, C, H, m->rope_theta);
+        ops->rope_forward(ctx, v.qkv, B, T, C, H, m->hyper.rope_theta);
         ops->attention_forward(ctx, v.att_out, v.probs, v.qkv, B, T, C, H);
         ops->matmul_forward(ctx, a->branch_out, v.att_out,
                             p->wo + (size_t)l * C * C, N, C, C);
-        lap(m, &fw[MODEL_PART_attention]);
+        model_lap(m, MODEL_PART_attention, 0);
         memcpy(v.x_mid, v.x, NC * sizeof(float));
         ops->add_inplace(ctx, v.x_mid, a->branch_out, NC);
 
         ops->rmsnorm_forward(ctx, v.ffn_norm_out, v.ffn_rstd, v.x_mid,
-                             p->ffn_norm + (size_t)l * C, N, C, m->norm_eps);
-        lap(m, &fw[MODEL_PART_norms]);
+                             p->ffn_norm + (size_t)l * C, N, C, m->hyper.norm_eps);
+        model_lap(m, MODEL_PART_norms, 0);
         ops->matmul_forward(ctx, v.router_logits, v.ffn_norm_out,
                             p->router + (size_t)l * E * C, N, C, E);
         /* A zero bias (balancing off) selects exactly as no bias. */
         ops->router_forward(ctx, v.router_probs, v.router_lse, v.expert_index,
                             v.gate, v.router_logits,
-                            m->router_bias + (size_t)l * E, N, E, K);
-        if (warmup_active(m))
+                            m->routing.bias + (size_t)l * E, N, E, K);
+        if (routing_balance_warming_up(&m->routing))
             warmup_route(m, l, &v, B);
         if (m->ep) {
             /* Dispatch, experts and combine across the ranks. */
@@ -703,70 +389,70 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
                 shared_forward(m, l, &v, N);
             else
                 memset(a->branch_out, 0, NC * sizeof(float));
-            lap(m, &fw[MODEL_PART_shared_experts]);
-            expert_parallel_forward(m->ep, l, v.ffn_norm_out, v.expert_index,
+            model_lap(m, MODEL_PART_shared_experts, 0);
+            m->ep->forward(m->ep->ctx, l, v.ffn_norm_out, v.expert_index,
                                     v.gate, a->branch_out);
-            lap(m, &fw[MODEL_PART_permute]);
-            balance_losses(m, &v, expert_parallel_dispatch(m->ep, l), N);
-            lap(m, &fw[MODEL_PART_router]);
+            model_lap(m, MODEL_PART_permute, 0);
+            balance_losses(m, &v, m->ep->dispatch(m->ep->ctx, l), N);
+            model_lap(m, MODEL_PART_router, 0);
             memcpy(v.x_next, v.x_mid, NC * sizeof(float));
             ops->add_inplace(ctx, v.x_next, a->branch_out, NC);
-            lap(m, &fw[MODEL_PART_norms]);
+            model_lap(m, MODEL_PART_norms, 0);
             continue;
         }
         router_build_dispatch(v.rd, v.expert_index, N, K, E,
-                              router_capacity(m->capacity_factor, N, K, E));
+                              router_capacity(m->hyper.capacity_factor, N, K, E));
         balance_losses(m, &v, v.rd, N);
-        lap(m, &fw[MODEL_PART_router]);
+        model_lap(m, MODEL_PART_router, 0);
 
         layer_expert_views(m, l);
         ops->moe_permute(ctx, v.expert_in, v.ffn_norm_out, v.rd->token_of_slot,
                          v.rd->slots, C);
-        lap(m, &fw[MODEL_PART_permute]);
+        model_lap(m, MODEL_PART_permute, 0);
         ops->grouped_matmul_forward(ctx, v.expert_h13, v.expert_in, a->w13,
                                     v.rd->group_rows, E, C, 2 * F);
         ops->swiglu_forward(ctx, v.expert_h, v.expert_h13, v.rd->slots, F);
         ops->grouped_matmul_forward(ctx, v.expert_out, v.expert_h, a->w2,
                                     v.rd->group_rows, E, F, C);
-        lap(m, &fw[MODEL_PART_experts]);
+        model_lap(m, MODEL_PART_experts, 0);
 
         if (S > 0) {
             shared_forward(m, l, &v, N);
         } else {
             memset(a->branch_out, 0, NC * sizeof(float));
         }
-        lap(m, &fw[MODEL_PART_shared_experts]);
+        model_lap(m, MODEL_PART_shared_experts, 0);
         ops->moe_unpermute(ctx, a->branch_out, v.expert_out, v.rd->slot_of, v.gate,
                            N, K, C);
-        lap(m, &fw[MODEL_PART_permute]);
+        model_lap(m, MODEL_PART_permute, 0);
         memcpy(v.x_next, v.x_mid, NC * sizeof(float));
         ops->add_inplace(ctx, v.x_next, a->branch_out, NC);
-        lap(m, &fw[MODEL_PART_norms]);
+        model_lap(m, MODEL_PART_norms, 0);
     }
 
     ops->rmsnorm_forward(ctx, a->final_out, a->final_rstd,
                          a->resid + (size_t)L * maxNC, p->final_norm, N, C,
-                         m->norm_eps);
+                         m->hyper.norm_eps);
     ops->matmul_forward(ctx, a->logits, a->final_out, p->lm_head, N, C, V);
     /* The logits become dlogits of the mean loss in place: the backward
      * pass needs nothing else from them. */
     ops->crossentropy_forward_backward(ctx, a->losses, a->logits, a->logits,
                                        a->targets, N, V,
-                                       1.0f / m->total_tokens);
+                                       1.0f / m->last.total_tokens);
     double sum = 0.0;
     for (int i = 0; i < N; i++)
         sum += a->losses[i];
     /* Each rank's shares of the three losses add up to the global ones. */
-    double losses[3] = {sum / m->total_tokens, m->aux_loss, m->z_loss};
+    double losses[3] = {sum / m->last.total_tokens, m->last.aux_loss, m->last.z_loss};
     if (m->comm) {
         model_slowdown_sync(m);
         comm_allreduce_sum_double(m->comm, losses, 3);
     }
-    m->ce_loss = losses[0];
-    m->aux_loss = losses[1];
-    m->z_loss = losses[2];
-    lap(m, &fw[MODEL_PART_head]);
-    return m->ce_loss;
+    m->last.ce_loss = losses[0];
+    m->last.aux_loss = losses[1];
+    m->last.z_loss = losses[2];
+    model_lap(m, MODEL_PART_head, 0);
+    return m->last.ce_loss;
 }
 
 void model_zero_grad(model *m)
@@ -781,7 +467,7 @@ void model_backward(model *m)
     const model_dims *d = &m->dims;
     const int C = d->C, L = d->L, H = d->H, T = d->T, E = d->E, K = d->K,
               F = d->F, S = d->S, V = d->V;
-    const int B = m->last_batch, N = B * T;
+    const int B = m->last.batch, N = B * T;
     const size_t NC = (size_t)N * C, maxNC = (size_t)m->batch * T * C;
     model_activations *a = m->acts;
     model_tensors *p = &m->params, *g = &m->grads;
@@ -795,7 +481,7 @@ void model_backward(model *m)
     ops->rmsnorm_backward(ctx, a->d_resid, g->final_norm, a->d_norm_out,
                           a->resid + (size_t)L * maxNC, p->final_norm,
                           a->final_rstd, N, C);
-    lap(m, &bw[MODEL_PART_head]);
+    model_lap(m, MODEL_PART_head, 1);
 
     for (int l = L - 1; l >= 0; l--) {
         layer_acts v;
@@ -817,14 +503,14 @@ void model_backward(model *m)
                                  p->shared_w13 + (size_t)l * 2 * S * C, N, C,
                                  2 * S);
         }
-        lap(m, &bw[MODEL_PART_shared_experts]);
+        model_lap(m, MODEL_PART_shared_experts, 1);
 
         const router_dispatch *rd =
-            m->ep ? expert_parallel_dispatch(m->ep, l) : v.rd;
+            m->ep ? m->ep->dispatch(m->ep->ctx, l) : v.rd;
         if (m->ep) {
-            expert_parallel_backward(m->ep, l, a->d_resid, v.gate,
+            m->ep->backward(m->ep->ctx, l, a->d_resid, v.gate,
                                      a->d_norm_out, a->d_gate);
-            lap(m, &bw[MODEL_PART_permute]);
+            model_lap(m, MODEL_PART_permute, 1);
         } else {
         layer_expert_views(m, l);
         /* d_gate, d_expert_h, d_expert_h13 and d_expert_in are set by the
@@ -833,7 +519,7 @@ void model_backward(model *m)
                (size_t)v.rd->slots * C * sizeof(float));
         ops->moe_unpermute_backward(ctx, a->d_expert_out, a->d_gate, a->d_resid,
                                     v.expert_out, v.rd->slot_of, v.gate, N, K, C);
-        lap(m, &bw[MODEL_PART_permute]);
+        model_lap(m, MODEL_PART_permute, 1);
         ops->grouped_matmul_backward(ctx, a->d_expert_h, a->dw2,
                                      a->d_expert_out, v.expert_h, a->w2,
                                      v.rd->group_rows, E, F, C);
@@ -842,34 +528,34 @@ void model_backward(model *m)
         ops->grouped_matmul_backward(ctx, a->d_expert_in, a->dw13,
                                      a->d_expert_h13, v.expert_in, a->w13,
                                      v.rd->group_rows, E, C, 2 * F);
-        lap(m, &bw[MODEL_PART_experts]);
+        model_lap(m, MODEL_PART_experts, 1);
         ops->moe_permute_backward(ctx, a->d_norm_out, a->d_expert_in,
                                   v.rd->token_of_slot, v.rd->slots, C);
-        lap(m, &bw[MODEL_PART_permute]);
+        model_lap(m, MODEL_PART_permute, 1);
         }
 
         /* Router: v.gate weights, then the balance losses. */
         memset(a->d_router_logits, 0, (size_t)N * E * sizeof(float));
         float *d_probs = NULL;
-        if (m->aux_loss_coef > 0.0) {
+        if (m->hyper.aux_loss_coef > 0.0) {
             router_aux_loss(a->d_router_probs, v.router_probs, rd->selected, N,
-                            m->total_tokens, K, E, m->aux_loss_coef);
+                            m->last.total_tokens, K, E, m->hyper.aux_loss_coef);
             d_probs = a->d_router_probs;
         }
         ops->router_backward(ctx, a->d_router_logits, a->d_gate, d_probs,
                              v.router_probs, v.expert_index, v.gate, N, E, K);
-        if (m->z_loss_coef > 0.0)
+        if (m->hyper.z_loss_coef > 0.0)
             router_z_loss(a->d_router_logits, v.router_probs, v.router_lse, N,
-                          m->total_tokens, E, m->z_loss_coef);
+                          m->last.total_tokens, E, m->hyper.z_loss_coef);
         ops->matmul_backward(ctx, a->d_norm_out,
                              g->router + (size_t)l * E * C, a->d_router_logits,
                              v.ffn_norm_out, p->router + (size_t)l * E * C, N, C,
                              E);
-        lap(m, &bw[MODEL_PART_router]);
+        model_lap(m, MODEL_PART_router, 1);
         ops->rmsnorm_backward(ctx, a->d_resid, g->ffn_norm + (size_t)l * C,
                               a->d_norm_out, v.x_mid, p->ffn_norm + (size_t)l * C,
                               v.ffn_rstd, N, C);
-        lap(m, &bw[MODEL_PART_norms]);
+        model_lap(m, MODEL_PART_norms, 1);
 
         /* Attention branch: d_resid is now the gradient of v.x_mid. */
         memset(a->d_att_out, 0, NC * sizeof(float));
@@ -880,22 +566,22 @@ void model_backward(model *m)
                              C, C);
         ops->attention_backward(ctx, a->d_qkv, a->d_att_out, v.qkv, v.probs, B, T,
                                 C, H);
-        ops->rope_backward(ctx, a->d_qkv, B, T, C, H, m->rope_theta);
+        ops->rope_backward(ctx, a->d_qkv, B, T, C, H, m->hyper.rope_theta);
         ops->matmul_backward(ctx, a->d_norm_out,
                              g->wqkv + (size_t)l * 3 * C * C, a->d_qkv,
                              v.attn_norm_out, p->wqkv + (size_t)l * 3 * C * C, N,
                              C, 3 * C);
-        lap(m, &bw[MODEL_PART_attention]);
+        model_lap(m, MODEL_PART_attention, 1);
         ops->rmsnorm_backward(ctx, a->d_resid, g->attn_norm + (size_t)l * C,
                               a->d_norm_out, v.x, p->attn_norm + (size_t)l * C,
                               v.attn_rstd, N, C);
-        lap(m, &bw[MODEL_PART_norms]);
+        model_lap(m, MODEL_PART_norms, 1);
     }
     ops->embedding_backward(ctx, g->wte, a->d_resid, a->inputs, N, C);
-    lap(m, &bw[MODEL_PART_embedding]);
+    model_lap(m, MODEL_PART_embedding, 1);
     /* The gradient reduction comes next: the emulated debt is paid first,
      * inside the last lap's time. */
-    if (m->slowdown > 1.0) {
+    if (slowdown_active(&m->slowdown)) {
         model_slowdown_sync(m);
         bw[MODEL_PART_embedding] += clock_monotonic_s() - m->profile.lap_start;
         m->profile.lap_start = clock_monotonic_s();
@@ -914,7 +600,7 @@ int model_dropped_assignments(const model *m)
 {
     int dropped = 0;
     for (int l = 0; l < m->dims.L; l++)
-        dropped += m->ep ? expert_parallel_dispatch(m->ep, l)->dropped
+        dropped += m->ep ? m->ep->dispatch(m->ep->ctx, l)->dropped
                          : m->dispatch[l].dropped;
     return dropped;
 }
@@ -934,85 +620,42 @@ double model_flops_per_token(const model *m)
     return 6.0 * non_embedding + 12.0 * d->L * d->C * d->T;
 }
 
-int model_distribute(model *m, const comm *c, const int *placement,
-                     moe_error *err)
+int model_set_comm(model *m, const comm *c, moe_error *err)
 {
-    const model_dims *d = &m->dims;
-    size_t experts = (size_t)d->L * d->E;
-    m->expert_rank = malloc(experts * sizeof *m->expert_rank);
-    if (!m->expert_rank)
-        return error_set(err, "out of memory");
-    for (size_t i = 0; i < experts; i++)
-        m->expert_rank[i] = placement ? placement[i]
-                                      : (int)(i % (size_t)d->E) % c->world;
     m->comm = c;
-    m->expert_share = calloc(experts * c->world, sizeof *m->expert_share);
-    if (!m->expert_share)
-        return error_set(err, "out of memory");
-    for (int l = 0; l < d->L; l++)
-        for (int e = 0; e < d->E; e++)
-            model_unsplit_expert(m, l, e);
-    m->placement_version = 1;
-    m->comm = c;
-    if (routing_scratch_reserve(m, c->world) < 0)
+    free(m->reduce.expert_squares);
+    m->reduce.expert_squares = calloc((size_t)m->dims.L * m->dims.E,
+                                      sizeof *m->reduce.expert_squares);
+    if (!m->reduce.expert_squares)
+        return error_set(err, "out of memory for the gradient norm");
+    if (activations_reserve_routing(m->acts, m->batch * c->world,
+                                    m->dims.E) < 0)
         return error_set(err, "out of memory for routing scratch");
-    if (c->world == 1)
-        return 0;
-    return expert_parallel_create(&m->ep, m, c, err);
+    return 0;
+}
+
+void model_set_expert_parallel(model *m, const model_expert_parallel *ep)
+{
+    m->ep = ep;
+}
+
+static int residency(const model *m, int l, int e)
+{
+    return m->ep ? m->ep->residency(m->ep->ctx, l, e)
+                 : MODEL_EXPERT_HELD | MODEL_EXPERT_OWNED;
 }
 
 int model_owns_expert(const model *m, int l, int e)
 {
-    return !m->comm ||
-           m->expert_rank[(size_t)l * m->dims.E + e] == m->comm->rank;
-}
-
-int model_expert_share(const model *m, int l, int e, int r)
-{
-    if (!m->comm)
-        return MODEL_SHARE_UNITS;
-    return m->expert_share[((size_t)l * m->dims.E + e) * m->comm->world + r];
+    return (residency(m, l, e) & MODEL_EXPERT_OWNED) != 0;
 }
 
 int model_holds_expert(const model *m, int l, int e)
 {
-    return !m->comm || model_expert_share(m, l, e, m->comm->rank) > 0;
+    return (residency(m, l, e) & MODEL_EXPERT_HELD) != 0;
 }
 
-void model_unsplit_expert(model *m, int l, int e)
+int model_expert_is_split(const model *m, int l, int e)
 {
-    int world = m->comm->world;
-    int *share = m->expert_share + ((size_t)l * m->dims.E + e) * world;
-    for (int r = 0; r < world; r++)
-        share[r] = 0;
-    share[m->expert_rank[(size_t)l * m->dims.E + e]] = MODEL_SHARE_UNITS;
-}
-
-int model_split_experts(const model *m)
-{
-    int split = 0;
-    for (int l = 0; m->comm && l < m->dims.L; l++)
-        for (int e = 0; e < m->dims.E; e++)
-            split += model_expert_share(
-                         m, l, e, m->expert_rank[(size_t)l * m->dims.E + e]) <
-                     MODEL_SHARE_UNITS;
-    return split;
-}
-
-int model_shares_from_weights(int world, int n, const int *ranks,
-                              const int *weights, int *share)
-{
-    long total = 0, given = 0;
-    for (int i = 0; i < n; i++)
-        total += weights[i];
-    for (int r = 0; r < world; r++)
-        share[r] = 0;
-    for (int i = 0; i < n; i++) {
-        share[ranks[i]] = (int)((long)weights[i] * MODEL_SHARE_UNITS / total);
-        if (share[ranks[i]] == 0)
-            return -1;
-        given += share[ranks[i]];
-    }
-    share[ranks[0]] += (int)(MODEL_SHARE_UNITS - given);
-    return 0;
+    return (residency(m, l, e) & MODEL_EXPERT_SPLIT) != 0;
 }

@@ -18,8 +18,10 @@
 #include "engine/core/comm.h"
 #include "engine/config/config.h"
 #include "engine/core/error.h"
-#include "engine/moe/expert_parallel.h"
+#include "engine/model/profile.h"
 #include "engine/model/router.h"
+#include "engine/model/routing_balance.h"
+#include "engine/model/slowdown.h"
 #include "kernels/backend.h"
 
 typedef struct model_dims {
@@ -77,50 +79,36 @@ typedef struct model_tensor_info {
 
 typedef struct model_activations model_activations;
 
-/* Where a step's time goes, by part of the model (the console and
- * `moectl bench --profile` show it). */
-#define MODEL_PARTS(X)                                                         \
-    X(embedding)                                                               \
-    X(norms)          /* RMSNorms and residual adds */                         \
-    X(attention)      /* qkv, RoPE, attention, output projection */            \
-    X(router)         /* router GEMM, softmax, top-k, dispatch, aux/z */       \
-    X(permute)        /* token permute and un-permute */                       \
-    X(experts)        /* routed expert GEMMs and SwiGLU */                     \
-    X(shared_experts)                                                          \
-    X(head)           /* final norm, LM head, cross-entropy */
-
-enum model_part {
-#define X(name) MODEL_PART_##name,
-    MODEL_PARTS(X)
-#undef X
-    MODEL_PART_COUNT
-};
-
-extern const char *const model_part_names[MODEL_PART_COUNT];
-
-typedef struct model_profile {
-    double forward_s[MODEL_PART_COUNT];
-    double backward_s[MODEL_PART_COUNT];
-    double lap_start; /* monotonic seconds at the last lap */
-    double slowdown_mark;   /* compute before this is charged */
-    double slowdown_comm;   /* all-to-all seconds at the mark */
-    double slowdown_debt_s; /* emulated slowdown not yet slept */
-    double lap_compute_s;   /* compute charged since the last lap */
-    double lap_slept_s;     /* slept since the last lap */
-} model_profile;
-
-typedef struct model {
-    model_dims dims;
-    int batch; /* sequences the activations are sized for */
+/* The hyper-parameters of the math. */
+typedef struct model_hyper {
     float norm_eps;
     float rope_theta;
     float init_std;
     double aux_loss_coef;
     double z_loss_coef;
-    double capacity_factor;
-    double slowdown; /* > 1: emulate a slower device (model_set_slowdown) */
+    double capacity_factor; /* 0: dropless */
+} model_hyper;
+
+/* Results of the last forward. */
+typedef struct model_last_forward {
+    int batch;         /* sequences of this rank */
+    int total_tokens;  /* tokens over all ranks */
+    double ce_loss;    /* mean cross-entropy, nats per byte */
+    double aux_loss;   /* Σ over layers, coefficient applied */
+    double z_loss;     /* Σ over layers, coefficient applied */
+    int *expert_index; /* (L, N, K) experts chosen */
+} model_last_forward;
+
+struct model_expert_parallel;
+
+typedef struct model {
+    model_dims dims;
+    model_hyper hyper;
+    int batch; /* sequences the activations are sized for */
     const backend *be;
 
+    /* Parameters, gradients and Adam moments: one slab each, with the
+     * named views of MODEL_TENSORS. */
     size_t param_count;
     model_tensor_info tensors[MODEL_TENSOR_COUNT];
     float *param_memory; /* (param_count) each */
@@ -129,55 +117,23 @@ typedef struct model {
     float *adam_v_memory;
     model_tensors params, grads, adam_m, adam_v;
 
-    model_activations *acts;
-    router_dispatch *dispatch; /* (L) of the last forward */
+    model_activations *acts;   /* activations.h */
+    router_dispatch *dispatch; /* (L) of the last forward, one rank */
+    model_last_forward last;
+    routing_balance routing;   /* routing-side balancing state */
+    model_profile profile;     /* accumulates until model_profile_reset */
+    slowdown slowdown;         /* an emulated slower device */
 
-    /* Results of the last forward. */
-    int last_batch;
-    double ce_loss;  /* mean cross-entropy, nats per byte */
-    double aux_loss; /* Σ over layers, coefficient applied */
-    double z_loss;   /* Σ over layers, coefficient applied */
-    int *expert_index; /* (L, N, K) experts chosen by the last forward */
-
-    model_profile profile; /* accumulates until model_profile_reset */
-
-    /* Expert parallelism (model_distribute); a lone rank leaves these
-     * NULL and world 1. */
+    /* The ranks sharing the batch (model_set_comm; NULL: a lone model)
+     * and, when the experts are spread over them, the expert-parallel
+     * layer (model_set_expert_parallel; NULL: every expert local). */
     const comm *comm;
-    expert_parallel *ep;
-    int *expert_rank;      /* (L, E) placement: the rank of each expert */
-    /* Split experts: (L, E, world) shares of each expert's rows, in units
-     * of 1/MODEL_SHARE_UNITS. A rank with a share holds a replica
-     * (weights and Adam moments) and computes its share of the rows,
-     * taken in slot order (rank order of the shares); the replicas' partial
-     * gradients are summed among the holders before the optimizer step,
-     * so every replica takes the same update. The expert's rank always
-     * holds a share and is the replica counted by the gradient norm and
-     * saved in checkpoints. An unsplit expert has all units at its rank. */
-    int *expert_share;
-    float *reduce_buffer;  /* staging of optimizer_reduce_gradients */
-    size_t reduce_capacity;
-    int placement_version;
-    int total_tokens;      /* tokens of the last forward over all ranks */
-
-    /* Routing-side balancing state: training state, in checkpoints and
-     * identical on every rank. Bias balancing (balance.bias_update_rate):
-     * top-k selects by probs + router_bias, gate weights stay unbiased.
-     * Routing warm-up (balance.routing_warmup_steps): during the first
-     * steps top-k selects by softmax(w·logits + (1−w)·noise) + bias, noise
-     * drawn from the running logit statistics (router_select_warmup). */
-    double bias_update_rate;
-    int routing_warmup_steps;
-    uint64_t routing_seed;     /* train.seed: keys the routing noise */
-    float *router_bias;        /* (L, E) */
-    double *router_logit_mean; /* (L) running mean of the router logits */
-    double *router_logit_var;  /* (L) running variance */
-    double *router_logit_std;  /* (L) its square root, for metrics */
-    int router_logit_stats_ready; /* the running statistics hold a step */
-    double routing_mix;        /* w of the last training step; 1: off/over */
-    int routing_step;          /* training step being routed, 0: plain */
-    double *pending_logit_mean; /* (L) statistics including this step's */
-    double *pending_logit_var;  /* (L)   batch, kept at model_end_train_step */
+    const struct model_expert_parallel *ep;
+    struct {
+        float *buffer; /* staging of optimizer_reduce_gradients */
+        double *expert_squares; /* (L, E) optimizer_grad_norm's sums */
+        size_t capacity;
+    } reduce;
 } model;
 
 /* Builds a model for cfg with activations for `batch` sequences. */
@@ -190,7 +146,8 @@ void model_destroy(model *m);
 void model_init_params(model *m, uint64_t seed);
 
 /* Forward pass of B (≤ batch) sequences of T tokens: inputs and targets
- * are (B, T). Returns the mean cross-entropy; aux and z losses are in m. */
+ * are (B, T). Returns the mean cross-entropy; aux and z losses are in
+ * m->last. */
 double model_forward(model *m, const int *inputs, const int *targets, int B);
 
 void model_zero_grad(model *m);
@@ -204,7 +161,7 @@ void model_profile_reset(model *m);
 /* Marks the next forwards as those of training step `step` (1-based): the
  * routing warm-up applies to them while step ≤ balance.routing_warmup_steps.
  * Any other forward (validation, benchmarks) routes plainly, by
- * probs + router_bias, and changes no balancing state. */
+ * probs + routing.bias, and changes no balancing state. */
 void model_begin_train_step(model *m, int step);
 
 /* Ends the training step begun by model_begin_train_step, after its
@@ -237,28 +194,45 @@ model_expert_weights model_expert_views(model *m, int l);
  * `backward`): the expert-parallel layer times its own parts. */
 void model_lap(model *m, enum model_part part, int backward);
 
-/* Spreads the routed experts over the ranks of c (placement (L, E) of
- * ranks, or NULL for round-robin by expert). Every rank then trains its
- * own `batch` sequences of the global batch. */
-int model_distribute(model *m, const comm *c, const int *placement,
-                     moe_error *err);
-/* 1 when this rank is expert e of layer l's rank (its primary holder). */
-int model_owns_expert(const model *m, int l, int e);
+/* This rank's copy of expert (l, e), as expert parallelism sees it. */
+enum model_expert_residency {
+    MODEL_EXPERT_HELD = 1,  /* a replica is here (a share of its rows) */
+    MODEL_EXPERT_OWNED = 2, /* here is its primary holder */
+    MODEL_EXPERT_SPLIT = 4  /* its rows are split over several ranks */
+};
 
-#define MODEL_SHARE_UNITS 4096
-/* 1 when this rank holds a replica of expert (l, e): a share of its rows. */
+/* The routed experts of every layer computed across ranks: a table the
+ * expert-parallel layer (engine/moe) fills and owns; the model calls it
+ * instead of its local expert GEMMs. ctx is passed back to every slot. */
+typedef struct model_expert_parallel {
+    void *ctx;
+    /* As the local path, over the ranks: ADDS the combined outputs of the
+     * layer's experts for norm_out's tokens to out. */
+    void (*forward)(void *ctx, int l, const float *norm_out,
+                    const int *expert_index, const float *gate, float *out);
+    /* ADDS to dnorm_out, SETS dgate, adds the held experts' gradients. */
+    void (*backward)(void *ctx, int l, const float *dout, const float *gate,
+                     float *dnorm_out, float *dgate);
+    /* The global dispatch of layer l's last forward. */
+    const router_dispatch *(*dispatch)(const void *ctx, int l);
+    /* Seconds spent exchanging with other ranks so far. */
+    double (*exchange_s)(const void *ctx);
+    /* enum model_expert_residency bits of expert (l, e) on this rank. */
+    int (*residency)(const void *ctx, int l, int e);
+} model_expert_parallel;
+
+/* The ranks of c share the batch: every rank trains its own `batch`
+ * sequences of the global batch, and the losses are summed over them. */
+int model_set_comm(model *m, const comm *c, moe_error *err);
+/* Installs the expert-parallel layer (its table must outlive the model's
+ * use of it), or NULL for every expert local. */
+void model_set_expert_parallel(model *m, const model_expert_parallel *ep);
+/* 1 when this rank is expert e of layer l's primary holder. */
+int model_owns_expert(const model *m, int l, int e);
+/* 1 when this rank holds a replica of expert (l, e). */
 int model_holds_expert(const model *m, int l, int e);
-/* Share of rank r in expert (l, e), in 1/MODEL_SHARE_UNITS. */
-int model_expert_share(const model *m, int l, int e, int r);
-/* Gives all of (l, e)'s rows to its rank: no longer split. */
-void model_unsplit_expert(model *m, int l, int e);
-/* Shares (world) for n distinct ranks with integer weights: units in
- * proportion, the rounding remainder to the first. Returns -1 when a
- * rank's share would round to nothing. */
-int model_shares_from_weights(int world, int n, const int *ranks,
-                              const int *weights, int *share);
-/* Experts currently split over more than one rank. */
-int model_split_experts(const model *m);
+/* 1 when expert (l, e)'s rows are split over several ranks. */
+int model_expert_is_split(const model *m, int l, int e);
 
 /* Tokens routed to each expert by the last forward: load (L, E). */
 void model_expert_load(const model *m, int *load);

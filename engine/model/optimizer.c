@@ -55,9 +55,8 @@ double optimizer_grad_norm(const model *m)
      * the experts are. */
     double dense = 0.0;
     size_t experts = (size_t)m->dims.L * m->dims.E;
-    double *per_expert = calloc(experts, sizeof *per_expert);
-    if (!per_expert)
-        return NAN;
+    double *per_expert = m->reduce.expert_squares; /* model_set_comm's */
+    memset(per_expert, 0, experts * sizeof *per_expert);
     for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
         const model_tensor_info *t = &m->tensors[i];
         if (!is_expert_tensor(i)) {
@@ -76,7 +75,6 @@ double optimizer_grad_norm(const model *m)
     double total = dense;
     for (size_t x = 0; x < experts; x++)
         total += per_expert[x];
-    free(per_expert);
     return sqrt(total);
 }
 
@@ -97,10 +95,34 @@ static void update(model *m, const optimizer_settings *s, size_t offset,
  * computed its share of the expert's rows; the others add zeros, which
  * leave a sum bit for bit as it was). The sum runs in rank order on every
  * rank, so every replica of a split expert takes the same update. */
-void optimizer_reduce_gradients(model *m)
+/* Grows the staging to `count` floats plus the all-reduce's scratch. Every
+ * rank grows at the same step (the count follows the placement, the same
+ * everywhere), and all learn whether any failed: none is left waiting in
+ * the all-reduce. */
+static int reserve_staging(model *m, size_t count, moe_error *err)
+{
+    size_t total = count + comm_allreduce_scratch_count(m->comm, count);
+    free(m->reduce.buffer);
+    m->reduce.buffer = malloc(total * sizeof *m->reduce.buffer);
+    double failed = m->reduce.buffer == NULL;
+    comm_allreduce_max_double(m->comm, &failed, 1);
+    if (failed) {
+        free(m->reduce.buffer);
+        m->reduce.buffer = NULL;
+        m->reduce.capacity = 0;
+        return error_set(err, "out of memory for the gradient all-reduce "
+                              "(%.1f MiB a rank): fewer split experts or "
+                              "a smaller model need less",
+                         (double)total * sizeof(float) / (1 << 20));
+    }
+    m->reduce.capacity = count;
+    return 0;
+}
+
+int optimizer_reduce_gradients(model *m, moe_error *err)
 {
     if (!m->ep)
-        return;
+        return 0;
     const model_dims *d = &m->dims;
     size_t w13 = expert_slice(m, MODEL_TENSOR_expert_w13);
     size_t w2 = expert_slice(m, MODEL_TENSOR_expert_w2);
@@ -108,16 +130,14 @@ void optimizer_reduce_gradients(model *m)
     for (int i = 0; i < MODEL_TENSOR_COUNT; i++)
         if (!is_expert_tensor(i))
             count += m->tensors[i].count;
-    int split = model_split_experts(m);
+    int split = 0;
+    for (int l = 0; l < d->L; l++)
+        for (int e = 0; e < d->E; e++)
+            split += model_expert_is_split(m, l, e);
     count += (size_t)split * (w13 + w2);
-    if (count > m->reduce_capacity) {
-        free(m->reduce_buffer);
-        m->reduce_buffer = malloc(count * sizeof *m->reduce_buffer);
-        m->reduce_capacity = m->reduce_buffer ? count : 0;
-        if (!m->reduce_buffer)
-            comm_abort(m->comm, 1);
-    }
-    float *pack = m->reduce_buffer;
+    if (count > m->reduce.capacity && reserve_staging(m, count, err) < 0)
+        return -1;
+    float *pack = m->reduce.buffer;
     /* Pack, reduce, unpack: the same walk both ways. */
     for (int pass = 0; pass < 2; pass++) {
         size_t at = 0;
@@ -135,8 +155,7 @@ void optimizer_reduce_gradients(model *m)
         for (int l = 0; split && l < d->L; l++)
             for (int e = 0; e < d->E; e++) {
                 size_t x = (size_t)l * d->E + e;
-                if (model_expert_share(m, l, e, m->expert_rank[x]) ==
-                    MODEL_SHARE_UNITS)
+                if (!model_expert_is_split(m, l, e))
                     continue;
                 float *g13 = m->grad_memory +
                              m->tensors[MODEL_TENSOR_expert_w13].offset +
@@ -156,8 +175,9 @@ void optimizer_reduce_gradients(model *m)
                 at += w13 + w2;
             }
         if (pass == 0)
-            comm_allreduce_sum_float(m->comm, pack, count);
+            comm_allreduce_sum_float(m->comm, pack, count, pack + count);
     }
+    return 0;
 }
 
 double optimizer_step(model *m, const optimizer_settings *s, int step,

@@ -26,9 +26,11 @@ void optimizer_settings_from_config(optimizer_settings *s, const config *cfg);
  * cosine from lr down to min_lr at total_steps (and min_lr after). */
 double optimizer_lr(const optimizer_settings *s, int step);
 
-/* Sums the replicated (dense) gradients over the ranks; experts'
- * gradients stay with their ranks. Nothing to do on one rank. */
-void optimizer_reduce_gradients(model *m);
+/* Sums the replicated (dense) gradients and the split experts' partial
+ * ones over the ranks; other experts' gradients stay with their ranks.
+ * Nothing to do on one rank. Returns -1 on every rank when any rank is
+ * out of memory for the staging (err says so). */
+int optimizer_reduce_gradients(model *m, moe_error *err);
 
 /* Global L2 norm of all gradients (after the reduction). */
 double optimizer_grad_norm(const model *m);

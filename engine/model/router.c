@@ -3,6 +3,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "kernels/topk.h"
+
 int router_capacity(double capacity_factor, int N, int K, int E)
 {
     if (capacity_factor <= 0.0)
@@ -175,19 +177,7 @@ void router_select_warmup(int *expert_index, float *gate_weight,
             for (int e = 0; e < E; e++)
                 score[e] = score[e] / sum + (bias ? bias[e] : 0.0);
         }
-        /* Only a strictly larger score replaces the best: ties go to the
-         * lower index, as in the kernel. */
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int j = 0; j < k; j++)
-                    taken |= index[j] == e;
-                if (!taken && (best < 0 || score[e] > score[best]))
-                    best = e;
-            }
-            index[k] = best;
-        }
+        topk_select(index, p, NULL, score, E, K);
         float chosen = 0.0f;
         for (int k = 0; k < K; k++)
             chosen += p[index[k]];

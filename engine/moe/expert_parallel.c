@@ -5,8 +5,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "engine/model/model.h"
-#include "engine/model/router.h"
 
 /* What one layer keeps from forward to backward. Slots are global (as a
  * one-rank run numbers them); "outgoing" are the slots of this rank's
@@ -31,7 +29,7 @@ typedef struct ep_layer {
 } ep_layer;
 
 struct expert_parallel {
-    model *m;
+    expert_parallel_setup setup;
     const comm *c;
     int N_local, N_total; /* tokens */
     ep_layer *layers;
@@ -39,6 +37,8 @@ struct expert_parallel {
     int *scratch;         /* (2E) dispatch scratch */
     int *order;           /* (N_total*K) scratch */
     int *dest;            /* (N_total*K) rank of each slot */
+    int *rank_start;      /* (world) plan scratch: first row per rank */
+    int *rank_fill;       /* (world) rows placed per rank so far */
     float *send;          /* (N_total*K, max(C, 2F)) staging */
     float *recv;          /* same */
     float *d_expert_out, *d_expert_h, *d_expert_h13, *d_expert_in; /* (N*K, ·) */
@@ -64,54 +64,70 @@ static void give_back(const backend *be, void *p)
     be->ops->free(be->ctx, p);
 }
 
-int expert_parallel_create(expert_parallel **out, model *m, const comm *c,
+/* The buffers of one layer, kept from its forward to its backward. */
+static void layer_take(expert_parallel *ep, ep_layer *y, int *failed)
+{
+    const expert_parallel_setup *d = &ep->setup;
+    const backend *be = d->be;
+    const comm *c = ep->c;
+    size_t NK = (size_t)ep->N_total * d->top_k;
+    size_t local_NK = (size_t)ep->N_local * d->top_k;
+    size_t C = (size_t)d->d_model, F = (size_t)d->expert_hidden;
+    y->dispatch.group_rows = take(be, (size_t)d->experts * sizeof(int), failed);
+    y->dispatch.selected = take(be, (size_t)d->experts * sizeof(int), failed);
+    y->dispatch.token_of_slot = take(be, NK * sizeof(int), failed);
+    y->dispatch.slot_of = take(be, NK * sizeof(int), failed);
+    y->dispatch.scratch = ep->scratch;
+    y->outgoing_slot = take(be, local_NK * sizeof(int), failed);
+    y->outgoing_token = take(be, local_NK * sizeof(int), failed);
+    y->position_of = take(be, local_NK * sizeof(int), failed);
+    y->send_rows = take(be, (size_t)c->world * sizeof(int), failed);
+    y->recv_rows = take(be, (size_t)c->world * sizeof(int), failed);
+    y->recv_position = take(be, NK * sizeof(int), failed);
+    y->group_rows = take(be, (size_t)d->experts * sizeof(int), failed);
+    y->returned = take(be, local_NK * C * sizeof(float), failed);
+    y->expert_in = take(be, NK * C * sizeof(float), failed);
+    y->expert_h13 = take(be, NK * 2 * F * sizeof(float), failed);
+    y->expert_h = take(be, NK * F * sizeof(float), failed);
+    y->expert_out = take(be, NK * C * sizeof(float), failed);
+}
+
+int expert_parallel_create(expert_parallel **out,
+                           const expert_parallel_setup *setup,
                            moe_error *err)
 {
-    const model_dims *d = &m->dims;
     expert_parallel *ep = calloc(1, sizeof *ep);
     if (!ep)
         return error_set(err, "out of memory");
-    const backend *be = m->be;
-    ep->m = m;
+    ep->setup = *setup;
+    const expert_parallel_setup *d = &ep->setup;
+    const backend *be = d->be;
+    const comm *c = d->comm;
     ep->c = c;
-    ep->N_local = m->batch * d->T;
+    ep->N_local = d->local_tokens;
     ep->N_total = ep->N_local * c->world;
-    size_t NK = (size_t)ep->N_total * d->K, local_NK = (size_t)ep->N_local * d->K;
-    size_t widest = (size_t)(d->C > 2 * d->F ? d->C : 2 * d->F);
+    size_t NK = (size_t)ep->N_total * d->top_k;
+    size_t local_NK = (size_t)ep->N_local * d->top_k;
+    size_t C = (size_t)d->d_model, F = (size_t)d->expert_hidden;
+    size_t widest = C > 2 * F ? C : 2 * F;
     int failed = 0;
-    ep->layers = calloc((size_t)d->L, sizeof *ep->layers);
+    ep->layers = calloc((size_t)d->layers, sizeof *ep->layers);
     failed = !ep->layers;
     ep->global_index = take(be, NK * sizeof(int), &failed);
-    ep->scratch = take(be, (size_t)2 * d->E * sizeof(int), &failed);
+    ep->scratch = take(be, (size_t)2 * d->experts * sizeof(int), &failed);
     ep->order = take(be, NK * sizeof(int), &failed);
     ep->dest = take(be, NK * sizeof(int), &failed);
+    ep->rank_start = take(be, (size_t)c->world * sizeof(int), &failed);
+    ep->rank_fill = take(be, (size_t)c->world * sizeof(int), &failed);
     ep->send = take(be, NK * widest * sizeof(float), &failed);
     ep->recv = take(be, NK * widest * sizeof(float), &failed);
-    ep->d_expert_out = take(be, NK * d->C * sizeof(float), &failed);
-    ep->d_expert_h = take(be, NK * d->F * sizeof(float), &failed);
-    ep->d_expert_h13 = take(be, NK * 2 * d->F * sizeof(float), &failed);
-    ep->d_expert_in = take(be, NK * d->C * sizeof(float), &failed);
-    ep->d_returned = take(be, local_NK * d->C * sizeof(float), &failed);
-    for (int l = 0; !failed && l < d->L; l++) {
-        ep_layer *y = &ep->layers[l];
-        y->dispatch.group_rows = take(be, (size_t)d->E * sizeof(int), &failed);
-        y->dispatch.selected = take(be, (size_t)d->E * sizeof(int), &failed);
-        y->dispatch.token_of_slot = take(be, NK * sizeof(int), &failed);
-        y->dispatch.slot_of = take(be, NK * sizeof(int), &failed);
-        y->dispatch.scratch = ep->scratch;
-        y->outgoing_slot = take(be, local_NK * sizeof(int), &failed);
-        y->outgoing_token = take(be, local_NK * sizeof(int), &failed);
-        y->position_of = take(be, local_NK * sizeof(int), &failed);
-        y->send_rows = take(be, (size_t)c->world * sizeof(int), &failed);
-        y->recv_rows = take(be, (size_t)c->world * sizeof(int), &failed);
-        y->recv_position = take(be, NK * sizeof(int), &failed);
-        y->group_rows = take(be, (size_t)d->E * sizeof(int), &failed);
-        y->returned = take(be, local_NK * d->C * sizeof(float), &failed);
-        y->expert_in = take(be, NK * d->C * sizeof(float), &failed);
-        y->expert_h13 = take(be, NK * 2 * d->F * sizeof(float), &failed);
-        y->expert_h = take(be, NK * d->F * sizeof(float), &failed);
-        y->expert_out = take(be, NK * d->C * sizeof(float), &failed);
-    }
+    ep->d_expert_out = take(be, NK * C * sizeof(float), &failed);
+    ep->d_expert_h = take(be, NK * F * sizeof(float), &failed);
+    ep->d_expert_h13 = take(be, NK * 2 * F * sizeof(float), &failed);
+    ep->d_expert_in = take(be, NK * C * sizeof(float), &failed);
+    ep->d_returned = take(be, local_NK * C * sizeof(float), &failed);
+    for (int l = 0; !failed && l < d->layers; l++)
+        layer_take(ep, &ep->layers[l], &failed);
     if (failed) {
         expert_parallel_destroy(ep);
         return error_set(err, "out of memory for expert-parallel buffers");
@@ -124,8 +140,8 @@ void expert_parallel_destroy(expert_parallel *ep)
 {
     if (!ep)
         return;
-    const backend *be = ep->m->be;
-    for (int l = 0; ep->layers && l < ep->m->dims.L; l++) {
+    const backend *be = ep->setup.be;
+    for (int l = 0; ep->layers && l < ep->setup.layers; l++) {
         ep_layer *y = &ep->layers[l];
         give_back(be, y->dispatch.group_rows);
         give_back(be, y->dispatch.selected);
@@ -149,6 +165,8 @@ void expert_parallel_destroy(expert_parallel *ep)
     give_back(be, ep->scratch);
     give_back(be, ep->order);
     give_back(be, ep->dest);
+    give_back(be, ep->rank_start);
+    give_back(be, ep->rank_fill);
     give_back(be, ep->send);
     give_back(be, ep->recv);
     give_back(be, ep->d_expert_out);
@@ -171,19 +189,19 @@ static void slot_experts(const router_dispatch *rd, int E, int *expert_of)
 /* Rank of every slot: an expert's rows go to its holders in rank order,
  * rank r taking rows [n·cum(r-1), n·cum(r)) of its n (cum: the shares of
  * ranks up to r, as a fraction). Unsplit, all go to the expert's rank. */
-static void slot_ranks(const model *m, int l, const router_dispatch *rd,
+static void slot_ranks(const placement *p, int l, const router_dispatch *rd,
                        int world, int *dest)
 {
     int s = 0;
-    for (int e = 0; e < m->dims.E; e++) {
+    for (int e = 0; e < p->experts; e++) {
         long n = rd->group_rows[e];
         long cum = 0, begin = 0;
         for (int r = 0; r < world; r++) {
-            int share = model_expert_share(m, l, e, r);
+            int share = placement_share(p, l, e, r);
             if (!share)
                 continue;
             cum += share;
-            long end = n * cum / MODEL_SHARE_UNITS;
+            long end = n * cum / PLACEMENT_SHARE_UNITS;
             for (long i = begin; i < end; i++)
                 dest[s + i] = r;
             begin = end;
@@ -195,22 +213,21 @@ static void slot_ranks(const model *m, int l, const router_dispatch *rd,
 /* Builds the layer's global dispatch and the send/receive plan. */
 static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
 {
-    model *m = ep->m;
-    const model_dims *d = &m->dims;
+    const expert_parallel_setup *d = &ep->setup;
     const comm *c = ep->c;
     ep_layer *y = &ep->layers[l];
-    const int K = d->K, E = d->E, world = c->world;
+    const int K = d->top_k, E = d->experts, world = c->world;
     int first_token = c->rank * ep->N_local;
 
-    model_slowdown_sync(m);
+    d->before_exchange(d->model);
     comm_allgather_int(c, expert_index, ep->N_local * K, ep->global_index);
     router_build_dispatch(&y->dispatch, ep->global_index, ep->N_total, K, E,
-                          router_capacity(m->capacity_factor, ep->N_total, K,
+                          router_capacity(d->capacity_factor, ep->N_total, K,
                                           E));
     int *expert_of = ep->order;
     slot_experts(&y->dispatch, E, expert_of);
     int *dest = ep->dest;
-    slot_ranks(m, l, &y->dispatch, world, dest);
+    slot_ranks(d->placement, l, &y->dispatch, world, dest);
 
     /* Outgoing: slots of my tokens, by destination then slot. */
     memset(y->send_rows, 0, (size_t)world * sizeof(int));
@@ -219,8 +236,7 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
         if (t >= first_token && t < first_token + ep->N_local)
             y->send_rows[dest[s]]++;
     }
-    int *start = malloc((size_t)world * 2 * sizeof(int));
-    int *fill = start + world;
+    int *start = ep->rank_start, *fill = ep->rank_fill;
     int at = 0;
     for (int r = 0; r < world; r++) {
         start[r] = at;
@@ -269,7 +285,6 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
         int source = y->dispatch.token_of_slot[s] / ep->N_local;
         y->recv_position[y->mine++] = start[source] + fill[source]++;
     }
-    free(start);
 }
 
 /* Rows in `from` (receive order) to my slot order in `to`, or back. */
@@ -293,7 +308,7 @@ static void alltoall(expert_parallel *ep, const float *send,
                      const int *send_rows, float *recv, const int *recv_rows,
                      int row)
 {
-    model_slowdown_sync(ep->m);
+    ep->setup.before_exchange(ep->setup.model);
     double start = clock_monotonic_s();
     comm_alltoallv_rows(ep->c, send, send_rows, recv, recv_rows, row);
     ep->alltoall_s += clock_monotonic_s() - start;
@@ -303,31 +318,31 @@ void expert_parallel_forward(expert_parallel *ep, int l,
                              const float *norm_out, const int *expert_index,
                              const float *gate, float *out)
 {
-    model *m = ep->m;
-    const model_dims *d = &m->dims;
-    const backend_ops *ops = m->be->ops;
-    void *ctx = m->be->ctx;
-    const int C = d->C, F = d->F, E = d->E, K = d->K;
+    const expert_parallel_setup *d = &ep->setup;
+    const backend_ops *ops = d->be->ops;
+    void *ctx = d->be->ctx;
+    const int C = d->d_model, F = d->expert_hidden, E = d->experts,
+              K = d->top_k;
     ep_layer *y = &ep->layers[l];
 
     if (l == 0)
         ep->rows = 0;
     plan_layer(ep, l, expert_index);
-    model_lap(m, MODEL_PART_router, 0);
+    d->lap(d->model, EXPERT_PARALLEL_ROUTER, 0);
     ops->moe_permute(ctx, ep->send, norm_out, y->outgoing_token, y->outgoing,
                      C);
     alltoall(ep, ep->send, y->send_rows, ep->recv, y->recv_rows, C);
     gather_rows(y->expert_in, ep->recv, y->recv_position, y->mine, C);
-    model_lap(m, MODEL_PART_permute, 0);
+    d->lap(d->model, EXPERT_PARALLEL_PERMUTE, 0);
 
-    model_expert_weights w = model_expert_views(m, l);
+    expert_parallel_weights w = d->weights(d->model, l);
     ops->grouped_matmul_forward(ctx, y->expert_h13, y->expert_in, w.w13,
                                 y->group_rows, E, C, 2 * F);
     ops->swiglu_forward(ctx, y->expert_h, y->expert_h13, y->mine, F);
     ops->grouped_matmul_forward(ctx, y->expert_out, y->expert_h, w.w2,
                                 y->group_rows, E, F, C);
     ep->rows += y->mine;
-    model_lap(m, MODEL_PART_experts, 0);
+    d->lap(d->model, EXPERT_PARALLEL_EXPERTS, 0);
 
     scatter_rows(ep->send, y->expert_out, y->recv_position, y->mine, C);
     alltoall(ep, ep->send, y->recv_rows, y->returned, y->send_rows, C);
@@ -339,11 +354,11 @@ void expert_parallel_backward(expert_parallel *ep, int l, const float *dout,
                               const float *gate, float *dnorm_out,
                               float *dgate)
 {
-    model *m = ep->m;
-    const model_dims *d = &m->dims;
-    const backend_ops *ops = m->be->ops;
-    void *ctx = m->be->ctx;
-    const int C = d->C, F = d->F, E = d->E, K = d->K;
+    const expert_parallel_setup *d = &ep->setup;
+    const backend_ops *ops = d->be->ops;
+    void *ctx = d->be->ctx;
+    const int C = d->d_model, F = d->expert_hidden, E = d->experts,
+              K = d->top_k;
     ep_layer *y = &ep->layers[l];
 
     memset(ep->d_returned, 0, (size_t)y->outgoing * C * sizeof(float));
@@ -351,9 +366,9 @@ void expert_parallel_backward(expert_parallel *ep, int l, const float *dout,
                                 y->position_of, gate, ep->N_local, K, C);
     alltoall(ep, ep->d_returned, y->send_rows, ep->recv, y->recv_rows, C);
     gather_rows(ep->d_expert_out, ep->recv, y->recv_position, y->mine, C);
-    model_lap(m, MODEL_PART_permute, 1);
+    d->lap(d->model, EXPERT_PARALLEL_PERMUTE, 1);
 
-    model_expert_weights w = model_expert_views(m, l);
+    expert_parallel_weights w = d->weights(d->model, l);
     ops->grouped_matmul_backward(ctx, ep->d_expert_h, w.dw2, ep->d_expert_out,
                                  y->expert_h, w.w2, y->group_rows, E, F, C);
     ops->swiglu_backward(ctx, ep->d_expert_h13, ep->d_expert_h, y->expert_h13,
@@ -361,7 +376,7 @@ void expert_parallel_backward(expert_parallel *ep, int l, const float *dout,
     ops->grouped_matmul_backward(ctx, ep->d_expert_in, w.dw13,
                                  ep->d_expert_h13, y->expert_in, w.w13,
                                  y->group_rows, E, C, 2 * F);
-    model_lap(m, MODEL_PART_experts, 1);
+    d->lap(d->model, EXPERT_PARALLEL_EXPERTS, 1);
 
     scatter_rows(ep->send, ep->d_expert_in, y->recv_position, y->mine, C);
     alltoall(ep, ep->send, y->recv_rows, ep->recv, y->send_rows, C);

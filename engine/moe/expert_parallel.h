@@ -14,13 +14,50 @@
 
 #include "engine/core/comm.h"
 #include "engine/core/error.h"
+#include "engine/model/router.h"
+#include "engine/moe/placement.h"
+#include "kernels/backend.h"
 
-struct model;
 typedef struct expert_parallel expert_parallel;
 
-/* For model m (activations for its local batch) on the ranks of c. */
-int expert_parallel_create(expert_parallel **out, struct model *m,
-                           const comm *c, moe_error *err);
+/* Per-expert weight and gradient pointers of one layer (E each), for the
+ * grouped GEMMs. */
+typedef struct expert_parallel_weights {
+    const float **w13, **w2; /* (E): (2F, C) and (C, F) */
+    float **dw13, **dw2;     /* (E) */
+} expert_parallel_weights;
+
+/* Where the time of an expert-parallel layer goes (the model's profile). */
+enum expert_parallel_part {
+    EXPERT_PARALLEL_ROUTER,  /* all-gather of the choices, the plan */
+    EXPERT_PARALLEL_PERMUTE, /* permutes and all-to-alls */
+    EXPERT_PARALLEL_EXPERTS  /* the routed expert GEMMs */
+};
+
+/* What expert parallelism needs from the model, given explicitly. */
+typedef struct expert_parallel_setup {
+    int layers, experts, top_k; /* L, E, K */
+    int d_model, expert_hidden; /* C, F */
+    int local_tokens;           /* rows of this rank's batch (batch·T) */
+    double capacity_factor;     /* 0: dropless */
+    const backend *be;          /* whose memory the buffers are */
+    const comm *comm;
+    const placement *placement; /* read at every forward */
+    /* Hooks into the model, called with `model`: layer l's expert weight
+     * views (valid until the next call), the end of a profile lap, and
+     * the moment before every exchange with other ranks (the emulated
+     * slowdown is paid there). */
+    void *model;
+    expert_parallel_weights (*weights)(void *model, int l);
+    void (*lap)(void *model, enum expert_parallel_part part, int backward);
+    void (*before_exchange)(void *model);
+} expert_parallel_setup;
+
+/* Buffers for the worst case (every slot on this rank) are taken here, so
+ * a step allocates nothing. */
+int expert_parallel_create(expert_parallel **out,
+                           const expert_parallel_setup *setup,
+                           moe_error *err);
 void expert_parallel_destroy(expert_parallel *ep);
 
 /* Layer l forward: routes the local tokens' rows of norm_out (N_local, C)
@@ -39,8 +76,8 @@ void expert_parallel_backward(expert_parallel *ep, int l, const float *dout,
                               float *dgate);
 
 /* The global dispatch of layer l's last forward. */
-const struct router_dispatch *expert_parallel_dispatch(
-    const expert_parallel *ep, int l);
+const router_dispatch *expert_parallel_dispatch(const expert_parallel *ep,
+                                                int l);
 
 /* Rows this rank's experts processed in the last forward (all layers). */
 long expert_parallel_rows(const expert_parallel *ep);

@@ -71,11 +71,11 @@ static json_t *measure_training(void *arg)
         double loss_first = NAN, loss_last = NAN;
         step_stats s;
         for (int i = 0; i < warmup; i++)
-            trainer_step(t, &s);
+            trainer_step(t, &s, &err); /* one rank: cannot fail */
         model_profile_reset(t->model);
         t->data_s = t->zero_grad_s = t->optimizer_s = 0;
         for (int i = 0; i < steps; i++) {
-            trainer_step(t, &s);
+            trainer_step(t, &s, &err); /* one rank: cannot fail */
             tokens_per_s[i] = s.tokens_per_s;
             step_ms[i] = s.step_s * 1e3;
             if (i == 0)

@@ -19,7 +19,7 @@ static record_state boundary_record_state(const boundary_state *b)
         .paused = b->paused,
         .lr = optimizer_lr(&t->opt, t->state.step + 1),
         .ranks = t->comm->world,
-        .placement_version = t->model->placement_version,
+        .placement_version = t->placement->version,
         .policy = t->bal.policy,
         .every = t->bal.every,
         .min_gain = t->bal.min_gain,
@@ -36,13 +36,13 @@ static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
                           char *text, size_t text_size, moe_error *err)
 {
     trainer *t = bs->t;
-    model *m = t->model;
+    const placement *where = t->placement;
     balancer *b = &t->bal;
     int reuse = action == PLAN_APPLY && b->have_proposal &&
-                b->proposal_version == m->placement_version;
+                b->proposal_version == t->placement->version;
     if (!reuse)
-        verdict[0] = balancer_plan(b, m->expert_rank, m->expert_share,
-                                   m->placement_version, text, text_size);
+        verdict[0] = balancer_plan(b, where->expert_rank, where->share,
+                                   where->version, text, text_size);
     if (verdict[0] != 0)
         return;
     double gain = 1.0 - b->after_s / b->before_s;
@@ -50,7 +50,7 @@ static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
     verdict[1] = b->proposal_changes > 0 &&
                  (action == PLAN_APPLY ||
                   (action == PLAN_AUTO && gain >= threshold));
-    balancer_describe(b, m->expert_rank, m->expert_share, text, text_size);
+    balancer_describe(b, where->expert_rank, where->share, text, text_size);
     if (action == PLAN_AUTO && !verdict[1] && b->proposal_changes > 0)
         snprintf(text + strlen(text), text_size - strlen(text),
                  "; kept: gain below %g%%%s", threshold * 100,
@@ -59,7 +59,7 @@ static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
     if (bs->metrics &&
         balancer_write_plan(b, bs->metrics, t->state.step,
                             record_trigger_names[trigger], verdict[1],
-                            m->expert_rank, err) < 0)
+                            where->expert_rank, err) < 0)
         verdict[0] = -2;
 }
 
@@ -114,7 +114,7 @@ static int plan_collective(boundary_state *bs, record_trigger trigger,
         b->measured_steps = 0;
         snprintf(reply + strlen(reply), reply_size - strlen(reply),
                  "; applied in %.1f ms, placement version %d", took_ms,
-                 m->placement_version);
+                 t->placement->version);
     }
     return 0;
 }
@@ -173,7 +173,7 @@ static int apply_move(boundary_state *b, const command *c,
     snprintf(out->reply, sizeof out->reply, "expert %d.%d on rank %d from "
              "step %d (%zu bytes moved, placement version %d)", c->layer,
              c->expert, c->rank, t->state.step + 1, bytes,
-             t->model->placement_version);
+             t->placement->version);
     return 0;
 }
 
@@ -187,10 +187,10 @@ static int apply_split(boundary_state *b, const command *c,
     int *share = calloc((size_t)world, sizeof *share);
     if (!share)
         return error_set(err, "out of memory");
-    if (model_shares_from_weights(world, c->split_count, c->split_rank,
+    if (placement_shares_from_weights(world, c->split_count, c->split_rank,
                                   c->split_weight, share) < 0) {
         snprintf(local, size, "split: a weight is too small for its rank "
-                 "to get any rows (shares are in 1/%d)", MODEL_SHARE_UNITS);
+                 "to get any rows (shares are in 1/%d)", PLACEMENT_SHARE_UNITS);
         out->flags |= APPLIED_REFUSED;
         free(share);
         return 0;
@@ -206,11 +206,11 @@ static int apply_split(boundary_state *b, const command *c,
     for (int i = 0; i < c->split_count && at > 0 && (size_t)at < size; i++)
         at += snprintf(local + at, size - (size_t)at, " rank %d %.1f%%",
                        c->split_rank[i],
-                       100.0 * share[c->split_rank[i]] / MODEL_SHARE_UNITS);
+                       100.0 * share[c->split_rank[i]] / PLACEMENT_SHARE_UNITS);
     if (at > 0 && (size_t)at < size)
         snprintf(local + at, size - (size_t)at,
                  " (%zu bytes shipped, placement version %d)", bytes,
-                 t->model->placement_version);
+                 t->placement->version);
     free(share);
     return 0;
 }
@@ -328,7 +328,7 @@ static int apply_status(boundary_state *b, const command *c,
              t->state.step, b->opt->last_step,
              b->paused ? "paused" : "running",
              optimizer_lr(&t->opt, t->state.step + 1), t->comm->world,
-             t->comm->world > 1 ? "s" : "", t->model->placement_version,
+             t->comm->world > 1 ? "s" : "", t->placement->version,
              config_policy_names[t->bal.policy], t->bal.every,
              t->bal.min_gain * 100);
     return 0;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "engine/balance/cost.h"
+#include "engine/moe/migration.h"
 #include "engine/protocol/script.h"
 #include "kernels/cpu/cpu_backend.h"
 
@@ -53,7 +54,8 @@ static int start_backend(trainer *t, const config_device *device, int rank,
 
 const char *trainer_device_error(const trainer *t)
 {
-    return t->gpu.handle ? t->gpu.backend_error() : NULL;
+    const backend_ops *ops = t->be.ops;
+    return ops && ops->last_error ? ops->last_error(t->be.ctx) : NULL;
 }
 
 static void stop_backend(trainer *t)
@@ -66,8 +68,9 @@ static void stop_backend(trainer *t)
     }
 }
 
-int trainer_create(trainer **out, const config *cfg, const comm *c,
-                   moe_error *err)
+/* What a training run needs of its configuration beyond what the config
+ * checks: one rank per device entry, a byte model, a divisible batch. */
+static int check_run_config(const config *cfg, const comm *c, moe_error *err)
 {
     if (cfg->cluster.device_count != c->world)
         return error_set(err, "%s: cluster.devices lists %d device(s) but "
@@ -89,11 +92,19 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
                               "trainer reads bytes (vocab_size 256) with "
                               "n_kv_heads equal to n_heads", cfg->source,
                          cfg->model.vocab_size, cfg->model.n_kv_heads);
-    const config_device *device = &cfg->cluster.devices[c->rank];
     if (cfg->train.batch_size % c->world != 0)
         return error_set(err, "%s: train.batch_size %d must be divisible "
                               "by the %d ranks", cfg->source,
                          cfg->train.batch_size, c->world);
+    return 0;
+}
+
+int trainer_create(trainer **out, const config *cfg, const comm *c,
+                   moe_error *err)
+{
+    if (check_run_config(cfg, c, err) < 0)
+        return -1;
+    const config_device *device = &cfg->cluster.devices[c->rank];
     trainer *t = calloc(1, sizeof *t);
     if (!t)
         return error_set(err, "out of memory");
@@ -109,23 +120,26 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
     if (dataset_load(&t->data, cfg->data.path, cfg->data.val_fraction,
                      cfg->model.seq_len, err) < 0)
         goto fail;
-    int *placement = calloc((size_t)cfg->model.n_layers * cfg->moe.n_experts,
-                            sizeof *placement);
+    int *configured_rank = calloc((size_t)cfg->model.n_layers *
+                                    cfg->moe.n_experts,
+                                sizeof *configured_rank);
     char reason[256];
-    int placed = placement ? config_placement(cfg, placement, reason,
-                                              sizeof reason) : -1;
+    int placed = configured_rank ? config_placement(cfg, configured_rank, reason,
+                                                  sizeof reason)
+                               : -1;
     if (placed < 0) {
         error_set(err, "%s: cluster.placement: %s", cfg->source,
-                  placement ? reason : "out of memory");
-        free(placement);
+                  configured_rank ? reason : "out of memory");
+        free(configured_rank);
         goto fail;
     }
     int made = model_create(&t->model, cfg, &t->be, t->local_batch, err) == 0 &&
-               model_distribute(t->model, c, placed ? placement : NULL,
-                                err) == 0;
-    free(placement);
+               sharding_create(&t->sharding, t->model, c,
+                               placed ? configured_rank : NULL, err) == 0;
+    free(configured_rank);
     if (!made)
         goto fail;
+    t->placement = sharding_placement(t->sharding);
     size_t tokens = (size_t)cfg->train.batch_size * cfg->model.seq_len;
     /* Tokens go to the ops (embedding, cross-entropy) as they are. */
     t->inputs = t->be.ops->alloc(t->be.ctx, tokens * sizeof *t->inputs);
@@ -137,7 +151,8 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
         error_set(err, "out of memory");
         goto fail;
     }
-    if (balancer_create(&t->bal, cfg, c->world, MODEL_SHARE_UNITS, err) < 0)
+    if (balancer_create(&t->bal, cfg, c->world, PLACEMENT_SHARE_UNITS,
+                        err) < 0)
         goto fail;
     t->price_per_hour = cost_price_per_hour(cfg);
     t->peak_flops = cost_peak_flops(cfg);
@@ -164,6 +179,7 @@ void trainer_destroy(trainer *t)
 {
     if (!t)
         return;
+    sharding_destroy(t->sharding);
     model_destroy(t->model);
     dataset_finish(&t->data);
     if (t->be.ops) {
@@ -193,15 +209,15 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
     model *m = t->model;
     const comm *c = t->comm;
     size_t experts = (size_t)m->dims.L * m->dims.E;
-    int *placement = calloc(experts, sizeof *placement);
-    if (!placement)
+    int *recorded_rank = calloc(experts, sizeof *recorded_rank);
+    if (!recorded_rank)
         return error_set(err, "out of memory");
     /* Rank 0 reads, then hands every rank the same state. */
     checkpoint_state st;
     memset(&st, 0, sizeof st);
     int status = 0;
     if (c->rank == 0) {
-        status = checkpoint_load(path, m, &st, placement, err);
+        status = checkpoint_load(path, m, &st, recorded_rank, err);
         if (status == 0 && st.seed != t->cfg.train.seed)
             status = error_set(err, "%s was trained with train.seed %llu, "
                                     "but the configuration has %llu", path,
@@ -209,7 +225,7 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
                                (unsigned long long)t->cfg.train.seed);
     }
     if (agree(t, status, err) < 0) {
-        free(placement);
+        free(recorded_rank);
         return -1;
     }
     size_t bytes = m->param_count * sizeof(float);
@@ -218,89 +234,31 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
     comm_broadcast(c, m->adam_v_memory, bytes, 0);
     comm_broadcast(c, &st, sizeof st, 0);
     model_broadcast_balance_state(m, 0);
-    comm_broadcast(c, placement, experts * sizeof *placement, 0);
+    comm_broadcast(c, recorded_rank, experts * sizeof *recorded_rank, 0);
     /* The recorded placement stands when it was made for this many ranks;
      * otherwise the experts are placed afresh. */
     int highest = 0;
     for (size_t i = 0; i < experts; i++)
-        highest = placement[i] > highest ? placement[i] : highest;
-    if (highest + 1 == c->world) {
-        memcpy(m->expert_rank, placement, experts * sizeof *placement);
-        m->placement_version++;
-    }
+        highest = recorded_rank[i] > highest ? recorded_rank[i] : highest;
     /* Checkpoints keep each expert's rank, not its split: a resumed run
      * starts unsplit, and the balance policy splits again if it pays. */
-    for (int l = 0; l < m->dims.L; l++)
-        for (int e = 0; e < m->dims.E; e++)
-            model_unsplit_expert(m, l, e);
-    free(placement);
+    placement_restore(t->placement,
+                      highest + 1 == c->world ? recorded_rank : NULL);
+    free(recorded_rank);
     t->state = st;
     return 0;
 }
 
-/* What moving one expert ships: its weights and both moments. */
-static size_t expert_move_bytes(const model *m)
-{
-    size_t experts = (size_t)m->dims.L * m->dims.E;
-    size_t slice = m->tensors[MODEL_TENSOR_expert_w13].count / experts +
-                   m->tensors[MODEL_TENSOR_expert_w2].count / experts;
-    return 3 * slice * sizeof(float);
-}
-
-/* Sends expert (l, e)'s weights and Adam moments between ranks. */
-static void transfer_expert(trainer *t, int l, int e, int from, int to)
-{
-    model *m = t->model;
-    const comm *c = t->comm;
-    if (from == to || (c->rank != from && c->rank != to))
-        return;
-    int ids[2] = {MODEL_TENSOR_expert_w13, MODEL_TENSOR_expert_w2};
-    float *slabs[3] = {m->param_memory, m->adam_m_memory, m->adam_v_memory};
-    for (int i = 0; i < 2; i++) {
-        const model_tensor_info *info = &m->tensors[ids[i]];
-        size_t slice = info->count / ((size_t)m->dims.L * m->dims.E);
-        size_t offset = info->offset + ((size_t)l * m->dims.E + e) * slice;
-        for (int k = 0; k < 3; k++) {
-            if (c->rank == from)
-                comm_send(c, slabs[k] + offset, slice * sizeof(float), to);
-            else
-                comm_recv(c, slabs[k] + offset, slice * sizeof(float), from);
-        }
-    }
-}
-
-/* A move is a split with every row on `to`. */
 size_t trainer_move_expert(trainer *t, int l, int e, int to)
 {
-    int share[CONFIG_MAX_DEVICES] = {0};
-    share[to] = MODEL_SHARE_UNITS;
-    return trainer_split_expert(t, l, e, to, share);
+    return migration_move_expert(t->model, t->placement, t->comm, l, e, to);
 }
 
 size_t trainer_split_expert(trainer *t, int l, int e, int to,
                             const int *share)
 {
-    model *m = t->model;
-    int world = t->comm->world;
-    int *rank = &m->expert_rank[(size_t)l * m->dims.E + e];
-    int *now = m->expert_share + ((size_t)l * m->dims.E + e) * world;
-    int changed = *rank != to;
-    size_t bytes = 0;
-    /* Replicas are identical: a rank that already holds one needs
-     * nothing; one that gains a share gets the expert from its rank. */
-    for (int r = 0; r < world; r++) {
-        changed |= now[r] != share[r];
-        if (share[r] > 0 && now[r] == 0) {
-            transfer_expert(t, l, e, *rank, r);
-            bytes += expert_move_bytes(m);
-        }
-    }
-    if (!changed)
-        return 0;
-    *rank = to;
-    memcpy(now, share, (size_t)world * sizeof *share);
-    m->placement_version++;
-    return bytes;
+    return migration_split_expert(t->model, t->placement, t->comm, l, e, to,
+                                  share);
 }
 
 int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
@@ -309,14 +267,12 @@ int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
     model *m = t->model;
     /* Rank 0 writes the whole model: first it collects the experts other
      * ranks hold. */
-    for (int l = 0; l < m->dims.L; l++)
-        for (int e = 0; e < m->dims.E; e++)
-            transfer_expert(t, l, e, m->expert_rank[(size_t)l * m->dims.E + e],
-                            0);
+    migration_gather_experts(m, t->placement, t->comm, 0);
     int status = 0;
     if (t->comm->rank == 0)
         status = checkpoint_save(t->cfg.checkpoint.dir, t->cfg.checkpoint.keep,
-                                 m, &t->state, path_out, path_size, err);
+                                 m, t->placement->expert_rank, &t->state,
+                                 path_out, path_size, err);
     if (agree(t, status, err) < 0)
         return -1;
     if (t->comm->world > 1)
@@ -324,57 +280,32 @@ int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
     return 0;
 }
 
-void trainer_step(trainer *t, step_stats *s)
+/* When the phases of a step ended (monotonic seconds). */
+typedef struct step_times {
+    double start, batch_done, forward_done, zeroed, backward_done, reduced,
+        end;
+} step_times;
+
+/* This rank's share of the step, gathered on rank 0 (t->rank), with each
+ * rank's idle time against the busiest. */
+static void gather_rank_stats(trainer *t, const step_times *at,
+                              double expert_s)
 {
-    const config *cfg = &t->cfg;
-    model *m = t->model;
-    int B = cfg->train.batch_size, T = cfg->model.seq_len;
-    int step = t->state.step + 1;
-
-    double experts_before = m->profile.forward_s[MODEL_PART_experts] +
-                            m->profile.backward_s[MODEL_PART_experts];
-    double start = clock_monotonic_s();
-    dataset_train_batch(&t->data, &t->state.data_rng, B, t->inputs,
-                        t->targets);
-    double batch_done = clock_monotonic_s();
-    size_t shard = (size_t)t->comm->rank * t->local_batch * T;
-    model_begin_train_step(m, step);
-    double loss = model_forward(m, t->inputs + shard, t->targets + shard,
-                                t->local_batch);
-    double forward_done = clock_monotonic_s();
-    model_zero_grad(m);
-    double zeroed = clock_monotonic_s();
-    model_backward(m);
-    double backward_done = clock_monotonic_s();
-    optimizer_reduce_gradients(m);
-    double reduced = clock_monotonic_s();
-    double lr = optimizer_lr(&t->opt, step);
-    double grad_norm = optimizer_step(m, &t->opt, step, lr);
-    double end = clock_monotonic_s();
-    double step_s = end - start;
-    t->data_s += batch_done - start;
-    t->zero_grad_s += zeroed - forward_done;
-    t->optimizer_s += end - backward_done;
-
-    /* This rank's share of the step, gathered on rank 0. */
+    const model *m = t->model;
     rank_stats mine;
     memset(&mine, 0, sizeof mine);
-    double expert_s = m->profile.forward_s[MODEL_PART_experts] +
-                      m->profile.backward_s[MODEL_PART_experts] -
-                      experts_before;
-    double alltoall_s = m->ep ? expert_parallel_take_alltoall_s(m->ep) : 0.0;
-    mine.alltoall_ms = alltoall_s * 1e3;
+    double step_s = at->end - at->start;
+    mine.alltoall_ms = sharding_take_alltoall_s(t->sharding) * 1e3;
     /* The expert part holds the routed-expert GEMMs alone (dispatch and
      * the all-to-all count elsewhere): the work placement can move. */
     mine.expert_ms = expert_s * 1e3;
-    mine.allreduce_ms = (reduced - backward_done) * 1e3;
+    mine.allreduce_ms = (at->reduced - at->backward_done) * 1e3;
     mine.dense_ms = step_s * 1e3 - mine.expert_ms - mine.alltoall_ms -
                     mine.allreduce_ms;
-    mine.tokens = m->ep ? (double)expert_parallel_rows(m->ep)
-                        : (double)t->local_batch * T * m->dims.K;
+    mine.tokens = (double)sharding_rows(t->sharding);
     for (int l = 0; l < m->dims.L; l++)
-        for (int e = 0; e < m->dims.E; e++)
-            mine.experts += model_holds_expert(m, l, e); /* replicas too */
+        for (int e = 0; e < m->dims.E; e++) /* replicas too */
+            mine.experts += placement_holds(t->placement, l, e);
     mine.migration_bytes = (double)t->migration_bytes;
     double expert_params = 3.0 * m->dims.C * m->dims.F;
     mine.expert_flops_per_s = expert_s > 0
@@ -386,33 +317,34 @@ void trainer_step(trainer *t, step_stats *s)
         t->cfg.cluster.devices[t->comm->rank].memory_gb * 1e9;
     mine.rss_bytes = resident_bytes();
     comm_gather(t->comm, &mine, sizeof mine, t->rank);
-    if (t->comm->rank == 0) {
-        double slowest = 0;
-        for (int r = 0; r < t->comm->world; r++) {
-            rank_stats *q = &t->rank[r];
-            double busy = q->expert_ms + q->dense_ms;
-            slowest = busy > slowest ? busy : slowest;
-        }
-        for (int r = 0; r < t->comm->world; r++)
-            t->rank[r].idle_ms =
-                slowest - (t->rank[r].expert_ms + t->rank[r].dense_ms);
+    if (t->comm->rank != 0)
+        return;
+    double slowest = 0;
+    for (int r = 0; r < t->comm->world; r++) {
+        rank_stats *q = &t->rank[r];
+        double busy = q->expert_ms + q->dense_ms;
+        slowest = busy > slowest ? busy : slowest;
     }
+    for (int r = 0; r < t->comm->world; r++)
+        t->rank[r].idle_ms =
+            slowest - (t->rank[r].expert_ms + t->rank[r].dense_ms);
+}
 
-    t->state.step = step;
-    t->state.tokens_seen += (uint64_t)B * T; /* the global batch */
-    t->train_s += step_s;
-    model_expert_load(m, t->expert_load);
-    model_end_train_step(m);
-
+/* The step's record: the model's results, the placement, the cost. */
+static void describe_step(trainer *t, step_stats *s, int step, double loss,
+                          double lr, double grad_norm, double step_s)
+{
+    const model *m = t->model;
+    int tokens = t->cfg.train.batch_size * t->cfg.model.seq_len;
     memset(s, 0, sizeof *s);
     s->step = step;
     s->loss = loss;
-    s->aux_loss = m->aux_loss;
-    s->z_loss = m->z_loss;
+    s->aux_loss = m->last.aux_loss;
+    s->z_loss = m->last.z_loss;
     s->lr = lr;
     s->grad_norm = grad_norm;
     s->step_s = step_s;
-    s->tokens = B * T;
+    s->tokens = tokens;
     s->tokens_per_s = step_s > 0 ? s->tokens / step_s : NAN;
     s->flops_per_s = s->tokens_per_s * model_flops_per_token(m);
     s->tokens_seen = t->state.tokens_seen;
@@ -424,22 +356,71 @@ void trainer_step(trainer *t, step_stats *s)
     s->ranks = t->comm->world;
     s->rank = t->rank;
     s->devices = t->cfg.cluster.devices;
-    s->placement = m->expert_rank;
-    s->share = m->expert_share;
-    s->share_units = MODEL_SHARE_UNITS;
-    s->split_experts = model_split_experts(m);
-    s->placement_version = m->placement_version;
+    s->placement = t->placement->expert_rank;
+    s->share = t->placement->share;
+    s->share_units = PLACEMENT_SHARE_UNITS;
+    s->split_experts = placement_split_count(t->placement);
+    s->placement_version = t->placement->version;
     s->straggler = -1;
     s->ideal_tokens_per_s = NAN;
-    s->router_bias = t->cfg.balance.bias_update_rate > 0 ? m->router_bias
+    s->router_bias = t->cfg.balance.bias_update_rate > 0 ? m->routing.bias
                                                           : NULL;
-    s->routing_mix = m->routing_mix;
+    s->routing_mix = m->routing.mix;
     s->cost_per_hour = t->price_per_hour;
     s->cost_per_mtok = cost_per_mtok(t->price_per_hour, s->tokens_per_s);
     s->mfu = cost_mfu((double)model_active_params(m), s->tokens_per_s,
                       t->peak_flops);
+}
+
+static double experts_s(const model *m)
+{
+    return m->profile.forward_s[MODEL_PART_experts] +
+           m->profile.backward_s[MODEL_PART_experts];
+}
+
+int trainer_step(trainer *t, step_stats *s, moe_error *err)
+{
+    const config *cfg = &t->cfg;
+    model *m = t->model;
+    int B = cfg->train.batch_size, T = cfg->model.seq_len;
+    int step = t->state.step + 1;
+    step_times at;
+
+    double experts_before = experts_s(m);
+    at.start = clock_monotonic_s();
+    dataset_train_batch(&t->data, &t->state.data_rng, B, t->inputs,
+                        t->targets);
+    at.batch_done = clock_monotonic_s();
+    size_t shard = (size_t)t->comm->rank * t->local_batch * T;
+    model_begin_train_step(m, step);
+    double loss = model_forward(m, t->inputs + shard, t->targets + shard,
+                                t->local_batch);
+    at.forward_done = clock_monotonic_s();
+    model_zero_grad(m);
+    at.zeroed = clock_monotonic_s();
+    model_backward(m);
+    at.backward_done = clock_monotonic_s();
+    if (optimizer_reduce_gradients(m, err) < 0)
+        return -1;
+    at.reduced = clock_monotonic_s();
+    double lr = optimizer_lr(&t->opt, step);
+    double grad_norm = optimizer_step(m, &t->opt, step, lr);
+    at.end = clock_monotonic_s();
+    double step_s = at.end - at.start;
+    t->data_s += at.batch_done - at.start;
+    t->zero_grad_s += at.zeroed - at.forward_done;
+    t->optimizer_s += at.end - at.backward_done;
+    gather_rank_stats(t, &at, experts_s(m) - experts_before);
+
+    t->state.step = step;
+    t->state.tokens_seen += (uint64_t)B * T; /* the global batch */
+    t->train_s += step_s;
+    model_expert_load(m, t->expert_load);
+    model_end_train_step(m);
+    describe_step(t, s, step, loss, lr, grad_norm, step_s);
     if (t->comm->rank == 0)
         balancer_observe(&t->bal, s);
+    return 0;
 }
 
 double trainer_validate(trainer *t)
@@ -493,13 +474,42 @@ static int device_failed(trainer *t, int step, moe_error *err)
     return 1;
 }
 
-train_outcome trainer_run(trainer *t, const train_run_options *opt,
-                          run_summary *summary, moe_error *err)
+/* What trainer_run keeps from its start to its finish. */
+typedef struct run_context {
+    trainer *t;
+    const train_run_options *opt;
+    const train_progress *progress; /* rank 0's, else NULL */
+    metrics_sink *metrics;          /* rank 0's, else NULL */
+    run_summary *summary;
+    int checkpointed_step;          /* -1: none written by this run */
+    uint64_t tokens_at_start;
+    double train_s_at_start;
+    int migrations_at_start;
+    size_t migration_bytes_at_start;
+    double values[SCRIPT_METRIC_COUNT]; /* the last step's, for scripts */
+    int have_values;
+    boundary_state boundary;
+} run_context;
+
+/* Only rank 0 writes metrics and reports progress. */
+static int run_start(run_context *r, trainer *t, const train_run_options *opt,
+                     run_summary *summary, moe_error *err)
 {
-    const config *cfg = &t->cfg;
-    const train_progress *progress = opt->progress;
-    char *checkpoint_path = t->last_checkpoint;
-    int checkpointed_step = -1;
+    int lead = t->comm->rank == 0;
+    memset(r, 0, sizeof *r);
+    r->t = t;
+    r->opt = opt;
+    r->progress = lead ? opt->progress : NULL;
+    r->metrics = lead ? opt->metrics : NULL;
+    r->summary = summary;
+    r->checkpointed_step = -1;
+    r->tokens_at_start = t->state.tokens_seen;
+    r->train_s_at_start = t->train_s;
+    r->migrations_at_start = t->migrations;
+    r->migration_bytes_at_start = t->migration_bytes;
+    r->boundary = (boundary_state){.t = t, .opt = opt, .metrics = r->metrics,
+                                   .checkpoint_path = t->last_checkpoint,
+                                   .checkpointed_step = &r->checkpointed_step};
 
     memset(summary, 0, sizeof *summary);
     summary->first_step = t->state.step + 1;
@@ -507,146 +517,179 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
     summary->val_loss = NAN;
     summary->val_step = -1;
     summary->status = "done";
-    uint64_t tokens_at_start = t->state.tokens_seen;
-    double train_s_at_start = t->train_s;
+    if (r->metrics &&
+        metrics_write_run(r->metrics, &t->cfg, t->model, t->state.step,
+                          err) < 0)
+        return -1;
+    return 0;
+}
 
-    /* Only rank 0 writes metrics and reports progress. */
-    int lead = t->comm->rank == 0;
-    if (!lead)
-        progress = NULL;
-    metrics_sink *metrics = lead ? opt->metrics : NULL;
-    if (metrics &&
-        metrics_write_run(metrics, cfg, t->model, t->state.step, err) < 0)
-        return TRAIN_FAILED;
-
-    train_outcome outcome = TRAIN_DONE;
-    int migrations_at_start = t->migrations;
-    size_t migration_bytes_at_start = t->migration_bytes;
-    double values[SCRIPT_METRIC_COUNT];
-    int have_values = 0;
-    boundary_state boundary = {.t = t, .opt = opt, .metrics = metrics,
-                               .checkpoint_path = checkpoint_path,
-                               .checkpointed_step = &checkpointed_step};
-    while (t->state.step < opt->last_step) {
-        /* Commands due at this boundary, on every rank alike: scheduled
-         * ones, then what clients of the control socket sent. While paused
-         * the job waits here, still answering commands. */
-        int stop_now = 0;
-        double commands_start = clock_monotonic_s();
-        if (opt->script) {
-            int flags = run_script(&boundary, have_values ? values : NULL,
-                                   err);
-            if (flags < 0)
-                return TRAIN_FAILED;
-            stop_now |= flags & APPLIED_STOP;
-        }
-        if (policy_tick(&boundary, err) < 0)
-            return TRAIN_FAILED;
-        int flags = serve_controls(&boundary, err);
-        if (flags < 0)
-            return TRAIN_FAILED;
-        stop_now |= flags & APPLIED_STOP;
-        /* Paused time is not command time. */
-        if (!boundary.paused_s)
-            summary->command_s += clock_monotonic_s() - commands_start;
-        boundary.paused_s = 0;
-        if (stop_now) {
-            outcome = TRAIN_STOPPED;
-            summary->status = "stopped";
-            break;
-        }
-        /* A stop asked of any rank stops all of them at the same step. */
-        double stop = opt->stop_requested && *opt->stop_requested;
-        comm_allreduce_max_double(t->comm, &stop, 1);
-        if (stop) {
-            outcome = TRAIN_STOPPED;
-            summary->status = "stopped";
-            break;
-        }
-        step_stats s;
-        trainer_step(t, &s);
-        if (device_failed(t, s.step, err))
-            return TRAIN_FAILED;
-        summary->loss = s.loss;
-        if (!isfinite(s.loss)) {
-            error_set(err, "training diverged at step %d: loss is %g (try a "
-                           "lower train.lr or a grad_clip)", s.step, s.loss);
-            return TRAIN_FAILED;
-        }
-        if (metrics && metrics_write_step(metrics, &s, err) < 0)
-            return TRAIN_FAILED;
-        if (lead && balancer_follow_up(&t->bal, &s, metrics, err) < 0)
-            return TRAIN_FAILED;
-        if (progress && progress->on_step)
-            progress->on_step(&s, opt->last_step, progress->user);
-
-        int last = s.step == opt->last_step;
-        if (due(s.step, cfg->train.eval_every) ||
-            (last && cfg->train.eval_every > 0)) {
-            double val_start = clock_monotonic_s();
-            double val_loss = trainer_validate(t);
-            summary->val_s += clock_monotonic_s() - val_start;
-            summary->val_loss = val_loss;
-            summary->val_step = s.step;
-            if (metrics &&
-                metrics_write_val(metrics, s.step, val_loss, err) < 0)
-                return TRAIN_FAILED;
-            if (progress && progress->on_val)
-                progress->on_val(s.step, val_loss, progress->user);
-        }
-        if (lead) {
-            script_values(values, &s, summary->val_loss);
-            have_values = 1;
-        }
-        if (due(s.step, cfg->checkpoint.every) || last) {
-            double checkpoint_start = clock_monotonic_s();
-            if (trainer_checkpoint(t, checkpoint_path, sizeof t->last_checkpoint,
-                                   err) < 0)
-                return TRAIN_FAILED;
-            summary->checkpoint_s += clock_monotonic_s() - checkpoint_start;
-            checkpointed_step = s.step;
-            if (metrics && metrics_write_checkpoint(metrics, s.step,
-                                                    checkpoint_path, err) < 0)
-                return TRAIN_FAILED;
-            if (progress && progress->on_checkpoint)
-                progress->on_checkpoint(s.step, checkpoint_path,
-                                        progress->user);
-        }
+/* Commands due at this boundary, on every rank alike: scheduled ones, then
+ * what clients of the control socket sent. While paused the job waits
+ * here, still answering commands. *stop: the run stops here (a command, or
+ * a stop asked of any rank, which stops all of them at the same step). */
+static int run_boundary(run_context *r, int *stop, moe_error *err)
+{
+    trainer *t = r->t;
+    boundary_state *b = &r->boundary;
+    int flags = 0;
+    double commands_start = clock_monotonic_s();
+    if (r->opt->script) {
+        int scripted = run_script(b, r->have_values ? r->values : NULL, err);
+        if (scripted < 0)
+            return -1;
+        flags |= scripted;
     }
-    /* A stop between checkpoints still leaves one at the current step. */
-    if (outcome == TRAIN_STOPPED && checkpointed_step != t->state.step &&
-        t->state.step > 0) {
-        if (trainer_checkpoint(t, checkpoint_path, sizeof t->last_checkpoint,
-                               err) < 0)
-            return TRAIN_FAILED;
-        checkpointed_step = t->state.step;
-        if (metrics &&
-            metrics_write_checkpoint(metrics, t->state.step, checkpoint_path,
-                                     err) < 0)
-            return TRAIN_FAILED;
-        if (progress && progress->on_checkpoint)
-            progress->on_checkpoint(t->state.step, checkpoint_path,
-                                    progress->user);
+    if (policy_tick(b, err) < 0)
+        return -1;
+    int served = serve_controls(b, err);
+    if (served < 0)
+        return -1;
+    flags |= served;
+    /* Paused time is not command time. */
+    if (!b->paused_s)
+        r->summary->command_s += clock_monotonic_s() - commands_start;
+    b->paused_s = 0;
+    *stop = (flags & APPLIED_STOP) != 0;
+    if (*stop)
+        return 0;
+    double asked = r->opt->stop_requested && *r->opt->stop_requested;
+    comm_allreduce_max_double(t->comm, &asked, 1);
+    *stop = asked != 0;
+    return 0;
+}
+
+/* Writes a checkpoint at the present step and reports it; a scheduled
+ * one (`timed`) counts in the summary's checkpoint time. */
+static int run_checkpoint(run_context *r, int timed, moe_error *err)
+{
+    trainer *t = r->t;
+    const train_progress *progress = r->progress;
+    double checkpoint_start = clock_monotonic_s();
+    if (trainer_checkpoint(t, t->last_checkpoint, sizeof t->last_checkpoint,
+                           err) < 0)
+        return -1;
+    if (timed)
+        r->summary->checkpoint_s += clock_monotonic_s() - checkpoint_start;
+    r->checkpointed_step = t->state.step;
+    if (r->metrics && metrics_write_checkpoint(r->metrics, t->state.step,
+                                               t->last_checkpoint, err) < 0)
+        return -1;
+    if (progress && progress->on_checkpoint)
+        progress->on_checkpoint(t->state.step, t->last_checkpoint,
+                                progress->user);
+    return 0;
+}
+
+/* Validation when due after step s (every train.eval_every, and last). */
+static int run_validation(run_context *r, int step, int last,
+                          moe_error *err)
+{
+    trainer *t = r->t;
+    int every = t->cfg.train.eval_every;
+    if (!due(step, every) && !(last && every > 0))
+        return 0;
+    double val_start = clock_monotonic_s();
+    double val_loss = trainer_validate(t);
+    r->summary->val_s += clock_monotonic_s() - val_start;
+    r->summary->val_loss = val_loss;
+    r->summary->val_step = step;
+    if (r->metrics && metrics_write_val(r->metrics, step, val_loss, err) < 0)
+        return -1;
+    if (r->progress && r->progress->on_val)
+        r->progress->on_val(step, val_loss, r->progress->user);
+    return 0;
+}
+
+/* One training step with its records, then validation and a checkpoint
+ * when due. */
+static int run_step(run_context *r, moe_error *err)
+{
+    trainer *t = r->t;
+    const train_run_options *opt = r->opt;
+    step_stats s;
+    if (trainer_step(t, &s, err) < 0)
+        return -1;
+    if (device_failed(t, s.step, err))
+        return -1;
+    r->summary->loss = s.loss;
+    if (!isfinite(s.loss))
+        return error_set(err, "training diverged at step %d: loss is %g "
+                              "(try a lower train.lr or a grad_clip)",
+                         s.step, s.loss);
+    if (r->metrics && metrics_write_step(r->metrics, &s, err) < 0)
+        return -1;
+    if (t->comm->rank == 0 &&
+        balancer_follow_up(&t->bal, &s, r->metrics, err) < 0)
+        return -1;
+    if (r->progress && r->progress->on_step)
+        r->progress->on_step(&s, opt->last_step, r->progress->user);
+
+    int last = s.step == opt->last_step;
+    if (run_validation(r, s.step, last, err) < 0)
+        return -1;
+    if (t->comm->rank == 0) {
+        script_values(r->values, &s, r->summary->val_loss);
+        r->have_values = 1;
     }
+    if (due(s.step, t->cfg.checkpoint.every) || last)
+        return run_checkpoint(r, 1, err);
+    return 0;
+}
+
+/* A stop between checkpoints still leaves one at the current step; then
+ * the run's summary. */
+static int run_finish(run_context *r, train_outcome outcome, moe_error *err)
+{
+    trainer *t = r->t;
+    run_summary *summary = r->summary;
+    if (outcome == TRAIN_STOPPED && r->checkpointed_step != t->state.step &&
+        t->state.step > 0 && run_checkpoint(r, 0, err) < 0)
+        return -1;
 
     summary->last_step = t->state.step;
     summary->tokens_seen = t->state.tokens_seen;
-    summary->elapsed_s = t->train_s - train_s_at_start;
+    summary->elapsed_s = t->train_s - r->train_s_at_start;
     summary->tokens_per_s =
         summary->elapsed_s > 0
-            ? (double)(t->state.tokens_seen - tokens_at_start) /
+            ? (double)(t->state.tokens_seen - r->tokens_at_start) /
                   summary->elapsed_s
             : NAN;
-    summary->checkpoint = checkpointed_step >= 0 ? checkpoint_path : NULL;
+    summary->checkpoint = r->checkpointed_step >= 0 ? t->last_checkpoint
+                                                    : NULL;
     summary->train_s = summary->elapsed_s;
     summary->cost_per_mtok = cost_per_mtok(t->price_per_hour,
                                            summary->tokens_per_s);
     summary->mfu = cost_mfu((double)model_active_params(t->model),
                             summary->tokens_per_s, t->peak_flops);
-    summary->migrations = t->migrations - migrations_at_start;
+    summary->migrations = t->migrations - r->migrations_at_start;
     summary->migration_bytes =
-        (double)(t->migration_bytes - migration_bytes_at_start);
-    if (metrics && metrics_write_summary(metrics, summary, err) < 0)
+        (double)(t->migration_bytes - r->migration_bytes_at_start);
+    if (r->metrics && metrics_write_summary(r->metrics, summary, err) < 0)
+        return -1;
+    return 0;
+}
+
+train_outcome trainer_run(trainer *t, const train_run_options *opt,
+                          run_summary *summary, moe_error *err)
+{
+    run_context r;
+    if (run_start(&r, t, opt, summary, err) < 0)
+        return TRAIN_FAILED;
+    train_outcome outcome = TRAIN_DONE;
+    while (t->state.step < opt->last_step) {
+        int stop = 0;
+        if (run_boundary(&r, &stop, err) < 0)
+            return TRAIN_FAILED;
+        if (stop) {
+            outcome = TRAIN_STOPPED;
+            summary->status = "stopped";
+            break;
+        }
+        if (run_step(&r, err) < 0)
+            return TRAIN_FAILED;
+    }
+    if (run_finish(&r, outcome, err) < 0)
         return TRAIN_FAILED;
     return outcome;
 }

@@ -17,6 +17,8 @@
 #include "engine/protocol/metrics.h"
 #include "engine/model/model.h"
 #include "engine/model/optimizer.h"
+#include "engine/moe/placement.h"
+#include "engine/moe/sharding.h"
 #include "kernels/backend.h"
 
 typedef struct trainer {
@@ -26,6 +28,9 @@ typedef struct trainer {
     backend be;
     gpu_loader gpu;        /* the GPU backend's module, for a GPU device */
     model *model;
+    sharding *sharding;     /* the experts over the ranks */
+    placement *placement;   /* sharding's table: read it, change it only
+                               through trainer_move/split_expert */
     dataset data;
     optimizer_settings opt;
     checkpoint_state state; /* step, tokens seen, seed, data RNG */
@@ -62,8 +67,9 @@ const char *trainer_device_error(const trainer *t);
 /* Continues from a checkpoint file, or the newest one in a directory. */
 int trainer_resume(trainer *t, const char *path, moe_error *err);
 
-/* Trains one step and describes it in *s. */
-void trainer_step(trainer *t, step_stats *s);
+/* Trains one step and describes it in *s. Returns -1 on every rank when
+ * the step could not be completed (out of memory; err says why). */
+int trainer_step(trainer *t, step_stats *s, moe_error *err);
 
 /* Mean validation cross-entropy over train.eval_batches fixed batches. */
 double trainer_validate(trainer *t);
@@ -76,7 +82,7 @@ int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
 size_t trainer_move_expert(trainer *t, int l, int e, int to);
 
 /* Gives expert (l, e) rank `to` and splits its rows by `share` (world,
- * in 1/MODEL_SHARE_UNITS, share[to] > 0): each rank that gains a share
+ * in 1/PLACEMENT_SHARE_UNITS, share[to] > 0): each rank that gains a share
  * and had none receives a replica from the expert's present rank. Every
  * rank calls it at the same boundary. Returns the bytes shipped. */
 size_t trainer_split_expert(trainer *t, int l, int e, int to,

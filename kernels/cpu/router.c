@@ -3,32 +3,9 @@
 #include "kernels/cpu/cpu_ops.h"
 
 #include "kernels/cpu/cpu_math.h"
+#include "kernels/topk.h"
 
 #include <math.h>
-
-/* The K best of probs + bias, best first; ties go to the lower index
- * because only a strictly larger score replaces the current best. */
-static void router_top_k(int *index, const float *p, const float *bias,
-                         int E, int K)
-{
-    for (int k = 0; k < K; k++) {
-        int best = -1;
-        float best_score = 0.0f;
-        for (int e = 0; e < E; e++) {
-            int taken = 0;
-            for (int m = 0; m < k; m++)
-                taken |= index[m] == e;
-            if (taken)
-                continue;
-            float score = bias ? p[e] + bias[e] : p[e];
-            if (best < 0 || score > best_score) {
-                best = e;
-                best_score = score;
-            }
-        }
-        index[k] = best;
-    }
-}
 
 void cpu_router_forward(void *vctx, float *probs, float *lse,
                         int *expert_index, float *gate_weight,
@@ -57,7 +34,7 @@ void cpu_router_forward(void *vctx, float *probs, float *lse,
         if (lse)
             lse[n] = max_logit + (float)log(sum);
 
-        router_top_k(index, p, bias, E, K);
+        topk_select(index, p, bias, NULL, E, K);
         float chosen = 0.0f;
         for (int k = 0; k < K; k++)
             chosen += p[index[k]];

@@ -48,6 +48,12 @@ static void gpu_op_sync(void *ctx)
     GPU_CHECK(cudaDeviceSynchronize());
 }
 
+static const char *gpu_op_last_error(void *ctx)
+{
+    (void)ctx;
+    return gpu_backend_error();
+}
+
 static const backend_ops gpu_ops = {
     gpu_backend_kind,
     gpu_matmul_forward,
@@ -77,6 +83,7 @@ static const backend_ops gpu_ops = {
     gpu_op_alloc,
     gpu_op_free,
     gpu_op_sync,
+    gpu_op_last_error,
 };
 
 extern "C" int gpu_device_count(char *why, size_t why_size)

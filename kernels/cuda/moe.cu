@@ -10,6 +10,7 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/gpu_vendor.h"
 #include "kernels/cuda/gpu_reduce.cuh"
+#include "kernels/topk.h"
 
 #include <math.h>
 
@@ -80,25 +81,7 @@ static __global__ void router_forward_kernel(float *probs, float *lse,
         if (lse)
             lse[n] = max_logit + (float)log(sum);
 
-        /* K passes of argmax; only a strictly larger score replaces the
-         * best, so ties go to the lower index. */
-        for (int k = 0; k < K; k++) {
-            int best = -1;
-            float best_score = 0.0f;
-            for (int e = 0; e < E; e++) {
-                int taken = 0;
-                for (int m = 0; m < k; m++)
-                    taken |= index[m] == e;
-                if (taken)
-                    continue;
-                float score = bias ? __fadd_rn(p[e], bias[e]) : p[e];
-                if (best < 0 || score > best_score) {
-                    best = e;
-                    best_score = score;
-                }
-            }
-            index[k] = best;
-        }
+        topk_select(index, p, bias, NULL, E, K);
         float chosen = 0.0f;
         for (int k = 0; k < K; k++)
             chosen += p[index[k]];

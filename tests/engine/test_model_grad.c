@@ -16,12 +16,12 @@
 static double objective(model *m, const int *inputs, const int *targets, int B)
 {
     double ce = model_forward(m, inputs, targets, B);
-    return ce + m->aux_loss + m->z_loss;
+    return ce + m->last.aux_loss + m->last.z_loss;
 }
 
 static int routing_equal(const model *m, const int *routing, size_t n)
 {
-    return memcmp(m->expert_index, routing, n * sizeof(int)) == 0;
+    return memcmp(m->last.expert_index, routing, n * sizeof(int)) == 0;
 }
 
 /* Bias balancing and warm-up state through the model's step API: step 1
@@ -42,46 +42,46 @@ static int prepare_balance(model *m, const int *inputs, const int *targets,
         for (int e = 0; e < E; e++) {
             int above = E * load[l * E + e] - N * K;
             float want = above < 0 ? 0.01f : above > 0 ? -0.01f : 0.0f;
-            if (m->router_bias[l * E + e] != want) {
+            if (m->routing.bias[l * E + e] != want) {
                 printf("FAIL: bias[%d][%d] %g after load %d, want %g\n", l,
-                       e, m->router_bias[l * E + e], load[l * E + e], want);
+                       e, m->routing.bias[l * E + e], load[l * E + e], want);
                 failed = 1;
             }
         }
-    if (!m->router_logit_stats_ready || !(m->router_logit_std[0] > 0) ||
-        m->routing_mix != 0.0) {
+    if (!m->routing.stats_ready || !(m->routing.logit_std[0] > 0) ||
+        m->routing.mix != 0.0) {
         printf("FAIL: after step 1: stats ready %d, std %g, mix %g\n",
-               m->router_logit_stats_ready, m->router_logit_std[0],
-               m->routing_mix);
+               m->routing.stats_ready, m->routing.logit_std[0],
+               m->routing.mix);
         failed = 1;
     }
     float bias[64];
-    double mean = m->router_logit_mean[1], var = m->router_logit_var[1];
-    memcpy(bias, m->router_bias, (size_t)L * E * sizeof(float));
+    double mean = m->routing.logit_mean[1], var = m->routing.logit_var[1];
+    memcpy(bias, m->routing.bias, (size_t)L * E * sizeof(float));
     model_forward(m, inputs, targets, B); /* as validation does */
     model_end_train_step(m);              /* no step begun: nothing */
-    if (memcmp(bias, m->router_bias, (size_t)L * E * sizeof(float)) != 0 ||
-        mean != m->router_logit_mean[1] || var != m->router_logit_var[1]) {
+    if (memcmp(bias, m->routing.bias, (size_t)L * E * sizeof(float)) != 0 ||
+        mean != m->routing.logit_mean[1] || var != m->routing.logit_var[1]) {
         printf("FAIL: a forward outside a training step changed the "
                "balancing state\n");
         failed = 1;
     }
 
     for (int i = 0; i < L * E; i++)
-        m->router_bias[i] = (float)(0.05 * rng_normal(r));
+        m->routing.bias[i] = (float)(0.05 * rng_normal(r));
     model_forward(m, inputs, targets, B);
     size_t count = (size_t)L * N * K;
     int *plain = malloc(count * sizeof *plain);
-    memcpy(plain, m->expert_index, count * sizeof *plain);
+    memcpy(plain, m->last.expert_index, count * sizeof *plain);
     model_begin_train_step(m, 4);
     model_forward(m, inputs, targets, B);
     size_t changed = 0;
     for (size_t i = 0; i < count; i++)
-        changed += plain[i] != m->expert_index[i];
+        changed += plain[i] != m->last.expert_index[i];
     free(plain);
-    if (m->routing_mix != 0.3 || changed < count / 4) {
+    if (m->routing.mix != 0.3 || changed < count / 4) {
         printf("FAIL: warm-up at w %g changed only %zu of %zu choices\n",
-               m->routing_mix, changed, count);
+               m->routing.mix, changed, count);
         failed = 1;
     }
     return failed;
@@ -131,7 +131,7 @@ static int check(const char *label, double capacity_factor, int n_shared,
     objective(m, inputs, targets, B);
     size_t routing_count = (size_t)cfg.model.n_layers * N * cfg.moe.top_k;
     int *routing = malloc(routing_count * sizeof *routing);
-    memcpy(routing, m->expert_index, routing_count * sizeof *routing);
+    memcpy(routing, m->last.expert_index, routing_count * sizeof *routing);
     int dropped = model_dropped_assignments(m);
     model_zero_grad(m);
     model_backward(m);

@@ -589,6 +589,14 @@ int main(void)
         failures++;
         printf("FAIL: %s\n", gpu_backend_error());
     }
+    /* The trainer reads failures through the table's optional slot. */
+    checks++;
+    if (!gpu.ops->last_error ||
+        gpu.ops->last_error(gpu.ctx) != gpu_backend_error()) {
+        failures++;
+        printf("FAIL: the table's last_error slot is not the backend's "
+               "failure record\n");
+    }
     gpu_backend_finish(&gpu);
     cpu_backend_finish(&cpu);
     printf("%d of %d checks failed\n", failures, checks);

@@ -7,7 +7,7 @@
  *
  * MOECTL_STANDIN_FAIL_AT=N makes the "device" fail at its Nth
  * cross-entropy call (one a training step, one a validation batch): from
- * then on gpu_backend_error reports it, as a real backend reports a
+ * then on its table's last_error reports it, as a real backend reports a
  * runtime error, and the ops keep running as a real device's would. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +38,13 @@ static void standin_crossentropy(void *ctx, float *losses, float *dlogits,
                  "(MOECTL_STANDIN_FAIL_AT)", calls);
 }
 
+/* The table's failure slot: the device tells its failure through it. */
+static const char *standin_last_error(void *ctx)
+{
+    (void)ctx;
+    return failure[0] ? failure : NULL;
+}
+
 int gpu_device_count(char *why, size_t why_size)
 {
     (void)why, (void)why_size;
@@ -60,6 +67,7 @@ int gpu_backend_init(backend *be, int device, int precision, char *why,
     standin_ops = *be->ops;
     cpu_crossentropy = standin_ops.crossentropy_forward_backward;
     standin_ops.crossentropy_forward_backward = standin_crossentropy;
+    standin_ops.last_error = standin_last_error;
     be->ops = &standin_ops;
     const char *at = getenv("MOECTL_STANDIN_FAIL_AT");
     fail_at = at ? atol(at) : 0;

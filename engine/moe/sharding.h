@@ -1,0 +1,32 @@
+/* A model's routed experts sharded over the ranks of a job: the placement
+ * table, the expert-parallel layer over it, and the wiring that lets the
+ * model call that layer without knowing it (model_expert_parallel). On one
+ * rank there is a placement table (everything on rank 0) and no layer. */
+#ifndef MOECTL_ENGINE_MOE_SHARDING_H
+#define MOECTL_ENGINE_MOE_SHARDING_H
+
+#include "engine/core/comm.h"
+#include "engine/core/error.h"
+#include "engine/model/model.h"
+#include "engine/moe/placement.h"
+
+typedef struct sharding sharding;
+
+/* Spreads m's routed experts over the ranks of c: at expert_rank (L, E),
+ * or round-robin by expert when NULL. Every rank then trains its own
+ * m->batch sequences of the global batch. Destroy it before the model. */
+int sharding_create(sharding **out, model *m, const comm *c,
+                    const int *expert_rank, moe_error *err);
+void sharding_destroy(sharding *s);
+
+/* The placement table; change it only through migration.h (and
+ * placement_restore at a resume), at a step boundary on every rank. */
+placement *sharding_placement(sharding *s);
+
+/* Rows this rank's experts processed in the last forward (all layers). */
+long sharding_rows(const sharding *s);
+
+/* Seconds spent in all-to-all since the last call (and resets). */
+double sharding_take_alltoall_s(sharding *s);
+
+#endif
