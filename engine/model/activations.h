@@ -8,7 +8,7 @@
 #include <stddef.h>
 
 #include "engine/core/error.h"
-#include "engine/model/model.h"
+#include "engine/model/tensors.h"
 #include "engine/model/router.h"
 #include "kernels/backend.h"
 
@@ -62,6 +62,8 @@
     X(token_of_slot, (size_t)L * SK)   /* (L, SK) */                           \
     X(slot_of, (size_t)L * SK)         /* (L, N, K) */                         \
     X(dispatch_scratch, (size_t)2 * E)
+
+typedef struct model_activations model_activations; /* also in model.h */
 
 struct model_activations {
     const backend *be;  /* whose memory float_memory and int_memory are */
