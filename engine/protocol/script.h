@@ -89,7 +89,7 @@ void script_values(double *values, const step_stats *st, double val_loss);
 int script_due(script *s, int step, const double *values, command *out,
                int max);
 
-/* The metric names, for messages and the README. */
+/* The metric names, for messages and the man page. */
 extern const char *const script_metric_names[SCRIPT_METRIC_COUNT];
 
 #endif

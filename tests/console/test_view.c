@@ -244,7 +244,7 @@ static void check_balance(void)
                v.plan.applied && near(v.plan.before_ms, 10.5) &&
                near(v.plan.after_ms, 9.5) && near(v.plan.gain, 0.095) &&
                near(v.plan.moved_bytes, 1000) &&
-               strcmp(v.plan.trigger, "auto") == 0,
+               v.plan.trigger == RECORD_TRIGGER_AUTO,
            "plan");
     view_apply(&v, "{\"type\":\"event\",\"step\":50,\"command\":\"policy "
                    "auto\",\"origin\":\"policy\",\"ok\":true,"

@@ -8,15 +8,17 @@
 
 #include "tui/console/format.h"
 
-static const char *plan_trigger_name(const char *trigger)
+/* How a plan came about, as the balance panel says it. */
+static const char *plan_trigger_name(int trigger)
 {
-    if (strcmp(trigger, "suggest") == 0)
-        return "suggested";
-    if (strcmp(trigger, "apply") == 0)
-        return "by apply";
-    if (strcmp(trigger, "plan") == 0)
-        return "by plan";
-    return trigger;
+    static const char *const said[] = {
+        [RECORD_TRIGGER_PLAN] = "by plan",
+        [RECORD_TRIGGER_APPLY] = "by apply",
+        [RECORD_TRIGGER_SUGGEST] = "suggested",
+        [RECORD_TRIGGER_AUTO] = "auto",
+    };
+    return trigger >= 0 && trigger <= RECORD_TRIGGER_AUTO ? said[trigger]
+                                                          : "?";
 }
 
 /* The balance band: the policy; the latest plan; the latest applied plan,
@@ -28,7 +30,7 @@ void draw_balance(console *c, const layout_rect *r)
         return;
     int cols = r->cols - 1;
     char full[256], compact[256], every[64] = "";
-    if (v->policy != VIEW_POLICY_OFF && v->policy_every > 0)
+    if (v->policy != CONFIG_POLICY_OFF && v->policy_every > 0)
         snprintf(every, sizeof every, " every %d steps, min-gain %.3g%%",
                  v->policy_every, v->policy_min_gain * 100);
     snprintf(full, sizeof full, "Balance  policy %s%s",
@@ -54,7 +56,7 @@ void draw_balance(console *c, const layout_rect *r)
         char moved[16], state[48] = "applied";
         format_bytes(moved, sizeof moved, p->moved_bytes);
         int measured = q->have && q->applied_step >= p->step;
-        if (!p->applied && strcmp(p->trigger, "auto") == 0)
+        if (!p->applied && p->trigger == RECORD_TRIGGER_AUTO)
             snprintf(state, sizeof state, "kept: gain below the threshold");
         else if (!p->applied)
             snprintf(state, sizeof state, "not applied (a applies it)");

@@ -34,9 +34,9 @@ static console_reaction next_policy(console *c, int key)
     view_policy from = c->policy_wanted != VIEW_POLICY_UNKNOWN
                            ? c->policy_wanted
                            : c->v.policy;
-    view_policy next = from == VIEW_POLICY_SUGGEST ? VIEW_POLICY_AUTO
-                       : from == VIEW_POLICY_AUTO  ? VIEW_POLICY_OFF
-                                                   : VIEW_POLICY_SUGGEST;
+    view_policy next = from == CONFIG_POLICY_SUGGEST ? CONFIG_POLICY_AUTO
+                       : from == CONFIG_POLICY_AUTO  ? CONFIG_POLICY_OFF
+                                                   : CONFIG_POLICY_SUGGEST;
     char line[32];
     snprintf(line, sizeof line, "policy %s", view_policy_name(next));
     console_send_command(c, line);

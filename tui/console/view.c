@@ -374,7 +374,7 @@ static void apply_plan(view *v, const record_value *r)
     view_plan *p = &v->plan;
     p->have = 1;
     p->step = int_of(r, RECORD_PLAN_step);
-    copy_string(p->trigger, sizeof p->trigger, r, RECORD_PLAN_trigger);
+    p->trigger = record_enum(r, RECORD_PLAN_trigger, record_trigger_names);
     p->applied = record_bool(r, RECORD_PLAN_applied);
     p->moves = (int)record_int(r, RECORD_PLAN_changes,
                                (long long)record_count(r, RECORD_PLAN_moves));

@@ -20,16 +20,9 @@ enum {
 };
 
 /* The balance policy, as far as the records tell: a config_policy, or
- * VIEW_POLICY_UNKNOWN before a record told it. The VIEW_POLICY_* names
- * other than UNKNOWN are the config_policy values under the console's
- * older names. */
+ * VIEW_POLICY_UNKNOWN before a record told it. */
 typedef int view_policy;
-enum {
-    VIEW_POLICY_UNKNOWN = -1,
-    VIEW_POLICY_OFF = CONFIG_POLICY_OFF,
-    VIEW_POLICY_SUGGEST = CONFIG_POLICY_SUGGEST,
-    VIEW_POLICY_AUTO = CONFIG_POLICY_AUTO,
-};
+enum { VIEW_POLICY_UNKNOWN = -1 };
 
 /* A measured figure from step records: the latest value and its moving
  * average, valid 0 when the latest record lacked it (absent or null) so
@@ -63,7 +56,8 @@ typedef struct view_rank {
 typedef struct view_plan {
     int have;
     int step;
-    char trigger[16];   /* plan, apply, suggest, auto */
+    int trigger;        /* record_trigger (plan, apply, suggest, auto);
+                           -1: a trigger this console does not know */
     int applied;
     int moves;          /* experts whose rank or split changes */
     int splits;         /* experts split in the plan */

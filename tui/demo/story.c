@@ -240,11 +240,11 @@ static void sample_step(demo *d)
 static void keep_plan(demo *d)
 {
     const view_plan *p = &d->v.plan;
-    if (strcmp(p->trigger, "plan") == 0) {
+    if (p->trigger == RECORD_TRIGGER_PLAN) {
         d->plan_plan = *p;
-    } else if (strcmp(p->trigger, "apply") == 0) {
+    } else if (p->trigger == RECORD_TRIGGER_APPLY) {
         d->plan_apply = *p;
-    } else if (strcmp(p->trigger, "auto") == 0) {
+    } else if (p->trigger == RECORD_TRIGGER_AUTO) {
         if (!d->plan_auto_first.have)
             d->plan_auto_first = *p;
         d->auto_decisions++;
@@ -280,15 +280,14 @@ void demo_record(demo *d, const char *line)
     view *v = &d->v;
     int events_before = v->event_count;
     int plan_step = v->plan.step, had_plan = v->plan.have;
-    char plan_trigger[sizeof v->plan.trigger];
-    memcpy(plan_trigger, v->plan.trigger, sizeof plan_trigger);
+    int plan_trigger = v->plan.trigger;
     if (view_apply(v, line) < 0)
         return;
     if (v->have_run && v->have_step && v->step > 0 &&
         v->step != d->latest_step)
         sample_step(d);
     if (v->plan.have && (!had_plan || v->plan.step != plan_step ||
-                         strcmp(v->plan.trigger, plan_trigger) != 0))
+                         v->plan.trigger != plan_trigger))
         keep_plan(d);
     if (v->event_count > events_before &&
         v->last_event_index == v->event_count - 1)
