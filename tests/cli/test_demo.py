@@ -171,6 +171,13 @@ def case_headless(tmp):
             if shown != f"{want:.2f}":
                 fail(f"rank {r} {key} {shown}, metrics {want:.2f}")
 
+    # Chapter 1: the parameter counts are the run record's.
+    run = next(r for r in records if r["type"] == "run")
+    if (f"{run['params']} parameters, {run['active_params']} active per "
+            "token") not in " ".join(text.split()):
+        fail(f"chapter 1 does not give the run's {run['params']} parameters "
+             f"and {run['active_params']} active")
+
     # Chapter 4: the move happened, at the step narrated, off the straggler.
     m = re.search(r"`move (\d+)\.(\d+) (\d+)`.*?At step (\d+) the job answered",
                   text)
@@ -181,6 +188,11 @@ def case_headless(tmp):
               and r["command"] == command]
     if not events or events[0]["step"] != int(m.group(4)):
         fail(f"no event for {command} at step {m.group(4)}")
+    took = re.search(r"\(the move took ([\d.]+) ms\)", text)
+    if events[0].get("duration_ms") is not None and (
+            not took or took.group(1) != f"{events[0]['duration_ms']:.1f}"):
+        fail(f"the move's duration narrated {took and took.group(0)!r}, "
+             f"recorded {events[0].get('duration_ms')}")
     layer, expert = int(m.group(1)), int(m.group(2))
     if steps[int(m.group(4))]["placement"][layer][expert] != top:
         fail(f"{command}: the expert was not on the straggler {top}")

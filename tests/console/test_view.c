@@ -261,6 +261,12 @@ static void check_balance(void)
     EXPECT(v.plan_result.have && v.plan_result.applied_step == 50 &&
                near(v.plan_result.measured_ms, 9.75),
            "plan_result");
+    EXPECT(!v.plan_result.delivered, "a plan_result without delivered: not");
+    view_apply(&v, "{\"type\":\"plan_result\",\"step\":100,"
+                   "\"applied_step\":50,\"steps\":50,\"before_ms\":10.7,"
+                   "\"predicted_ms\":9.5,\"measured_ms\":9.75,"
+                   "\"delivered\":true}");
+    EXPECT(v.plan_result.delivered, "plan_result delivered");
     EXPECT(strcmp(last_event(&v), "step 100: plan at step 50: predicted 9.5 "
                                   "ms, measured 9.75 ms over 50 steps "
                                   "(before 10.7 ms)") == 0,

@@ -28,6 +28,7 @@ void view_init(view *v)
     v->policy = VIEW_POLICY_UNKNOWN;
     v->policy_min_gain = NAN;
     v->last_event_index = -1;
+    v->last_event_duration_ms = NAN;
 }
 
 static void free_grids(view *v)
@@ -184,6 +185,8 @@ static void apply_run(view *v, const record_value *r)
     v->steps_total = int_of(r, RECORD_RUN_steps);
     v->tokens_per_step = int_of(r, RECORD_RUN_tokens_per_step);
     v->flops_per_token = record_real(r, RECORD_RUN_flops_per_token);
+    v->params = record_real(r, RECORD_RUN_params);
+    v->active_params = record_real(r, RECORD_RUN_active_params);
     record_value model;
     record_part(r, RECORD_RUN_model, 0, &model);
     int layers = int_of(&model, RECORD_MODEL_layers);
@@ -411,6 +414,7 @@ static void apply_plan_result(view *v, const record_value *r)
     p->before_ms = record_real(r, RECORD_PLAN_RESULT_before_ms);
     p->predicted_ms = record_real(r, RECORD_PLAN_RESULT_predicted_ms);
     p->measured_ms = record_real(r, RECORD_PLAN_RESULT_measured_ms);
+    p->delivered = record_bool(r, RECORD_PLAN_RESULT_delivered);
     char text[VIEW_EVENT_BYTES], predicted[32], measured[32], before[32];
     snprintf(text, sizeof text, "step %d: plan at step %d: predicted %s ms, "
              "measured %s ms over %d steps (before %s ms)", p->step,
@@ -467,6 +471,7 @@ static void apply_event(view *v, const record_value *r)
     snprintf(v->last_reply, sizeof v->last_reply, "%s", reply ? reply : "");
     v->last_event_step = step;
     v->last_event_ok = !refused;
+    v->last_event_duration_ms = record_real(r, RECORD_EVENT_duration_ms);
     /* Only a command from the socket is answered by a reply as well. */
     v->last_event_index =
         origin == RECORD_ORIGIN_CONTROL ? v->event_count - 1 : -1;

@@ -70,6 +70,7 @@ typedef struct view_plan {
 typedef struct view_plan_result {
     int have;
     int step, applied_step, steps;
+    int delivered;      /* at least half the predicted gain was measured */
     double before_ms, predicted_ms, measured_ms;
 } view_plan_result;
 
@@ -82,6 +83,7 @@ typedef struct view {
     int layers, experts;
     int tokens_per_step;
     double flops_per_token;
+    double params, active_params; /* parameters, and those a token uses */
     int device_count;
     view_device devices[VIEW_MAX_RANKS];
 
@@ -151,6 +153,7 @@ typedef struct view {
     char last_reply[VIEW_EVENT_BYTES];
     int last_event_step;
     int last_event_ok;      /* the event's ok: 0 when the job refused it */
+    double last_event_duration_ms; /* NAN when the event was not timed */
     int last_event_index;   /* -1: none */
     int plan_before_event;
 } view;

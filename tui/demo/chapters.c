@@ -83,13 +83,13 @@ static int chapter_cluster(demo *d)
                      d->cfg->cluster.devices[r].slowdown - 1,
                      d->cfg->cluster.devices[r].slowdown);
     demo_say(d, "Together they cost %.3g %s/h. The model: %d layers of %d "
-             "experts (top-%d, width %d, d_model %d), %.3g MFLOP of training "
-             "work per token; %d tokens a step. Experts start round-robin "
+             "experts (top-%d, width %d, d_model %d), %.0f parameters, %.0f "
+             "active per token; %d tokens a step. Experts start round-robin "
              "over the ranks (placement at step %d). Every figure that "
              "follows is measured in this run.\n", per_hour, d->v.currency,
              d->v.layers, d->v.experts, d->cfg->moe.top_k,
              d->cfg->moe.expert_hidden, d->cfg->model.d_model,
-             d->v.flops_per_token / 1e6, d->v.tokens_per_step,
+             d->v.params, d->v.active_params, d->v.tokens_per_step,
              d->latest_step);
     /* The first window: after the warm-up, from the next step on. */
     d->baseline_first = d->latest_step + 1 > DEMO_WARMUP_STEPS + 1
@@ -209,6 +209,7 @@ static int chapter_move(demo *d)
         if (outcome <= 0)
             return outcome < 0;
         d->move_step = d->event_step;
+        d->move_duration_ms = d->event_duration_ms;
         d->phase = 2;
     }
     int m = d->move_step, n = d->window;
@@ -227,6 +228,8 @@ static int chapter_move(demo *d)
         rank_label(d, d->move_to, to, sizeof to),
         d->base_expert_flops[d->move_to] / 1e9, d->baseline_first,
         d->baseline_last, m, d->reply);
+    if (isfinite(d->move_duration_ms))
+        demo_say(d, " (the move took %.1f ms)", d->move_duration_ms);
     demo_say(d, ". %s now hosts %d experts.\n",
              d->v.devices[d->move_from].name, on[d->move_from]);
     say_before_after(d, &d->before, &d->after);
@@ -313,10 +316,12 @@ static int chapter_plan(demo *d)
             "not deliver.\n");
     if (measured)
         demo_say(d, "The plan_result record at step %d: predicted %.2f ms a "
-            "step, measured %.2f ms (mean over %d steps), before %.2f ms.\n",
+            "step, measured %.2f ms (mean over %d steps), before %.2f ms%s.\n",
             d->v.plan_result.step, d->v.plan_result.predicted_ms,
             d->v.plan_result.measured_ms, d->v.plan_result.steps,
-            d->v.plan_result.before_ms);
+            d->v.plan_result.before_ms,
+            d->v.plan_result.delivered ? "" : "; it did not deliver half the "
+                                              "predicted gain");
     else if (applied)
         demo_say(d, "No plan_result record came by step %d.\n",
                  d->latest_step);

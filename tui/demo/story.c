@@ -16,6 +16,7 @@ int demo_init(demo *d, int window, const config *cfg)
     d->base_straggler = -1;
     d->move_from = d->move_to = -1;
     d->event_step = d->event_index = -1;
+    d->event_duration_ms = d->move_duration_ms = NAN;
     d->window = window;
     d->policy_every = window / 4 > 10 ? window / 4 : 10;
     d->cfg = cfg;
@@ -262,6 +263,7 @@ static void note_event(demo *d)
         d->event_step = v->last_event_step;
         d->event_index = v->last_event_index;
         d->refused = !v->last_event_ok;
+        d->event_duration_ms = v->last_event_duration_ms;
         d->answered = 1;
         snprintf(d->reply, sizeof d->reply, "%s", v->last_reply);
     }
@@ -313,6 +315,7 @@ int demo_send(demo *d, const char *fmt, ...)
     command_format(&c, d->sent, sizeof d->sent);
     d->sent_at = d->latest_step;
     d->event_step = d->event_index = -1;
+    d->event_duration_ms = NAN;
     d->answered = d->refused = 0;
     d->reply[0] = '\0';
     d->send(d->send_ctx, d->sent);

@@ -79,6 +79,7 @@ struct demo {
     int event_step;                /* -1: its event has not come */
     int event_index;               /* its line in the view's event log */
     int answered, refused;
+    double event_duration_ms;      /* its event's, NAN: not timed */
     char reply[VIEW_EVENT_BYTES];
 
     /* Plans as they came, by what asked for them. */
@@ -106,6 +107,7 @@ struct demo {
     int chapter_done;
     long long done_at_ms;
     int move_layer, move_expert, move_from, move_to, move_step;
+    double move_duration_ms;       /* NAN: the move was not timed */
     double move_load;
     int apply_step, policy_step, final_last;
     int story_over;
