@@ -21,9 +21,9 @@ int balancer_create(balancer *b, const config *cfg, int ranks,
     b->devices = cfg->cluster.devices;
     cost_params params;
     cost_model_params(cfg, &params);
-    b->expert_bytes = 16.0 * params.expert;
-    b->move_bytes = 12.0 * params.expert;
-    b->dense_bytes = 16.0 * params.dense;
+    b->expert_bytes = COST_STATE_BYTES_PER_PARAM * params.expert;
+    b->move_bytes = COST_MOVE_BYTES_PER_PARAM * params.expert;
+    b->dense_bytes = COST_STATE_BYTES_PER_PARAM * params.dense;
     b->grad_bytes = 4.0 * params.expert;
     b->share_units = share_units;
     b->link_bytes_per_s = cfg->cluster.link_gbps * 1e9;

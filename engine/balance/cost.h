@@ -30,6 +30,10 @@ typedef struct cost_params {
 
 /* Training FLOPs per parameter and token: forward 2, backward 4. */
 #define COST_FLOP_PER_PARAM_TOKEN 6.0
+/* Training state per parameter: fp32 weight, gradient and both Adam
+ * moments. A move ships the weight and the moments (12). */
+#define COST_STATE_BYTES_PER_PARAM 16.0
+#define COST_MOVE_BYTES_PER_PARAM 12.0
 
 void cost_model_params(const config *cfg, cost_params *out);
 

@@ -308,8 +308,9 @@ static void gather_rank_stats(trainer *t, const step_times *at,
     mine.migration_bytes = (double)t->migration_bytes;
     double expert_params = 3.0 * m->dims.C * m->dims.F;
     mine.expert_flops_per_s = expert_s > 0
-        ? mine.tokens * 6.0 * expert_params / expert_s : NAN;
-    mine.state_bytes = 16.0 * ((double)m->param_count -
+        ? mine.tokens * COST_FLOP_PER_PARAM_TOKEN * expert_params / expert_s
+        : NAN;
+    mine.state_bytes = COST_STATE_BYTES_PER_PARAM * ((double)m->param_count -
                                (m->dims.L * m->dims.E - mine.experts) *
                                    expert_params);
     mine.capacity_bytes =
