@@ -84,6 +84,14 @@ def grammar_names(root):
     return set(names)
 
 
+def console_keys(root):
+    """The single-character keys of the console's key table
+    (tui/console/keys.c) in its normal mode and in the demo's story."""
+    src = open(os.path.join(root, "tui/console/keys.c")).read()
+    return set(re.findall(r"\{\{'(.)'\}, \"\1\", [^{}]*?\b(?:NORMAL|KEYS_STORY)\b",
+                          src, re.S))
+
+
 def script_metrics(root):
     src = open(os.path.join(root, "engine/protocol/script.h")).read()
     block = re.search(r"#define SCRIPT_METRICS\(X\)(.*?)\n\n", src, re.S)
@@ -151,6 +159,14 @@ def main():
         if option not in option_tags:
             failures.append("OPTIONS has no entry for %s" % option)
 
+    key_tags = tags(get("KEYS"))
+    keys = console_keys(root)
+    if not keys:
+        failures.append("no keys found in tui/console/keys.c's table")
+    for key in sorted(keys):
+        if key not in key_tags:
+            failures.append("KEYS has no entry for %s" % key)
+
     grammar_tags = tags(get("COMMAND GRAMMAR"))
     for name in sorted(grammar_names(root)):
         if name not in grammar_tags:
@@ -180,6 +196,7 @@ def main():
     if "## Quick start" not in readme:
         failures.append('README.md lost its "## Quick start" heading')
 
+    print("checked %d console keys" % len(keys))
     print("checked %d subcommands, %d options, %d grammar commands, %d "
           "script metrics, %d environment variables, exit statuses %s; "
           "README.md %d lines" %
