@@ -17,4 +17,7 @@ static int failures;
         }                                                                      \
     } while (0)
 
+/* A check whose message is the condition itself. */
+#define EXPECT_THAT(cond) EXPECT(cond, "expected %s", #cond)
+
 #endif

@@ -7,16 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static int failures;
-
-#define EXPECT(cond)                                                         \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__,      \
-                    #cond);                                                  \
-            failures++;                                                      \
-        }                                                                    \
-    } while (0)
+#include "tests/expect.h"
 
 #define EXPECT_LOADS(call)                                                   \
     do {                                                                     \
@@ -86,12 +77,12 @@ static void check_round_trip(const config *cfg)
     char *text = NULL;
     size_t length = 0;
     FILE *out = open_memstream(&text, &length);
-    EXPECT(out != NULL);
+    EXPECT_THAT(out != NULL);
     if (!out)
         return;
     config_print(cfg, out);
     fclose(out);
-    EXPECT(strncmp(text, "# resolved from ", 16) == 0);
+    EXPECT_THAT(strncmp(text, "# resolved from ", 16) == 0);
 
     config back;
     moe_error err;
@@ -99,9 +90,9 @@ static void check_round_trip(const config *cfg)
     if (rc != 0)
         fprintf(stderr, "round trip of %s failed:\n%s\n---\n%s", cfg->source,
                 err.message, text);
-    EXPECT(rc == 0);
+    EXPECT_THAT(rc == 0);
     memcpy(back.name, cfg->name, sizeof back.name);
-    EXPECT(memcmp(&back, cfg, sizeof back) == 0);
+    EXPECT_THAT(memcmp(&back, cfg, sizeof back) == 0);
     free(text);
 }
 
@@ -109,30 +100,30 @@ static void test_defaults(void)
 {
     config cfg;
     config_defaults(&cfg);
-    EXPECT(strcmp(cfg.name, "default") == 0);
-    EXPECT(strcmp(cfg.cluster.currency, "USD") == 0);
-    EXPECT(cfg.cluster.device_count == 1);
-    EXPECT(strcmp(cfg.cluster.devices[0].name, "cpu0") == 0);
-    EXPECT(cfg.cluster.devices[0].backend == CONFIG_BACKEND_CPU);
-    EXPECT(cfg.cluster.devices[0].threads == 2);
-    EXPECT(cfg.cluster.devices[0].price_per_hour == 0.10);
-    EXPECT(cfg.cluster.devices[0].slowdown == 1.0);
-    EXPECT(cfg.model.d_model == 128 && cfg.model.n_heads == 4);
-    EXPECT(cfg.model.norm_eps == 1e-5);
-    EXPECT(cfg.moe.n_experts == 8 && cfg.moe.top_k == 2);
-    EXPECT(cfg.moe.capacity_factor == 0);
-    EXPECT(cfg.train.steps == 2000 && cfg.train.seed == 1337);
-    EXPECT(cfg.train.lr == 3e-3 && cfg.train.min_lr == 3e-4);
-    EXPECT(strcmp(cfg.data.path, "data/kjv.txt") == 0);
-    EXPECT(cfg.data.val_fraction == 0.05);
-    EXPECT(strcmp(cfg.checkpoint.dir, "runs/default") == 0);
-    EXPECT(cfg.checkpoint.every == 500 && cfg.checkpoint.keep == 3);
+    EXPECT_THAT(strcmp(cfg.name, "default") == 0);
+    EXPECT_THAT(strcmp(cfg.cluster.currency, "USD") == 0);
+    EXPECT_THAT(cfg.cluster.device_count == 1);
+    EXPECT_THAT(strcmp(cfg.cluster.devices[0].name, "cpu0") == 0);
+    EXPECT_THAT(cfg.cluster.devices[0].backend == CONFIG_BACKEND_CPU);
+    EXPECT_THAT(cfg.cluster.devices[0].threads == 2);
+    EXPECT_THAT(cfg.cluster.devices[0].price_per_hour == 0.10);
+    EXPECT_THAT(cfg.cluster.devices[0].slowdown == 1.0);
+    EXPECT_THAT(cfg.model.d_model == 128 && cfg.model.n_heads == 4);
+    EXPECT_THAT(cfg.model.norm_eps == 1e-5);
+    EXPECT_THAT(cfg.moe.n_experts == 8 && cfg.moe.top_k == 2);
+    EXPECT_THAT(cfg.moe.capacity_factor == 0);
+    EXPECT_THAT(cfg.train.steps == 2000 && cfg.train.seed == 1337);
+    EXPECT_THAT(cfg.train.lr == 3e-3 && cfg.train.min_lr == 3e-4);
+    EXPECT_THAT(strcmp(cfg.data.path, "data/kjv.txt") == 0);
+    EXPECT_THAT(cfg.data.val_fraction == 0.05);
+    EXPECT_THAT(strcmp(cfg.checkpoint.dir, "runs/default") == 0);
+    EXPECT_THAT(cfg.checkpoint.every == 500 && cfg.checkpoint.keep == 3);
 
     /* Padding and unused slots are zero, so two calls compare equal. */
     config again;
     memset(&again, 0xAB, sizeof again);
     config_defaults(&again);
-    EXPECT(memcmp(&cfg, &again, sizeof cfg) == 0);
+    EXPECT_THAT(memcmp(&cfg, &again, sizeof cfg) == 0);
     check_round_trip(&cfg);
 }
 
@@ -143,35 +134,35 @@ static void test_presets(void)
     config_defaults(&defaults);
 
     EXPECT_LOADS(config_load(&embedded, NULL, NULL, 0, &e_));
-    EXPECT(strcmp(embedded.name, "default") == 0);
-    EXPECT(strcmp(embedded.source, "<embedded default>") == 0);
+    EXPECT_THAT(strcmp(embedded.name, "default") == 0);
+    EXPECT_THAT(strcmp(embedded.source, "<embedded default>") == 0);
     /* The schema's defaults and configs/default.yaml must not drift
      * apart: the file states them, the schema is what the code uses. */
-    EXPECT(compare_values(&embedded, &defaults) == 0);
+    EXPECT_THAT(compare_values(&embedded, &defaults) == 0);
     report_first_difference(&defaults, &embedded);
 
     source_path("configs/default.yaml", path, sizeof path);
     EXPECT_LOADS(config_load(&file, path, NULL, 0, &e_));
-    EXPECT(strcmp(file.name, "default") == 0);
-    EXPECT(strcmp(file.source, path) == 0);
-    EXPECT(compare_values(&file, &embedded) == 0);
+    EXPECT_THAT(strcmp(file.name, "default") == 0);
+    EXPECT_THAT(strcmp(file.source, path) == 0);
+    EXPECT_THAT(compare_values(&file, &embedded) == 0);
     check_round_trip(&embedded);
     check_round_trip(&file);
 
     source_path("configs/tiny.yaml", path, sizeof path);
     EXPECT_LOADS(config_load(&tiny, path, NULL, 0, &e_));
-    EXPECT(strcmp(tiny.name, "tiny") == 0);
-    EXPECT(tiny.model.d_model == 32 && tiny.model.n_heads == 2);
-    EXPECT(tiny.cluster.devices[0].threads == 1);
-    EXPECT(tiny.cluster.devices[0].price_per_hour == 0.05);
+    EXPECT_THAT(strcmp(tiny.name, "tiny") == 0);
+    EXPECT_THAT(tiny.model.d_model == 32 && tiny.model.n_heads == 2);
+    EXPECT_THAT(tiny.cluster.devices[0].threads == 1);
+    EXPECT_THAT(tiny.cluster.devices[0].price_per_hour == 0.05);
     /* Keys the preset leaves out keep their defaults. */
-    EXPECT(tiny.cluster.devices[0].index == 0);
-    EXPECT(tiny.cluster.devices[0].slowdown == 1.0);
-    EXPECT(tiny.model.rope_theta == 10000);
-    EXPECT(tiny.moe.capacity_factor == 0);
-    EXPECT(tiny.train.beta2 == 0.95);
-    EXPECT(tiny.train.weight_decay == 0.0);
-    EXPECT(tiny.checkpoint.every == 0);
+    EXPECT_THAT(tiny.cluster.devices[0].index == 0);
+    EXPECT_THAT(tiny.cluster.devices[0].slowdown == 1.0);
+    EXPECT_THAT(tiny.model.rope_theta == 10000);
+    EXPECT_THAT(tiny.moe.capacity_factor == 0);
+    EXPECT_THAT(tiny.train.beta2 == 0.95);
+    EXPECT_THAT(tiny.train.weight_decay == 0.0);
+    EXPECT_THAT(tiny.checkpoint.every == 0);
     check_round_trip(&tiny);
 }
 
@@ -202,23 +193,23 @@ static void test_multi_device(void)
     config cfg;
     EXPECT_LOADS(config_load_text(&cfg, "dir/multi.yml", multi_yaml,
                                   strlen(multi_yaml), NULL, 0, &e_));
-    EXPECT(strcmp(cfg.name, "multi") == 0);
-    EXPECT(strcmp(cfg.cluster.currency, "EUR") == 0);
-    EXPECT(cfg.cluster.device_count == 4);
-    EXPECT(cfg.cluster.devices[0].backend == CONFIG_BACKEND_CUDA);
-    EXPECT(cfg.cluster.devices[0].peak_tflops == 312);
-    EXPECT(cfg.cluster.devices[0].threads == 2); /* device default */
-    EXPECT(strcmp(cfg.cluster.devices[1].name, "weird: name #1") == 0);
-    EXPECT(cfg.cluster.devices[1].backend == CONFIG_BACKEND_HIP);
-    EXPECT(cfg.cluster.devices[1].index == 3);
-    EXPECT(cfg.cluster.devices[1].slowdown == 2.5);
-    EXPECT(cfg.cluster.devices[1].memory_gb == 24);
-    EXPECT(strcmp(cfg.cluster.devices[2].name, "yes") == 0);
-    EXPECT(strcmp(cfg.cluster.devices[3].name,
+    EXPECT_THAT(strcmp(cfg.name, "multi") == 0);
+    EXPECT_THAT(strcmp(cfg.cluster.currency, "EUR") == 0);
+    EXPECT_THAT(cfg.cluster.device_count == 4);
+    EXPECT_THAT(cfg.cluster.devices[0].backend == CONFIG_BACKEND_CUDA);
+    EXPECT_THAT(cfg.cluster.devices[0].peak_tflops == 312);
+    EXPECT_THAT(cfg.cluster.devices[0].threads == 2); /* device default */
+    EXPECT_THAT(strcmp(cfg.cluster.devices[1].name, "weird: name #1") == 0);
+    EXPECT_THAT(cfg.cluster.devices[1].backend == CONFIG_BACKEND_HIP);
+    EXPECT_THAT(cfg.cluster.devices[1].index == 3);
+    EXPECT_THAT(cfg.cluster.devices[1].slowdown == 2.5);
+    EXPECT_THAT(cfg.cluster.devices[1].memory_gb == 24);
+    EXPECT_THAT(strcmp(cfg.cluster.devices[2].name, "yes") == 0);
+    EXPECT_THAT(strcmp(cfg.cluster.devices[3].name,
                   "t\tab \"q\" \\ \xc3\xa9") == 0);
-    EXPECT(cfg.model.d_model == 96 && cfg.model.n_heads == 3);
-    EXPECT(cfg.train.seed == UINT64_MAX);
-    EXPECT(strcmp(cfg.data.path, "/tmp/with space/x.txt") == 0);
+    EXPECT_THAT(cfg.model.d_model == 96 && cfg.model.n_heads == 3);
+    EXPECT_THAT(cfg.train.seed == UINT64_MAX);
+    EXPECT_THAT(strcmp(cfg.data.path, "/tmp/with space/x.txt") == 0);
     check_round_trip(&cfg);
 }
 
@@ -240,20 +231,20 @@ static void test_sets(void)
     };
     config cfg;
     moe_error err;
-    EXPECT(config_load(&cfg, path, sets, 9, &err) == 0);
-    EXPECT(cfg.model.d_model == 256);
-    EXPECT(cfg.model.n_heads == 8);
-    EXPECT(cfg.model.n_layers == 2); /* from the file */
-    EXPECT(cfg.train.seed == UINT64_MAX);
-    EXPECT(cfg.cluster.devices[0].backend == CONFIG_BACKEND_CUDA);
-    EXPECT(cfg.cluster.devices[0].threads == 8);
-    EXPECT(cfg.cluster.devices[0].price_per_hour == 2.5);
-    EXPECT(strcmp(cfg.data.path, "runs/a b.txt") == 0);
-    EXPECT(strcmp(cfg.checkpoint.dir, "out") == 0);
+    EXPECT_THAT(config_load(&cfg, path, sets, 9, &err) == 0);
+    EXPECT_THAT(cfg.model.d_model == 256);
+    EXPECT_THAT(cfg.model.n_heads == 8);
+    EXPECT_THAT(cfg.model.n_layers == 2); /* from the file */
+    EXPECT_THAT(cfg.train.seed == UINT64_MAX);
+    EXPECT_THAT(cfg.cluster.devices[0].backend == CONFIG_BACKEND_CUDA);
+    EXPECT_THAT(cfg.cluster.devices[0].threads == 8);
+    EXPECT_THAT(cfg.cluster.devices[0].price_per_hour == 2.5);
+    EXPECT_THAT(strcmp(cfg.data.path, "runs/a b.txt") == 0);
+    EXPECT_THAT(strcmp(cfg.checkpoint.dir, "out") == 0);
     check_round_trip(&cfg);
 
-    EXPECT(config_load(&cfg, path, sets, 10, &err) == -1);
-    EXPECT(strcmp(err.message,
+    EXPECT_THAT(config_load(&cfg, path, sets, 10, &err) == -1);
+    EXPECT_THAT(strcmp(err.message,
                   "--set:1:1: unknown section \"--set\" (expected one of: "
                   "cluster, model, moe, balance, train, data, checkpoint, "
                   "plan, launcher)\n"
@@ -263,18 +254,18 @@ static void test_sets(void)
     /* Setting a shorter string leaves no stale bytes behind. */
     const char *shorter[] = {"checkpoint.dir=a"};
     config a, b;
-    EXPECT(config_load(&a, path, shorter, 1, &err) == 0);
-    EXPECT(config_load(&b, path, NULL, 0, &err) == 0);
+    EXPECT_THAT(config_load(&a, path, shorter, 1, &err) == 0);
+    EXPECT_THAT(config_load(&b, path, NULL, 0, &err) == 0);
     memset(b.checkpoint.dir, 0, sizeof b.checkpoint.dir);
     b.checkpoint.dir[0] = 'a';
-    EXPECT(memcmp(&a, &b, sizeof a) == 0);
+    EXPECT_THAT(memcmp(&a, &b, sizeof a) == 0);
 
     /* Cross-field checks run after all overrides. */
     const char *fixed[] = {"model.n_heads=6", "model.d_model=96"};
-    EXPECT(config_load(&cfg, path, fixed, 2, &err) == 0);
+    EXPECT_THAT(config_load(&cfg, path, fixed, 2, &err) == 0);
     const char *broken[] = {"model.d_model=96", "model.n_heads=5"};
-    EXPECT(config_load(&cfg, path, broken, 2, &err) == -1);
-    EXPECT(strcmp(err.message,
+    EXPECT_THAT(config_load(&cfg, path, broken, 2, &err) == -1);
+    EXPECT_THAT(strcmp(err.message,
                   "--set:1:1: model.n_heads: model.d_model (96) must be a "
                   "multiple of model.n_heads (5)\n"
                   "  model.n_heads=5\n"
@@ -285,27 +276,27 @@ static void test_errors(void)
 {
     config cfg;
     moe_error err;
-    EXPECT(config_load(&cfg, "/nonexistent/x.yaml", NULL, 0, &err) == -1);
-    EXPECT(strcmp(err.message,
+    EXPECT_THAT(config_load(&cfg, "/nonexistent/x.yaml", NULL, 0, &err) == -1);
+    EXPECT_THAT(strcmp(err.message,
                   "/nonexistent/x.yaml: cannot open: No such file or "
                   "directory") == 0);
 
     /* A NULL error record is allowed. */
-    EXPECT(config_load_text(&cfg, "t.yaml", "model: 1\n", 9, NULL, 0,
+    EXPECT_THAT(config_load_text(&cfg, "t.yaml", "model: 1\n", 9, NULL, 0,
                             NULL) == -1);
 
     /* A warmup fixed by a later --set no longer fails; the error names the
      * key set last. */
     const char *text = "train:\n  steps: 50\n";
-    EXPECT(config_load_text(&cfg, "t.yaml", text, strlen(text), NULL, 0,
+    EXPECT_THAT(config_load_text(&cfg, "t.yaml", text, strlen(text), NULL, 0,
                             &err) == -1);
-    EXPECT(strcmp(err.message,
+    EXPECT_THAT(strcmp(err.message,
                   "t.yaml:2:3: train.steps: train.warmup_steps (100) must "
                   "not exceed train.steps (50)\n"
                   "    steps: 50\n"
                   "    ^") == 0);
     const char *fix[] = {"train.warmup_steps=10"};
-    EXPECT(config_load_text(&cfg, "t.yaml", text, strlen(text), fix, 1,
+    EXPECT_THAT(config_load_text(&cfg, "t.yaml", text, strlen(text), fix, 1,
                             &err) == 0);
 
     /* A very long line is cut around the column and the message fits. */
@@ -315,10 +306,10 @@ static void test_errors(void)
         long_text[n++] = 'a';
     n += snprintf(long_text + n, sizeof long_text - (size_t)n,
                   "\", val_fraction: 2}\n");
-    EXPECT(config_load_text(&cfg, "long.yaml", long_text, (size_t)n, NULL, 0,
+    EXPECT_THAT(config_load_text(&cfg, "long.yaml", long_text, (size_t)n, NULL, 0,
                             &err) == -1);
-    EXPECT(strlen(err.message) < sizeof err.message - 1);
-    EXPECT(strstr(err.message, "data.val_fraction: 2 is out of range") !=
+    EXPECT_THAT(strlen(err.message) < sizeof err.message - 1);
+    EXPECT_THAT(strstr(err.message, "data.val_fraction: 2 is out of range") !=
            NULL);
 }
 

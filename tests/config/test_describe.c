@@ -17,16 +17,7 @@
 #define KEYS_MAX 256
 #define KEY_LEN 96
 
-static int failures;
-
-#define EXPECT(cond)                                                         \
-    do {                                                                     \
-        if (!(cond)) {                                                       \
-            fprintf(stderr, "%s:%d: expected %s\n", __FILE__, __LINE__,      \
-                    #cond);                                                  \
-            failures++;                                                      \
-        }                                                                    \
-    } while (0)
+#include "tests/expect.h"
 
 typedef struct key_list {
     char keys[KEYS_MAX][KEY_LEN];
@@ -46,7 +37,7 @@ static void add_key(key_list *list, const char *key)
 {
     if (find_key(list, key) >= 0)
         return;
-    EXPECT(list->count < KEYS_MAX);
+    EXPECT_THAT(list->count < KEYS_MAX);
     if (list->count < KEYS_MAX)
         snprintf(list->keys[list->count++], KEY_LEN, "%s", key);
 }
@@ -56,10 +47,10 @@ static char *describe_text(config_describe_format format)
     char *text = NULL;
     size_t length = 0;
     FILE *out = open_memstream(&text, &length);
-    EXPECT(out != NULL);
+    EXPECT_THAT(out != NULL);
     if (!out)
         return NULL;
-    EXPECT(config_describe(out, format) == 0);
+    EXPECT_THAT(config_describe(out, format) == 0);
     fclose(out);
     return text;
 }
@@ -78,14 +69,14 @@ static void parse_described(const char *text, key_list *list)
             char key[KEY_LEN];
             memcpy(key, line, n);
             key[n] = '\0';
-            EXPECT(find_key(list, key) < 0); /* each key once */
+            EXPECT_THAT(find_key(list, key) < 0); /* each key once */
             add_key(list, key);
             size_t m = strcspn(next, "\n");
             const char *mark = NULL;
             for (const char *p = next; p < next + m; p++)
                 if (strncmp(p, "; default: ", 11) == 0)
                     mark = p + 11;
-            EXPECT(mark != NULL);
+            EXPECT_THAT(mark != NULL);
             if (mark)
                 snprintf(list->defaults[list->count - 1], CONFIG_PATH_MAX,
                          "%.*s", (int)(next + m - mark), mark);
@@ -128,14 +119,14 @@ static void yaml_keys(const char *text, size_t length, key_list *list)
 {
     yaml_parser_t parser;
     yaml_document_t doc;
-    EXPECT(yaml_parser_initialize(&parser));
+    EXPECT_THAT(yaml_parser_initialize(&parser));
     yaml_parser_set_input_string(&parser, (const unsigned char *)text,
                                  length);
     int loaded = yaml_parser_load(&parser, &doc);
-    EXPECT(loaded);
+    EXPECT_THAT(loaded);
     if (loaded) {
         yaml_node_t *root = yaml_document_get_root_node(&doc);
-        EXPECT(root && root->type == YAML_MAPPING_NODE);
+        EXPECT_THAT(root && root->type == YAML_MAPPING_NODE);
         if (root)
             flatten(&doc, root, "", list);
         yaml_document_delete(&doc);
@@ -146,7 +137,7 @@ static void yaml_keys(const char *text, size_t length, key_list *list)
 static char *read_whole(const char *path, size_t *length)
 {
     FILE *f = fopen(path, "rb");
-    EXPECT(f != NULL);
+    EXPECT_THAT(f != NULL);
     if (!f)
         return NULL;
     char *text = calloc(1, 1 << 20);
@@ -171,7 +162,7 @@ static void test_keys(const key_list *described, const char *root)
     char *printed = NULL;
     size_t length = 0;
     FILE *out = open_memstream(&printed, &length);
-    EXPECT(out != NULL);
+    EXPECT_THAT(out != NULL);
     if (!out)
         return;
     config_print(&defaults, out);
@@ -179,7 +170,7 @@ static void test_keys(const key_list *described, const char *root)
     static key_list accepted;
     yaml_keys(printed, length, &accepted);
     free(printed);
-    EXPECT(accepted.count > 40);
+    EXPECT_THAT(accepted.count > 40);
     for (int i = 0; i < accepted.count; i++)
         if (find_key(described, accepted.keys[i]) < 0) {
             fprintf(stderr, "not described: %s\n", accepted.keys[i]);
@@ -200,7 +191,7 @@ static void test_keys(const key_list *described, const char *root)
     static key_list in_default;
     yaml_keys(text, length, &in_default);
     free(text);
-    EXPECT(in_default.count > 40);
+    EXPECT_THAT(in_default.count > 40);
     for (int i = 0; i < in_default.count; i++)
         if (find_key(described, in_default.keys[i]) < 0) {
             fprintf(stderr, "configs/default.yaml key not described: %s\n",
@@ -237,16 +228,16 @@ static void test_defaults(const key_list *described)
     config plain, set, defaults;
     moe_error err;
     config_defaults(&defaults);
-    EXPECT(config_load_text(&plain, "empty.yaml", "{}\n", 3, NULL, 0,
+    EXPECT_THAT(config_load_text(&plain, "empty.yaml", "{}\n", 3, NULL, 0,
                             &err) == 0);
-    EXPECT(compare_values(&plain, &defaults) == 0);
+    EXPECT_THAT(compare_values(&plain, &defaults) == 0);
     int rc = config_load_text(&set, "empty.yaml", "{}\n", 3, sets, set_count,
                               &err);
     if (rc != 0)
         fprintf(stderr, "described defaults do not load:\n%s\n",
                 err.message);
-    EXPECT(rc == 0);
-    EXPECT(compare_values(&set, &defaults) == 0);
+    EXPECT_THAT(rc == 0);
+    EXPECT_THAT(compare_values(&set, &defaults) == 0);
     for (int i = 0; rc == 0 && i < set_count; i++) {
         config one;
         config_load_text(&one, "empty.yaml", "{}\n", 3, &sets[i], 1, &err);
@@ -269,8 +260,8 @@ static void test_man(const key_list *described)
     char *page = describe_text(CONFIG_DESCRIBE_MAN);
     if (!page)
         return;
-    EXPECT(strncmp(page, ".TH MOECTL-CONFIG 5 ", 20) == 0);
-    EXPECT(strstr(page, "\n.SH CONFIGURATION\n") != NULL);
+    EXPECT_THAT(strncmp(page, ".TH MOECTL-CONFIG 5 ", 20) == 0);
+    EXPECT_THAT(strstr(page, "\n.SH CONFIGURATION\n") != NULL);
     for (int i = 0; i < described->count; i++) {
         char line[KEY_LEN + 16];
         snprintf(line, sizeof line, ".TP\n.B %s\n", described->keys[i]);
@@ -304,7 +295,7 @@ int main(int argc, char **argv)
     static key_list described;
     parse_described(text, &described);
     free(text);
-    EXPECT(described.count > 40);
+    EXPECT_THAT(described.count > 40);
     test_keys(&described, root);
     test_defaults(&described);
     test_man(&described);
@@ -312,7 +303,7 @@ int main(int argc, char **argv)
     /* A write that fails is reported. */
     FILE *full = fopen("/dev/full", "w");
     if (full) {
-        EXPECT(config_describe(full, CONFIG_DESCRIBE_TEXT) == -1);
+        EXPECT_THAT(config_describe(full, CONFIG_DESCRIBE_TEXT) == -1);
         fclose(full);
     }
     if (failures) {
