@@ -390,6 +390,16 @@ static int apply_command(boundary_state *b, const command *c,
 
 enum { BOUNDARY_MAX_COMMANDS = 64 };
 
+/* Gives every rank rank 0's commands of this boundary, in its order: the
+ * count first (one broadcast a step when there are none), then the
+ * commands. */
+static void share_commands(const comm *c, command *commands, int *count)
+{
+    comm_broadcast(c, count, sizeof *count, 0);
+    if (*count > 0)
+        comm_broadcast(c, commands, (size_t)*count * sizeof *commands, 0);
+}
+
 /* One round: rank 0 drains the socket, every rank applies the commands
  * in the same order, rank 0 answers each client. Returns flags or -1. */
 static int serve_round(boundary_state *b, const command_limits *limits,
@@ -405,10 +415,7 @@ static int serve_round(boundary_state *b, const command_limits *limits,
                              BOUNDARY_MAX_COMMANDS);
     for (int i = 0; i < count; i++)
         commands[i] = requests[i].cmd;
-    /* One broadcast a step when nothing happens: the count. */
-    comm_broadcast(c, &count, sizeof count, 0);
-    if (count > 0)
-        comm_broadcast(c, commands, (size_t)count * sizeof *commands, 0);
+    share_commands(c, commands, &count);
     int flags = 0;
     for (int i = 0; i < count; i++) {
         command_result result;
@@ -466,11 +473,7 @@ int run_script(boundary_state *b, const double *values, moe_error *err)
     if (c->rank == 0)
         count = script_due(b->opt->script, t->state.step, values, due_now,
                            BOUNDARY_MAX_COMMANDS);
-    if (c->world > 1) {
-        comm_broadcast(c, &count, sizeof count, 0);
-        if (count > 0)
-            comm_broadcast(c, due_now, (size_t)count * sizeof *due_now, 0);
-    }
+    share_commands(c, due_now, &count);
     int flags = 0;
     for (int i = 0; i < count; i++) {
         command_result result;
