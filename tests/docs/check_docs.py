@@ -159,35 +159,27 @@ def main():
         if option not in option_tags:
             failures.append("OPTIONS has no entry for %s" % option)
 
-    key_tags = tags(get("KEYS"))
+    def require_entries(section, names):
+        section_tags = tags(get(section))
+        for name in sorted(names):
+            if name not in section_tags:
+                failures.append("%s has no entry for %s" % (section, name))
+
     keys = console_keys(root)
     if not keys:
         failures.append("no keys found in tui/console/keys.c's table")
-    for key in sorted(keys):
-        if key not in key_tags:
-            failures.append("KEYS has no entry for %s" % key)
-
-    grammar_tags = tags(get("COMMAND GRAMMAR"))
-    for name in sorted(grammar_names(root)):
-        if name not in grammar_tags:
-            failures.append("COMMAND GRAMMAR has no entry for %s" % name)
+    require_entries("KEYS", keys)
+    require_entries("COMMAND GRAMMAR", grammar_names(root))
     scripts = " ".join(" ".join(get("SCRIPTS")).split())
     for metric in sorted(script_metrics(root)):
         if not re.search(r"\b%s\b" % re.escape(metric), scripts):
             failures.append("SCRIPTS does not name the metric %s" % metric)
 
-    environment_tags = tags(get("ENVIRONMENT"))
-    for name in sorted(environment_names(root)):
-        if name not in environment_tags:
-            failures.append("ENVIRONMENT has no entry for %s" % name)
-
-    status_tags = tags(get("EXIT STATUS"))
+    require_entries("ENVIRONMENT", environment_names(root))
     statuses = exit_statuses(root)
     if not statuses:
         failures.append("found no documented exit status to check")
-    for status in sorted(statuses):
-        if status not in status_tags:
-            failures.append("EXIT STATUS has no entry for %s" % status)
+    require_entries("EXIT STATUS", statuses)
 
     readme = open(os.path.join(root, "README.md")).read().splitlines()
     if len(readme) > README_MAX_LINES:
