@@ -232,3 +232,17 @@ void comm_gather(const comm *c, const void *in, size_t bytes, void *out)
     memmove(out, in, bytes);
 }
 #endif
+
+int comm_agree(const comm *c, int status, moe_error *err)
+{
+    if (c->world == 1)
+        return status < 0 ? -1 : status;
+    /* The lowest failing rank, as the highest of world - rank. */
+    double first = status < 0 ? c->world - c->rank : 0;
+    comm_allreduce_max_double(c, &first, 1);
+    if (first == 0)
+        return status;
+    comm_broadcast(c, err->message, sizeof err->message,
+                   c->world - (int)first);
+    return -1;
+}

@@ -42,6 +42,9 @@ void comm_alltoallv_rows(const comm *c, const float *send,
 void comm_broadcast(const comm *c, void *data, size_t bytes, int root);
 void comm_send(const comm *c, const void *data, size_t bytes, int to);
 void comm_recv(const comm *c, void *data, size_t bytes, int from);
+/* Every rank leaves with the same verdict: -1 when `status` is negative on
+ * any rank, with the lowest such rank's err message on every rank. */
+int comm_agree(const comm *c, int status, moe_error *err);
 /* Rank 0 receives every rank's `bytes` bytes into out (world * bytes). */
 void comm_gather(const comm *c, const void *in, size_t bytes, void *out);
 

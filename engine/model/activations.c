@@ -4,12 +4,13 @@
 #include <string.h>
 
 int activations_create(model_activations **out, const model_dims *dm,
-                              int B, const backend *be, moe_error *err)
+                       int B, int local_experts, const backend *be,
+                       moe_error *err)
 {
     const size_t V = (size_t)dm->V, C = (size_t)dm->C, L = (size_t)dm->L,
                  H = (size_t)dm->H, T = (size_t)dm->T, E = (size_t)dm->E,
                  K = (size_t)dm->K, F = (size_t)dm->F, S = (size_t)dm->S;
-    const size_t N = (size_t)B * T, SK = N * K;
+    const size_t N = (size_t)B * T, SK = local_experts ? N * K : 0;
     (void)V;
 
     model_activations *a = calloc(1, sizeof *a);
@@ -25,6 +26,8 @@ int activations_create(model_activations **out, const model_dims *dm,
 #undef X
     /* What the ops address lives in the backend's memory. */
     a->be = be;
+    a->expert_slots = SK;
+    a->bytes = floats * sizeof(float) + ints * sizeof(int);
     a->float_memory = be->ops->alloc(be->ctx, floats * sizeof(float));
     a->int_memory = be->ops->alloc(be->ctx, ints * sizeof(int));
     a->w13 = malloc(E * sizeof *a->w13);
@@ -88,7 +91,7 @@ int activations_reserve_routing(model_activations *a, int sequences, int E)
 void activations_layer(model_activations *a, const model_dims *d, int batch,
                        int l, layer_acts *v)
 {
-    const size_t rows = (size_t)batch * d->T, SK = rows * d->K;
+    const size_t rows = (size_t)batch * d->T, SK = a->expert_slots;
     const size_t C = (size_t)d->C, layer = (size_t)l;
     v->x = a->resid + layer * rows * C;
     v->x_next = a->resid + (layer + 1) * rows * C;

@@ -12,7 +12,8 @@
 #include "engine/model/router.h"
 #include "kernels/backend.h"
 
-/* N = batch·T tokens, SK = N·K slots. */
+/* N = batch·T tokens, SK = N·K slots (0 when expert parallelism runs the
+ * experts: the model then routes but keeps no expert rows). */
 #define MODEL_ACTIVATIONS(X)                                                   \
     X(resid, (size_t)(L + 1) * N * C)  /* (L+1, N, C) residual entering each \
                                           layer, then the final one */         \
@@ -84,11 +85,15 @@ struct model_activations {
      * sums, then (E) scores. */
     double *routing_scratch;
     size_t routing_scratch_count;
+    size_t expert_slots; /* SK per layer: the slots the views stride by */
+    size_t bytes;        /* of both slabs */
 };
 
-/* Slabs for `batch` sequences of the model's dims, zeroed. */
+/* Slabs for `batch` sequences of the model's dims, zeroed; with
+ * local_experts 0 the expert rows are left to expert parallelism. */
 int activations_create(model_activations **out, const model_dims *dims,
-                       int batch, const backend *be, moe_error *err);
+                       int batch, int local_experts, const backend *be,
+                       moe_error *err);
 void activations_destroy(model_activations *a);
 
 /* Sizes the routing warm-up scratch for `sequences` of the global batch. */

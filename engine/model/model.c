@@ -73,9 +73,21 @@ static void tensor_views(model_tensors *views, float *base,
 #undef X
 }
 
+/* Every expert in (layer, expert) order: slot l·E + e. */
+static int hold_every_expert(model *m)
+{
+    expert_store *st = &m->experts;
+    if (expert_store_reserve(st, st->layers * st->experts) < 0)
+        return -1;
+    for (int l = 0; l < st->layers; l++)
+        for (int e = 0; e < st->experts; e++)
+            if (expert_store_hold(st, l, e) < 0)
+                return -1;
+    return 0;
+}
 
 int model_create(model **out, const config *cfg, const backend *be, int batch,
-                 moe_error *err)
+                 enum model_experts experts, moe_error *err)
 {
     model *m = calloc(1, sizeof *m);
     if (!m)
@@ -98,9 +110,16 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     offset += (count);
     MODEL_TENSORS(X)
 #undef X
-    m->param_count = offset;
+    m->dense_count = offset;
+    if (expert_store_init(&m->experts, d->L, d->E, d->C, d->F, be, err) < 0) {
+        free(m);
+        return -1;
+    }
+    m->expert_param_count = m->experts.slot_count;
+    m->param_count = m->dense_count +
+                     (size_t)d->L * d->E * m->expert_param_count;
 
-    size_t bytes = m->param_count * sizeof(float);
+    size_t bytes = m->dense_count * sizeof(float);
     /* Everything the ops read or write is in the backend's memory. */
     m->param_memory = be->ops->alloc(be->ctx, bytes);
     m->grad_memory = be->ops->alloc(be->ctx, bytes);
@@ -110,8 +129,15 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     if (!m->param_memory || !m->grad_memory || !m->adam_m_memory ||
         !m->adam_v_memory || !m->dispatch) {
         model_destroy(m);
-        return error_set(err, "out of memory for %zu parameters",
-                         m->param_count);
+        return error_set(err, "out of memory for %zu dense parameters",
+                         m->dense_count);
+    }
+    int local = experts == MODEL_EXPERTS_LOCAL;
+    if (local && hold_every_expert(m) < 0) {
+        model_destroy(m);
+        return error_set(err, "out of memory for %d experts of %zu "
+                              "parameters", d->L * d->E,
+                         m->expert_param_count);
     }
     if (routing_balance_init(&m->routing, cfg, d->L, d->E, be, err) < 0) {
         model_destroy(m);
@@ -125,7 +151,7 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     memset(m->adam_m_memory, 0, bytes);
     memset(m->adam_v_memory, 0, bytes);
 
-    if (activations_create(&m->acts, d, batch, be, err) < 0) {
+    if (activations_create(&m->acts, d, batch, local, be, err) < 0) {
         model_destroy(m);
         return -1;
     }
@@ -134,7 +160,7 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
         return error_set(err, "out of memory for routing scratch");
     }
     model_activations *a = m->acts;
-    size_t SK = (size_t)batch * d->T * d->K;
+    size_t SK = a->expert_slots;
     for (int l = 0; l < d->L; l++) {
         router_dispatch *rd = &m->dispatch[l];
         rd->group_rows = a->group_rows + (size_t)l * d->E;
@@ -156,6 +182,7 @@ void model_destroy(model *m)
     free(m->reduce.expert_squares);
     activations_destroy(m->acts);
     free(m->dispatch);
+    expert_store_finish(&m->experts);
     if (m->be) {
         void *ctx = m->be->ctx;
         routing_balance_finish(&m->routing, m->be);
@@ -167,38 +194,90 @@ void model_destroy(model *m)
     free(m);
 }
 
+int model_hold_expert(model *m, int l, int e)
+{
+    return expert_store_hold(&m->experts, l, e) < 0 ? -1 : 0;
+}
+
+void model_release_expert(model *m, int l, int e)
+{
+    expert_store_release(&m->experts, l, e);
+}
+
+size_t model_expert_state_bytes(const model *m)
+{
+    return 4 * m->expert_param_count * sizeof(float);
+}
+
+model_memory model_memory_bytes(const model *m)
+{
+    return (model_memory){
+        .dense_state = 4 * m->dense_count * sizeof(float),
+        .expert_state = expert_store_bytes(&m->experts),
+        .activations = m->acts ? m->acts->bytes : 0,
+    };
+}
+
+/* Fills n values from r by init. */
+static void fill(float *p, size_t n, enum model_init init, rng *r,
+                 double std, double residual_std)
+{
+    for (size_t j = 0; j < n; j++)
+        p[j] = init == MODEL_INIT_ONES     ? 1.0f
+               : init == MODEL_INIT_NORMAL ? (float)(std * rng_normal(r))
+                                           : (float)(residual_std *
+                                                     rng_normal(r));
+}
+
+/* The stream of expert (l, e): apart from the dense tensors' (1), the
+ * data's (2) and every other expert's. */
+static uint64_t expert_stream(const model *m, int l, int e)
+{
+    return ((uint64_t)1 << 32) + (uint64_t)l * m->dims.E + (uint64_t)e;
+}
+
+static double residual_std_of(const model *m)
+{
+    return m->hyper.init_std / sqrt(2.0 * m->dims.L);
+}
+
+void model_init_expert(model *m, uint64_t seed, int l, int e)
+{
+    const int C = m->dims.C, F = m->dims.F;
+    expert_store *st = &m->experts;
+    float *slot = expert_store_slot(st, st->params, l, e);
+    rng r;
+    rng_seed(&r, seed, expert_stream(m, l, e));
+#define X(name, count, init, decay)                                             \
+    fill(slot, (count), init, &r, m->hyper.init_std, residual_std_of(m));       \
+    slot += (count);
+    MODEL_EXPERT_TENSORS(X)
+#undef X
+    float *moments[2] = {expert_store_slot(st, st->adam_m, l, e),
+                         expert_store_slot(st, st->adam_v, l, e)};
+    for (int k = 0; k < 2; k++)
+        memset(moments[k], 0, st->slot_count * sizeof(float));
+}
+
 void model_init_params(model *m, uint64_t seed)
 {
     rng r;
     rng_seed(&r, seed, 1);
-    const model_dims *d = &m->dims;
-    double residual_std = m->hyper.init_std / sqrt(2.0 * d->L);
     static const enum model_init inits[] = {
 #define X(name, count, init, decay) init,
         MODEL_TENSORS(X)
 #undef X
     };
-    for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
-        float *p = m->param_memory + m->tensors[i].offset;
-        size_t n = m->tensors[i].count;
-        switch (inits[i]) {
-        case MODEL_INIT_ONES:
-            for (size_t j = 0; j < n; j++)
-                p[j] = 1.0f;
-            break;
-        case MODEL_INIT_NORMAL:
-            for (size_t j = 0; j < n; j++)
-                p[j] = (float)(m->hyper.init_std * rng_normal(&r));
-            break;
-        case MODEL_INIT_RESIDUAL:
-            for (size_t j = 0; j < n; j++)
-                p[j] = (float)(residual_std * rng_normal(&r));
-            break;
-        }
-    }
-    size_t bytes = m->param_count * sizeof(float);
+    for (int i = 0; i < MODEL_TENSOR_COUNT; i++)
+        fill(m->param_memory + m->tensors[i].offset, m->tensors[i].count,
+             inits[i], &r, m->hyper.init_std, residual_std_of(m));
+    size_t bytes = m->dense_count * sizeof(float);
     memset(m->adam_m_memory, 0, bytes);
     memset(m->adam_v_memory, 0, bytes);
+    for (int l = 0; l < m->dims.L; l++)
+        for (int e = 0; e < m->dims.E; e++)
+            if (expert_store_holds(&m->experts, l, e))
+                model_init_expert(m, seed, l, e);
 }
 
 
@@ -208,18 +287,19 @@ static void layer_acts_of(model *m, int l, layer_acts *v)
     v->rd = &m->dispatch[l];
 }
 
-/* Points the grouped-GEMM weight tables at layer l's experts. */
+/* Points the grouped-GEMM weight tables at layer l's experts (NULL for
+ * those not held here). */
 static void layer_expert_views(model *m, int l)
 {
-    const model_dims *d = &m->dims;
+    const expert_store *st = &m->experts;
     model_activations *a = m->acts;
-    size_t w13_size = (size_t)2 * d->F * d->C, w2_size = (size_t)d->C * d->F;
-    for (int e = 0; e < d->E; e++) {
-        size_t expert = (size_t)l * d->E + e;
-        a->w13[e] = m->params.expert_w13 + expert * w13_size;
-        a->w2[e] = m->params.expert_w2 + expert * w2_size;
-        a->dw13[e] = m->grads.expert_w13 + expert * w13_size;
-        a->dw2[e] = m->grads.expert_w2 + expert * w2_size;
+    for (int e = 0; e < m->dims.E; e++) {
+        float *w = expert_store_slot(st, st->params, l, e);
+        float *g = expert_store_slot(st, st->grads, l, e);
+        a->w13[e] = w;
+        a->w2[e] = w ? w + st->w13_count : NULL;
+        a->dw13[e] = g;
+        a->dw2[e] = g ? g + st->w13_count : NULL;
     }
 }
 
@@ -457,7 +537,9 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
 
 void model_zero_grad(model *m)
 {
-    memset(m->grad_memory, 0, m->param_count * sizeof(float));
+    const expert_store *st = &m->experts;
+    memset(m->grad_memory, 0, m->dense_count * sizeof(float));
+    memset(st->grads, 0, (size_t)st->capacity * st->slot_count * sizeof(float));
 }
 
 void model_backward(model *m)
@@ -608,8 +690,8 @@ int model_dropped_assignments(const model *m)
 size_t model_active_params(const model *m)
 {
     const model_dims *d = &m->dims;
-    size_t per_expert = (size_t)3 * d->F * d->C;
-    return m->param_count - (size_t)d->L * (d->E - d->K) * per_expert;
+    return m->param_count -
+           (size_t)d->L * (d->E - d->K) * m->expert_param_count;
 }
 
 double model_flops_per_token(const model *m)

@@ -6,9 +6,11 @@
  * plus always-on shared experts) → residual. Then a final RMSNorm and the
  * LM head, trained with cross-entropy plus the router balance losses.
  *
- * Parameters, gradients and both Adam moments each live in one slab with
- * named views generated from MODEL_TENSORS, so sizes and pointers cannot
- * drift apart. Expert tensors carry their expert dimension explicitly. */
+ * The dense parameters, gradients and both Adam moments each live in one
+ * slab with named views generated from MODEL_TENSORS, so sizes and
+ * pointers cannot drift apart. The routed experts live in the expert store
+ * (experts.h): one slab per kind over the experts this rank holds, with
+ * the expert dimension explicit. */
 #ifndef MOECTL_ENGINE_MODEL_H
 #define MOECTL_ENGINE_MODEL_H
 
@@ -18,6 +20,7 @@
 #include "engine/core/comm.h"
 #include "engine/config/config.h"
 #include "engine/core/error.h"
+#include "engine/model/experts.h"
 #include "engine/model/profile.h"
 #include "engine/model/router.h"
 #include "engine/model/routing_balance.h"
@@ -55,15 +58,19 @@ typedef struct model {
     int batch; /* sequences the activations are sized for */
     const backend *be;
 
-    /* Parameters, gradients and Adam moments: one slab each, with the
-     * named views of MODEL_TENSORS. */
-    size_t param_count;
+    size_t param_count; /* of the whole model: dense and every expert */
+    size_t expert_param_count; /* of one routed expert */
+    /* Dense parameters, gradients and Adam moments: one slab each, with
+     * the named views of MODEL_TENSORS. */
+    size_t dense_count;
     model_tensor_info tensors[MODEL_TENSOR_COUNT];
-    float *param_memory; /* (param_count) each */
+    float *param_memory; /* (dense_count) each */
     float *grad_memory;
     float *adam_m_memory;
     float *adam_v_memory;
     model_tensors params, grads, adam_m, adam_v;
+    /* The routed experts this rank holds (all of them on one rank). */
+    expert_store experts;
 
     model_activations *acts;   /* activations.h */
     router_dispatch *dispatch; /* (L) of the last forward, one rank */
@@ -84,14 +91,41 @@ typedef struct model {
     } reduce;
 } model;
 
+/* How a model's routed experts run. */
+enum model_experts {
+    MODEL_EXPERTS_LOCAL,   /* every expert held and run here */
+    MODEL_EXPERTS_PARALLEL /* none held until placed (model_hold_expert);
+                              expert parallelism runs them, so the model
+                              keeps no expert activations of its own */
+};
+
 /* Builds a model for cfg with activations for `batch` sequences. */
 int model_create(model **out, const config *cfg, const backend *be, int batch,
-                 moe_error *err);
+                 enum model_experts experts, moe_error *err);
 void model_destroy(model *m);
 
 /* Fills parameters from the seed (normal(0, init_std), residual
- * projections scaled by 1/sqrt(2L), norm gains 1) and zeroes Adam moments. */
+ * projections scaled by 1/sqrt(2L), norm gains 1) and zeroes Adam moments.
+ * Each routed expert draws from a stream of its own, so a rank fills the
+ * experts it holds with the values any other placement gives them. */
 void model_init_params(model *m, uint64_t seed);
+/* Fills expert (l, e), held here, as model_init_params does. */
+void model_init_expert(model *m, uint64_t seed, int l, int e);
+
+/* Takes a zeroed slot for expert (l, e) (a placement gives it to this
+ * rank), or frees it: 0, or -1 when out of memory. */
+int model_hold_expert(model *m, int l, int e);
+void model_release_expert(model *m, int l, int e);
+
+/* Bytes this rank's model holds, by kind. */
+typedef struct model_memory {
+    size_t dense_state;  /* dense parameters, gradients and moments */
+    size_t expert_state; /* the expert store's slots, as allocated */
+    size_t activations;  /* the model's activations and scratch */
+} model_memory;
+model_memory model_memory_bytes(const model *m);
+/* Bytes of one routed expert's state: parameters, gradient, 2 moments. */
+size_t model_expert_state_bytes(const model *m);
 
 /* Forward pass of B (≤ batch) sequences of T tokens: inputs and targets
  * are (B, T). Returns the mean cross-entropy; aux and z losses are in
@@ -130,8 +164,8 @@ void model_set_slowdown(model *m, double slowdown);
  * with other ranks. */
 void model_slowdown_sync(model *m);
 
-/* Per-expert weight and gradient pointers of layer l, for grouped GEMMs;
- * valid until the next call. */
+/* Per-expert weight and gradient pointers of layer l, for grouped GEMMs
+ * (NULL for experts not held here); valid until the next call. */
 typedef struct model_expert_weights {
     const float **w13, **w2; /* (E) */
     float **dw13, **dw2;     /* (E) */

@@ -31,60 +31,49 @@ double optimizer_lr(const optimizer_settings *s, int step)
     return s->min_lr + (s->lr - s->min_lr) * cosine;
 }
 
-static int is_expert_tensor(int i)
-{
-    return i == MODEL_TENSOR_expert_w13 || i == MODEL_TENSOR_expert_w2;
-}
-
-/* Elements of one expert's slice of an expert tensor. */
-static size_t expert_slice(const model *m, int i)
-{
-    return m->tensors[i].count / ((size_t)m->dims.L * m->dims.E);
-}
-
 double optimizer_grad_norm(const model *m)
 {
     const backend_ops *ops = m->be->ops;
-    if (!m->ep)
-        return sqrt(ops->sum_squares(m->be->ctx, m->grad_memory,
-                                     m->param_count));
+    const expert_store *st = &m->experts;
     /* Dense gradients are already summed and identical on every rank;
      * each expert's lives on its rank alone. Per-expert sums are shared
      * (each has exactly one nonzero contribution, so the sum is exact) and
      * added in (layer, expert) order: the norm does not depend on where
-     * the experts are. */
-    double dense = 0.0;
+     * the experts are, nor on how many ranks there are. */
+    double dense = ops->sum_squares(m->be->ctx, m->grad_memory,
+                                    m->dense_count);
     size_t experts = (size_t)m->dims.L * m->dims.E;
     double *per_expert = m->reduce.expert_squares; /* model_set_comm's */
-    memset(per_expert, 0, experts * sizeof *per_expert);
-    for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
-        const model_tensor_info *t = &m->tensors[i];
-        if (!is_expert_tensor(i)) {
-            dense += ops->sum_squares(m->be->ctx, m->grad_memory + t->offset,
-                                      t->count);
-            continue;
-        }
-        size_t slice = expert_slice(m, i);
-        for (size_t x = 0; x < experts; x++)
-            if (model_owns_expert(m, (int)(x / m->dims.E),
-                                  (int)(x % m->dims.E)))
-                per_expert[x] += ops->sum_squares(
-                    m->be->ctx, m->grad_memory + t->offset + x * slice, slice);
-    }
-    comm_allreduce_sum_double(m->comm, per_expert, (int)experts);
+    double lone[1];
+    int shared = m->ep != NULL;
     double total = dense;
+    for (size_t x = 0; x < experts; x++) {
+        int l = (int)(x / m->dims.E), e = (int)(x % m->dims.E);
+        double *sum = shared ? &per_expert[x] : lone;
+        *sum = 0.0;
+        if (model_owns_expert(m, l, e))
+            *sum = ops->sum_squares(m->be->ctx,
+                                    expert_store_slot(st, st->grads, l, e),
+                                    st->slot_count);
+        if (!shared)
+            total += *sum;
+    }
+    if (!shared)
+        return sqrt(total);
+    comm_allreduce_sum_double(m->comm, per_expert, (int)experts);
     for (size_t x = 0; x < experts; x++)
         total += per_expert[x];
     return sqrt(total);
 }
 
-static void update(model *m, const optimizer_settings *s, size_t offset,
-                   size_t count, int decay, double lr, double scale, int step)
+/* AdamW on `count` elements at `offset` of the four slabs. */
+static void update(model *m, const optimizer_settings *s, float *const slab[4],
+                   size_t offset, size_t count, int decay, double lr,
+                   double scale, int step)
 {
-    m->be->ops->adamw_update(m->be->ctx, m->param_memory + offset,
-                             m->grad_memory + offset,
-                             m->adam_m_memory + offset,
-                             m->adam_v_memory + offset, count, (float)lr,
+    m->be->ops->adamw_update(m->be->ctx, slab[0] + offset, slab[1] + offset,
+                             slab[2] + offset, slab[3] + offset, count,
+                             (float)lr,
                              (float)s->beta1, (float)s->beta2, (float)s->eps,
                              decay ? (float)s->weight_decay : 0.0f,
                              (float)scale, step);
@@ -124,55 +113,35 @@ int optimizer_reduce_gradients(model *m, moe_error *err)
     if (!m->ep)
         return 0;
     const model_dims *d = &m->dims;
-    size_t w13 = expert_slice(m, MODEL_TENSOR_expert_w13);
-    size_t w2 = expert_slice(m, MODEL_TENSOR_expert_w2);
-    size_t count = 0;
-    for (int i = 0; i < MODEL_TENSOR_COUNT; i++)
-        if (!is_expert_tensor(i))
-            count += m->tensors[i].count;
+    const expert_store *st = &m->experts;
+    size_t slot = st->slot_count;
     int split = 0;
     for (int l = 0; l < d->L; l++)
         for (int e = 0; e < d->E; e++)
             split += model_expert_is_split(m, l, e);
-    count += (size_t)split * (w13 + w2);
+    size_t count = m->dense_count + (size_t)split * slot;
     if (count > m->reduce.capacity && reserve_staging(m, count, err) < 0)
         return -1;
     float *pack = m->reduce.buffer;
     /* Pack, reduce, unpack: the same walk both ways. */
     for (int pass = 0; pass < 2; pass++) {
-        size_t at = 0;
-        for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
-            const model_tensor_info *t = &m->tensors[i];
-            if (is_expert_tensor(i))
-                continue;
-            float *g = m->grad_memory + t->offset;
-            if (pass == 0)
-                memcpy(pack + at, g, t->count * sizeof *g);
-            else
-                memcpy(g, pack + at, t->count * sizeof *g);
-            at += t->count;
-        }
+        if (pass == 0)
+            memcpy(pack, m->grad_memory, m->dense_count * sizeof *pack);
+        else
+            memcpy(m->grad_memory, pack, m->dense_count * sizeof *pack);
+        size_t at = m->dense_count;
         for (int l = 0; split && l < d->L; l++)
             for (int e = 0; e < d->E; e++) {
-                size_t x = (size_t)l * d->E + e;
                 if (!model_expert_is_split(m, l, e))
                     continue;
-                float *g13 = m->grad_memory +
-                             m->tensors[MODEL_TENSOR_expert_w13].offset +
-                             x * w13;
-                float *g2 = m->grad_memory +
-                            m->tensors[MODEL_TENSOR_expert_w2].offset + x * w2;
-                int held = model_holds_expert(m, l, e);
-                if (pass == 0 && held) {
-                    memcpy(pack + at, g13, w13 * sizeof *g13);
-                    memcpy(pack + at + w13, g2, w2 * sizeof *g2);
-                } else if (pass == 0) {
-                    memset(pack + at, 0, (w13 + w2) * sizeof *pack);
-                } else if (held) {
-                    memcpy(g13, pack + at, w13 * sizeof *g13);
-                    memcpy(g2, pack + at + w13, w2 * sizeof *g2);
-                }
-                at += w13 + w2;
+                float *g = expert_store_slot(st, st->grads, l, e);
+                if (pass == 0 && g)
+                    memcpy(pack + at, g, slot * sizeof *g);
+                else if (pass == 0)
+                    memset(pack + at, 0, slot * sizeof *pack);
+                else if (g)
+                    memcpy(g, pack + at, slot * sizeof *g);
+                at += slot;
             }
         if (pass == 0)
             comm_allreduce_sum_float(m->comm, pack, count, pack + count);
@@ -187,23 +156,28 @@ double optimizer_step(model *m, const optimizer_settings *s, int step,
     double scale = 1.0;
     if (s->grad_clip > 0.0 && norm > s->grad_clip)
         scale = s->grad_clip / norm;
+    float *const dense[4] = {m->param_memory, m->grad_memory,
+                             m->adam_m_memory, m->adam_v_memory};
     for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
         const model_tensor_info *t = &m->tensors[i];
-        if (t->count == 0)
+        if (t->count > 0)
+            update(m, s, dense, t->offset, t->count, t->decay, lr, scale,
+                   step);
+    }
+    /* Each rank updates the experts it holds (a split expert's replicas,
+     * each with the summed gradient). */
+    const expert_store *st = &m->experts;
+    float *const experts[4] = {st->params, st->grads, st->adam_m, st->adam_v};
+    const size_t C = (size_t)m->dims.C, F = (size_t)m->dims.F;
+    for (int slot = 0; slot < st->capacity; slot++) {
+        if (st->expert_of[slot] < 0)
             continue;
-        if (!m->ep || !is_expert_tensor(i)) {
-            update(m, s, t->offset, t->count, t->decay, lr, scale, step);
-            continue;
-        }
-        /* Each rank updates only the experts it holds (a split expert's
-         * replicas, each with the summed gradient). */
-        size_t slice = expert_slice(m, i);
-        for (int l = 0; l < m->dims.L; l++)
-            for (int e = 0; e < m->dims.E; e++)
-                if (model_holds_expert(m, l, e))
-                    update(m, s,
-                           t->offset + ((size_t)l * m->dims.E + e) * slice,
-                           slice, t->decay, lr, scale, step);
+        size_t offset = (size_t)slot * st->slot_count;
+#define X(name, count, init, decay)                                             \
+        update(m, s, experts, offset, (count), (decay), lr, scale, step);      \
+        offset += (count);
+        MODEL_EXPERT_TENSORS(X)
+#undef X
     }
     return norm;
 }

@@ -1,6 +1,6 @@
-/* The model's shape and its parameter tensors: the dims, and the one list
- * of {name, element count, initialisation, weight decay} (an X-macro) from
- * which the slabs' named views are generated. Shared by the model and its
+/* The model's shape and its dense parameter tensors: the dims, and the one
+ * list of {name, element count, initialisation, weight decay} (an X-macro)
+ * from which the dense slabs' named views are generated. Shared by the model and its
  * activations, which size themselves from the dims. */
 #ifndef MOECTL_ENGINE_TENSORS_H
 #define MOECTL_ENGINE_TENSORS_H
@@ -19,7 +19,10 @@ typedef struct model_dims {
     int S; /* SwiGLU width of the shared experts together (n_shared * F) */
 } model_dims;
 
-/* X(name, element count, initialisation, weight decay applies) */
+/* The dense tensors, replicated on every rank. The routed experts' live
+ * in the expert store (experts.h, MODEL_EXPERT_TENSORS), one slot per
+ * expert a rank holds.
+ * X(name, element count, initialisation, weight decay applies) */
 #define MODEL_TENSORS(X)                                                         \
     X(wte, (size_t)d->V * d->C, MODEL_INIT_NORMAL, 1)      /* (V, C) */          \
     X(attn_norm, (size_t)d->L * d->C, MODEL_INIT_ONES, 0)  /* (L, C) */          \
@@ -27,10 +30,6 @@ typedef struct model_dims {
     X(wo, (size_t)d->L * d->C * d->C, MODEL_INIT_RESIDUAL, 1) /* (L, C, C) */    \
     X(ffn_norm, (size_t)d->L * d->C, MODEL_INIT_ONES, 0)   /* (L, C) */          \
     X(router, (size_t)d->L * d->E * d->C, MODEL_INIT_NORMAL, 1) /* (L, E, C) */  \
-    X(expert_w13, (size_t)d->L * d->E * 2 * d->F * d->C, MODEL_INIT_NORMAL, 1)   \
-    /* (L, E, 2F, C): rows [gate | up] */                                        \
-    X(expert_w2, (size_t)d->L * d->E * d->C * d->F, MODEL_INIT_RESIDUAL, 1)      \
-    /* (L, E, C, F) */                                                           \
     X(shared_w13, (size_t)d->L * 2 * d->S * d->C, MODEL_INIT_NORMAL, 1)          \
     /* (L, 2S, C) */                                                             \
     X(shared_w2, (size_t)d->L * d->C * d->S, MODEL_INIT_RESIDUAL, 1)             \

@@ -1,6 +1,7 @@
 #include "engine/moe/expert_parallel.h"
 #include "engine/core/clock.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -22,11 +23,20 @@ typedef struct ep_layer {
     int mine;                 /* slots of my experts */
     int *group_rows;          /* (E) rows per expert here: 0 if not mine */
     float *returned;          /* (N_local*K, C) expert outputs, outgoing order */
-    float *expert_in;         /* (N*K, C) my slots' inputs */
-    float *expert_h13;        /* (N*K, 2F) */
-    float *expert_h;          /* (N*K, F) */
-    float *expert_out;        /* (N*K, C) */
+    float *expert_in;         /* (rows, C) my slots' inputs; rows: capacity */
+    float *expert_h13;        /* (rows, 2F) */
+    float *expert_h;          /* (rows, F) */
+    float *expert_out;        /* (rows, C) */
 } ep_layer;
+
+/* Buffers sized in rows, grown together: each layer's activations, then
+ * the shared gradients, then the all-to-all staging. */
+enum { EP_GROUP_BUFFERS = 4 };
+typedef struct ep_group {
+    float **buffer[EP_GROUP_BUFFERS];
+    size_t width[EP_GROUP_BUFFERS]; /* floats per row */
+    int count;
+} ep_group;
 
 struct expert_parallel {
     expert_parallel_setup setup;
@@ -39,32 +49,116 @@ struct expert_parallel {
     int *dest;            /* (N_total*K) rank of each slot */
     int *rank_start;      /* (world) plan scratch: first row per rank */
     int *rank_fill;       /* (world) rows placed per rank so far */
-    float *send;          /* (N_total*K, max(C, 2F)) staging */
+    int *mine_of;         /* (world) rows of each rank's experts, this layer */
+    int *outgoing_of;     /* (world) rows of each rank's tokens, this layer */
+    /* Every rank's capacity in rows, kept identically on every rank, so
+     * that all know when any grows: group g of rank r at [g*world + r],
+     * g = layer l (l < L), the gradients (L), the staging (L+1). */
+    int *capacity;        /* (L+2, world) */
+    int *proposed;        /* (3, world) layer, gradients, staging */
+    float *send;          /* (staging rows, C) */
     float *recv;          /* same */
-    float *d_expert_out, *d_expert_h, *d_expert_h13, *d_expert_in; /* (N*K, ·) */
+    float *d_expert_out, *d_expert_h, *d_expert_h13, *d_expert_in; /* (rows, ·) */
     float *d_returned;    /* (N_local*K, C) */
+    size_t fixed_activation_bytes, metadata_bytes; /* not grown */
     long rows;
     double alltoall_s;
+    int failed;           /* the same on every rank */
+    char failure[256];
 };
 
 /* Zeroed memory of the model's backend: the ops address these buffers,
- * and MPI reads and writes them from the host. */
-static void *take(const backend *be, size_t bytes, int *failed)
+ * and MPI reads and writes them from the host. `held` (or NULL) counts
+ * the bytes taken. */
+static void *take(const backend *be, size_t bytes, size_t *held, int *failed)
 {
     void *p = be->ops->alloc(be->ctx, bytes ? bytes : 1);
-    if (!p)
+    if (!p) {
         *failed = 1;
-    else
-        memset(p, 0, bytes ? bytes : 1);
+        return NULL;
+    }
+    memset(p, 0, bytes ? bytes : 1);
+    if (held)
+        *held += bytes;
     return p;
 }
 
 static void give_back(const backend *be, void *p)
 {
-    be->ops->free(be->ctx, p);
+    if (p)
+        be->ops->free(be->ctx, p);
 }
 
-/* The buffers of one layer, kept from its forward to its backward. */
+/* Floats per row of each buffer of group g (see ep_group); returns how
+ * many buffers it has. */
+static int group_widths(const expert_parallel *ep, int g, size_t *width)
+{
+    size_t C = (size_t)ep->setup.d_model, F = (size_t)ep->setup.expert_hidden;
+    if (g > ep->setup.layers) {
+        width[0] = width[1] = C; /* every all-to-all moves rows of C */
+        return 2;
+    }
+    width[0] = C, width[1] = 2 * F, width[2] = F, width[3] = C;
+    if (g == ep->setup.layers)
+        width[1] = F, width[2] = 2 * F;
+    return 4;
+}
+
+static size_t group_row_bytes(const expert_parallel *ep, int g)
+{
+    size_t width[EP_GROUP_BUFFERS], bytes = 0;
+    int count = group_widths(ep, g, width);
+    for (int i = 0; i < count; i++)
+        bytes += width[i] * sizeof(float);
+    return bytes;
+}
+
+static ep_group group_of(expert_parallel *ep, int g)
+{
+    ep_group out = {0};
+    out.count = group_widths(ep, g, out.width);
+    float **buffer[EP_GROUP_BUFFERS] = {&ep->send, &ep->recv};
+    if (g < ep->setup.layers) {
+        ep_layer *y = &ep->layers[g];
+        buffer[0] = &y->expert_in, buffer[1] = &y->expert_h13;
+        buffer[2] = &y->expert_h, buffer[3] = &y->expert_out;
+    } else if (g == ep->setup.layers) {
+        buffer[0] = &ep->d_expert_out, buffer[1] = &ep->d_expert_h;
+        buffer[2] = &ep->d_expert_h13, buffer[3] = &ep->d_expert_in;
+    }
+    memcpy(out.buffer, buffer, sizeof buffer);
+    return out;
+}
+
+/* Fresh buffers of `rows` rows for g: all of them, or none and -1. */
+static int group_take(const backend *be, const ep_group *g, int rows,
+                      float **fresh)
+{
+    int failed = 0;
+    for (int i = 0; i < g->count; i++)
+        fresh[i] = take(be, (size_t)rows * g->width[i] * sizeof(float), NULL,
+                        &failed);
+    if (!failed)
+        return 0;
+    for (int i = 0; i < g->count; i++) {
+        give_back(be, fresh[i]);
+        fresh[i] = NULL;
+    }
+    return -1;
+}
+
+/* Puts g's fresh buffers in place of its old ones (no copy: what they
+ * hold is written before it is read). */
+static void group_swap(const backend *be, const ep_group *g, float **fresh)
+{
+    for (int i = 0; i < g->count; i++) {
+        give_back(be, *g->buffer[i]);
+        *g->buffer[i] = fresh[i];
+    }
+}
+
+/* The buffers of one layer, kept from its forward to its backward, but
+ * for its activations (grown with the rows routed here). */
 static void layer_take(expert_parallel *ep, ep_layer *y, int *failed)
 {
     const expert_parallel_setup *d = &ep->setup;
@@ -72,24 +166,38 @@ static void layer_take(expert_parallel *ep, ep_layer *y, int *failed)
     const comm *c = ep->c;
     size_t NK = (size_t)ep->N_total * d->top_k;
     size_t local_NK = (size_t)ep->N_local * d->top_k;
-    size_t C = (size_t)d->d_model, F = (size_t)d->expert_hidden;
-    y->dispatch.group_rows = take(be, (size_t)d->experts * sizeof(int), failed);
-    y->dispatch.selected = take(be, (size_t)d->experts * sizeof(int), failed);
-    y->dispatch.token_of_slot = take(be, NK * sizeof(int), failed);
-    y->dispatch.slot_of = take(be, NK * sizeof(int), failed);
+    size_t C = (size_t)d->d_model, E = (size_t)d->experts;
+    size_t *meta = &ep->metadata_bytes;
+    y->dispatch.group_rows = take(be, E * sizeof(int), meta, failed);
+    y->dispatch.selected = take(be, E * sizeof(int), meta, failed);
+    y->dispatch.token_of_slot = take(be, NK * sizeof(int), meta, failed);
+    y->dispatch.slot_of = take(be, NK * sizeof(int), meta, failed);
     y->dispatch.scratch = ep->scratch;
-    y->outgoing_slot = take(be, local_NK * sizeof(int), failed);
-    y->outgoing_token = take(be, local_NK * sizeof(int), failed);
-    y->position_of = take(be, local_NK * sizeof(int), failed);
-    y->send_rows = take(be, (size_t)c->world * sizeof(int), failed);
-    y->recv_rows = take(be, (size_t)c->world * sizeof(int), failed);
-    y->recv_position = take(be, NK * sizeof(int), failed);
-    y->group_rows = take(be, (size_t)d->experts * sizeof(int), failed);
-    y->returned = take(be, local_NK * C * sizeof(float), failed);
-    y->expert_in = take(be, NK * C * sizeof(float), failed);
-    y->expert_h13 = take(be, NK * 2 * F * sizeof(float), failed);
-    y->expert_h = take(be, NK * F * sizeof(float), failed);
-    y->expert_out = take(be, NK * C * sizeof(float), failed);
+    y->outgoing_slot = take(be, local_NK * sizeof(int), meta, failed);
+    y->outgoing_token = take(be, local_NK * sizeof(int), meta, failed);
+    y->position_of = take(be, local_NK * sizeof(int), meta, failed);
+    y->send_rows = take(be, (size_t)c->world * sizeof(int), meta, failed);
+    y->recv_rows = take(be, (size_t)c->world * sizeof(int), meta, failed);
+    y->recv_position = take(be, NK * sizeof(int), meta, failed);
+    y->group_rows = take(be, E * sizeof(int), meta, failed);
+    y->returned = take(be, local_NK * C * sizeof(float),
+                       &ep->fixed_activation_bytes, failed);
+}
+
+/* Every grown group at the even share of rows, N_local*K, on every rank. */
+static void groups_take(expert_parallel *ep, int *failed)
+{
+    const int world = ep->c->world;
+    const int rows = ep->N_local * ep->setup.top_k;
+    for (int g = 0; !*failed && g < ep->setup.layers + 2; g++) {
+        ep_group group = group_of(ep, g);
+        float *fresh[EP_GROUP_BUFFERS] = {0};
+        *failed = group_take(ep->setup.be, &group, rows, fresh) < 0;
+        if (!*failed)
+            group_swap(ep->setup.be, &group, fresh);
+        for (int r = 0; r < world; r++)
+            ep->capacity[g * world + r] = rows;
+    }
 }
 
 int expert_parallel_create(expert_parallel **out,
@@ -108,26 +216,27 @@ int expert_parallel_create(expert_parallel **out,
     ep->N_total = ep->N_local * c->world;
     size_t NK = (size_t)ep->N_total * d->top_k;
     size_t local_NK = (size_t)ep->N_local * d->top_k;
-    size_t C = (size_t)d->d_model, F = (size_t)d->expert_hidden;
-    size_t widest = C > 2 * F ? C : 2 * F;
+    size_t C = (size_t)d->d_model, W = (size_t)c->world;
+    size_t *meta = &ep->metadata_bytes;
     int failed = 0;
     ep->layers = calloc((size_t)d->layers, sizeof *ep->layers);
     failed = !ep->layers;
-    ep->global_index = take(be, NK * sizeof(int), &failed);
-    ep->scratch = take(be, (size_t)2 * d->experts * sizeof(int), &failed);
-    ep->order = take(be, NK * sizeof(int), &failed);
-    ep->dest = take(be, NK * sizeof(int), &failed);
-    ep->rank_start = take(be, (size_t)c->world * sizeof(int), &failed);
-    ep->rank_fill = take(be, (size_t)c->world * sizeof(int), &failed);
-    ep->send = take(be, NK * widest * sizeof(float), &failed);
-    ep->recv = take(be, NK * widest * sizeof(float), &failed);
-    ep->d_expert_out = take(be, NK * C * sizeof(float), &failed);
-    ep->d_expert_h = take(be, NK * F * sizeof(float), &failed);
-    ep->d_expert_h13 = take(be, NK * 2 * F * sizeof(float), &failed);
-    ep->d_expert_in = take(be, NK * C * sizeof(float), &failed);
-    ep->d_returned = take(be, local_NK * C * sizeof(float), &failed);
+    ep->global_index = take(be, NK * sizeof(int), meta, &failed);
+    ep->scratch = take(be, (size_t)2 * d->experts * sizeof(int), meta, &failed);
+    ep->order = take(be, NK * sizeof(int), meta, &failed);
+    ep->dest = take(be, NK * sizeof(int), meta, &failed);
+    ep->rank_start = take(be, W * sizeof(int), meta, &failed);
+    ep->rank_fill = take(be, W * sizeof(int), meta, &failed);
+    ep->mine_of = take(be, W * sizeof(int), meta, &failed);
+    ep->outgoing_of = take(be, W * sizeof(int), meta, &failed);
+    ep->capacity = take(be, (size_t)(d->layers + 2) * W * sizeof(int), meta,
+                        &failed);
+    ep->proposed = take(be, 3 * W * sizeof(int), meta, &failed);
+    ep->d_returned = take(be, local_NK * C * sizeof(float),
+                          &ep->fixed_activation_bytes, &failed);
     for (int l = 0; !failed && l < d->layers; l++)
         layer_take(ep, &ep->layers[l], &failed);
+    groups_take(ep, &failed);
     if (failed) {
         expert_parallel_destroy(ep);
         return error_set(err, "out of memory for expert-parallel buffers");
@@ -155,10 +264,12 @@ void expert_parallel_destroy(expert_parallel *ep)
         give_back(be, y->recv_position);
         give_back(be, y->group_rows);
         give_back(be, y->returned);
-        give_back(be, y->expert_in);
-        give_back(be, y->expert_h13);
-        give_back(be, y->expert_h);
-        give_back(be, y->expert_out);
+    }
+    for (int g = ep->layers ? 0 : ep->setup.layers; g < ep->setup.layers + 2;
+         g++) {
+        ep_group group = group_of(ep, g);
+        for (int i = 0; i < group.count; i++)
+            give_back(be, *group.buffer[i]);
     }
     free(ep->layers);
     give_back(be, ep->global_index);
@@ -167,12 +278,10 @@ void expert_parallel_destroy(expert_parallel *ep)
     give_back(be, ep->dest);
     give_back(be, ep->rank_start);
     give_back(be, ep->rank_fill);
-    give_back(be, ep->send);
-    give_back(be, ep->recv);
-    give_back(be, ep->d_expert_out);
-    give_back(be, ep->d_expert_h);
-    give_back(be, ep->d_expert_h13);
-    give_back(be, ep->d_expert_in);
+    give_back(be, ep->mine_of);
+    give_back(be, ep->outgoing_of);
+    give_back(be, ep->capacity);
+    give_back(be, ep->proposed);
     give_back(be, ep->d_returned);
     free(ep);
 }
@@ -287,6 +396,126 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
     }
 }
 
+/* Most rows rank r's experts can get at layer l: every slot (dropless),
+ * or the capacity of each expert it holds (a share of an expert's rows is
+ * within the expert's capacity). */
+static int rows_cap(const expert_parallel *ep, int l, int r)
+{
+    const expert_parallel_setup *d = &ep->setup;
+    long all = (long)ep->N_total * d->top_k;
+    if (d->capacity_factor <= 0.0)
+        return (int)all;
+    long held = 0;
+    for (int e = 0; e < d->experts; e++)
+        held += placement_share(d->placement, l, e, r) > 0;
+    long cap = held * router_capacity(d->capacity_factor, ep->N_total,
+                                      d->top_k, d->experts);
+    return (int)(cap < all ? cap : all);
+}
+
+/* The growth rule, the same on every rank: a capacity short of `want`
+ * rows grows to want + want/4 rounded up to 64 rows, but not past cap. */
+static int grown(int have, int want, int cap)
+{
+    if (want <= have)
+        return have;
+    long rows = ((long)want + (want + 3) / 4 + 63) / 64 * 64;
+    if (rows > cap)
+        rows = cap;
+    return rows < want ? want : (int)rows;
+}
+
+/* Every rank's capacities after layer l (layer, gradients, staging) into
+ * `proposed`, from the global dispatch and dest[] every rank has; returns
+ * 1 when any rank grows. */
+static int propose(expert_parallel *ep, int l)
+{
+    const ep_layer *y = &ep->layers[l];
+    const int world = ep->c->world, L = ep->setup.layers;
+    const int local = ep->N_local * ep->setup.top_k;
+    memset(ep->mine_of, 0, (size_t)world * sizeof(int));
+    memset(ep->outgoing_of, 0, (size_t)world * sizeof(int));
+    for (int s = 0; s < y->dispatch.slots; s++) {
+        ep->mine_of[ep->dest[s]]++;
+        ep->outgoing_of[y->dispatch.token_of_slot[s] / ep->N_local]++;
+    }
+    int any = 0;
+    for (int r = 0; r < world; r++) {
+        int cap = rows_cap(ep, l, r);
+        int mine = ep->mine_of[r], outgoing = ep->outgoing_of[r];
+        const int want[3] = {mine, mine, mine > outgoing ? mine : outgoing};
+        const int caps[3] = {cap, cap, cap > local ? cap : local};
+        const int group[3] = {l, L, L + 1};
+        for (int i = 0; i < 3; i++) {
+            int have = ep->capacity[group[i] * world + r];
+            int next = grown(have, want[i], caps[i]);
+            ep->proposed[i * world + r] = next;
+            any |= next != have;
+        }
+    }
+    return any;
+}
+
+/* Marks the layer failed on rank `failed_rank`'s figures, which every
+ * rank has, so the message is the same everywhere. */
+static void fail(expert_parallel *ep, int l, int failed_rank)
+{
+    const int world = ep->c->world, L = ep->setup.layers;
+    const int group[3] = {l, L, L + 1};
+    double bytes = 0;
+    for (int i = 0; i < 3; i++) {
+        int rows = ep->proposed[i * world + failed_rank];
+        if (rows != ep->capacity[group[i] * world + failed_rank])
+            bytes += (double)rows * group_row_bytes(ep, group[i]);
+    }
+    snprintf(ep->failure, sizeof ep->failure,
+             "expert parallelism, layer %d: rank %d could not take %.1f MiB "
+             "for %d rows (%d routed to its experts, %d from its tokens; "
+             "cap %d rows)",
+             l, failed_rank, bytes / (1024.0 * 1024.0),
+             ep->proposed[failed_rank], ep->mine_of[failed_rank],
+             ep->outgoing_of[failed_rank], rows_cap(ep, l, failed_rank));
+    ep->failed = 1;
+}
+
+/* Grows this rank's buffers for layer l when any rank needs more rows.
+ * Only then, on every rank alike, the ranks agree on the outcome: all
+ * keep the new sizes or, when a rank could not take its buffers, all keep
+ * the old ones and the layer fails. */
+static void grow(expert_parallel *ep, int l)
+{
+    const backend *be = ep->setup.be;
+    const int world = ep->c->world, rank = ep->c->rank, L = ep->setup.layers;
+    const int group[3] = {l, L, L + 1};
+    if (!propose(ep, l))
+        return;
+    float *fresh[3][EP_GROUP_BUFFERS] = {{0}};
+    int failed = 0;
+    for (int i = 0; i < 3 && !failed; i++) {
+        int rows = ep->proposed[i * world + rank];
+        ep_group g = group_of(ep, group[i]);
+        if (rows != ep->capacity[group[i] * world + rank])
+            failed = group_take(be, &g, rows, fresh[i]) < 0;
+    }
+    double failed_rank = failed ? rank + 1 : 0; /* the highest, plus one */
+    comm_allreduce_max_double(ep->c, &failed_rank, 1);
+    for (int i = 0; i < 3; i++) {
+        ep_group g = group_of(ep, group[i]);
+        if (failed_rank == 0 && fresh[i][0])
+            group_swap(be, &g, fresh[i]);
+        else
+            for (int j = 0; j < g.count; j++)
+                give_back(be, fresh[i][j]);
+    }
+    if (failed_rank != 0) {
+        fail(ep, l, (int)failed_rank - 1);
+        return;
+    }
+    for (int i = 0; i < 3; i++)
+        for (int r = 0; r < world; r++)
+            ep->capacity[group[i] * world + r] = ep->proposed[i * world + r];
+}
+
 /* Rows in `from` (receive order) to my slot order in `to`, or back. */
 static void gather_rows(float *to, const float *from, const int *position,
                         int count, int row)
@@ -325,9 +554,16 @@ void expert_parallel_forward(expert_parallel *ep, int l,
               K = d->top_k;
     ep_layer *y = &ep->layers[l];
 
-    if (l == 0)
+    if (l == 0) {
         ep->rows = 0;
+        ep->failed = 0;
+    }
+    if (ep->failed) /* on every rank: no exchange for the rest of the step */
+        return;
     plan_layer(ep, l, expert_index);
+    grow(ep, l);
+    if (ep->failed)
+        return;
     d->lap(d->model, EXPERT_PARALLEL_ROUTER, 0);
     ops->moe_permute(ctx, ep->send, norm_out, y->outgoing_token, y->outgoing,
                      C);
@@ -361,6 +597,10 @@ void expert_parallel_backward(expert_parallel *ep, int l, const float *dout,
               K = d->top_k;
     ep_layer *y = &ep->layers[l];
 
+    if (ep->failed) { /* on every rank, as in the forward */
+        memset(dgate, 0, (size_t)ep->N_local * K * sizeof(float));
+        return;
+    }
     memset(ep->d_returned, 0, (size_t)y->outgoing * C * sizeof(float));
     ops->moe_unpermute_backward(ctx, ep->d_returned, dgate, dout, y->returned,
                                 y->position_of, gate, ep->N_local, K, C);
@@ -402,6 +642,26 @@ const router_dispatch *expert_parallel_dispatch(const expert_parallel *ep,
                                                int l)
 {
     return &ep->layers[l].dispatch;
+}
+
+const char *expert_parallel_failure(const expert_parallel *ep)
+{
+    return ep->failed ? ep->failure : NULL;
+}
+
+size_t expert_parallel_bytes(const expert_parallel *ep, size_t *activations,
+                             size_t *staging)
+{
+    const int world = ep->c->world, rank = ep->c->rank, L = ep->setup.layers;
+    size_t held[2] = {ep->fixed_activation_bytes, ep->metadata_bytes};
+    for (int g = 0; g < L + 2; g++)
+        held[g == L + 1] += (size_t)ep->capacity[g * world + rank] *
+                            group_row_bytes(ep, g);
+    if (activations)
+        *activations = held[0];
+    if (staging)
+        *staging = held[1];
+    return held[0] + held[1];
 }
 
 long expert_parallel_rows(const expert_parallel *ep)

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 
 #include "engine/moe/expert_parallel.h"
+#include "engine/moe/migration.h"
 
 struct sharding {
     model *m;
@@ -85,6 +86,8 @@ int sharding_create(sharding **out, model *m, const comm *c,
         model_set_comm(m, c, err) < 0)
         goto fail;
     if (c->world > 1) {
+        if (migration_hold_placed(m, s->placement, err) < 0)
+            goto fail;
         expert_parallel_setup setup = {
             .layers = d->L, .experts = d->E, .top_k = d->K,
             .d_model = d->C, .expert_hidden = d->F,
@@ -121,6 +124,15 @@ void sharding_destroy(sharding *s)
     free(s);
 }
 
+int sharding_restore(sharding *s, const int *expert_rank, moe_error *err)
+{
+    placement_restore(s->placement, expert_rank);
+    if (!s->ep)
+        return 0;
+    return comm_agree(s->c, migration_hold_placed(s->m, s->placement, err),
+                      err);
+}
+
 placement *sharding_placement(sharding *s)
 {
     return s->placement;
@@ -136,4 +148,17 @@ long sharding_rows(const sharding *s)
 double sharding_take_alltoall_s(sharding *s)
 {
     return s->ep ? expert_parallel_take_alltoall_s(s->ep) : 0.0;
+}
+
+sharding_memory sharding_memory_bytes(const sharding *s)
+{
+    sharding_memory bytes = {0, 0};
+    if (s->ep)
+        expert_parallel_bytes(s->ep, &bytes.activations, &bytes.staging);
+    return bytes;
+}
+
+const char *sharding_failure(const sharding *s)
+{
+    return s->ep ? expert_parallel_failure(s->ep) : NULL;
 }

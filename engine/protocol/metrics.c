@@ -178,6 +178,12 @@ int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
     record_set_int(r, RECORD_RUN_active_params,
                    (long long)model_active_params(m));
     record_set_real(r, RECORD_RUN_flops_per_token, model_flops_per_token(m));
+    /* The model state of one routed expert and of the dense part: what the
+     * planner and a move's memory check count. */
+    record_set_int(r, RECORD_RUN_expert_state_bytes,
+                   (long long)model_expert_state_bytes(m));
+    record_set_int(r, RECORD_RUN_dense_state_bytes,
+                   (long long)model_memory_bytes(m).dense_state);
     record_set_int(r, RECORD_RUN_tokens_per_step,
                    cfg->train.batch_size * cfg->model.seq_len);
     record_set_int(r, RECORD_RUN_steps, cfg->train.steps);
@@ -320,6 +326,12 @@ static json_t *rank_part(int r, const rank_stats *q, const config_device *dev)
     record_set_real(o, RECORD_RANK_state_gb, q->state_bytes * 1e-9);
     record_set_real(o, RECORD_RANK_capacity_gb, q->capacity_bytes * 1e-9);
     record_set_real(o, RECORD_RANK_rss_gb, q->rss_bytes * 1e-9);
+    record_set_real(o, RECORD_RANK_peak_rss_gb, q->peak_rss_bytes * 1e-9);
+    record_set_real(o, RECORD_RANK_expert_state_gb,
+                    q->expert_state_bytes * 1e-9);
+    record_set_real(o, RECORD_RANK_dense_state_gb, q->dense_state_bytes * 1e-9);
+    record_set_real(o, RECORD_RANK_activations_gb, q->activation_bytes * 1e-9);
+    record_set_real(o, RECORD_RANK_staging_gb, q->staging_bytes * 1e-9);
     return o;
 }
 

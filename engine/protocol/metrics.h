@@ -33,6 +33,13 @@ typedef struct rank_stats {
                             experts it hosts (16 bytes a parameter) */
     double capacity_bytes; /* cluster.devices[].memory_gb */
     double rss_bytes;    /* resident memory of its process */
+    double peak_rss_bytes; /* the most it has been resident (VmHWM) */
+    /* What it holds, by kind, as allocated: */
+    double expert_state_bytes; /* its experts' weights, grads, moments */
+    double dense_state_bytes;  /* the replicated dense state */
+    double activation_bytes;   /* the model's and the expert rows' */
+    double staging_bytes;      /* all-to-all and all-reduce staging and
+                                  dispatch tables */
 } rank_stats;
 
 typedef struct step_stats {

@@ -82,6 +82,8 @@ typedef enum record_presence {
     X(RUN, devices, ARRAY, ALWAYS, "", DEVICE)                                 \
     X(RUN, params, INT, ALWAYS, "parameters", NONE)                            \
     X(RUN, active_params, INT, ALWAYS, "parameters", NONE)                     \
+    X(RUN, expert_state_bytes, INT, ALWAYS, "bytes", NONE)                     \
+    X(RUN, dense_state_bytes, INT, ALWAYS, "bytes", NONE)                      \
     X(RUN, flops_per_token, REAL, ALWAYS, "FLOP/token", NONE)                  \
     X(RUN, tokens_per_step, INT, ALWAYS, "tokens", NONE)                       \
     X(RUN, steps, INT, ALWAYS, "steps", NONE)                                  \
@@ -159,6 +161,11 @@ typedef enum record_presence {
     X(RANK, state_gb, REAL, NULLABLE, "1e9 bytes", NONE)                       \
     X(RANK, capacity_gb, REAL, NULLABLE, "1e9 bytes", NONE)                    \
     X(RANK, rss_gb, REAL, NULLABLE, "1e9 bytes", NONE)                         \
+    X(RANK, peak_rss_gb, REAL, NULLABLE, "1e9 bytes", NONE)                    \
+    X(RANK, expert_state_gb, REAL, NULLABLE, "1e9 bytes", NONE)                \
+    X(RANK, dense_state_gb, REAL, NULLABLE, "1e9 bytes", NONE)                 \
+    X(RANK, activations_gb, REAL, NULLABLE, "1e9 bytes", NONE)                 \
+    X(RANK, staging_gb, REAL, NULLABLE, "1e9 bytes", NONE)                     \
     X(IMBALANCE, max_mean, ARRAY, ALWAYS, "ratio per layer (null n/a)", NONE)  \
     X(IMBALANCE, cv, ARRAY, ALWAYS, "ratio per layer (null n/a)", NONE)        \
     X(IMBALANCE, dead, ARRAY, ALWAYS, "experts per layer", NONE)               \

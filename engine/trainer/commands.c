@@ -95,15 +95,21 @@ static int plan_collective(boundary_state *bs, record_trigger trigger,
                        cells * c->world * sizeof *b->proposal_share, 0);
     }
     double start = clock_monotonic_s();
-    for (int l = 0; l < m->dims.L; l++)
-        for (int e = 0; e < m->dims.E; e++) {
-            size_t i = (size_t)l * m->dims.E + e;
-            size_t moved = trainer_split_expert(
-                t, l, e, b->proposal[i], b->proposal_share + i * c->world);
+    moe_error why = {0};
+    int stopped = 0; /* a receiver out of memory: the rest stays put */
+    for (int l = 0; l < m->dims.L && !stopped; l++)
+        for (int e = 0; e < m->dims.E && !stopped; e++) {
+            size_t i = (size_t)l * m->dims.E + e, moved = 0;
+            stopped = trainer_split_expert(t, l, e, b->proposal[i],
+                                           b->proposal_share + i * c->world,
+                                           &moved, &why) < 0;
             t->migration_bytes += moved;
             t->migrations += moved > 0;
         }
     double took_ms = (clock_monotonic_s() - start) * 1e3;
+    if (stopped && c->rank == 0)
+        snprintf(reply + strlen(reply), reply_size - strlen(reply),
+                 "; stopped part way: %s", why.message);
     if (c->rank == 0) {
         b->have_proposal = 0;
         b->pending_result = 1;
@@ -163,10 +169,22 @@ typedef int (*command_handler)(boundary_state *b, const command *c,
 static int apply_move(boundary_state *b, const command *c,
                       command_result *out, moe_error *err)
 {
-    (void)err;
     trainer *t = b->t;
+    int share[CONFIG_MAX_DEVICES] = {0};
+    share[c->rank] = PLACEMENT_SHARE_UNITS;
+    if (trainer_check_room(t, c->layer, c->expert, share, out->reply,
+                           sizeof out->reply)) {
+        out->flags |= APPLIED_REFUSED;
+        return 0;
+    }
     double move_start = clock_monotonic_s();
-    size_t bytes = trainer_move_expert(t, c->layer, c->expert, c->rank);
+    size_t bytes = 0;
+    if (trainer_move_expert(t, c->layer, c->expert, c->rank, &bytes,
+                            err) < 0) {
+        snprintf(out->reply, sizeof out->reply, "%.250s", err->message);
+        out->flags |= APPLIED_REFUSED;
+        return 0;
+    }
     out->duration_ms = (clock_monotonic_s() - move_start) * 1e3;
     t->migration_bytes += bytes;
     t->migrations += bytes > 0;
@@ -195,9 +213,20 @@ static int apply_split(boundary_state *b, const command *c,
         free(share);
         return 0;
     }
+    if (trainer_check_room(t, c->layer, c->expert, share, local, size)) {
+        out->flags |= APPLIED_REFUSED;
+        free(share);
+        return 0;
+    }
     double move_start = clock_monotonic_s();
-    size_t bytes = trainer_split_expert(t, c->layer, c->expert, c->rank,
-                                        share);
+    size_t bytes = 0;
+    if (trainer_split_expert(t, c->layer, c->expert, c->rank, share, &bytes,
+                             err) < 0) {
+        snprintf(local, size, "%.250s", err->message);
+        out->flags |= APPLIED_REFUSED;
+        free(share);
+        return 0;
+    }
     out->duration_ms = (clock_monotonic_s() - move_start) * 1e3;
     t->migration_bytes += bytes;
     t->migrations += bytes > 0;

@@ -25,6 +25,21 @@ static double resident_bytes(void)
                     : NAN;
 }
 
+/* The most this process has been resident (VmHWM), NAN where unknown. */
+static double peak_resident_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return NAN;
+    char line[256];
+    double kib = NAN;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmHWM: %lf kB", &kib) == 1)
+            break;
+    fclose(f);
+    return kib * 1024.0;
+}
+
 /* The rank's backend, from its device entry: the CPU reference, or a GPU
  * backend loaded at run time. Tokens and migrating experts cross between
  * ranks through host-addressable (managed) memory, so any mix of devices
@@ -132,7 +147,10 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
         free(configured_rank);
         goto fail;
     }
-    int made = model_create(&t->model, cfg, &t->be, t->local_batch, err) == 0 &&
+    enum model_experts experts = c->world > 1 ? MODEL_EXPERTS_PARALLEL
+                                              : MODEL_EXPERTS_LOCAL;
+    int made = model_create(&t->model, cfg, &t->be, t->local_batch, experts,
+                            err) == 0 &&
                sharding_create(&t->sharding, t->model, c,
                                placed ? configured_rank : NULL, err) == 0;
     free(configured_rank);
@@ -192,17 +210,6 @@ void trainer_destroy(trainer *t)
     free(t);
 }
 
-/* Every rank leaves with the same verdict: rank 0's status and reason. */
-static int agree(const trainer *t, int status, moe_error *err)
-{
-    if (t->comm->world == 1)
-        return status;
-    comm_broadcast(t->comm, &status, sizeof status, 0);
-    if (status < 0)
-        comm_broadcast(t->comm, err->message, sizeof err->message, 0);
-    return status;
-}
-
 int trainer_resume(trainer *t, const char *path, moe_error *err)
 {
     model *m = t->model;
@@ -211,72 +218,89 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
     int *recorded_rank = calloc(experts, sizeof *recorded_rank);
     if (!recorded_rank)
         return error_set(err, "out of memory");
-    /* Rank 0 reads, then hands every rank the same state. */
-    checkpoint_state st;
-    memset(&st, 0, sizeof st);
-    int status = 0;
-    if (c->rank == 0) {
-        status = checkpoint_load(path, m, &st, recorded_rank, err);
-        if (status == 0 && st.seed != t->cfg.train.seed)
-            status = error_set(err, "%s was trained with train.seed %llu, "
-                                    "but the configuration has %llu", path,
-                               (unsigned long long)st.seed,
-                               (unsigned long long)t->cfg.train.seed);
-    }
-    if (agree(t, status, err) < 0) {
-        free(recorded_rank);
-        return -1;
-    }
-    size_t bytes = m->param_count * sizeof(float);
-    comm_broadcast(c, m->param_memory, bytes, 0);
-    comm_broadcast(c, m->adam_m_memory, bytes, 0);
-    comm_broadcast(c, m->adam_v_memory, bytes, 0);
-    comm_broadcast(c, &st, sizeof st, 0);
-    model_broadcast_balance_state(m, 0);
-    comm_broadcast(c, recorded_rank, experts * sizeof *recorded_rank, 0);
+    checkpoint_reader *reader = NULL;
+    int recorded_world = 0;
+    int status = checkpoint_open(&reader, path, m, recorded_rank,
+                                 &recorded_world, err);
+    if (status == 0 && checkpoint_seed(reader) != t->cfg.train.seed)
+        status = error_set(err, "%s was trained with train.seed %llu, but "
+                                "the configuration has %llu", path,
+                           (unsigned long long)checkpoint_seed(reader),
+                           (unsigned long long)t->cfg.train.seed);
     /* The recorded placement stands when it was made for this many ranks;
-     * otherwise the experts are placed afresh. */
-    int highest = 0;
-    for (size_t i = 0; i < experts; i++)
-        highest = recorded_rank[i] > highest ? recorded_rank[i] : highest;
-    /* Checkpoints keep each expert's rank, not its split: a resumed run
-     * starts unsplit, and the balance policy splits again if it pays. */
-    placement_restore(t->placement,
-                      highest + 1 == c->world ? recorded_rank : NULL);
+     * otherwise the experts are placed afresh. Checkpoints keep each
+     * expert's rank, not its split: a resumed run starts unsplit, and the
+     * balance policy splits again if it pays. Then each rank reads the
+     * dense state and the experts it now holds. */
+    if (comm_agree(c, status, err) == 0)
+        status = sharding_restore(t->sharding,
+                                  recorded_world == c->world ? recorded_rank
+                                                             : NULL,
+                                  err);
+    if (status == 0)
+        status = comm_agree(c, checkpoint_read(reader, m, &t->state, err),
+                            err);
+    checkpoint_close(reader);
     free(recorded_rank);
-    t->state = st;
-    return 0;
+    return status;
 }
 
-size_t trainer_move_expert(trainer *t, int l, int e, int to)
+int trainer_move_expert(trainer *t, int l, int e, int to, size_t *shipped,
+                        moe_error *err)
 {
-    return migration_move_expert(t->model, t->placement, t->comm, l, e, to);
+    return migration_move_expert(t->model, t->placement, t->comm, l, e, to,
+                                 shipped, err);
 }
 
-size_t trainer_split_expert(trainer *t, int l, int e, int to,
-                            const int *share)
+int trainer_split_expert(trainer *t, int l, int e, int to, const int *share,
+                         size_t *shipped, moe_error *err)
 {
     return migration_split_expert(t->model, t->placement, t->comm, l, e, to,
-                                  share);
+                                  share, shipped, err);
+}
+
+/* Experts rank r holds (replicas of split experts included). */
+static int experts_held_by(const placement *p, int r)
+{
+    int held = 0;
+    for (int l = 0; l < p->layers; l++)
+        for (int e = 0; e < p->experts; e++)
+            held += placement_share(p, l, e, r) > 0;
+    return held;
+}
+
+int trainer_check_room(const trainer *t, int l, int e, const int *share,
+                       char *why, size_t why_size)
+{
+    const placement *p = t->placement;
+    const balancer *b = &t->bal;
+    for (int r = 0; r < p->world; r++) {
+        if (share[r] == 0 || placement_share(p, l, e, r) > 0)
+            continue;
+        int held = experts_held_by(p, r);
+        double after = b->dense_bytes + (held + 1) * b->expert_bytes;
+        double capacity = t->cfg.cluster.devices[r].memory_gb * 1e9;
+        if (after <= capacity)
+            continue;
+        snprintf(why, why_size, "expert %d.%d does not fit on rank %d: "
+                 "%.3g MB dense + %d experts x %.3g MB = %.3g MB of model "
+                 "state, %.3g MB with it, over memory_gb %.3g MB", l, e, r,
+                 b->dense_bytes / 1e6, held, b->expert_bytes / 1e6,
+                 (b->dense_bytes + held * b->expert_bytes) / 1e6, after / 1e6,
+                 capacity / 1e6);
+        return 1;
+    }
+    return 0;
 }
 
 int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
                        moe_error *err)
 {
-    model *m = t->model;
-    /* Rank 0 writes the whole model: first it collects the experts other
-     * ranks hold. */
-    migration_gather_experts(m, t->placement, t->comm, 0);
-    int status = 0;
-    if (t->comm->rank == 0)
-        status = checkpoint_save(t->cfg.checkpoint.dir, t->cfg.checkpoint.keep,
-                                 m, t->placement->expert_rank, &t->state,
-                                 path_out, path_size, err);
-    if (agree(t, status, err) < 0)
-        return -1;
-    if (t->comm->world > 1)
-        comm_broadcast(t->comm, path_out, path_size, 0);
-    return 0;
+    /* Each rank writes the experts it owns, rank 0 the dense state, and
+     * rank 0 renames the manifest into place last. */
+    return checkpoint_save(t->cfg.checkpoint.dir, t->cfg.checkpoint.keep,
+                           t->model, t->comm, t->placement->expert_rank,
+                           &t->state, path_out, path_size, err);
 }
 
 /* When the phases of a step ended (monotonic seconds). */
@@ -310,12 +334,18 @@ static void gather_rank_stats(trainer *t, const step_times *at,
     mine.expert_flops_per_s = expert_s > 0
         ? mine.tokens * COST_FLOP_PER_PARAM_TOKEN * expert_params / expert_s
         : NAN;
-    mine.state_bytes = COST_STATE_BYTES_PER_PARAM * ((double)m->param_count -
-                               (m->dims.L * m->dims.E - mine.experts) *
-                                   expert_params);
+    mine.state_bytes = t->bal.dense_bytes + mine.experts * t->bal.expert_bytes;
     mine.capacity_bytes =
         t->cfg.cluster.devices[t->comm->rank].memory_gb * 1e9;
     mine.rss_bytes = resident_bytes();
+    mine.peak_rss_bytes = peak_resident_bytes();
+    model_memory held = model_memory_bytes(m);
+    sharding_memory moe = sharding_memory_bytes(t->sharding);
+    mine.expert_state_bytes = (double)held.expert_state;
+    mine.dense_state_bytes = (double)held.dense_state;
+    mine.activation_bytes = (double)(held.activations + moe.activations);
+    mine.staging_bytes = (double)(moe.staging + m->reduce.capacity *
+                                                    sizeof(float));
     comm_gather(t->comm, &mine, sizeof mine, t->rank);
     if (t->comm->rank != 0)
         return;
@@ -400,6 +430,9 @@ int trainer_step(trainer *t, step_stats *s, moe_error *err)
     at.zeroed = clock_monotonic_s();
     model_backward(m);
     at.backward_done = clock_monotonic_s();
+    const char *failure = sharding_failure(t->sharding);
+    if (failure)
+        return error_set(err, "%s", failure);
     if (optimizer_reduce_gradients(m, err) < 0)
         return -1;
     at.reduced = clock_monotonic_s();

@@ -78,15 +78,25 @@ int trainer_checkpoint(trainer *t, char *path_out, size_t path_size,
                        moe_error *err);
 
 /* Moves expert (l, e) with its Adam moments to rank `to`; every rank calls
- * it at the same step boundary. Returns the bytes moved. */
-size_t trainer_move_expert(trainer *t, int l, int e, int to);
+ * it at the same step boundary. *shipped: the bytes moved. Returns -1 on
+ * every rank, nothing moved, when the receiver is out of memory. */
+int trainer_move_expert(trainer *t, int l, int e, int to, size_t *shipped,
+                        moe_error *err);
 
 /* Gives expert (l, e) rank `to` and splits its rows by `share` (world,
  * in 1/PLACEMENT_SHARE_UNITS, share[to] > 0): each rank that gains a share
  * and had none receives a replica from the expert's present rank. Every
- * rank calls it at the same boundary. Returns the bytes shipped. */
-size_t trainer_split_expert(trainer *t, int l, int e, int to,
-                            const int *share);
+ * rank calls it at the same boundary. As trainer_move_expert otherwise. */
+int trainer_split_expert(trainer *t, int l, int e, int to, const int *share,
+                         size_t *shipped, moe_error *err);
+
+/* Why a move or split of expert (l, e) to the ranks with a share in
+ * `share` would not fit: the first receiver whose model state (dense and
+ * held experts, 16 bytes a parameter, the planner's measure) would exceed
+ * its memory_gb, with the figures, in why; 0 when it fits. Every rank
+ * reaches the same answer. */
+int trainer_check_room(const trainer *t, int l, int e, const int *share,
+                       char *why, size_t why_size);
 
 typedef struct train_progress {
     void (*on_step)(const step_stats *s, int last_step, void *user);

@@ -152,27 +152,9 @@ def case_resume(tmp):
 BALANCE = ("balance.bias_update_rate=0.01", "balance.routing_warmup_steps=150")
 
 
-def to_version_1(path, layers, experts):
-    """Rewrites a version-2 checkpoint as version 1: without the balancing
-    block (bias (L, E) f32, logit mean and variance (L) f64, ready i32)."""
-    import struct
-    data = open(path, "rb").read()
-    if struct.unpack_from("<I", data, 8)[0] != 2:
-        fail("expected a version-2 checkpoint")
-    block = 4 * layers * experts + 16 * layers + 4
-    body = bytearray(data[:-8 - block])
-    struct.pack_into("<I", body, 8, 1)
-    h = 0xcbf29ce484222325
-    for b in body:
-        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
-    with open(path, "wb") as f:
-        f.write(bytes(body) + struct.pack("<Q", h))
-
-
 def case_resume_balance(tmp):
     """Resuming in the middle of the routing warm-up, with bias balancing:
-    the bias, the running logit statistics and the noise continue exactly.
-    A version-1 checkpoint (no balancing state) still resumes exactly."""
+    the bias, the running logit statistics and the noise continue exactly."""
     f = steps(resume_matches(tmp, BALANCE))
     # The options took effect: warm-up routing at step 1 is noise, so its
     # loads differ from plain routing's; later the bias evens them out.
@@ -182,16 +164,6 @@ def case_resume_balance(tmp):
     print("steps 101..200 after resuming at 100 (warm-up 150 steps, bias "
           "0.01) are bit-identical")
 
-    # Version 1: a run without balancing resumes from it exactly.
-    ten = train(tmp, "v1", ["--steps", "10"], ["train.eval_every=0"])
-    path = [x for x in ten if x["type"] == "checkpoint"][-1]["path"]
-    to_version_1(path, 2, 4)
-    after = steps(train(tmp, "v1after", ["--resume", path, "--steps", "20"],
-                        ["train.eval_every=0"]))
-    for s in range(11, 21):
-        if trajectory(after[s]) != trajectory(plain[s]):
-            fail(f"step {s} after a version-1 checkpoint differs")
-    print("a version-1 checkpoint resumes bit-identically")
 
 
 def case_train(tmp):
@@ -306,23 +278,52 @@ def case_signal(tmp):
 
 
 def case_corrupt_checkpoint(tmp):
+    """A sharded checkpoint is checked file by file against its manifest:
+    a truncated shard, a flipped byte, a missing manifest, another shape and
+    an earlier moectl's single-file checkpoint are each refused with the
+    reason, exit 1, before training starts."""
     records = train(tmp, "cc", ["--steps", "3"])
     path = [r for r in records if r["type"] == "checkpoint"][-1]["path"]
-    data = open(path, "rb").read()
-    with open(path, "wb") as f:
+    names = sorted(os.listdir(path))
+    shard = os.path.join(path, next(n for n in names
+                                    if n.startswith("experts-")))
+    dense = os.path.join(path, next(n for n in names
+                                    if n.startswith("dense-")))
+
+    def refused(why, want, *sets, resume=path):
+        args = ["run", TINY, "--resume", resume, "--set",
+                "data.path=" + CORPUS]
+        for s in sets:
+            args += ["--set", s]
+        rc, _, err = run(args, tmp, check=False)
+        if rc != 1 or want not in err:
+            fail(f"{why}: exit {rc}, {err!r}")
+
+    data = open(shard, "rb").read()
+    with open(shard, "wb") as f:
         f.write(data[: len(data) // 2])
-    rc, _, err = run(["run", TINY, "--resume", path, "--set",
-                      "data.path=" + CORPUS], tmp, check=False)
-    if rc != 1 or "truncated or corrupt" not in err:
-        fail(f"truncated checkpoint: exit {rc}, {err!r}")
-    # A checkpoint of another shape is refused with the reason.
-    with open(path, "wb") as f:
+    refused("truncated shard", "truncated or corrupt")
+    with open(shard, "wb") as f:
         f.write(data)
-    rc, _, err = run(["run", TINY, "--resume", path, "--set",
-                      "data.path=" + CORPUS, "--set", "model.d_model=64"],
-                     tmp, check=False)
-    if rc != 1 or "model.d_model = 32" not in err:
-        fail(f"mismatched checkpoint: exit {rc}, {err!r}")
+    kept = open(dense, "rb").read()
+    with open(dense, "wb") as f:
+        f.write(kept[:-9] + bytes([kept[-9] ^ 1]) + kept[-8:])
+    refused("a flipped byte", "truncated or corrupt")
+    with open(dense, "wb") as f:
+        f.write(kept)
+    refused("another shape", "model.d_model = 32", "model.d_model=64")
+    manifest = os.path.join(path, "manifest.json")
+    os.rename(manifest, manifest + ".aside")
+    refused("no manifest", "no whole checkpoint",
+            resume=os.path.dirname(path))
+    os.rename(manifest + ".aside", manifest)
+    legacy = os.path.join(tmp, "step-00000003.ckpt")
+    with open(legacy, "wb") as f:
+        f.write(b"MOECTLCK" + bytes(64))
+    refused("single-file checkpoint", "single-file checkpoint of an earlier",
+            resume=legacy)
+    print("truncated, corrupt, headless, misshapen and single-file "
+          "checkpoints refused with the reason")
 
 
 def case_bench(tmp):

@@ -122,7 +122,7 @@ when max_mean > 1e9 stop # never
        "migrations  0 experts" not in err:
         fail(f"the stderr summary table:\n{err}")
     ckpt = s["checkpoint"]
-    if not ckpt or not ckpt.endswith("step-00000130.ckpt"):
+    if not ckpt or not ckpt.endswith("step-00000130"):
         fail(f"checkpoint {ckpt}")
     rc, resumed, err = run(tmp, "after", "", extra=["--resume", ckpt,
                                                     "--steps", "133"],

@@ -87,6 +87,33 @@ static int prepare_balance(model *m, const int *inputs, const int *targets,
     return failed;
 }
 
+/* Where a parameter is sampled from: `count` elements at `offset` of
+ * each of `slots` slots `stride` apart (one slot for a dense tensor; one
+ * per held expert for an expert tensor), in the params and grads slabs. */
+typedef struct sample_space {
+    const char *name;
+    float *params, *grads;
+    size_t slots, stride, offset, count;
+} sample_space;
+
+static int sample_spaces(model *m, sample_space *out)
+{
+    int n = 0;
+    for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
+        const model_tensor_info *t = &m->tensors[i];
+        out[n++] = (sample_space){t->name, m->param_memory, m->grad_memory,
+                                  1, 0, t->offset, t->count};
+    }
+    const expert_store *st = &m->experts;
+    out[n++] = (sample_space){"expert_w13", st->params, st->grads,
+                              (size_t)st->capacity, st->slot_count, 0,
+                              st->w13_count};
+    out[n++] = (sample_space){"expert_w2", st->params, st->grads,
+                              (size_t)st->capacity, st->slot_count,
+                              st->w13_count, st->slot_count - st->w13_count};
+    return n;
+}
+
 static int check(const char *label, double capacity_factor, int n_shared,
                  int balance)
 {
@@ -114,7 +141,7 @@ static int check(const char *label, double capacity_factor, int n_shared,
     moe_error err;
     model *m = NULL;
     if (cpu_backend_init(&be, 1) < 0 ||
-        model_create(&m, &cfg, &be, B, &err) < 0) {
+        model_create(&m, &cfg, &be, B, MODEL_EXPERTS_LOCAL, &err) < 0) {
         printf("FAIL: cannot build the model\n");
         return 1;
     }
@@ -139,27 +166,30 @@ static int check(const char *label, double capacity_factor, int n_shared,
     const double h = 2e-3;
     int checked = 0, skipped = 0, bad = 0;
     double diff2 = 0, norm2 = 0;
-    for (int i = 0; i < MODEL_TENSOR_COUNT; i++) {
-        const model_tensor_info *t = &m->tensors[i];
+    sample_space spaces[MODEL_TENSOR_COUNT + 2];
+    int n_spaces = sample_spaces(m, spaces);
+    for (int i = 0; i < n_spaces; i++) {
+        const sample_space *t = &spaces[i];
         if (t->count == 0)
             continue;
         double worst = 0;
         for (int sample = 0; sample < 24; sample++) {
-            size_t j = t->offset + (size_t)rng_below(&r, t->count);
-            float saved = m->param_memory[j];
-            m->param_memory[j] = saved + (float)h;
+            size_t j = (size_t)rng_below(&r, (uint64_t)t->slots) * t->stride +
+                       t->offset + (size_t)rng_below(&r, t->count);
+            float saved = t->params[j];
+            t->params[j] = saved + (float)h;
             double up = objective(m, inputs, targets, B);
             int same = routing_equal(m, routing, routing_count);
-            m->param_memory[j] = saved - (float)h;
+            t->params[j] = saved - (float)h;
             double down = objective(m, inputs, targets, B);
             same &= routing_equal(m, routing, routing_count);
-            m->param_memory[j] = saved;
+            t->params[j] = saved;
             if (!same) { /* top-k flipped: the loss is not smooth here */
                 skipped++;
                 continue;
             }
             double numeric = (up - down) / (2 * h);
-            double analytic = m->grad_memory[j];
+            double analytic = t->grads[j];
             double err_abs = fabs(numeric - analytic);
             diff2 += err_abs * err_abs;
             norm2 += numeric * numeric;
@@ -167,7 +197,7 @@ static int check(const char *label, double capacity_factor, int n_shared,
             if (err_abs > 3e-4 + 3e-2 * fabs(numeric)) {
                 bad++;
                 printf("  %s[%zu]: analytic %.6e numeric %.6e\n", t->name,
-                       j - t->offset, analytic, numeric);
+                       j, analytic, numeric);
             }
             worst = fmax(worst, err_abs);
         }

@@ -58,6 +58,14 @@ static int set_address_limit(rlim_t bytes)
     return setrlimit(RLIMIT_AS, &limit);
 }
 
+/* Both gradient slabs, one after the other. */
+static void gather_gradients(float *out, float *const slabs[2],
+                             const size_t counts[2])
+{
+    memcpy(out, slabs[0], counts[0] * sizeof *out);
+    memcpy(out + counts[0], slabs[1], counts[1] * sizeof *out);
+}
+
 int main(void)
 {
     if (UNDER_SANITIZER) {
@@ -78,7 +86,7 @@ int main(void)
     model *m = NULL;
     comm alone = {.rank = 0, .world = 1};
     if (cpu_backend_init(&be, 1) < 0 ||
-        model_create(&m, &cfg, &be, 1, &err) < 0 ||
+        model_create(&m, &cfg, &be, 1, MODEL_EXPERTS_LOCAL, &err) < 0 ||
         model_set_comm(m, &alone, &err) < 0) {
         printf("FAIL: cannot build the model: %s\n", err.message);
         return 1;
@@ -87,13 +95,20 @@ int main(void)
     model_set_expert_parallel(m, &split);
     rng r;
     rng_seed(&r, 7, 0);
-    for (size_t i = 0; i < m->param_count; i++)
-        m->grad_memory[i] = (float)rng_normal(&r);
+    /* Dense gradients, then every expert's (all of them held here). */
+    float *slabs[2] = {m->grad_memory, m->experts.grads};
+    size_t counts[2] = {m->dense_count,
+                        (size_t)m->experts.capacity * m->experts.slot_count};
     size_t bytes = m->param_count * sizeof(float);
-    float *before = malloc(bytes);
-    if (!before)
+    EXPECT(counts[0] + counts[1] == m->param_count, "slabs of %zu + %zu "
+           "for %zu parameters", counts[0], counts[1], m->param_count);
+    float *before = malloc(bytes), *after = malloc(bytes);
+    if (!before || !after)
         return 1;
-    memcpy(before, m->grad_memory, bytes);
+    for (int k = 0; k < 2; k++)
+        for (size_t i = 0; i < counts[k]; i++)
+            slabs[k][i] = (float)rng_normal(&r);
+    gather_gradients(before, slabs, counts);
     printf("staging for %zu gradients\n", m->param_count);
     fflush(stdout);
 
@@ -107,20 +122,23 @@ int main(void)
            "message: %s", err.message);
     EXPECT(m->reduce.buffer == NULL && m->reduce.capacity == 0,
            "no staging kept after the failure");
-    EXPECT(memcmp(before, m->grad_memory, bytes) == 0,
+    gather_gradients(after, slabs, counts);
+    EXPECT(memcmp(before, after, bytes) == 0,
            "a failed reduction changed the gradients");
 
     status = optimizer_reduce_gradients(m, &err);
     EXPECT(status == 0, "with memory back: %d (%s)", status, err.message);
     EXPECT(m->reduce.capacity == m->param_count, "staging for %zu, not %zu",
            m->reduce.capacity, m->param_count);
-    EXPECT(memcmp(before, m->grad_memory, bytes) == 0,
+    gather_gradients(after, slabs, counts);
+    EXPECT(memcmp(before, after, bytes) == 0,
            "a one-rank reduction changed the gradients");
 
     model_set_expert_parallel(m, NULL);
     model_destroy(m);
     cpu_backend_finish(&be);
     free(before);
+    free(after);
     if (failures)
         return 1;
     printf("optimizer out of memory: ok\n");

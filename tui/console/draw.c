@@ -91,6 +91,26 @@ static void draw_header(console *c, const layout_rect *r)
 }
 
 
+/* The target's model state after the move against its memory_gb: the
+ * measure the job's own check applies, so "does not fit" is a refusal. */
+static void move_memory_preview(const console *c, char *line, size_t size)
+{
+    const view *v = &c->v;
+    int to = c->move_target;
+    if (to >= v->rank_count || !isfinite(v->expert_state_bytes))
+        return;
+    const view_rank *k = &v->ranks[to];
+    int here = v->placement &&
+               v->placement[(size_t)c->cursor_layer * v->experts +
+                            c->cursor_expert] == to;
+    double after = k->state_gb * 1e9 + (here ? 0 : v->expert_state_bytes);
+    char after_text[16], capacity[16];
+    format_bytes(after_text, sizeof after_text, after);
+    format_bytes(capacity, sizeof capacity, k->capacity_gb * 1e9);
+    snprintf(line, size, "; rank %d state after %s/%s%s", to, after_text,
+             capacity, after > k->capacity_gb * 1e9 ? " DOES NOT FIT" : "");
+}
+
 /* What the footer says before the keys, in the modes that ask something. */
 static void mode_prompt(const console *c, char *line, size_t size)
 {
@@ -107,6 +127,8 @@ static void mode_prompt(const console *c, char *line, size_t size)
                           c->v.devices[i].name, k ? k->tokens : 0.0,
                           i == c->move_target ? "]" : "");
         }
+        if (n > 0 && n < (int)size - 1)
+            move_memory_preview(c, line + n, size - (size_t)n);
     } else if (c->mode == MODE_CONFIRM_STOP) {
         snprintf(line, size, "Stop the job (checkpoint first)?");
     } else if (c->mode == MODE_QUIT) {

@@ -113,7 +113,12 @@ void draw_devices(console *c, const layout_rect *r)
         const view_device *d = &v->devices[i];
         const view_rank *k = i < v->rank_count ? &v->ranks[i] : NULL;
         char state[16], capacity[16];
-        format_bytes(state, sizeof state, k ? k->state_gb * 1e9 : NAN);
+        /* What it holds, as allocated (the model state it needs when the
+         * job does not say). */
+        double used_gb = k && isfinite(k->used_gb) ? k->used_gb
+                         : k                       ? k->state_gb
+                                                   : NAN;
+        format_bytes(state, sizeof state, used_gb * 1e9);
         format_bytes(capacity, sizeof capacity,
                      k ? k->capacity_gb * 1e9 : NAN);
         enum { NAME, EMU, EXPERTS, PRICE, MEM, BACKEND, BAR, TOKENS, FLOPS,

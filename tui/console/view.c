@@ -187,6 +187,7 @@ static void apply_run(view *v, const record_value *r)
     v->flops_per_token = record_real(r, RECORD_RUN_flops_per_token);
     v->params = record_real(r, RECORD_RUN_params);
     v->active_params = record_real(r, RECORD_RUN_active_params);
+    v->expert_state_bytes = record_real(r, RECORD_RUN_expert_state_bytes);
     record_value model;
     record_part(r, RECORD_RUN_model, 0, &model);
     int layers = int_of(&model, RECORD_MODEL_layers);
@@ -289,6 +290,10 @@ static void apply_ranks(view *v, const record_value *step)
         k->state_gb = record_real(&q, RECORD_RANK_state_gb);
         k->capacity_gb = record_real(&q, RECORD_RANK_capacity_gb);
         k->rss_gb = record_real(&q, RECORD_RANK_rss_gb);
+        k->used_gb = record_real(&q, RECORD_RANK_expert_state_gb) +
+                     record_real(&q, RECORD_RANK_dense_state_gb) +
+                     record_real(&q, RECORD_RANK_activations_gb) +
+                     record_real(&q, RECORD_RANK_staging_gb);
     }
 }
 

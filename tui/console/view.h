@@ -50,6 +50,8 @@ typedef struct view_rank {
     double expert_flops_per_s;     /* NAN when not published */
     double state_gb, capacity_gb;  /* model state it needs / device memory */
     double rss_gb;
+    double used_gb; /* what it holds: expert and dense state, activations,
+                       staging (NAN when not published) */
 } view_rank;
 
 /* The latest "plan" record. */
@@ -84,6 +86,7 @@ typedef struct view {
     int tokens_per_step;
     double flops_per_token;
     double params, active_params; /* parameters, and those a token uses */
+    double expert_state_bytes;    /* model state of one routed expert */
     int device_count;
     view_device devices[VIEW_MAX_RANKS];
 
