@@ -113,6 +113,38 @@ static int check_run_config(const config *cfg, const comm *c, moe_error *err)
     return 0;
 }
 
+/* Experts rank r holds (replicas of split experts included). */
+static int experts_held_by(const placement *p, int r)
+{
+    int held = 0;
+    for (int l = 0; l < p->layers; l++)
+        for (int e = 0; e < p->experts; e++)
+            held += placement_share(p, l, e, r) > 0;
+    return held;
+}
+
+/* Every rank's model state under the starting placement within its
+ * memory_gb: the measure moves are refused by, applied before the start. */
+static int check_placed_memory(const trainer *t, moe_error *err)
+{
+    const balancer *b = &t->bal;
+    for (int r = 0; r < t->placement->world; r++) {
+        int held = experts_held_by(t->placement, r);
+        double need = b->dense_bytes + held * b->expert_bytes;
+        double capacity = t->cfg.cluster.devices[r].memory_gb * 1e9;
+        if (need > capacity)
+            return error_set(err, "%s: cluster.devices[%d].memory_gb is "
+                                  "%.3g MB, but rank %d starts with %d "
+                                  "experts: %.3g MB dense + %d x %.3g MB = "
+                                  "%.3g MB of model state; give it more "
+                                  "memory_gb or fewer experts "
+                                  "(cluster.placement)", t->cfg.source, r,
+                             capacity / 1e6, r, held, b->dense_bytes / 1e6,
+                             held, b->expert_bytes / 1e6, need / 1e6);
+    }
+    return 0;
+}
+
 int trainer_create(trainer **out, const config *cfg, const comm *c,
                    moe_error *err)
 {
@@ -169,7 +201,8 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
         goto fail;
     }
     if (balancer_create(&t->bal, cfg, c->world, PLACEMENT_SHARE_UNITS,
-                        err) < 0)
+                        err) < 0 ||
+        check_placed_memory(t, err) < 0)
         goto fail;
     t->price_per_hour = cost_price_per_hour(cfg);
     t->peak_flops = cost_peak_flops(cfg);
@@ -257,16 +290,6 @@ int trainer_split_expert(trainer *t, int l, int e, int to, const int *share,
 {
     return migration_split_expert(t->model, t->placement, t->comm, l, e, to,
                                   share, shipped, err);
-}
-
-/* Experts rank r holds (replicas of split experts included). */
-static int experts_held_by(const placement *p, int r)
-{
-    int held = 0;
-    for (int l = 0; l < p->layers; l++)
-        for (int e = 0; e < p->experts; e++)
-            held += placement_share(p, l, e, r) > 0;
-    return held;
 }
 
 int trainer_check_room(const trainer *t, int l, int e, const int *share,

@@ -494,7 +494,17 @@ def case_memory_refusal(tmp):
     if tight[11]["placement"] != plain[11]["placement"] or \
             tight[12]["placement"][0][1] != 0:
         fail(f"placements: {tight[11]['placement']}, {tight[12]['placement']}")
+    # A starting placement over memory_gb does not start.
+    too_small = (dense + 3.5 * expert) / 1e9
+    _, p = train(tmp, "small", 2, ["--steps", "2"],
+                 [f"cluster.devices.1.memory_gb={too_small!r}"], check=False)
+    if p.returncode == 0 or "cluster.devices[1].memory_gb" not in p.stderr \
+            or "starts with 4 experts" not in p.stderr:
+        fail(f"a placement over memory_gb started: exit {p.returncode}\n"
+             f"{p.stderr[-2000:]}")
     print(f"refused: {refused['reply']}")
+    print("and at the start: " + next(l for l in p.stderr.splitlines()
+                                      if "memory_gb" in l))
 
 
 def whole_checkpoints(ckpt):
