@@ -47,10 +47,12 @@ int checkpoint_save(const char *dir, int keep, const model *m, const comm *c,
 typedef struct checkpoint_reader checkpoint_reader;
 
 /* Opens a checkpoint for m's shape: `path` is a checkpoint directory (or
- * its manifest.json), or a directory of them, meaning the newest whole one.
+ * its manifest.json), an earlier moectl's step-NNNNNNNN.ckpt, or a
+ * directory of them, meaning the newest whole one.
  * Fills expert_rank (L, E) with the recorded placement and *ranks with the
- * rank count it was written by. A single-file checkpoint of an earlier
- * moectl is refused with a message saying so. Every rank may call it. */
+ * rank count it was written by (for an earlier moectl's single-file
+ * checkpoint, which still loads: the highest rank it names, plus one).
+ * Every rank may call it. */
 int checkpoint_open(checkpoint_reader **out, const char *path,
                     const model *m, int *expert_rank, int *ranks,
                     moe_error *err);

@@ -9,12 +9,14 @@
 
 #include "engine/config/config.h"
 #include "engine/model/checkpoint_files.h"
+#include "engine/model/checkpoint_legacy.h"
 
 struct checkpoint_reader {
     char dir[CONFIG_PATH_MAX + 320]; /* the checkpoint's directory */
-    json_t *manifest;
+    json_t *manifest;  /* NULL: an earlier moectl's single file, at dir */
     checkpoint_state state;
     int *expert_rank; /* (L, E) the recorded placement */
+    int legacy;       /* dir is an earlier moectl's single-file checkpoint */
 };
 
 static const char *const dim_names[9] = {
@@ -53,7 +55,7 @@ static int resolve(checkpoint_reader *r, const char *path, moe_error *err)
             snprintf(r->dir, sizeof r->dir, "%s", path);
             return 0;
         }
-        char newest[sizeof r->dir];
+        char newest[sizeof r->dir + 8];
         if (checkpoint_newest(path, newest, sizeof newest) < 0)
             return error_set(err, "cannot resume from %s: no whole "
                                   "checkpoint in it (step-NNNNNNNN with a "
@@ -75,13 +77,11 @@ static int resolve(checkpoint_reader *r, const char *path, moe_error *err)
             memset(magic, 0, sizeof magic);
         fclose(f);
     }
-    if (memcmp(magic, CHECKPOINT_LEGACY_MAGIC, 8) == 0)
-        return error_set(err, "%s is a single-file checkpoint of an earlier "
-                              "moectl; this one reads sharded checkpoint "
-                              "directories (step-NNNNNNNN/manifest.json): "
-                              "finish that run with the moectl that wrote "
-                              "it", path);
-    return error_set(err, "%s is not a moectl checkpoint", path);
+    if (memcmp(magic, CHECKPOINT_LEGACY_MAGIC, 8) != 0)
+        return error_set(err, "%s is not a moectl checkpoint", path);
+    snprintf(r->dir, sizeof r->dir, "%s", path);
+    r->legacy = 1;
+    return 0;
 }
 
 /* The manifest's shape against m's, and its placement. */
@@ -144,20 +144,32 @@ int checkpoint_open(checkpoint_reader **out, const char *path,
         free(r);
         return -1;
     }
+    size_t cells = (size_t)m->dims.L * m->dims.E;
+    r->expert_rank = malloc(cells * sizeof *r->expert_rank);
+    if (!r->expert_rank) {
+        checkpoint_close(r);
+        return error_set(err, "out of memory");
+    }
+    int32_t want[9];
+    dims_of(m, want);
+    if (r->legacy) {
+        if (checkpoint_legacy_header(r->dir, m, want, dim_names, &r->state,
+                                     r->expert_rank, ranks, err) < 0) {
+            checkpoint_close(r);
+            return -1;
+        }
+        memcpy(expert_rank, r->expert_rank, cells * sizeof *expert_rank);
+        *out = r;
+        return 0;
+    }
     char file[sizeof r->dir + 32];
     snprintf(file, sizeof file, "%s/" CHECKPOINT_MANIFEST, r->dir);
     json_error_t why;
     r->manifest = json_load_file(file, 0, &why);
     if (!r->manifest) {
         error_set(err, "%s:%d:%d: %s", file, why.line, why.column, why.text);
-        free(r);
-        return -1;
-    }
-    size_t cells = (size_t)m->dims.L * m->dims.E;
-    r->expert_rank = malloc(cells * sizeof *r->expert_rank);
-    if (!r->expert_rank) {
         checkpoint_close(r);
-        return error_set(err, "out of memory");
+        return -1;
     }
     if (check_manifest(r, m, r->expert_rank, ranks, err) < 0) {
         checkpoint_close(r);
@@ -308,6 +320,12 @@ static int shard_needed(const checkpoint_reader *r, const model *m, int rank)
 int checkpoint_read(checkpoint_reader *r, model *m, checkpoint_state *st,
                     moe_error *err)
 {
+    if (r->legacy) {
+        if (checkpoint_legacy_read(r->dir, m, err) < 0)
+            return -1;
+        *st = r->state;
+        return 0;
+    }
     if (read_dense(r, m, err) < 0)
         return -1;
     json_t *shards = json_object_get(r->manifest, "shards");

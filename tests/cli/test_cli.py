@@ -152,6 +152,86 @@ def case_resume(tmp):
 BALANCE = ("balance.bias_update_rate=0.01", "balance.routing_warmup_steps=150")
 
 
+def to_single_file(step_dir, path, version):
+    """Writes the sharded checkpoint step_dir as an earlier moectl's single
+    file (format `version` 2, or 1 without the balancing block): header,
+    placement, then weights, m and v, each one slab over every tensor with
+    the experts' (L, E, .) between the router and the shared experts, then
+    the balancing block and an FNV-1a checksum of everything before it."""
+    import struct
+    man = json.load(open(os.path.join(step_dir, "manifest.json")))
+    d = man["dims"]
+    C, L, E, F, S, V = (d["d_model"], d["n_layers"], d["n_experts"],
+                        d["expert_hidden"], d["shared_hidden"], d["vocab"])
+    dense = open(os.path.join(step_dir, man["dense"]["file"]), "rb").read()
+    head = 8 + 4 + 36
+    count = struct.unpack_from("<Q", dense, head)[0]
+    at = head + 8
+    slabs = [dense[at + 4 * count * k: at + 4 * count * (k + 1)]
+             for k in range(3)]
+    balance = dense[at + 12 * count:]
+    before = 4 * (V * C + L * C + L * 3 * C * C + L * C * C + L * C +
+                  L * E * C)  # wte .. router
+    slot = 3 * F * C
+    experts = {}
+    for shard in man["shards"]:
+        data = open(os.path.join(step_dir, shard["file"]), "rb").read()
+        n = struct.unpack_from("<i", data, head)[0]
+        at = head + 4
+        for _ in range(n):
+            l, e = struct.unpack_from("<ii", data, at)
+            at += 8
+            experts[(l, e)] = [data[at + 4 * slot * k: at + 4 * slot * (k + 1)]
+                               for k in range(3)]
+            at += 12 * slot
+    body = bytearray(b"MOECTLCK")
+    body += struct.pack("<I", version)
+    body += struct.pack("<9i", V, C, L, d["n_heads"], d["seq_len"], E,
+                        d["top_k"], F, S)
+    body += struct.pack("<Q", count + L * E * slot)
+    body += struct.pack("<iQQ", man["step"], man["tokens_seen"],
+                        int(man["seed"], 16))
+    body += struct.pack("<4Q", *(int(x, 16) for x in man["data_rng"]))
+    for row in man["placement"]:
+        body += struct.pack(f"<{len(row)}i", *row)
+    for k in range(3):
+        body += slabs[k][:before]
+        for part in (slice(0, 4 * 2 * F * C), slice(4 * 2 * F * C, None)):
+            for l in range(L):
+                for e in range(E):
+                    body += experts[(l, e)][k][part]
+        body += slabs[k][before:]
+    if version == 2:
+        body += balance
+    h = 0xcbf29ce484222325
+    for b in body:
+        h = ((h ^ b) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    with open(path, "wb") as f:
+        f.write(bytes(body) + struct.pack("<Q", h))
+
+
+def case_resume_single_file(tmp):
+    """An earlier moectl's single-file checkpoint (versions 2 and 1) still
+    resumes, bit for bit as the sharded checkpoint it was made from."""
+    train(tmp, "sharded", ["--steps", "10"], ["train.eval_every=0"])
+    step_dir = os.path.join(tmp, "sharded", "step-00000010")
+    whole = steps(train(tmp, "after", ["--resume", step_dir, "--steps", "20"],
+                        ["train.eval_every=0"]))
+    for version in (2, 1):
+        legacy = os.path.join(tmp, f"v{version}", "step-00000010.ckpt")
+        os.makedirs(os.path.dirname(legacy))
+        to_single_file(step_dir, legacy, version)
+        after = steps(train(tmp, f"v{version}after",
+                            ["--resume", os.path.dirname(legacy), "--steps",
+                             "20"], ["train.eval_every=0"]))
+        for s in range(11, 21):
+            if trajectory(after[s]) != trajectory(whole[s]):
+                fail(f"step {s} after a version-{version} single file "
+                     f"differs:\n{trajectory(after[s])}\n"
+                     f"{trajectory(whole[s])}")
+    print("single-file checkpoints of versions 2 and 1 resume bit-identically")
+
+
 def case_resume_balance(tmp):
     """Resuming in the middle of the routing warm-up, with bias balancing:
     the bias, the running logit statistics and the noise continue exactly."""
@@ -280,8 +360,8 @@ def case_signal(tmp):
 def case_corrupt_checkpoint(tmp):
     """A sharded checkpoint is checked file by file against its manifest:
     a truncated shard, a flipped byte, a missing manifest, another shape and
-    an earlier moectl's single-file checkpoint are each refused with the
-    reason, exit 1, before training starts."""
+    a broken single-file checkpoint are each refused with the reason, exit
+    1, before training starts."""
     records = train(tmp, "cc", ["--steps", "3"])
     path = [r for r in records if r["type"] == "checkpoint"][-1]["path"]
     names = sorted(os.listdir(path))
@@ -320,8 +400,8 @@ def case_corrupt_checkpoint(tmp):
     legacy = os.path.join(tmp, "step-00000003.ckpt")
     with open(legacy, "wb") as f:
         f.write(b"MOECTLCK" + bytes(64))
-    refused("single-file checkpoint", "single-file checkpoint of an earlier",
-            resume=legacy)
+    refused("a broken single-file checkpoint", "unsupported single-file "
+            "checkpoint version 0", resume=legacy)
     print("truncated, corrupt, headless, misshapen and single-file "
           "checkpoints refused with the reason")
 
