@@ -407,12 +407,6 @@ void model_end_train_step(model *m)
     routing_balance_end_step(&m->routing, selected_of_layer, m);
 }
 
-void model_broadcast_balance_state(model *m, int root)
-{
-    if (m->comm)
-        routing_balance_broadcast(&m->routing, m->comm, root);
-}
-
 double model_forward(model *m, const int *inputs, const int *targets, int B)
 {
     const backend_ops *ops = m->be->ops;

@@ -152,9 +152,6 @@ void model_begin_train_step(model *m, int step);
  * the same state; it communicates nothing. */
 void model_end_train_step(model *m);
 
-/* Gives every rank root's routing-side balancing state (after a resume). */
-void model_broadcast_balance_state(model *m, int root);
-
 /* Emulates a device `slowdown` times slower (cluster.devices[].slowdown):
  * every lap of compute in forward and backward is followed by a sleep
  * (slowdown - 1) times as long, so the all-to-all partners wait for it

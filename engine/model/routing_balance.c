@@ -88,12 +88,3 @@ void routing_balance_end_step(routing_balance *rb,
                                rb->bias_update_rate);
     rb->step = 0;
 }
-
-void routing_balance_broadcast(routing_balance *rb, const comm *c, int root)
-{
-    comm_broadcast(c, rb->bias,
-                   (size_t)rb->layers * rb->experts * sizeof *rb->bias, root);
-    comm_broadcast(c, rb->logit_mean, (size_t)3 * rb->layers * sizeof(double),
-                   root);
-    comm_broadcast(c, &rb->stats_ready, sizeof rb->stats_ready, root);
-}

@@ -50,7 +50,4 @@ void routing_balance_end_step(routing_balance *rb,
                               const int *(*selected)(const void *ctx, int l),
                               const void *ctx);
 
-/* Gives every rank root's state (after a resume). */
-void routing_balance_broadcast(routing_balance *rb, const comm *c, int root);
-
 #endif
