@@ -12,7 +12,6 @@
 #include <stdint.h>
 
 #include "engine/config/config.h"
-#include "engine/core/comm.h"
 #include "engine/core/error.h"
 #include "kernels/backend.h"
 
