@@ -1,18 +1,25 @@
 /* The console's loop (htop's ScreenManager): read what the job sent, let
- * the narrator move its story on, redraw when something changed, wait for
- * a key with a timeout and dispatch it through the key table. */
+ * the narrator move its story on, redraw when something changed (at most
+ * every DRAW_PERIOD_MS while records stream in, at once after a key),
+ * dispatch keys through the key table, then sleep until a key or a record
+ * arrives, or KEY_WAIT_MS passes. Waking on records keeps the console
+ * reading as fast as the job writes, so a job stepping a thousand times a
+ * second never piles up the backlog it would drop the console for. */
 #include "tui/console/console.h"
 
 #include <errno.h>
 #include <langinfo.h>
 #include <locale.h>
+#include <poll.h>
 #include <ncurses.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
+#include "engine/core/clock.h"
 #include "engine/core/signals.h"
 #include "tui/console/draw.h"
 #include "tui/console/keys.h"
@@ -20,7 +27,8 @@
 #include "tui/job/launcher.h"
 
 enum {
-    KEY_WAIT_MS = 100,           /* getch's timeout: the loop's period */
+    KEY_WAIT_MS = 100,           /* the longest sleep between looks */
+    DRAW_PERIOD_MS = 50,         /* redraws while records stream in */
     CONNECT_TIMEOUT_MS = 30000,  /* for a launched job's socket */
 };
 
@@ -79,6 +87,16 @@ static int read_records(console *c)
            (status == JOB_CLIENT_FAILED && errno == EINTR);
 }
 
+/* Sleeps until a key or the job's next bytes arrive, or wait_ms pass. */
+static void wait_for_input(const console *c, int wait_ms)
+{
+    struct pollfd fds[2] = {
+        {.fd = STDIN_FILENO, .events = POLLIN},
+        {.fd = c->connected ? c->client.fd : -1, .events = POLLIN},
+    };
+    poll(fds, 2, wait_ms);
+}
+
 /* ---- the terminal ------------------------------------------------------- */
 
 static void setup_terminal(console *c)
@@ -91,7 +109,7 @@ static void setup_terminal(console *c)
     keypad(stdscr, TRUE);
     set_escdelay(25);
     curs_set(0);
-    timeout(KEY_WAIT_MS);
+    timeout(0); /* the loop sleeps in poll, on keys and records */
     c->color = has_colors() && !getenv("NO_COLOR");
     if (c->color) {
         start_color();
@@ -152,6 +170,7 @@ static int run_console(console *c)
         send_line(c, "status", 0);
     c->dirty = 1;
     int status = 0, left = 0;
+    double drawn_at = 0;
     while (!left && !quit_signal) {
         if (c->connected && !read_records(c)) {
             c->connected = 0;
@@ -161,14 +180,18 @@ static int run_console(console *c)
         if (c->narrator &&
             c->narrator->tick(c->narrator->ctx, narrator_send, c))
             c->dirty = 1;
-        if (c->dirty)
+        double now = clock_monotonic_s();
+        if (c->dirty && now - drawn_at >= DRAW_PERIOD_MS / 1e3) {
             console_draw(c);
-        int key = getch();
-        if (key != ERR) {
+            drawn_at = now;
+        }
+        int key;
+        while (!left && (key = getch()) != ERR) {
             console_reaction reaction =
                 key == KEY_RESIZE ? CONSOLE_REDRAW : keys_dispatch(c, key);
             left = (reaction & CONSOLE_LEAVE) != 0;
             c->dirty = 1;
+            drawn_at = 0; /* a key's answer shows at once */
         }
         if (job_ended(c)) {
             console_draw(c);
@@ -177,6 +200,10 @@ static int run_console(console *c)
             nanosleep(&nap, NULL);
             break;
         }
+        if (!left && !c->dirty)
+            wait_for_input(c, KEY_WAIT_MS);
+        else if (!left && drawn_at > 0)
+            wait_for_input(c, DRAW_PERIOD_MS);
     }
     endwin();
     return say_goodbye(c, left, status);
