@@ -80,7 +80,10 @@ static const schema_field device_fields[] = {
     REAL_FIELD("peak_tflops", DEV(peak_tflops), 0, NO_MAX, OPEN_MIN, 1.0,
                "TFLOP/s", "dense peak FLOP/s, for MFU"),
     REAL_FIELD("memory_gb", DEV(memory_gb), 0, NO_MAX, OPEN_MIN, 24, "GB",
-               "memory capacity"),
+               "memory capacity for the model state (dense state and the "
+               "experts it holds, 16 bytes a parameter): the planner never "
+               "fills a rank past it, a move or split past it is refused, "
+               "and a starting placement past it does not start"),
     REAL_FIELD("slowdown", DEV(slowdown), 1, 1000, 0, 1.0, NULL,
                "emulates a slower device: after every stretch of its "
                "forward and backward compute it sleeps (slowdown - 1) "
