@@ -265,7 +265,8 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
      * expert's rank, not its split: a resumed run starts unsplit, and the
      * balance policy splits again if it pays. Then each rank reads the
      * dense state and the experts it now holds. */
-    if (comm_agree(c, status, err) == 0)
+    status = comm_agree(c, status, err);
+    if (status == 0)
         status = sharding_restore(t->sharding,
                                   recorded_world == c->world ? recorded_rank
                                                              : NULL,
