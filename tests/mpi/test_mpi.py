@@ -428,6 +428,23 @@ def case_resume_ranks(tmp):
     if back[61]["placement"] != two[60]["placement"]:
         fail(f"a 2-rank checkpoint resumed on 2 ranks re-placed: "
              f"{back[61]['placement']} vs {two[60]['placement']}")
+    # A shard only rank 1 reads, truncated: every rank fails the resume with
+    # rank 1's reason, and none waits for the others.
+    step_dir = os.path.join(tmp, "two", "step-00000060")
+    shard = os.path.join(step_dir, next(f for f in os.listdir(step_dir)
+                                        if f.startswith("experts-r0001-")))
+    with open(shard, "r+b") as f:
+        f.truncate(os.path.getsize(shard) // 2)
+    start = time.time()
+    _, p = train(tmp, "broken", 2, ["--resume", step_dir, "--steps", "62"],
+                 ["checkpoint.dir=" + os.path.join(tmp, "broken")],
+                 check=False)
+    if p.returncode == 0 or "truncated or corrupt" not in p.stderr or \
+            "experts-r0001-" not in p.stderr:
+        fail(f"a truncated shard of rank 1: exit {p.returncode}\n"
+             f"{p.stderr[-2000:]}")
+    print(f"a truncated shard: refused on every rank in "
+          f"{time.time() - start:.1f} s")
     print(f"1 -> 4 -> 2 ranks at steps 20 and 40: worst relative difference "
           f"{worst:.1e} against 1 rank throughout")
 
