@@ -239,12 +239,14 @@ def panel_problems(s, steps):
 
     for rank, r in enumerate(last["ranks"]):
         flops = f"{r['expert_flops_per_s'] / 1e9:.3g} GFLOP/s"
-        # What the rank holds, as allocated, against its memory_gb.
+        # The model state against memory_gb, and all it holds.
+        memory = f"mem {size_text(r['state_gb'])}/{size_text(r['capacity_gb'])}"
         used = (r["expert_state_gb"] + r["dense_state_gb"] +
                 r["activations_gb"] + r["staging_gb"])
-        memory = f"mem {size_text(used)}/{size_text(r['capacity_gb'])}"
-        if flops not in s or memory not in s:
-            problems.append(f"rank {rank}: want {flops!r}, {memory!r}")
+        held = f"holds {size_text(used)}"
+        if flops not in s or memory not in s or held not in s:
+            problems.append(f"rank {rank}: want {flops!r}, {memory!r}, "
+                            f"{held!r}")
     # The straggler's device entry is marked (the marker ends its second
     # line), and the heatmap's legend names it.
     rank, share = straggler_of(steps)
