@@ -271,6 +271,9 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
                                   recorded_world == c->world ? recorded_rank
                                                              : NULL,
                                   err);
+    /* Placed afresh, the experts must fit as at the start. */
+    if (status == 0)
+        status = check_placed_memory(t, err);
     if (status == 0)
         status = comm_agree(c, checkpoint_read(reader, m, &t->state, err),
                             err);
