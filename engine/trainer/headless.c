@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "engine/balance/cost.h"
+#include "engine/core/format.h"
 #include "engine/protocol/command.h"
 #include "engine/protocol/control.h"
 #include "engine/protocol/script.h"
@@ -156,7 +157,8 @@ static void on_checkpoint(int step, const char *path, void *user)
 }
 
 /* The run's summary for people (the summary record is for machines). */
-static void print_summary(const run_summary *s, const config *cfg, int status)
+static void print_summary(const run_summary *s, const config *cfg, int status,
+                          const rank_stats *ranks, int world)
 {
     const char *currency = cfg->cluster.currency;
     double price = cost_price_per_hour(cfg);
@@ -172,6 +174,21 @@ static void print_summary(const run_summary *s, const config *cfg, int status)
             s->cost_per_mtok, currency, price, currency);
     fprintf(stderr, "  migrations  %d expert%s, %.0f KB\n", s->migrations,
             s->migrations == 1 ? "" : "s", s->migration_bytes / 1e3);
+    /* Each rank's memory at the last step: its experts' state, the rest
+     * it holds, and the most it was resident. */
+    for (int r = 0; ranks && r < world; r++) {
+        const rank_stats *q = &ranks[r];
+        char experts[16], dense[16], rest[16], peak[16];
+        format_bytes(experts, sizeof experts, q->expert_state_bytes);
+        format_bytes(dense, sizeof dense, q->dense_state_bytes);
+        format_bytes(rest, sizeof rest, q->activation_bytes +
+                                            q->staging_bytes);
+        format_bytes(peak, sizeof peak, q->peak_rss_bytes);
+        fprintf(stderr, "  %-11s rank %d: %.0f experts %s, dense %s, "
+                        "activations and staging %s; peak RSS %s\n",
+                r == 0 ? "memory" : "", r, q->experts, experts, dense, rest,
+                peak);
+    }
     char train[32], val[32], ckpt[32], cmds[32];
     format_duration(train, sizeof train, s->train_s);
     format_duration(val, sizeof val, s->val_s);
@@ -253,7 +270,7 @@ static void announce_start(const config *cfg, const trainer *t,
 /* The run's end for people: one line, then the summary. Returns the exit
  * status (0 done, 3 stopped). */
 static int announce_end(const config *cfg, const run_summary *summary,
-                        train_outcome outcome)
+                        train_outcome outcome, const trainer *t)
 {
     char elapsed[32];
     format_duration(elapsed, sizeof elapsed, summary->elapsed_s);
@@ -264,7 +281,9 @@ static int announce_end(const config *cfg, const run_summary *summary,
             summary->checkpoint ? ", checkpoint " : "",
             summary->checkpoint ? summary->checkpoint : "");
     int status = outcome == TRAIN_STOPPED ? 3 : 0;
-    print_summary(summary, cfg, status);
+    print_summary(summary, cfg, status, summary->last_step > 0 ? t->rank
+                                                               : NULL,
+                  t->comm->world);
     return status;
 }
 
@@ -337,7 +356,7 @@ int headless_run(const config *cfg, const headless_options *opt,
     }
     status = outcome == TRAIN_STOPPED ? 3 : 0;
     if (c->rank == 0)
-        status = announce_end(cfg, &summary, outcome);
+        status = announce_end(cfg, &summary, outcome, t);
 done:
     if (status != 0 && status != 3 && !quiet) {
         if (c->world == 1)

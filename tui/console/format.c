@@ -27,21 +27,6 @@ void format_money(char *out, size_t size, double x, const char *cur)
         snprintf(out, size, "%.4g %s", x, cur);
 }
 
-void format_bytes(char *out, size_t size, double bytes)
-{
-    static const char *const units[] = {"B", "KB", "MB", "GB", "TB"};
-    if (!isfinite(bytes) || bytes < 0) {
-        snprintf(out, size, "n/a");
-        return;
-    }
-    int u = 0;
-    while (bytes >= 1000 && u < 4) {
-        bytes /= 1000;
-        u++;
-    }
-    snprintf(out, size, "%.3g %s", bytes, units[u]);
-}
-
 /* x in format, or n/a when it is not a number. */
 const char *format_real(char *out, size_t size, const char *format,
                         double x)

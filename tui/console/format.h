@@ -5,6 +5,8 @@
 
 #include <stddef.h>
 
+#include "engine/core/format.h" /* format_bytes */
+
 /* "4:05" under an hour, "2h07m" above. */
 void format_duration(char *out, size_t size, double seconds);
 
@@ -12,8 +14,6 @@ void format_duration(char *out, size_t size, double seconds);
 void format_money(char *out, size_t size, double amount,
                   const char *currency);
 
-/* "1.5 GB": decimal units up to TB. */
-void format_bytes(char *out, size_t size, double bytes);
 
 /* x written with format, or "n/a"; returns out. */
 const char *format_real(char *out, size_t size, const char *format,
