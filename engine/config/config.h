@@ -43,6 +43,8 @@ typedef struct config_device {
     double peak_tflops;    /* dense fp32/bf16 peak used for MFU */
     double memory_gb;
     double slowdown;       /* >= 1: emulate a slower device (labelled) */
+    double batch_share;    /* > 0: this rank's weight in the split of
+                              train.batch_size over the ranks */
     int count;             /* identical devices this entry stands for; a
                               training run lists one entry per rank, so
                               count > 1 is for `moectl plan` */

@@ -90,6 +90,13 @@ static const schema_field device_fields[] = {
                "times as long, so its all-to-all partners wait for it "
                "layer by layer (labelled emulated in metrics and the "
                "console); 1: full speed"),
+    REAL_FIELD("batch_share", DEV(batch_share), 0, NO_MAX, OPEN_MIN, 1.0,
+               NULL,
+               "this rank's weight in the split of train.batch_size: it "
+               "trains batch_size x share / (sum of shares) sequences a "
+               "step (rounded by largest remainder, at least one); the "
+               "loss and gradients are normalised over the global batch, "
+               "so shares change speed, not the math"),
     INT_FIELD("count", DEV(count), 1, 1000000, 1, "devices",
               "identical devices the entry stands for; moectl plan only "
               "(a training run lists one entry per rank)"),

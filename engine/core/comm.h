@@ -24,6 +24,10 @@ void comm_abort(const comm *c, int status);
 void comm_barrier(const comm *c);
 /* out (world * count) = every rank's `count` ints, in rank order. */
 void comm_allgather_int(const comm *c, const int *in, int count, int *out);
+/* out (Σ counts) = every rank's counts[r] ints at displs[r], in rank
+ * order; `count` is this rank's. */
+void comm_allgatherv_int(const comm *c, const int *in, int count,
+                         const int *counts, const int *displs, int *out);
 /* Floats of scratch comm_allreduce_sum_float needs for `count` floats. */
 size_t comm_allreduce_scratch_count(const comm *c, size_t count);
 /* Element-wise sums, the result identical on every rank: added in rank

@@ -355,14 +355,13 @@ static const int *layer_selected(const model *m, int l)
 static void warmup_route(model *m, int l, const layer_acts *v, int B)
 {
     const int T = m->dims.T, E = m->dims.E, K = m->dims.K;
-    const int world = m->comm ? m->comm->world : 1;
-    const int rank = m->comm ? m->comm->rank : 0;
-    const int sequences = B * world;
+    const int sequences = m->comm ? m->global_sequences : B;
+    const int first = m->comm ? m->first_sequence : 0;
     double *partial = m->acts->routing_scratch; /* (sequences, 2) */
     double *scores = partial + (size_t)2 * sequences;
     memset(partial, 0, (size_t)2 * sequences * sizeof *partial);
     for (int b = 0; b < B; b++)
-        router_logit_sums(partial + (size_t)2 * (rank * B + b),
+        router_logit_sums(partial + (size_t)2 * (first + b),
                           v->router_logits + (size_t)b * T * E, T, E);
     if (m->comm) {
         model_slowdown_sync(m);
@@ -385,7 +384,7 @@ static void warmup_route(model *m, int l, const layer_acts *v, int B)
         .seed = m->routing.seed,
         .step = m->routing.step,
         .layer = l,
-        .first_token = (long)rank * B * T,
+        .first_token = (long)first * T,
     };
     router_select_warmup(v->expert_index, v->gate, v->router_logits,
                          v->router_probs, m->routing.bias + (size_t)l * E, &w,
@@ -420,7 +419,9 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     model_tensors *p = &m->params;
 
     m->last.batch = B;
-    m->last.total_tokens = N * (m->comm ? m->comm->world : 1);
+    /* The loss is the global batch's mean: every rank's share of it is
+     * over the global token count, whatever its own rows. */
+    m->last.total_tokens = m->comm ? m->global_sequences * T : N;
     memcpy(a->inputs, inputs, (size_t)N * sizeof(int));
     memcpy(a->targets, targets, (size_t)N * sizeof(int));
     m->last.aux_loss = 0.0;
@@ -696,15 +697,18 @@ double model_flops_per_token(const model *m)
     return 6.0 * non_embedding + 12.0 * d->L * d->C * d->T;
 }
 
-int model_set_comm(model *m, const comm *c, moe_error *err)
+int model_set_comm(model *m, const comm *c, int first_sequence,
+                   int global_sequences, moe_error *err)
 {
     m->comm = c;
+    m->first_sequence = first_sequence;
+    m->global_sequences = global_sequences;
     free(m->reduce.expert_squares);
     m->reduce.expert_squares = calloc((size_t)m->dims.L * m->dims.E,
                                       sizeof *m->reduce.expert_squares);
     if (!m->reduce.expert_squares)
         return error_set(err, "out of memory for the gradient norm");
-    if (activations_reserve_routing(m->acts, m->batch * c->world,
+    if (activations_reserve_routing(m->acts, global_sequences,
                                     m->dims.E) < 0)
         return error_set(err, "out of memory for routing scratch");
     return 0;

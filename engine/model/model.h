@@ -56,6 +56,9 @@ typedef struct model {
     model_dims dims;
     model_hyper hyper;
     int batch; /* sequences the activations are sized for */
+    /* This rank's place in the global batch (model_set_comm): its first
+     * sequence and the batch's sequences over every rank. */
+    int first_sequence, global_sequences;
     const backend *be;
 
     size_t param_count; /* of the whole model: dense and every expert */
@@ -200,9 +203,11 @@ typedef struct model_expert_parallel {
     int (*residency)(const void *ctx, int l, int e);
 } model_expert_parallel;
 
-/* The ranks of c share the batch: every rank trains its own `batch`
- * sequences of the global batch, and the losses are summed over them. */
-int model_set_comm(model *m, const comm *c, moe_error *err);
+/* The ranks of c share the batch: this rank trains its `batch` sequences
+ * from `first_sequence` of the global batch's `global_sequences`, and the
+ * losses are normalised over the global batch and summed over the ranks. */
+int model_set_comm(model *m, const comm *c, int first_sequence,
+                   int global_sequences, moe_error *err);
 /* Installs the expert-parallel layer (its table must outlive the model's
  * use of it), or NULL for every expert local. */
 void model_set_expert_parallel(model *m, const model_expert_parallel *ep);

@@ -42,6 +42,10 @@ struct expert_parallel {
     expert_parallel_setup setup;
     const comm *c;
     int N_local, N_total; /* tokens */
+    int *token_start;     /* (world + 1) first global token of each rank */
+    int *rank_of_token;   /* (N_total) the rank whose batch holds it */
+    int *gather_counts;   /* (world) choices each rank shares: tokens·K */
+    int *gather_displs;   /* (world) where they go */
     ep_layer *layers;
     int *global_index;    /* (N_total*K) scratch */
     int *scratch;         /* (2E) dispatch scratch */
@@ -184,11 +188,17 @@ static void layer_take(expert_parallel *ep, ep_layer *y, int *failed)
                        &ep->fixed_activation_bytes, failed);
 }
 
-/* Every grown group at the even share of rows, N_local*K, on every rank. */
+/* Tokens of rank r's share of the batch. */
+static int tokens_of(const expert_parallel *ep, int r)
+{
+    return ep->token_start[r + 1] - ep->token_start[r];
+}
+
+/* Every grown group at each rank's own rows, tokens·K, on every rank. */
 static void groups_take(expert_parallel *ep, int *failed)
 {
-    const int world = ep->c->world;
-    const int rows = ep->N_local * ep->setup.top_k;
+    const int world = ep->c->world, K = ep->setup.top_k;
+    const int rows = ep->N_local * K;
     for (int g = 0; !*failed && g < ep->setup.layers + 2; g++) {
         ep_group group = group_of(ep, g);
         float *fresh[EP_GROUP_BUFFERS] = {0};
@@ -196,8 +206,37 @@ static void groups_take(expert_parallel *ep, int *failed)
         if (!*failed)
             group_swap(ep->setup.be, &group, fresh);
         for (int r = 0; r < world; r++)
-            ep->capacity[g * world + r] = rows;
+            ep->capacity[g * world + r] = tokens_of(ep, r) * K;
     }
+}
+
+/* Where each rank's tokens start, which rank holds each token, and the
+ * all-gather's counts. */
+static void layout_tokens(expert_parallel *ep, const int *rank_tokens,
+                          int *failed)
+{
+    const int world = ep->c->world, K = ep->setup.top_k;
+    const backend *be = ep->setup.be;
+    size_t *meta = &ep->metadata_bytes;
+    ep->token_start = take(be, (size_t)(world + 1) * sizeof(int), meta,
+                           failed);
+    ep->gather_counts = take(be, (size_t)world * sizeof(int), meta, failed);
+    ep->gather_displs = take(be, (size_t)world * sizeof(int), meta, failed);
+    if (*failed)
+        return;
+    ep->token_start[0] = 0;
+    for (int r = 0; r < world; r++) {
+        ep->token_start[r + 1] = ep->token_start[r] + rank_tokens[r];
+        ep->gather_counts[r] = rank_tokens[r] * K;
+        ep->gather_displs[r] = ep->token_start[r] * K;
+    }
+    ep->N_local = tokens_of(ep, ep->c->rank);
+    ep->N_total = ep->token_start[world];
+    ep->rank_of_token = take(be, (size_t)ep->N_total * sizeof(int), meta,
+                             failed);
+    for (int r = 0; !*failed && r < world; r++)
+        for (int t = ep->token_start[r]; t < ep->token_start[r + 1]; t++)
+            ep->rank_of_token[t] = r;
 }
 
 int expert_parallel_create(expert_parallel **out,
@@ -212,15 +251,15 @@ int expert_parallel_create(expert_parallel **out,
     const backend *be = d->be;
     const comm *c = d->comm;
     ep->c = c;
-    ep->N_local = d->local_tokens;
-    ep->N_total = ep->N_local * c->world;
+    ep->setup.rank_tokens = NULL; /* the caller's; token_start keeps them */
+    int failed = 0;
+    layout_tokens(ep, setup->rank_tokens, &failed);
     size_t NK = (size_t)ep->N_total * d->top_k;
     size_t local_NK = (size_t)ep->N_local * d->top_k;
     size_t C = (size_t)d->d_model, W = (size_t)c->world;
     size_t *meta = &ep->metadata_bytes;
-    int failed = 0;
     ep->layers = calloc((size_t)d->layers, sizeof *ep->layers);
-    failed = !ep->layers;
+    failed |= !ep->layers;
     ep->global_index = take(be, NK * sizeof(int), meta, &failed);
     ep->scratch = take(be, (size_t)2 * d->experts * sizeof(int), meta, &failed);
     ep->order = take(be, NK * sizeof(int), meta, &failed);
@@ -283,6 +322,10 @@ void expert_parallel_destroy(expert_parallel *ep)
     give_back(be, ep->capacity);
     give_back(be, ep->proposed);
     give_back(be, ep->d_returned);
+    give_back(be, ep->token_start);
+    give_back(be, ep->rank_of_token);
+    give_back(be, ep->gather_counts);
+    give_back(be, ep->gather_displs);
     free(ep);
 }
 
@@ -326,10 +369,11 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
     const comm *c = ep->c;
     ep_layer *y = &ep->layers[l];
     const int K = d->top_k, E = d->experts, world = c->world;
-    int first_token = c->rank * ep->N_local;
+    int first_token = ep->token_start[c->rank];
 
     d->before_exchange(d->model);
-    comm_allgather_int(c, expert_index, ep->N_local * K, ep->global_index);
+    comm_allgatherv_int(c, expert_index, ep->N_local * K, ep->gather_counts,
+                        ep->gather_displs, ep->global_index);
     router_build_dispatch(&y->dispatch, ep->global_index, ep->N_total, K, E,
                           router_capacity(d->capacity_factor, ep->N_total, K,
                                           E));
@@ -380,7 +424,7 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
     for (int s = 0; s < y->dispatch.slots; s++)
         if (dest[s] == c->rank) {
             y->group_rows[expert_of[s]]++;
-            y->recv_rows[y->dispatch.token_of_slot[s] / ep->N_local]++;
+            y->recv_rows[ep->rank_of_token[y->dispatch.token_of_slot[s]]]++;
         }
     at = 0;
     for (int r = 0; r < world; r++) {
@@ -391,7 +435,7 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
     for (int s = 0; s < y->dispatch.slots; s++) {
         if (dest[s] != c->rank)
             continue;
-        int source = y->dispatch.token_of_slot[s] / ep->N_local;
+        int source = ep->rank_of_token[y->dispatch.token_of_slot[s]];
         y->recv_position[y->mine++] = start[source] + fill[source]++;
     }
 }
@@ -432,18 +476,18 @@ static int propose(expert_parallel *ep, int l)
 {
     const ep_layer *y = &ep->layers[l];
     const int world = ep->c->world, L = ep->setup.layers;
-    const int local = ep->N_local * ep->setup.top_k;
     memset(ep->mine_of, 0, (size_t)world * sizeof(int));
     memset(ep->outgoing_of, 0, (size_t)world * sizeof(int));
     for (int s = 0; s < y->dispatch.slots; s++) {
         ep->mine_of[ep->dest[s]]++;
-        ep->outgoing_of[y->dispatch.token_of_slot[s] / ep->N_local]++;
+        ep->outgoing_of[ep->rank_of_token[y->dispatch.token_of_slot[s]]]++;
     }
     int any = 0;
     for (int r = 0; r < world; r++) {
         int cap = rows_cap(ep, l, r);
         int mine = ep->mine_of[r], outgoing = ep->outgoing_of[r];
         const int want[3] = {mine, mine, mine > outgoing ? mine : outgoing};
+        const int local = tokens_of(ep, r) * ep->setup.top_k;
         const int caps[3] = {cap, cap, cap > local ? cap : local};
         const int group[3] = {l, L, L + 1};
         for (int i = 0; i < 3; i++) {

@@ -53,7 +53,10 @@ enum expert_parallel_part {
 typedef struct expert_parallel_setup {
     int layers, experts, top_k; /* L, E, K */
     int d_model, expert_hidden; /* C, F */
-    int local_tokens;           /* rows of this rank's batch (batch·T) */
+    const int *rank_tokens;     /* (world) tokens of each rank's share of
+                                   the batch (rows·T), in rank order: the
+                                   global batch's tokens are numbered
+                                   rank by rank */
     double capacity_factor;     /* 0: dropless */
     const backend *be;          /* whose memory the buffers are */
     const comm *comm;

@@ -73,17 +73,27 @@ static int table_residency(const void *ctx, int l, int e)
 }
 
 int sharding_create(sharding **out, model *m, const comm *c,
-                    const int *expert_rank, moe_error *err)
+                    const int *expert_rank, const int *rows, moe_error *err)
 {
     const model_dims *d = &m->dims;
     sharding *s = calloc(1, sizeof *s);
-    if (!s)
+    int *rank_tokens = calloc((size_t)c->world, sizeof *rank_tokens);
+    if (!s || !rank_tokens) {
+        free(s);
+        free(rank_tokens);
         return error_set(err, "out of memory");
+    }
     s->m = m;
     s->c = c;
+    int first = 0, total = 0;
+    for (int r = 0; r < c->world; r++) {
+        first += r < c->rank ? rows[r] : 0;
+        total += rows[r];
+        rank_tokens[r] = rows[r] * d->T;
+    }
     if (placement_create(&s->placement, d->L, d->E, c->world, c->rank,
                          expert_rank, err) < 0 ||
-        model_set_comm(m, c, err) < 0)
+        model_set_comm(m, c, first, total, err) < 0)
         goto fail;
     if (c->world > 1) {
         if (migration_hold_placed(m, s->placement, err) < 0)
@@ -91,7 +101,7 @@ int sharding_create(sharding **out, model *m, const comm *c,
         expert_parallel_setup setup = {
             .layers = d->L, .experts = d->E, .top_k = d->K,
             .d_model = d->C, .expert_hidden = d->F,
-            .local_tokens = m->batch * d->T,
+            .rank_tokens = rank_tokens,
             .capacity_factor = m->hyper.capacity_factor,
             .be = m->be, .comm = c, .placement = s->placement,
             .model = m, .weights = hook_weights, .lap = hook_lap,
@@ -106,9 +116,11 @@ int sharding_create(sharding **out, model *m, const comm *c,
         };
         model_set_expert_parallel(m, &s->table);
     }
+    free(rank_tokens);
     *out = s;
     return 0;
 fail:
+    free(rank_tokens);
     sharding_destroy(s);
     return -1;
 }

@@ -15,11 +15,12 @@ typedef struct sharding sharding;
 /* Spreads m's routed experts over the ranks of c: at expert_rank (L, E),
  * or round-robin by expert when NULL. On several ranks m must have been
  * made with MODEL_EXPERTS_PARALLEL: each rank takes slots for the experts
- * placed on it, and fills them (model_init_expert, or a checkpoint). Every
- * rank then trains its own m->batch sequences of the global batch.
- * Destroy it before the model. */
+ * placed on it, and fills them (model_init_expert, or a checkpoint). Rank
+ * r trains rows[r] (world) sequences of the global batch, numbered rank
+ * by rank; this rank's m->batch must be rows[rank]. Destroy it before the
+ * model. */
 int sharding_create(sharding **out, model *m, const comm *c,
-                    const int *expert_rank, moe_error *err);
+                    const int *expert_rank, const int *rows, moe_error *err);
 void sharding_destroy(sharding *s);
 
 /* After a resume: the checkpoint's ranks (L, E), or the present ones when

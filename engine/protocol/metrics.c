@@ -319,6 +319,7 @@ static json_t *rank_part(int r, const rank_stats *q, const config_device *dev)
     record_set_real(o, RECORD_RANK_allreduce_ms, q->allreduce_ms);
     record_set_real(o, RECORD_RANK_idle_ms, q->idle_ms);
     record_set_int(o, RECORD_RANK_tokens, (long long)q->tokens);
+    record_set_int(o, RECORD_RANK_rows, (long long)q->rows);
     record_set_int(o, RECORD_RANK_experts, (long long)q->experts);
     record_set_int(o, RECORD_RANK_migration_bytes,
                    (long long)q->migration_bytes);

@@ -25,6 +25,7 @@ typedef struct rank_stats {
     double allreduce_ms; /* summing replicated gradients */
     double idle_ms;      /* the slowest rank's busy time minus its own */
     double tokens;       /* rows its experts processed */
+    double rows;         /* sequences of the global batch it trained */
     double experts;      /* experts it holds */
     double migration_bytes; /* moved by its migrations so far */
     double expert_flops_per_s; /* achieved on its expert work (emulated

@@ -155,6 +155,7 @@ typedef enum record_presence {
     X(RANK, allreduce_ms, REAL, NULLABLE, "ms", NONE)                          \
     X(RANK, idle_ms, REAL, NULLABLE, "ms", NONE)                               \
     X(RANK, tokens, INT, ALWAYS, "tokens", NONE)                               \
+    X(RANK, rows, INT, ALWAYS, "sequences", NONE)                              \
     X(RANK, experts, INT, ALWAYS, "", NONE)                                    \
     X(RANK, migration_bytes, INT, ALWAYS, "bytes", NONE)                       \
     X(RANK, expert_flops_per_s, REAL, NULLABLE, "FLOP/s", NONE)                \

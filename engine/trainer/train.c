@@ -7,6 +7,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "engine/balance/batch_split.h"
 #include "engine/balance/cost.h"
 #include "engine/moe/migration.h"
 #include "engine/protocol/script.h"
@@ -106,9 +107,9 @@ static int check_run_config(const config *cfg, const comm *c, moe_error *err)
                               "trainer reads bytes (vocab_size 256) with "
                               "n_kv_heads equal to n_heads", cfg->source,
                          cfg->model.vocab_size, cfg->model.n_kv_heads);
-    if (cfg->train.batch_size % c->world != 0)
-        return error_set(err, "%s: train.batch_size %d must be divisible "
-                              "by the %d ranks", cfg->source,
+    if (cfg->train.batch_size < c->world)
+        return error_set(err, "%s: train.batch_size %d gives the %d ranks "
+                              "less than a sequence each", cfg->source,
                          cfg->train.batch_size, c->world);
     return 0;
 }
@@ -156,10 +157,22 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
         return error_set(err, "out of memory");
     t->cfg = *cfg;
     t->comm = c;
-    t->local_batch = cfg->train.batch_size / c->world;
+    t->rows = calloc((size_t)c->world, sizeof *t->rows);
+    double shares[CONFIG_MAX_DEVICES];
+    for (int r = 0; r < c->world; r++)
+        shares[r] = cfg->cluster.devices[r].batch_share;
+    if (!t->rows) {
+        free(t);
+        return error_set(err, "out of memory");
+    }
+    batch_split_rows(cfg->train.batch_size, c->world, shares, t->rows);
+    for (int r = 0; r < c->rank; r++)
+        t->first_row += t->rows[r];
+    t->local_batch = t->rows[c->rank];
     optimizer_settings_from_config(&t->opt, cfg);
 
     if (start_backend(t, device, c->rank, err) < 0) {
+        free(t->rows);
         free(t);
         return -1;
     }
@@ -184,7 +197,8 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
     int made = model_create(&t->model, cfg, &t->be, t->local_batch, experts,
                             err) == 0 &&
                sharding_create(&t->sharding, t->model, c,
-                               placed ? configured_rank : NULL, err) == 0;
+                               placed ? configured_rank : NULL, t->rows,
+                               err) == 0;
     free(configured_rank);
     if (!made)
         goto fail;
@@ -239,6 +253,7 @@ void trainer_destroy(trainer *t)
     stop_backend(t);
     free(t->expert_load);
     free(t->rank);
+    free(t->rows);
     balancer_destroy(&t->bal);
     free(t);
 }
@@ -353,6 +368,7 @@ static void gather_rank_stats(trainer *t, const step_times *at,
     mine.dense_ms = step_s * 1e3 - mine.expert_ms - mine.alltoall_ms -
                     mine.allreduce_ms;
     mine.tokens = (double)sharding_rows(t->sharding);
+    mine.rows = t->local_batch;
     for (int l = 0; l < m->dims.L; l++)
         for (int e = 0; e < m->dims.E; e++) /* replicas too */
             mine.experts += placement_holds(t->placement, l, e);
@@ -448,7 +464,7 @@ int trainer_step(trainer *t, step_stats *s, moe_error *err)
     dataset_train_batch(&t->data, &t->state.data_rng, B, t->inputs,
                         t->targets);
     at.batch_done = clock_monotonic_s();
-    size_t shard = (size_t)t->comm->rank * t->local_batch * T;
+    size_t shard = (size_t)t->first_row * T;
     model_begin_train_step(m, step);
     double loss = model_forward(m, t->inputs + shard, t->targets + shard,
                                 t->local_batch);
@@ -488,7 +504,7 @@ double trainer_validate(trainer *t)
     const config *cfg = &t->cfg;
     int B = cfg->train.batch_size, count = cfg->train.eval_batches;
     double sum = 0.0;
-    size_t shard = (size_t)t->comm->rank * t->local_batch * cfg->model.seq_len;
+    size_t shard = (size_t)t->first_row * cfg->model.seq_len;
     for (int i = 0; i < count; i++) {
         dataset_val_batch(&t->data, i, count, B, t->inputs, t->targets);
         sum += model_forward(t->model, t->inputs + shard, t->targets + shard,

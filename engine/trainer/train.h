@@ -25,6 +25,9 @@ typedef struct trainer {
     config cfg;
     const comm *comm;       /* this rank in the job */
     int local_batch;        /* sequences this rank trains per step */
+    int *rows;              /* (world) sequences each rank trains
+                               (cluster.devices[].batch_share) */
+    int first_row;          /* this rank's first sequence of the batch */
     backend be;
     gpu_loader gpu;        /* the GPU backend's module, for a GPU device */
     model *model;
@@ -35,7 +38,7 @@ typedef struct trainer {
     optimizer_settings opt;
     checkpoint_state state; /* step, tokens seen, seed, data RNG */
     int *inputs;            /* (B, T) the global batch; this rank trains
-                               rows [rank·local_batch, +local_batch) */
+                               rows [first_row, +local_batch) */
     int *targets;           /* (B, T) */
     int *expert_load;       /* (L, E) of the last step */
     rank_stats *rank;       /* (world) of the last step, on rank 0 */

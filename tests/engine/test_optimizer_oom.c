@@ -87,7 +87,7 @@ int main(void)
     comm alone = {.rank = 0, .world = 1};
     if (cpu_backend_init(&be, 1) < 0 ||
         model_create(&m, &cfg, &be, 1, MODEL_EXPERTS_LOCAL, &err) < 0 ||
-        model_set_comm(m, &alone, &err) < 0) {
+        model_set_comm(m, &alone, 0, 1, &err) < 0) {
         printf("FAIL: cannot build the model: %s\n", err.message);
         return 1;
     }
