@@ -86,6 +86,39 @@ static int hold_every_expert(model *m)
     return 0;
 }
 
+/* Points the per-layer dispatch and the last forward's choices into the
+ * activations. */
+static void take_activations_views(model *m)
+{
+    const model_dims *d = &m->dims;
+    model_activations *a = m->acts;
+    size_t SK = a->expert_slots;
+    for (int l = 0; l < d->L; l++) {
+        router_dispatch *rd = &m->dispatch[l];
+        rd->group_rows = a->group_rows + (size_t)l * d->E;
+        rd->selected = a->selected + (size_t)l * d->E;
+        rd->token_of_slot = a->token_of_slot + (size_t)l * SK;
+        rd->slot_of = a->slot_of + (size_t)l * SK;
+        rd->scratch = a->dispatch_scratch;
+    }
+    m->last.expert_index = a->expert_index;
+}
+
+/* Activations for `batch` sequences (routing scratch for `sequences` of
+ * the global batch); m->acts is left NULL or partial on failure. */
+static int take_activations(model *m, int batch, int sequences,
+                            moe_error *err)
+{
+    if (activations_create(&m->acts, &m->dims, batch, m->local_experts,
+                           m->be, err) < 0)
+        return -1;
+    if (activations_reserve_routing(m->acts, sequences, m->dims.E) < 0)
+        return error_set(err, "out of memory for routing scratch");
+    m->batch = batch;
+    take_activations_views(m);
+    return 0;
+}
+
 int model_create(model **out, const config *cfg, const backend *be, int batch,
                  enum model_experts experts, moe_error *err)
 {
@@ -151,27 +184,34 @@ int model_create(model **out, const config *cfg, const backend *be, int batch,
     memset(m->adam_m_memory, 0, bytes);
     memset(m->adam_v_memory, 0, bytes);
 
-    if (activations_create(&m->acts, d, batch, local, be, err) < 0) {
+    m->local_experts = local;
+    if (take_activations(m, batch, batch, err) < 0) {
         model_destroy(m);
         return -1;
     }
-    if (activations_reserve_routing(m->acts, batch, d->E) < 0) {
-        model_destroy(m);
-        return error_set(err, "out of memory for routing scratch");
-    }
-    model_activations *a = m->acts;
-    size_t SK = a->expert_slots;
-    for (int l = 0; l < d->L; l++) {
-        router_dispatch *rd = &m->dispatch[l];
-        rd->group_rows = a->group_rows + (size_t)l * d->E;
-        rd->selected = a->selected + (size_t)l * d->E;
-        rd->token_of_slot = a->token_of_slot + (size_t)l * SK;
-        rd->slot_of = a->slot_of + (size_t)l * SK;
-        rd->scratch = a->dispatch_scratch;
-    }
-    m->last.expert_index = a->expert_index;
     *out = m;
     return 0;
+}
+
+int model_reserve_rows(model *m, int batch, moe_error *err)
+{
+    if (batch <= m->batch)
+        return 0;
+    model_activations *kept = m->acts;
+    m->acts = NULL;
+    if (take_activations(m, batch, m->global_sequences, err) < 0) {
+        activations_destroy(m->acts);
+        m->acts = kept;
+        take_activations_views(m);
+        return -1;
+    }
+    activations_destroy(kept);
+    return 0;
+}
+
+void model_set_first_sequence(model *m, int first_sequence)
+{
+    m->first_sequence = first_sequence;
 }
 
 void model_destroy(model *m)

@@ -56,6 +56,7 @@ typedef struct model {
     model_dims dims;
     model_hyper hyper;
     int batch; /* sequences the activations are sized for */
+    int local_experts; /* every expert run here (MODEL_EXPERTS_LOCAL) */
     /* This rank's place in the global batch (model_set_comm): its first
      * sequence and the batch's sequences over every rank. */
     int first_sequence, global_sequences;
@@ -208,6 +209,11 @@ typedef struct model_expert_parallel {
  * losses are normalised over the global batch and summed over the ranks. */
 int model_set_comm(model *m, const comm *c, int first_sequence,
                    int global_sequences, moe_error *err);
+/* A new share of the same global batch (the `shares` command): room for
+ * `batch` sequences (the activations grow when the share does; on failure
+ * nothing changes), then the share's first sequence. */
+int model_reserve_rows(model *m, int batch, moe_error *err);
+void model_set_first_sequence(model *m, int first_sequence);
 /* Installs the expert-parallel layer (its table must outlive the model's
  * use of it), or NULL for every expert local. */
 void model_set_expert_parallel(model *m, const model_expert_parallel *ep);

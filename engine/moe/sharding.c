@@ -72,42 +72,58 @@ static int table_residency(const void *ctx, int l, int e)
            (placement_is_split(s->placement, l, e) ? MODEL_EXPERT_SPLIT : 0);
 }
 
+/* Rank r's tokens (rows[r]·T), this rank's first sequence and the
+ * batch's sequences. */
+static void layout_rows(const sharding *s, const int *rows, int *tokens,
+                        int *first, int *total)
+{
+    *first = *total = 0;
+    for (int r = 0; r < s->c->world; r++) {
+        *first += r < s->c->rank ? rows[r] : 0;
+        *total += rows[r];
+        tokens[r] = rows[r] * s->m->dims.T;
+    }
+}
+
+/* The expert-parallel layer for rank tokens `tokens`, in s->ep. */
+static int make_expert_parallel(sharding *s, const int *tokens,
+                                moe_error *err)
+{
+    const model_dims *d = &s->m->dims;
+    expert_parallel_setup setup = {
+        .layers = d->L, .experts = d->E, .top_k = d->K,
+        .d_model = d->C, .expert_hidden = d->F,
+        .rank_tokens = tokens,
+        .capacity_factor = s->m->hyper.capacity_factor,
+        .be = s->m->be, .comm = s->c, .placement = s->placement,
+        .model = s->m, .weights = hook_weights, .lap = hook_lap,
+        .before_exchange = hook_before_exchange,
+    };
+    return expert_parallel_create(&s->ep, &setup, err);
+}
+
 int sharding_create(sharding **out, model *m, const comm *c,
                     const int *expert_rank, const int *rows, moe_error *err)
 {
     const model_dims *d = &m->dims;
     sharding *s = calloc(1, sizeof *s);
-    int *rank_tokens = calloc((size_t)c->world, sizeof *rank_tokens);
-    if (!s || !rank_tokens) {
+    int *tokens = calloc((size_t)c->world, sizeof *tokens);
+    if (!s || !tokens) {
         free(s);
-        free(rank_tokens);
+        free(tokens);
         return error_set(err, "out of memory");
     }
     s->m = m;
     s->c = c;
-    int first = 0, total = 0;
-    for (int r = 0; r < c->world; r++) {
-        first += r < c->rank ? rows[r] : 0;
-        total += rows[r];
-        rank_tokens[r] = rows[r] * d->T;
-    }
+    int first, total;
+    layout_rows(s, rows, tokens, &first, &total);
     if (placement_create(&s->placement, d->L, d->E, c->world, c->rank,
                          expert_rank, err) < 0 ||
         model_set_comm(m, c, first, total, err) < 0)
         goto fail;
     if (c->world > 1) {
-        if (migration_hold_placed(m, s->placement, err) < 0)
-            goto fail;
-        expert_parallel_setup setup = {
-            .layers = d->L, .experts = d->E, .top_k = d->K,
-            .d_model = d->C, .expert_hidden = d->F,
-            .rank_tokens = rank_tokens,
-            .capacity_factor = m->hyper.capacity_factor,
-            .be = m->be, .comm = c, .placement = s->placement,
-            .model = m, .weights = hook_weights, .lap = hook_lap,
-            .before_exchange = hook_before_exchange,
-        };
-        if (expert_parallel_create(&s->ep, &setup, err) < 0)
+        if (migration_hold_placed(m, s->placement, err) < 0 ||
+            make_expert_parallel(s, tokens, err) < 0)
             goto fail;
         s->table = (model_expert_parallel){
             .ctx = s, .forward = table_forward, .backward = table_backward,
@@ -116,13 +132,43 @@ int sharding_create(sharding **out, model *m, const comm *c,
         };
         model_set_expert_parallel(m, &s->table);
     }
-    free(rank_tokens);
+    free(tokens);
     *out = s;
     return 0;
 fail:
-    free(rank_tokens);
+    free(tokens);
     sharding_destroy(s);
     return -1;
+}
+
+int sharding_set_rows(sharding *s, const int *rows, moe_error *err)
+{
+    /* Everything the new shares need is taken first; only when every rank
+     * has it do they switch (nothing to allocate then). The layer is made
+     * again for the new numbering of the tokens. */
+    int *tokens = calloc((size_t)s->c->world, sizeof *tokens);
+    int first = 0, total = 0;
+    int status = tokens ? 0 : error_set(err, "out of memory");
+    if (status == 0) {
+        layout_rows(s, rows, tokens, &first, &total);
+        status = model_reserve_rows(s->m, rows[s->c->rank], err);
+    }
+    expert_parallel *kept = s->ep;
+    if (status == 0 && kept) {
+        s->ep = NULL;
+        status = make_expert_parallel(s, tokens, err);
+    }
+    free(tokens);
+    if (comm_agree(s->c, status, err) < 0) {
+        if (s->ep != kept)
+            expert_parallel_destroy(s->ep);
+        s->ep = kept;
+        return -1;
+    }
+    if (kept && s->ep != kept)
+        expert_parallel_destroy(kept);
+    model_set_first_sequence(s->m, first);
+    return 0;
 }
 
 void sharding_destroy(sharding *s)

@@ -23,6 +23,13 @@ int sharding_create(sharding **out, model *m, const comm *c,
                     const int *expert_rank, const int *rows, moe_error *err);
 void sharding_destroy(sharding *s);
 
+/* New shares of the batch: rank r trains rows[r] (world) sequences from
+ * the next step; the model's activations and the expert-parallel layer
+ * follow. Every rank calls it at the same boundary; -1 on every rank when
+ * one is out of memory, the old shares then still in force on all (a
+ * rank's grown activations are kept). */
+int sharding_set_rows(sharding *s, const int *rows, moe_error *err);
+
 /* After a resume: the checkpoint's ranks (L, E), or the present ones when
  * NULL, every expert unsplit; the model's expert store follows (slots of
  * experts new to this rank are for the caller to fill). -1 on every rank

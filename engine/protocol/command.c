@@ -12,7 +12,11 @@
 #include <string.h>
 
 /* One more word than any command takes, to report the first extra one. */
-enum { WORDS_MAX = 3 + COMMAND_SPLIT_MAX, QUOTE_MAX = 40 };
+enum {
+    WORDS_MAX = 3 + COMMAND_SPLIT_MAX > 1 + CONFIG_MAX_DEVICES
+                    ? 3 + COMMAND_SPLIT_MAX : 1 + CONFIG_MAX_DEVICES,
+    QUOTE_MAX = 40
+};
 
 typedef struct word {
     const char *text;   /* not NUL-terminated at len */
@@ -31,6 +35,9 @@ static int command_parse_policy(const word *args, const command_limits *limits,
                                 size_t reason_size);
 static int command_parse_split(const word *args, const command_limits *limits,
                                command *out, char *reason, size_t reason_size);
+static int command_parse_shares(const word *args,
+                                const command_limits *limits, command *out,
+                                char *reason, size_t reason_size);
 
 static const struct command_spec {
     const char *name;
@@ -53,13 +60,15 @@ static const struct command_spec {
      "policy off|suggest|auto [every N] [min-gain X]", command_parse_policy},
     {"split", COMMAND_SPLIT, 2, 1 + COMMAND_SPLIT_MAX, "split L.E R[:W] ...",
      command_parse_split},
+    {"shares", COMMAND_SHARES, 1, CONFIG_MAX_DEVICES, "shares W0 W1 ...",
+     command_parse_shares},
 };
 enum { COMMAND_SPECS = sizeof command_specs / sizeof command_specs[0] };
 
 static const char command_list[] =
     "pause, resume, stop, checkpoint, status, lr VALUE, move L.E R, plan, "
     "apply, policy off|suggest|auto [every N] [min-gain X], "
-    "split L.E R[:W] ...";
+    "split L.E R[:W] ..., shares W0 W1 ...";
 
 static int command_fail(char *reason, size_t reason_size, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -279,6 +288,32 @@ static int command_parse_split(const word *args, const command_limits *limits,
 }
 
 
+/* shares W0 W1 ...: one integer weight (1..1000) a rank, in rank order;
+ * the global batch is split over the ranks in proportion. */
+static int command_parse_shares(const word *args,
+                                const command_limits *limits, command *out,
+                                char *reason, size_t reason_size)
+{
+    char quoted[QUOTE_MAX + 4];
+    out->share_count = 0;
+    for (const word *w = args; w->text; w++) {
+        const char *e;
+        long weight;
+        if (command_strtoi(w->text, &e, &weight) < 0 ||
+            e != w->text + w->len || weight < 1 || weight > 1000)
+            return command_fail(reason, reason_size,
+                                "shares: expected an integer weight 1..1000 "
+                                "a rank, got \"%s\"",
+                                command_quote(w, quoted, sizeof quoted));
+        out->share_weight[out->share_count++] = (int)weight;
+    }
+    if (limits && out->share_count != limits->ranks)
+        return command_fail(reason, reason_size,
+                            "shares: the job has %d rank(s), one weight "
+                            "each; got %d", limits->ranks, out->share_count);
+    return 0;
+}
+
 /* policy off|suggest|auto [every N] [min-gain X]: X a fraction (0.05) or a
  * percentage (5%). args ends with a NULL-text word. */
 static int command_parse_policy(const word *args, const command_limits *limits,
@@ -427,6 +462,12 @@ void command_format(const command *c, char *out, size_t size)
         for (int i = 0; i < c->split_count && n >= 0 && (size_t)n < size; i++)
             n += snprintf(out + n, size - (size_t)n, " %d:%d",
                           c->split_rank[i], c->split_weight[i]);
+        break;
+    }
+    case COMMAND_SHARES: {
+        int n = snprintf(out, size, "%s", name);
+        for (int i = 0; i < c->share_count && n >= 0 && (size_t)n < size; i++)
+            n += snprintf(out + n, size - (size_t)n, " %d", c->share_weight[i]);
         break;
     }
     case COMMAND_POLICY: {

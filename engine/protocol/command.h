@@ -19,6 +19,7 @@ typedef enum command_kind {
     COMMAND_APPLY,  /* carry out the last plan (or a fresh one) */
     COMMAND_POLICY, /* policy, every, min_gain */
     COMMAND_SPLIT,  /* layer, expert, split_* (rank = split_rank[0]) */
+    COMMAND_SHARES, /* share_count weights, one a rank */
 } command_kind;
 
 /* Most ranks one split names. */
@@ -37,6 +38,9 @@ typedef struct command {
     int split_rank[COMMAND_SPLIT_MAX];   /* distinct; the first is the
                                             expert's rank */
     int split_weight[COMMAND_SPLIT_MAX]; /* 1..1000: rows in proportion */
+    int share_count;                     /* shares: one weight a rank */
+    int share_weight[CONFIG_MAX_DEVICES]; /* 1..1000: batch rows in
+                                             proportion */
 } command;
 
 /* Limits a command is checked against (out-of-range is an error). */

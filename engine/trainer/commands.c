@@ -244,6 +244,29 @@ static int apply_split(boundary_state *b, const command *c,
     return 0;
 }
 
+static int apply_shares(boundary_state *b, const command *c,
+                        command_result *out, moe_error *err)
+{
+    trainer *t = b->t;
+    double weights[CONFIG_MAX_DEVICES];
+    for (int r = 0; r < c->share_count; r++)
+        weights[r] = c->share_weight[r];
+    double start = clock_monotonic_s();
+    if (trainer_set_shares(t, weights, err) < 0) {
+        snprintf(out->reply, sizeof out->reply, "%.250s", err->message);
+        out->flags |= APPLIED_REFUSED;
+        return 0;
+    }
+    out->duration_ms = (clock_monotonic_s() - start) * 1e3;
+    int at = snprintf(out->reply, sizeof out->reply, "rows from step %d:",
+                      t->state.step + 1);
+    for (int r = 0; r < t->comm->world && at > 0 &&
+                    (size_t)at < sizeof out->reply; r++)
+        at += snprintf(out->reply + at, sizeof out->reply - (size_t)at,
+                       " rank %d %d", r, t->rows[r]);
+    return 0;
+}
+
 static int apply_lr(boundary_state *b, const command *c, command_result *out,
                     moe_error *err)
 {
@@ -378,6 +401,7 @@ static const struct {
     {COMMAND_APPLY, apply_plan},
     {COMMAND_POLICY, apply_policy},
     {COMMAND_SPLIT, apply_split},
+    {COMMAND_SHARES, apply_shares},
 };
 
 /* Applies c on this rank and (rank 0) writes its event record; fills

@@ -297,6 +297,26 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
     return status;
 }
 
+int trainer_set_shares(trainer *t, const double *weights, moe_error *err)
+{
+    const comm *c = t->comm;
+    int *rows = calloc((size_t)c->world, sizeof *rows);
+    if (!rows)
+        return error_set(err, "out of memory");
+    batch_split_rows(t->cfg.train.batch_size, c->world, weights, rows);
+    if (sharding_set_rows(t->sharding, rows, err) < 0) {
+        free(rows);
+        return -1;
+    }
+    free(t->rows);
+    t->rows = rows;
+    t->first_row = 0;
+    for (int r = 0; r < c->rank; r++)
+        t->first_row += rows[r];
+    t->local_batch = rows[c->rank];
+    return 0;
+}
+
 int trainer_move_expert(trainer *t, int l, int e, int to, size_t *shipped,
                         moe_error *err)
 {

@@ -93,6 +93,11 @@ int trainer_move_expert(trainer *t, int l, int e, int to, size_t *shipped,
 int trainer_split_expert(trainer *t, int l, int e, int to, const int *share,
                          size_t *shipped, moe_error *err);
 
+/* Splits the global batch over the ranks in proportion to weights (world)
+ * from the next step; every rank calls it at the same boundary. -1 on
+ * every rank, the old rows kept, when a rank is out of memory. */
+int trainer_set_shares(trainer *t, const double *weights, moe_error *err);
+
 /* Why a move or split of expert (l, e) to the ranks with a share in
  * `share` would not fit: the first receiver whose model state (dense and
  * held experts, 16 bytes a parameter, the planner's measure) would exceed

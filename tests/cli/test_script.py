@@ -183,7 +183,7 @@ BAD = [
     ("5 fly\n", "1: unknown command \"fly\" (commands: pause, resume, stop, "
                 "checkpoint, status, lr VALUE, move L.E R, plan, apply, "
                 "policy off|suggest|auto [every N] [min-gain X], "
-                "split L.E R[:W] ...)"),
+                "split L.E R[:W] ..., shares W0 W1 ...)"),
     ("5 stop\n7 policy sometimes\n", "2: policy: expected off, suggest or "
                                      "auto, got \"sometimes\""),
 ]

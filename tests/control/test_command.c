@@ -12,7 +12,7 @@ static const command_limits limits = {.layers = 4, .experts = 8, .ranks = 3};
 
 #define COMMANDS "(commands: pause, resume, stop, checkpoint, status, " \
                  "lr VALUE, move L.E R, plan, apply, policy " \
-                 "off|suggest|auto [every N] [min-gain X], split L.E R[:W] ...)"
+                 "off|suggest|auto [every N] [min-gain X], split L.E R[:W] ..., shares W0 W1 ...)"
 #define POLICY_USAGE "(usage: policy off|suggest|auto [every N] [min-gain X])"
 
 static void expect_valid(const char *line, command want)
@@ -41,6 +41,24 @@ static void expect_valid(const char *line, command want)
                    got.rank == want.rank,
                "\"%s\": move %d.%d %d, want %d.%d %d", line, got.layer,
                got.expert, got.rank, want.layer, want.expert, want.rank);
+}
+
+/* "shares ..." parses to these three weights and formats back the same. */
+static void expect_shares(const char *line, const int *weights)
+{
+    command got;
+    char reason[256] = "", back[256];
+    if (command_parse(line, &limits, &got, reason, sizeof reason) < 0) {
+        failures++;
+        printf("FAIL: \"%s\" rejected: %s\n", line, reason);
+        return;
+    }
+    EXPECT(got.kind == COMMAND_SHARES && got.share_count == 3 &&
+               memcmp(got.share_weight, weights, 3 * sizeof *weights) == 0,
+           "\"%s\": kind %d, %d weights", line, (int)got.kind,
+           got.share_count);
+    command_format(&got, back, sizeof back);
+    EXPECT(strcmp(back, line) == 0, "\"%s\" formats as \"%s\"", line, back);
 }
 
 static void expect_error(const char *line, const char *want)
@@ -140,6 +158,13 @@ static void test_split(void)
     expect_split("split 3.7 2:3 0:1 1:1000", 3, 7, 3, (int[]){2, 0, 1},
                  (int[]){3, 1, 1000});
     expect_split("split 0.0 1", 0, 0, 1, (int[]){1}, (int[]){1});
+    expect_shares("shares 3 1 1000", (int[]){3, 1, 1000});
+    expect_error("shares 3 1", "shares: the job has 3 rank(s), one weight "
+                               "each; got 2");
+    expect_error("shares 3 0 1", "shares: expected an integer weight "
+                                 "1..1000 a rank, got \"0\"");
+    expect_error("shares 3 x 1", "shares: expected an integer weight "
+                                 "1..1000 a rank, got \"x\"");
     expect_error("split 0.0", "split: missing R[:W] ... (usage: split L.E "
                               "R[:W] ...)");
     expect_error("split 0.9 1", "split: expert 9 is out of range (0..7)");

@@ -393,7 +393,7 @@ static void test_malformed(void)
                        "command \\\"paws\\\" (commands: pause, resume, stop, "
                        "checkpoint, status, lr VALUE, move L.E R, plan, "
                        "apply, policy off|suggest|auto [every N] [min-gain "
-                       "X], split L.E R[:W] ...)\"}");
+                       "X], split L.E R[:W] ..., shares W0 W1 ...)\"}");
     EXPECT(poll_requests(s, req, 1, 8, 100) == 0,
            "a malformed line came back from control_poll");
 

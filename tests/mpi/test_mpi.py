@@ -558,6 +558,42 @@ def case_batch_shares(tmp):
                       ["train.batch_size=7"])[0])
     if [q["rows"] for q in odd[1]["ranks"]] != [4, 3]:
         fail(f"batch 7 on 2 ranks: {odd[1]['ranks']}")
+    # Live: `shares` at step boundaries; the rows follow from the next step.
+    live_records, _ = train(tmp, "live", 2, ["--steps", "40", "--at",
+                                             "10:shares 3 1", "--at",
+                                             "25:shares 1 3"])
+    live = steps(live_records)
+    got = [[q["rows"] for q in live[s]["ranks"]] for s in (10, 11, 26)]
+    if got != [[4, 4], [6, 2], [3, 5]]:  # 1:3 of 8: 2.5 + 5.5, tie to 0
+        fail(f"rows around the shares commands: {got}")
+    replies = [r["reply"] for r in live_records if r["type"] == "event" and
+               r["command"].startswith("shares")]
+    if replies != ["rows from step 11: rank 0 6 rank 1 2",
+                   "rows from step 26: rank 0 3 rank 1 5"]:
+        fail(f"shares replies: {replies}")
+    bad = differing_steps(live, one)
+    if bad:
+        fail(f"live shares: losses differ at steps {bad[:5]}")
+    # Bad values are refused with the reason, before anything starts.
+    for words, why in (("shares 3", "one weight each; got 1"),
+                       ("shares 3 0", "integer weight 1..1000")):
+        _, p = train(tmp, "badshares", 2, ["--steps", "2", "--at",
+                                           "1:" + words], check=False)
+        if p.returncode != 2 or why not in p.stderr:
+            fail(f"{words!r}: exit {p.returncode}: {p.stderr[-500:]}")
+    # Resumed with other shares: the checkpoint of an even run goes on at
+    # 1:3 within the tolerance.
+    resumed = steps(train(tmp, "resharded", 2,
+                          ["--resume", os.path.join(tmp, "even"), "--steps",
+                           "50"],
+                          ["cluster.devices.1.batch_share=3",
+                           "checkpoint.dir=" + os.path.join(tmp, "rs")])[0])
+    full = steps(train(tmp, "one50", 1, ["--steps", "50"])[0])
+    if [q["rows"] for q in resumed[41]["ranks"]] != [3, 5]:
+        fail(f"resumed rows: {resumed[41]['ranks']}")
+    bad = differing_steps(resumed, full, first_flip=40)
+    if bad:
+        fail(f"resumed at 1:3: losses differ at steps {bad[:5]}")
     print(f"shares 3:1 (rows {rows}) against 1 rank: worst relative loss "
           f"difference {worst:.1e} over 40 steps; batch 7 split 4 + 3")
 
