@@ -244,9 +244,11 @@ def panel_problems(s, steps):
         used = (r["expert_state_gb"] + r["dense_state_gb"] +
                 r["activations_gb"] + r["staging_gb"])
         held = f"holds {size_text(used)}"
-        if flops not in s or memory not in s or held not in s:
+        rows = f"{r['rows']} rows"
+        if flops not in s or memory not in s or held not in s or \
+                rows not in s:
             problems.append(f"rank {rank}: want {flops!r}, {memory!r}, "
-                            f"{held!r}")
+                            f"{held!r}, {rows!r}")
     # The straggler's device entry is marked (the marker ends its second
     # line), and the heatmap's legend names it.
     rank, share = straggler_of(steps)

@@ -119,8 +119,8 @@ void draw_devices(console *c, const layout_rect *r)
         format_bytes(held, sizeof held, k ? k->used_gb * 1e9 : NAN);
         format_bytes(capacity, sizeof capacity,
                      k ? k->capacity_gb * 1e9 : NAN);
-        enum { NAME, EMU, EXPERTS, PRICE, MEM, HELD, BACKEND, BAR, TOKENS,
-               FLOPS, MARK, FIELDS };
+        enum { NAME, EMU, EXPERTS, PRICE, MEM, HELD, BACKEND, BAR, ROWS,
+               TOKENS, FLOPS, MARK, FIELDS };
         row_field f[FIELDS];
         memset(f, 0, sizeof f);
         snprintf(f[NAME].text, sizeof f[NAME].text, "%d %s", i, d->name);
@@ -137,6 +137,8 @@ void draw_devices(console *c, const layout_rect *r)
             snprintf(f[HELD].text, sizeof f[HELD].text, "holds %s", held);
         snprintf(f[TOKENS].text, sizeof f[TOKENS].text, "%.0f tok",
                  k ? k->tokens : NAN);
+        if (k && k->rows > 0)
+            snprintf(f[ROWS].text, sizeof f[ROWS].text, "%d rows", k->rows);
         if (k && isfinite(k->expert_flops_per_s))
             snprintf(f[FLOPS].text, sizeof f[FLOPS].text, "%.3g GFLOP/s",
                      k->expert_flops_per_s / 1e9);
@@ -150,7 +152,8 @@ void draw_devices(console *c, const layout_rect *r)
          * straggler; then speed and what it holds. */
         int keep[FIELDS] = {[NAME] = 9, [EMU] = 8, [MARK] = 7, [FLOPS] = 5,
                             [EXPERTS] = 4, [TOKENS] = 3, [MEM] = 2,
-                            [PRICE] = 1, [BACKEND] = 0, [HELD] = 0};
+                            [PRICE] = 1, [BACKEND] = 0, [HELD] = 0,
+                            [ROWS] = 3};
         for (int j = 0; j < FIELDS; j++)
             f[j].keep = f[j].text[0] || f[j].bar ? keep[j] : -1;
         int bar_cols;
@@ -162,15 +165,16 @@ void draw_devices(console *c, const layout_rect *r)
             /* Line 1: who and what it holds; line 2: bar, tokens, speed. */
             row_field a[7] = {f[NAME], f[BACKEND], f[EMU], f[EXPERTS],
                               f[MEM], f[HELD], f[PRICE]};
-            row_field b[4] = {f[BAR], f[TOKENS], f[FLOPS], f[MARK]};
+            row_field b[5] = {f[BAR], f[ROWS], f[TOKENS], f[FLOPS], f[MARK]};
             fit_fields(a, 7, cols, 0, &bar_cols);
             draw_fields(row++, r->col, cols, a, 7, k, 0);
-            fit_fields(b, 4, cols - 2, 8, &bar_cols);
-            draw_fields(row++, r->col + 2, cols - 2, b, 4, k, bar_cols);
+            fit_fields(b, 5, cols - 2, 8, &bar_cols);
+            draw_fields(row++, r->col + 2, cols - 2, b, 5, k, bar_cols);
         } else {
-            row_field a[FIELDS] = {f[NAME], f[EMU], f[BAR], f[TOKENS],
-                                   f[FLOPS], f[EXPERTS], f[MEM], f[HELD],
-                                   f[PRICE], f[BACKEND], f[MARK]};
+            row_field a[FIELDS] = {f[NAME],    f[EMU],    f[BAR],
+                                   f[ROWS],    f[TOKENS], f[FLOPS],
+                                   f[EXPERTS], f[MEM],    f[HELD],
+                                   f[PRICE],   f[BACKEND], f[MARK]};
             fit_fields(a, FIELDS, cols, 4, &bar_cols);
             draw_fields(row++, r->col, cols, a, FIELDS, k, bar_cols);
         }

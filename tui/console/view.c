@@ -285,6 +285,7 @@ static void apply_ranks(view *v, const record_value *step)
         k->allreduce_ms = record_real(&q, RECORD_RANK_allreduce_ms);
         k->idle_ms = record_real(&q, RECORD_RANK_idle_ms);
         k->tokens = record_real(&q, RECORD_RANK_tokens);
+        k->rows = int_of(&q, RECORD_RANK_rows);
         k->experts = int_of(&q, RECORD_RANK_experts);
         k->expert_flops_per_s = record_real(&q, RECORD_RANK_expert_flops_per_s);
         k->state_gb = record_real(&q, RECORD_RANK_state_gb);

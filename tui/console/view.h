@@ -46,6 +46,7 @@ typedef struct view_device {
 typedef struct view_rank {
     double expert_ms, dense_ms, alltoall_ms, allreduce_ms, idle_ms;
     double tokens;
+    int rows;      /* sequences of the global batch it trains */
     int experts;
     double expert_flops_per_s;     /* NAN when not published */
     double state_gb, capacity_gb;  /* model state it needs / device memory */
