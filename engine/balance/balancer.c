@@ -142,6 +142,9 @@ void balancer_observe(balancer *b, step_stats *s)
         average(&b->reduce_s_per_byte, reduce_s / reduced, b->decay,
                 b->reduce_s_per_byte == 0);
     average(&b->step_s, s->step_s, b->decay, first);
+    b->recent_s[b->recent_next] = s->step_s;
+    b->recent_next = (b->recent_next + 1) % BALANCER_WINDOW_MAX;
+    b->recent_count += b->recent_count < BALANCER_WINDOW_MAX;
     /* What the compute model leaves unexplained is communication. The
      * ideal keeps everything measured but the expert phase, whose rows it
      * splits over the ranks in proportion to their speed, layer by layer,
@@ -357,23 +360,82 @@ double balancer_auto_threshold(const balancer *b)
     return b->min_gain * (double)(1 << b->missed);
 }
 
+static int by_value(const void *x, const void *y)
+{
+    double a = *(const double *)x, b = *(const double *)y;
+    return (a > b) - (a < b);
+}
+
+/* Median of n values (n >= 1; they are sorted in place). */
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, by_value);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void balancer_mark_applied(balancer *b, int step)
+{
+    b->window = b->every < 1                     ? 1
+                : b->every > BALANCER_WINDOW_MAX ? BALANCER_WINDOW_MAX
+                                                 : b->every;
+    /* The window just before, from the ring, newest last. */
+    double before[BALANCER_WINDOW_MAX], spread[BALANCER_WINDOW_MAX];
+    int n = b->recent_count < b->window ? b->recent_count : b->window;
+    for (int i = 0; i < n; i++)
+        before[i] = b->recent_s[(b->recent_next - 1 - i + BALANCER_WINDOW_MAX)
+                                % BALANCER_WINDOW_MAX];
+    double mid = n > 0 ? median(before, n) : b->step_s;
+    for (int i = 0; i < n; i++)
+        spread[i] = fabs(before[i] - mid);
+    /* A robust standard deviation (1.4826 x the median absolute
+     * deviation); a median's standard error is 1.2533 sigma/sqrt(n), and
+     * the difference of two has sqrt(2) of that: its 95% band. */
+    double sigma = n > 1 ? 1.4826 * median(spread, n) : 0.0;
+    b->applied_noise_s = 1.96 * 1.2533 * sigma * sqrt(2.0 / b->window);
+    b->applied_before_s = mid;
+    b->applied_after_s = b->after_s;
+    b->applied_step = step;
+    b->measured_steps = 0;
+    b->pending_result = 1;
+}
+
+const char *const balancer_verdict_names[] = {
+    [BALANCER_DELIVERED] = "delivered",
+    [BALANCER_MISSED] = "missed",
+    [BALANCER_NOISE] = "noise",
+    NULL,
+};
+
+/* The measured gain against the predicted one and the noise. */
+static balancer_verdict verdict_of(const balancer *b, double measured)
+{
+    double gain = b->applied_before_s - measured;
+    double promised = b->applied_before_s - b->applied_after_s;
+    if (fabs(gain) <= b->applied_noise_s)
+        return BALANCER_NOISE;
+    return gain > 0 && gain >= 0.5 * promised ? BALANCER_DELIVERED
+                                              : BALANCER_MISSED;
+}
+
 int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
                        moe_error *err)
 {
     if (!b->pending_result || s->step <= b->applied_step)
         return 0;
-    b->measured_sum_s += s->step_s;
-    b->measured_steps++;
-    if (b->measured_steps < b->every)
+    b->measured_s[b->measured_steps++] = s->step_s;
+    /* The window after follows `every` as it is now (a policy command
+     * may have changed it since the plan was applied). */
+    int window = b->every < 1                     ? 1
+                 : b->every > BALANCER_WINDOW_MAX ? BALANCER_WINDOW_MAX
+                                                  : b->every;
+    if (b->measured_steps < window)
         return 0;
     b->pending_result = 0;
-    double measured = b->measured_sum_s / b->measured_steps;
-    double promised = b->applied_before_s - b->applied_after_s;
-    double delivered = b->applied_before_s - measured;
-    if (promised > 0 && delivered < 0.5 * promised)
-        b->missed = b->missed < 6 ? b->missed + 1 : 6;
-    else
-        b->missed = 0;
+    double measured = median(b->measured_s, b->measured_steps);
+    balancer_verdict verdict = b->verdict = verdict_of(b, measured);
+    /* Only a plan that measurably delivered resets what auto asks. */
+    int delivered = verdict == BALANCER_DELIVERED;
+    b->missed = delivered ? 0 : b->missed < 6 ? b->missed + 1 : 6;
     if (sink) {
         json_t *record = record_begin(RECORD_TYPE_PLAN_RESULT);
         record_set_int(record, RECORD_PLAN_RESULT_step, s->step);
@@ -386,7 +448,11 @@ int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
                         b->applied_after_s * 1e3);
         record_set_real(record, RECORD_PLAN_RESULT_measured_ms,
                         measured * 1e3);
-        record_set_bool(record, RECORD_PLAN_RESULT_delivered, b->missed == 0);
+        record_set_real(record, RECORD_PLAN_RESULT_noise_ms,
+                        b->applied_noise_s * 1e3);
+        record_set_string(record, RECORD_PLAN_RESULT_verdict,
+                          balancer_verdict_names[verdict]);
+        record_set_bool(record, RECORD_PLAN_RESULT_delivered, delivered);
         if (metrics_write_record(sink, record, err) < 0)
             return -1;
     }

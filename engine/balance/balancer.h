@@ -10,6 +10,19 @@
 #include "engine/protocol/metrics.h"
 #include "engine/balance/planner.h"
 
+enum { BALANCER_WINDOW_MAX = 256 };
+
+/* What an applied plan did, measured. */
+typedef enum balancer_verdict {
+    BALANCER_NONE,      /* not judged yet */
+    BALANCER_DELIVERED, /* at least half the predicted gain, outside the
+                           noise */
+    BALANCER_MISSED,    /* less, or slower, outside the noise */
+    BALANCER_NOISE      /* the medians differ by less than the noise */
+} balancer_verdict;
+/* "delivered", "missed", "noise" (NULL-terminated; index NONE is NULL). */
+extern const char *const balancer_verdict_names[];
+
 typedef struct balancer {
     int layers, experts, ranks;
     double decay;          /* of every moving average (balance.load_ema) */
@@ -47,12 +60,24 @@ typedef struct balancer {
                               gain a share */
     double before_s, after_s; /* predicted step times, comm included */
 
+    /* The latest step times (a ring of BALANCER_WINDOW_MAX): a plan is
+     * judged on the median of the `window` steps just before it was
+     * applied against the median of the `window` steps after. */
+    double recent_s[BALANCER_WINDOW_MAX];
+    int recent_count, recent_next;
+    int window;            /* min(every, BALANCER_WINDOW_MAX), set when a
+                              plan is applied */
+
     /* An applied plan waiting to be measured. */
     int pending_result;
     int applied_step;      /* boundary after which the moves took effect */
-    double applied_before_s, applied_after_s;
-    double measured_sum_s;
+    double applied_before_s; /* median of the window before */
+    double applied_noise_s;  /* what a difference of two window medians
+                                reaches by chance (see balancer.c) */
+    double applied_after_s;  /* predicted */
+    double measured_s[BALANCER_WINDOW_MAX]; /* the window after */
     int measured_steps;
+    balancer_verdict verdict; /* of the last plan judged */
     /* Applied plans in a row whose measured gain fell short of half the
      * predicted one: auto then asks for min_gain · 2^missed, so a model
      * that keeps promising what the job does not deliver stops moving
@@ -92,9 +117,13 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
                         const char *trigger, int applied, const int *placement,
                         moe_error *err);
 
-/* After an applied plan, counts the steps that follow; when `every` have
- * run, writes a "plan_result" record with the measured step time and
- * returns 1. */
+/* The proposal was applied at the boundary after `step`: it will be
+ * judged against the median of the window of steps just before. */
+void balancer_mark_applied(balancer *b, int step);
+
+/* After an applied plan, keeps the step times that follow; when a window
+ * of them has run, writes a "plan_result" record with the medians before
+ * and after, the noise and the verdict, and returns 1. */
 int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
                        moe_error *err);
 

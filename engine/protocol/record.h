@@ -211,6 +211,8 @@ typedef enum record_presence {
     X(PLAN_RESULT, before_ms, REAL, ALWAYS, "ms", NONE)                        \
     X(PLAN_RESULT, predicted_ms, REAL, ALWAYS, "ms", NONE)                     \
     X(PLAN_RESULT, measured_ms, REAL, ALWAYS, "ms", NONE)                      \
+    X(PLAN_RESULT, noise_ms, REAL, NULLABLE, "ms", NONE)                       \
+    X(PLAN_RESULT, verdict, STRING, ALWAYS, "delivered|missed|noise", NONE)    \
     X(PLAN_RESULT, delivered, BOOL, ALWAYS, "", NONE)                          \
     /* summary */                                                              \
     X(SUMMARY, status, STRING, ALWAYS, "record_status_names", NONE)            \

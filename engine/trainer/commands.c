@@ -112,12 +112,7 @@ static int plan_collective(boundary_state *bs, record_trigger trigger,
                  "; stopped part way: %s", why.message);
     if (c->rank == 0) {
         b->have_proposal = 0;
-        b->pending_result = 1;
-        b->applied_step = t->state.step;
-        b->applied_before_s = b->step_s;
-        b->applied_after_s = b->after_s;
-        b->measured_sum_s = 0;
-        b->measured_steps = 0;
+        balancer_mark_applied(b, t->state.step);
         snprintf(reply + strlen(reply), reply_size - strlen(reply),
                  "; applied in %.1f ms, placement version %d", took_ms,
                  t->placement->version);

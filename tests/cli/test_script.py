@@ -250,13 +250,18 @@ def case_signal(tmp):
     if p.returncode not in (3, 128 + signal.SIGTERM):
         fail(f"two SIGTERMs: exit {p.returncode}\n{err}")
     names = os.listdir(ckpt) if os.path.isdir(ckpt) else []
-    partial = [n for n in names if not n.endswith(".ckpt")]
-    if partial:
-        # A temporary file may be left, never under a checkpoint's name.
-        for n in partial:
+    # A write cut short leaves a step directory without its manifest (no
+    # checkpoint: the manifest is renamed into place last); one with a
+    # manifest must be whole and resume.
+    whole = []
+    for n in names:
+        path = os.path.join(ckpt, n)
+        if not n.startswith("step-") or not os.path.isdir(path):
             if not n.startswith(".") and ".tmp" not in n:
                 fail(f"unexpected file in the checkpoint directory: {n}")
-    for n in (n for n in names if n.endswith(".ckpt")):
+        elif os.path.exists(os.path.join(path, "manifest.json")):
+            whole.append(n)
+    for n in whole:
         rc = subprocess.run([MOECTL, "run", TINY, "--headless", "--resume",
                              os.path.join(ckpt, n), "--steps",
                              str(int(n[5:13]) + 1), "--set",

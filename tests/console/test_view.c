@@ -271,6 +271,19 @@ static void check_balance(void)
                                   "ms, measured 9.75 ms over 50 steps "
                                   "(before 10.7 ms)") == 0,
            "plan_result event: %s", last_event(&v));
+    view_apply(&v, "{\"type\":\"plan_result\",\"step\":100,"
+                   "\"applied_step\":50,\"steps\":50,\"before_ms\":10.7,"
+                   "\"predicted_ms\":9.5,\"measured_ms\":10.6,"
+                   "\"noise_ms\":0.25,\"verdict\":\"noise\","
+                   "\"delivered\":false}");
+    EXPECT(!v.plan_result.delivered && near(v.plan_result.noise_ms, 0.25) &&
+               strcmp(v.plan_result.verdict, "noise") == 0,
+           "plan_result inside the noise");
+    EXPECT(strcmp(last_event(&v), "step 100: plan at step 50: predicted 9.5 "
+                                  "ms, measured 10.6 ms over 50 steps "
+                                  "(before 10.7 ms): inside the noise "
+                                  "(noise 0.25 ms)") == 0,
+           "plan_result event: %s", last_event(&v));
 
     /* a, refused: the event says so itself (ok false); the error reply to
      * this console is not logged again. */

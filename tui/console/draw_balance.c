@@ -96,10 +96,15 @@ void draw_balance(console *c, const layout_rect *r)
         format_real(error, sizeof error, "%+.0f%%",
                   (q->measured_ms / q->predicted_ms - 1) * 100);
         format_real(before, sizeof before, "%.3g", q->before_ms);
+        char verdict[32] = "";
+        if (q->verdict[0])
+            snprintf(verdict, sizeof verdict, ": %s",
+                     strcmp(q->verdict, "noise") == 0 ? "inside the noise"
+                                                      : q->verdict);
         snprintf(full, sizeof full, "plan at step %d: predicted %s ms, "
-                 "measured %s ms (%s) over %d steps, before %s ms",
+                 "measured %s ms (%s) over %d steps, before %s ms%s",
                  q->applied_step, predicted, measured, error, q->steps,
-                 before);
+                 before, verdict);
         snprintf(compact, sizeof compact, "plan at step %d: predicted %s ms, "
                  "measured %s ms (%s)", q->applied_step, predicted, measured,
                  error);

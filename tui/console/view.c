@@ -421,12 +421,21 @@ static void apply_plan_result(view *v, const record_value *r)
     p->predicted_ms = record_real(r, RECORD_PLAN_RESULT_predicted_ms);
     p->measured_ms = record_real(r, RECORD_PLAN_RESULT_measured_ms);
     p->delivered = record_bool(r, RECORD_PLAN_RESULT_delivered);
-    char text[VIEW_EVENT_BYTES], predicted[32], measured[32], before[32];
-    snprintf(text, sizeof text, "step %d: plan at step %d: predicted %s ms, "
-             "measured %s ms over %d steps (before %s ms)", p->step,
-             p->applied_step, ms_text(predicted, p->predicted_ms),
-             ms_text(measured, p->measured_ms), p->steps,
-             ms_text(before, p->before_ms));
+    p->noise_ms = record_real(r, RECORD_PLAN_RESULT_noise_ms);
+    copy_string(p->verdict, sizeof p->verdict, r, RECORD_PLAN_RESULT_verdict);
+    char text[VIEW_EVENT_BYTES], predicted[32], measured[32], before[32],
+        noise[32];
+    int n = snprintf(text, sizeof text, "step %d: plan at step %d: predicted "
+                     "%s ms, measured %s ms over %d steps (before %s ms)",
+                     p->step, p->applied_step,
+                     ms_text(predicted, p->predicted_ms),
+                     ms_text(measured, p->measured_ms), p->steps,
+                     ms_text(before, p->before_ms));
+    if (p->verdict[0] && n > 0 && (size_t)n < sizeof text)
+        snprintf(text + n, sizeof text - (size_t)n, ": %s (noise %s ms)",
+                 strcmp(p->verdict, "noise") == 0 ? "inside the noise"
+                                                  : p->verdict,
+                 ms_text(noise, p->noise_ms));
     view_event(v, text);
 }
 

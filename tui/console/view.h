@@ -73,8 +73,11 @@ typedef struct view_plan {
 typedef struct view_plan_result {
     int have;
     int step, applied_step, steps;
-    int delivered;      /* at least half the predicted gain was measured */
-    double before_ms, predicted_ms, measured_ms;
+    int delivered;      /* at least half the predicted gain was measured,
+                           outside the noise */
+    double before_ms, predicted_ms, measured_ms; /* medians but predicted */
+    double noise_ms;    /* what the medians differ by by chance */
+    char verdict[16];   /* delivered, missed or noise */
 } view_plan_result;
 
 typedef struct view {

@@ -314,14 +314,17 @@ static int chapter_plan(demo *d)
             "from moving averages, and plan_result below says how it fared. "
             "policy auto keeps planning, and backs off from plans that do "
             "not deliver.\n");
+    const view_plan_result *q = &d->v.plan_result;
     if (measured)
         demo_say(d, "The plan_result record at step %d: predicted %.2f ms a "
-            "step, measured %.2f ms (mean over %d steps), before %.2f ms%s.\n",
-            d->v.plan_result.step, d->v.plan_result.predicted_ms,
-            d->v.plan_result.measured_ms, d->v.plan_result.steps,
-            d->v.plan_result.before_ms,
-            d->v.plan_result.delivered ? "" : "; it did not deliver half the "
-                                              "predicted gain");
+            "step, measured %.2f ms (median of %d steps), before %.2f ms "
+            "(median of as many just before)%s.\n", q->step,
+            q->predicted_ms, q->measured_ms, q->steps, q->before_ms,
+            q->delivered                      ? ""
+            : strcmp(q->verdict, "noise") == 0 ? "; the difference is inside "
+                                                 "the noise"
+                                               : "; it did not deliver half "
+                                                 "the predicted gain");
     else if (applied)
         demo_say(d, "No plan_result record came by step %d.\n",
                  d->latest_step);
