@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/balance/batch_split.h"
 #include "engine/balance/cost.h"
 
 int balancer_create(balancer *b, const config *cfg, int ranks,
@@ -34,9 +35,13 @@ int balancer_create(balancer *b, const config *cfg, int ranks,
     b->rate = calloc((size_t)ranks, sizeof *b->rate);
     b->base_s = calloc((size_t)ranks, sizeof *b->base_s);
     b->planner_ranks = calloc((size_t)ranks, sizeof *b->planner_ranks);
+    b->rows = calloc((size_t)ranks, sizeof *b->rows);
+    b->dense_s_per_row = calloc((size_t)ranks, sizeof *b->dense_s_per_row);
+    b->proposal_rows = calloc((size_t)ranks, sizeof *b->proposal_rows);
+    b->batch = cfg->train.batch_size;
     if (!b->load || !b->proposal || !b->proposal_share || !b->rate ||
-        !b->base_s ||
-        !b->planner_ranks) {
+        !b->base_s || !b->planner_ranks || !b->rows ||
+        !b->dense_s_per_row || !b->proposal_rows) {
         balancer_destroy(b);
         return error_set(err, "out of memory");
     }
@@ -51,6 +56,9 @@ void balancer_destroy(balancer *b)
     free(b->rate);
     free(b->base_s);
     free(b->planner_ranks);
+    free(b->rows);
+    free(b->dense_s_per_row);
+    free(b->proposal_rows);
     memset(b, 0, sizeof *b);
 }
 
@@ -124,6 +132,12 @@ void balancer_observe(balancer *b, step_stats *s)
             average(&b->rate[r], q->tokens / (q->expert_ms * 1e-3), b->decay,
                     b->rate[r] == 0);
         average(&b->base_s[r], q->dense_ms * 1e-3, b->decay, first);
+        /* A new split restarts the per-row average (the old rows' times
+         * would mix in). */
+        int rows = q->rows > 0 ? (int)q->rows : 1;
+        average(&b->dense_s_per_row[r], q->dense_ms * 1e-3 / rows, b->decay,
+                first || rows != b->rows[r]);
+        b->rows[r] = rows;
         double busy = q->expert_ms + q->dense_ms;
         if (busy > slowest) {
             slowest = busy;
@@ -189,6 +203,29 @@ static int changed_experts(const balancer *b, const int *placement_a,
     return changed;
 }
 
+/* Whether the proposed split of the batch differs from the present. */
+static int rows_changed(const balancer *b)
+{
+    return memcmp(b->rows, b->proposal_rows,
+                  (size_t)b->ranks * sizeof *b->rows) != 0;
+}
+
+/* Rows in proportion to each rank's dense speed (1 / time per row); the
+ * present rows where a rank has no measure yet. */
+static void propose_rows(balancer *b)
+{
+    double speed[CONFIG_MAX_DEVICES];
+    int measured = 1;
+    for (int r = 0; r < b->ranks; r++) {
+        measured &= b->dense_s_per_row[r] > 0;
+        speed[r] = b->dense_s_per_row[r] > 0 ? 1.0 / b->dense_s_per_row[r]
+                                             : 0;
+    }
+    if (!measured ||
+        batch_split_rows(b->batch, b->ranks, speed, b->proposal_rows) < 0)
+        memcpy(b->proposal_rows, b->rows, (size_t)b->ranks * sizeof *b->rows);
+}
+
 int balancer_plan(balancer *b, const int *placement, const int *share,
                   int placement_version, char *reason, size_t reason_size)
 {
@@ -207,22 +244,32 @@ int balancer_plan(balancer *b, const int *placement, const int *share,
         return -1;
     }
     planner_problem p = problem(b, b->load, placement);
+    int U = b->share_units;
+    double before = planner_split_step_time(&p, share, U);
+    /* The dense work's split: rows in proportion to each rank's measured
+     * dense speed; the placement is then planned for the ranks' dense
+     * times under those rows, so the two levers are chosen together. */
+    propose_rows(b);
+    for (int r = 0; r < b->ranks; r++)
+        b->planner_ranks[r].base_s = b->base_s[r] +
+                                     b->dense_s_per_row[r] *
+                                         (b->proposal_rows[r] - b->rows[r]);
     if (planner_plan(&p, moved) < 0) {
         free(moved), free(candidate), free(candidate_share);
         snprintf(reason, reason_size, "plan: no placement fits the devices' "
                                       "memory (cluster.devices[].memory_gb)");
         return -1;
     }
-    int U = b->share_units;
     double ship_s = p.move_s_per_byte * p.expert_bytes; /* per replica */
-    double before = planner_split_step_time(&p, share, U);
     /* Candidates: the whole-expert plan, and splits on top of it and on
      * top of the present placement. The cheapest by predicted step time
      * plus what shipping its replicas costs wins; staying put costs
      * `before`. */
     memcpy(b->proposal, placement, cells * sizeof *placement);
     memcpy(b->proposal_share, share, cells * b->ranks * sizeof *share);
-    double best_after = before, best_cost = before;
+    /* Staying put on the placement, with the new rows. */
+    double stay = planner_split_step_time(&p, share, U);
+    double best_after = stay, best_cost = stay;
     for (int k = 0; k < 3; k++) {
         if (k == 0) {
             memcpy(candidate, moved, cells * sizeof *moved);
@@ -246,7 +293,8 @@ int balancer_plan(balancer *b, const int *placement, const int *share,
     b->before_s = b->comm_s + before;
     b->after_s = b->comm_s + best_after;
     b->proposal_changes = changed_experts(b, placement, share, b->proposal,
-                                          b->proposal_share);
+                                          b->proposal_share) +
+                          rows_changed(b);
     b->proposal_moves = planner_share_transfers(&p, share, b->proposal_share);
     b->proposal_version = placement_version;
     b->have_proposal = 1;
@@ -287,21 +335,29 @@ void balancer_describe(const balancer *b, const int *placement,
             b->before_s * 1e3);
         return;
     }
-    int splits = 0;
+    int splits = 0, rows = rows_changed(b);
+    int experts = b->proposal_changes - rows;
     for (size_t i = 0; i < (size_t)b->layers * b->experts; i++)
         splits += b->proposal_share[i * b->ranks + b->proposal[i]] <
                   b->share_units;
+    if (rows) { /* "rows 4/4 -> 6/2, " */
+        for (int r = 0; r < b->ranks; r++)
+            PUT("%s%d", r ? "/" : "rows ", b->rows[r]);
+        for (int r = 0; r < b->ranks; r++)
+            PUT("%s%d", r ? "/" : " -> ", b->proposal_rows[r]);
+        PUT(", ");
+    }
     if (splits)
         PUT("%d change%s (%d expert%s split, %d replica%s shipped), "
             "predicted step %.3g -> %.3g ms (%+.1f%%):",
-            b->proposal_changes, b->proposal_changes == 1 ? "" : "s", splits,
+            experts, experts == 1 ? "" : "s", splits,
             splits == 1 ? "" : "s", b->proposal_moves,
             b->proposal_moves == 1 ? "" : "s", b->before_s * 1e3,
             b->after_s * 1e3, -gain * 100);
     else
         PUT("%d move%s, predicted step %.3g -> %.3g ms (%+.1f%%):",
-            b->proposal_changes, b->proposal_changes == 1 ? "" : "s",
-            b->before_s * 1e3, b->after_s * 1e3, -gain * 100);
+            experts, experts == 1 ? "" : "s", b->before_s * 1e3,
+            b->after_s * 1e3, -gain * 100);
     int shown = 0, R = b->ranks;
     for (int l = 0; l < b->layers; l++)
         for (int e = 0; e < b->experts; e++) {
@@ -345,6 +401,10 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
     record_set_bool(record, RECORD_PLAN_applied, applied);
     record_set_json(record, RECORD_PLAN_moves, moves);
     record_set_json(record, RECORD_PLAN_splits, splits);
+    json_t *rows = json_array();
+    for (int r = 0; r < b->ranks; r++)
+        json_array_append_new(rows, json_integer(b->proposal_rows[r]));
+    record_set_json(record, RECORD_PLAN_rows, rows);
     record_set_int(record, RECORD_PLAN_changes, b->proposal_changes);
     record_set_real(record, RECORD_PLAN_predicted_before_ms,
                     b->before_s * 1e3);

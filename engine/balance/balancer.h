@@ -51,6 +51,11 @@ typedef struct balancer {
     /* The last plan: proposed placement, splits and prediction. */
     int *proposal;         /* (layers, experts) each expert's rank */
     int *proposal_share;   /* (layers, experts, ranks) in 1/share_units */
+    int *rows;             /* (ranks) sequences each trained, last step */
+    double *dense_s_per_row; /* (ranks) moving average of dense time over
+                                its rows */
+    int *proposal_rows;    /* (ranks) the plan's split of the batch */
+    int batch;             /* train.batch_size */
     int share_units;
     double grad_bytes;     /* one expert's gradient */
     int have_proposal;

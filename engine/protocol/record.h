@@ -200,7 +200,9 @@ typedef enum record_presence {
     X(PLAN, moves, ARRAY, ALWAYS, "[[layer, expert, from, to], ...]", NONE)    \
     X(PLAN, splits, ARRAY, ALWAYS,                                             \
       "[[layer, expert, [[rank, fraction], ...]], ...]", NONE)                 \
-    X(PLAN, changes, INT, ALWAYS, "experts", NONE)                             \
+    X(PLAN, rows, ARRAY, ALWAYS, "[sequences per rank, ...] proposed", NONE)   \
+    X(PLAN, changes, INT, ALWAYS, "experts, and 1 for a new split of the "   \
+      "batch", NONE)                                                           \
     X(PLAN, predicted_before_ms, REAL, ALWAYS, "ms", NONE)                     \
     X(PLAN, predicted_after_ms, REAL, ALWAYS, "ms", NONE)                      \
     X(PLAN, predicted_gain, REAL, ALWAYS, "fraction", NONE)                    \

@@ -93,6 +93,8 @@ static int plan_collective(boundary_state *bs, record_trigger trigger,
         comm_broadcast(c, b->proposal, cells * sizeof *b->proposal, 0);
         comm_broadcast(c, b->proposal_share,
                        cells * c->world * sizeof *b->proposal_share, 0);
+        comm_broadcast(c, b->proposal_rows,
+                       (size_t)c->world * sizeof *b->proposal_rows, 0);
     }
     double start = clock_monotonic_s();
     moe_error why = {0};
@@ -106,6 +108,9 @@ static int plan_collective(boundary_state *bs, record_trigger trigger,
             t->migration_bytes += moved;
             t->migrations += moved > 0;
         }
+    if (!stopped && memcmp(t->rows, b->proposal_rows,
+                           (size_t)c->world * sizeof *t->rows) != 0)
+        stopped = trainer_set_rows(t, b->proposal_rows, &why) < 0;
     double took_ms = (clock_monotonic_s() - start) * 1e3;
     if (stopped && c->rank == 0)
         snprintf(reply + strlen(reply), reply_size - strlen(reply),

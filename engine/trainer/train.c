@@ -299,17 +299,17 @@ int trainer_resume(trainer *t, const char *path, moe_error *err)
 
 int trainer_set_shares(trainer *t, const double *weights, moe_error *err)
 {
+    int rows[CONFIG_MAX_DEVICES];
+    batch_split_rows(t->cfg.train.batch_size, t->comm->world, weights, rows);
+    return trainer_set_rows(t, rows, err);
+}
+
+int trainer_set_rows(trainer *t, const int *rows, moe_error *err)
+{
     const comm *c = t->comm;
-    int *rows = calloc((size_t)c->world, sizeof *rows);
-    if (!rows)
-        return error_set(err, "out of memory");
-    batch_split_rows(t->cfg.train.batch_size, c->world, weights, rows);
-    if (sharding_set_rows(t->sharding, rows, err) < 0) {
-        free(rows);
+    if (sharding_set_rows(t->sharding, rows, err) < 0)
         return -1;
-    }
-    free(t->rows);
-    t->rows = rows;
+    memcpy(t->rows, rows, (size_t)c->world * sizeof *t->rows);
     t->first_row = 0;
     for (int r = 0; r < c->rank; r++)
         t->first_row += rows[r];

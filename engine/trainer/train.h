@@ -97,6 +97,8 @@ int trainer_split_expert(trainer *t, int l, int e, int to, const int *share,
  * from the next step; every rank calls it at the same boundary. -1 on
  * every rank, the old rows kept, when a rank is out of memory. */
 int trainer_set_shares(trainer *t, const double *weights, moe_error *err);
+/* The same with the rows (world, summing to train.batch_size) given. */
+int trainer_set_rows(trainer *t, const int *rows, moe_error *err);
 
 /* Why a move or split of expert (l, e) to the ranks with a share in
  * `share` would not fit: the first receiver whose model state (dense and
