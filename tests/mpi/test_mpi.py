@@ -43,6 +43,17 @@ LATE_TOLERANCE = 1e-2
 FIRST_FLIP = 20
 
 
+def require_close(other, one, what, first_flip=FIRST_FLIP):
+    """Fails naming `what` when a step of `other` is out of tolerance
+    against `one`; returns the worst relative loss difference."""
+    bad = differing_steps(other, one, first_flip)
+    if bad:
+        fail(f"{what}: losses differ at steps {bad[:5]}: "
+             f"{other[bad[0]]['loss']} vs {one[bad[0]]['loss']}")
+    return max(abs(other[s]["loss"] - one[s]["loss"]) / one[s]["loss"]
+               for s in other)
+
+
 def differing_steps(other, one, first_flip=FIRST_FLIP):
     """Steps of `other` whose loss is out of tolerance against `one`."""
     flip = next((s for s in sorted(other)
@@ -107,12 +118,7 @@ def case_rank_invariance(tmp):
                 for k in ("loss", "aux_loss", "z_loss", "grad_norm")):
             fail(f"step 1 on {n} ranks differs: {exact(first)} vs "
                  f"{exact(ref)}")
-        bad = differing_steps(other, one)
-        if bad:
-            fail(f"{n} ranks: losses differ at steps {bad[:5]}: "
-                 f"{other[bad[0]]['loss']} vs {one[bad[0]]['loss']}")
-        worst = max(abs(other[s]["loss"] - one[s]["loss"]) / one[s]["loss"]
-                    for s in one)
+        worst = require_close(other, one, f"{n} ranks")
         ranks = other[60]["ranks"]
         if len(ranks) != n or sum(r["experts"] for r in ranks) != 2 * 4:
             fail(f"ranks field on {n} ranks: {ranks}")
@@ -409,12 +415,7 @@ def case_resume_ranks(tmp):
                                                                       61)):
         fail(f"resumed steps {sorted(four)[:3]}, {sorted(two)[:3]}")
     resumed = {**four, **two}
-    bad = differing_steps(resumed, full, first_flip=25)
-    if bad:
-        fail(f"1 -> 4 -> 2 ranks: losses differ at steps {bad[:5]}: "
-             f"{resumed[bad[0]]['loss']} vs {full[bad[0]]['loss']}")
-    worst = max(abs(resumed[s]["loss"] - full[s]["loss"]) / full[s]["loss"]
-                for s in resumed)
+    worst = require_close(resumed, full, "1 -> 4 -> 2 ranks", first_flip=25)
     if {r for row in four[21]["placement"] for r in row} != {0, 1, 2, 3}:
         fail(f"experts were not re-placed over 4 ranks: {four[21]['placement']}")
     shards = json.load(open(os.path.join(tmp, "four", "step-00000040",
@@ -537,13 +538,8 @@ def case_batch_shares(tmp):
     rows = [q["rows"] for q in uneven[1]["ranks"]]
     if rows != [6, 2] or [q["rows"] for q in even[1]["ranks"]] != [4, 4]:
         fail(f"rows per rank: {rows}")
-    for name, run in (("1:1", even), ("3:1", uneven)):
-        bad = differing_steps(run, one)
-        if bad:
-            fail(f"shares {name}: losses differ at steps {bad[:5]}: "
-                 f"{run[bad[0]]['loss']} vs {one[bad[0]]['loss']}")
-    worst = max(abs(uneven[s]["loss"] - one[s]["loss"]) / one[s]["loss"]
-                for s in one)
+    require_close(even, one, "shares 1:1")
+    worst = require_close(uneven, one, "shares 3:1")
     # With the routing warm-up and bias balancing, whose statistics and
     # noise are keyed by global sequence and token: routed alike.
     sets = ("balance.bias_update_rate=0.001",
@@ -571,9 +567,7 @@ def case_batch_shares(tmp):
     if replies != ["rows from step 11: rank 0 6 rank 1 2",
                    "rows from step 26: rank 0 3 rank 1 5"]:
         fail(f"shares replies: {replies}")
-    bad = differing_steps(live, one)
-    if bad:
-        fail(f"live shares: losses differ at steps {bad[:5]}")
+    require_close(live, one, "live shares")
     # Bad values are refused with the reason, before anything starts.
     for words, why in (("shares 3", "one weight each; got 1"),
                        ("shares 3 0", "integer weight 1..1000")):
@@ -591,9 +585,7 @@ def case_batch_shares(tmp):
     full = steps(train(tmp, "one50", 1, ["--steps", "50"])[0])
     if [q["rows"] for q in resumed[41]["ranks"]] != [3, 5]:
         fail(f"resumed rows: {resumed[41]['ranks']}")
-    bad = differing_steps(resumed, full, first_flip=40)
-    if bad:
-        fail(f"resumed at 1:3: losses differ at steps {bad[:5]}")
+    require_close(resumed, full, "resumed at 1:3", first_flip=40)
     print(f"shares 3:1 (rows {rows}) against 1 rank: worst relative loss "
           f"difference {worst:.1e} over 40 steps; batch 7 split 4 + 3")
 
