@@ -1,6 +1,7 @@
 #include "engine/balance/balancer.h"
 
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,10 +39,13 @@ int balancer_create(balancer *b, const config *cfg, int ranks,
     b->rows = calloc((size_t)ranks, sizeof *b->rows);
     b->dense_s_per_row = calloc((size_t)ranks, sizeof *b->dense_s_per_row);
     b->proposal_rows = calloc((size_t)ranks, sizeof *b->proposal_rows);
+    b->activation_bytes_per_row =
+        calloc((size_t)ranks, sizeof *b->activation_bytes_per_row);
     b->batch = cfg->train.batch_size;
     if (!b->load || !b->proposal || !b->proposal_share || !b->rate ||
         !b->base_s || !b->planner_ranks || !b->rows ||
-        !b->dense_s_per_row || !b->proposal_rows) {
+        !b->dense_s_per_row || !b->proposal_rows ||
+        !b->activation_bytes_per_row) {
         balancer_destroy(b);
         return error_set(err, "out of memory");
     }
@@ -59,6 +63,7 @@ void balancer_destroy(balancer *b)
     free(b->rows);
     free(b->dense_s_per_row);
     free(b->proposal_rows);
+    free(b->activation_bytes_per_row);
     memset(b, 0, sizeof *b);
 }
 
@@ -138,6 +143,7 @@ void balancer_observe(balancer *b, step_stats *s)
         average(&b->dense_s_per_row[r], q->dense_ms * 1e-3 / rows, b->decay,
                 first || rows != b->rows[r]);
         b->rows[r] = rows;
+        b->activation_bytes_per_row[r] = q->activation_bytes / rows;
         double busy = q->expert_ms + q->dense_ms;
         if (busy > slowest) {
             slowest = busy;
@@ -210,19 +216,31 @@ static int rows_changed(const balancer *b)
                   (size_t)b->ranks * sizeof *b->rows) != 0;
 }
 
-/* Rows in proportion to each rank's dense speed (1 / time per row); the
- * present rows where a rank has no measure yet. */
+/* The most rows rank r's memory holds beside its dense state, at its
+ * measured activation bytes a row (INT_MAX when not measured). */
+static int rows_room(const balancer *b, int r)
+{
+    double per_row = b->activation_bytes_per_row[r];
+    double room = b->devices[r].memory_gb * 1e9 - b->dense_bytes;
+    if (per_row <= 0)
+        return INT_MAX;
+    return room <= 0 ? 0 : (int)fmin(floor(room / per_row), INT_MAX);
+}
+
+/* The rows that finish the dense work soonest at each rank's measured
+ * dense time a row, no rank past the rows its memory holds; the present
+ * rows where a rank has no measure yet, or the memory cannot hold the
+ * batch. */
 static void propose_rows(balancer *b)
 {
-    double speed[CONFIG_MAX_DEVICES];
-    int measured = 1;
+    int most[CONFIG_MAX_DEVICES], measured = 1;
     for (int r = 0; r < b->ranks; r++) {
         measured &= b->dense_s_per_row[r] > 0;
-        speed[r] = b->dense_s_per_row[r] > 0 ? 1.0 / b->dense_s_per_row[r]
-                                             : 0;
+        most[r] = rows_room(b, r);
     }
-    if (!measured ||
-        batch_split_rows(b->batch, b->ranks, speed, b->proposal_rows) < 0)
+    if (!measured || batch_split_min_max(b->batch, b->ranks,
+                                         b->dense_s_per_row, most,
+                                         b->proposal_rows) < 0)
         memcpy(b->proposal_rows, b->rows, (size_t)b->ranks * sizeof *b->rows);
 }
 
@@ -250,10 +268,16 @@ int balancer_plan(balancer *b, const int *placement, const int *share,
      * dense speed; the placement is then planned for the ranks' dense
      * times under those rows, so the two levers are chosen together. */
     propose_rows(b);
-    for (int r = 0; r < b->ranks; r++)
-        b->planner_ranks[r].base_s = b->base_s[r] +
-                                     b->dense_s_per_row[r] *
-                                         (b->proposal_rows[r] - b->rows[r]);
+    for (int r = 0; r < b->ranks; r++) {
+        planner_rank *q = &b->planner_ranks[r];
+        q->base_s = b->base_s[r] + b->dense_s_per_row[r] *
+                                       (b->proposal_rows[r] - b->rows[r]);
+        /* The experts fit around the rows' activations. */
+        q->capacity_bytes -= b->activation_bytes_per_row[r] *
+                             b->proposal_rows[r];
+        if (q->capacity_bytes <= 0)
+            q->capacity_bytes = 1;
+    }
     if (planner_plan(&p, moved) < 0) {
         free(moved), free(candidate), free(candidate_share);
         snprintf(reason, reason_size, "plan: no placement fits the devices' "

@@ -55,6 +55,9 @@ typedef struct balancer {
     double *dense_s_per_row; /* (ranks) moving average of dense time over
                                 its rows */
     int *proposal_rows;    /* (ranks) the plan's split of the batch */
+    double *activation_bytes_per_row; /* (ranks) its activations and
+                                         expert rows over its rows, last
+                                         step: rows take memory too */
     int batch;             /* train.batch_size */
     int share_units;
     double grad_bytes;     /* one expert's gradient */

@@ -6,8 +6,16 @@
 #define MOECTL_ENGINE_BALANCE_BATCH_SPLIT_H
 
 /* rows (world) of `batch` sequences in proportion to shares (world, > 0):
- * floors first, then the remainders, largest first (ties to the lower
- * rank), with at least one row a rank. Returns -1 when batch < world. */
+ * each rank's quota of the batch floored (at least one row), then the
+ * remainders, largest first (ties to the lower rank). Returns -1 when
+ * batch < world. */
 int batch_split_rows(int batch, int world, const double *shares, int *rows);
+
+/* rows (world) of `batch` sequences that minimise the slowest rank's
+ * rows · s_per_row (world, > 0: seconds a row), each rank at least one row
+ * and at most most[r]. Returns -1 when batch < world or the ranks' `most`
+ * cannot hold the batch. */
+int batch_split_min_max(int batch, int world, const double *s_per_row,
+                        const int *most, int *rows);
 
 #endif

@@ -51,6 +51,8 @@ typedef struct config_device {
     double utilization;    /* expected fraction of peak_tflops reached on
                               this workload, for `moectl plan`; 0: not
                               stated */
+    double link_gbps;      /* GB/s each way of this device's link, for
+                              `moectl plan`; 0: cluster.link_gbps */
 } config_device;
 
 typedef enum config_policy {
@@ -156,6 +158,9 @@ typedef struct config {
     struct {
         double bytes_per_param; /* weights, gradients and optimizer state */
         config_dense dense;
+        double exchange_bytes;  /* bytes an activation or gradient element
+                                   takes on the wire */
+        double token_budget;    /* tokens a run trains: time to it */
     } plan;
 
     /* How `moectl run` starts mpirun for several devices ("": not set). */

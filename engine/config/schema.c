@@ -82,8 +82,9 @@ static const schema_field device_fields[] = {
     REAL_FIELD("memory_gb", DEV(memory_gb), 0, NO_MAX, OPEN_MIN, 24, "GB",
                "memory capacity for the model state (dense state and the "
                "experts it holds, 16 bytes a parameter): the planner never "
-               "fills a rank past it, a move or split past it is refused, "
-               "and a starting placement past it does not start"),
+               "fills a rank past it (counting the measured activations "
+               "of the rows it gives the rank), a move or split past it is "
+               "refused, and a starting placement past it does not start"),
     REAL_FIELD("slowdown", DEV(slowdown), 1, 1000, 0, 1.0, NULL,
                "emulates a slower device: after every stretch of its "
                "forward and backward compute it sleeps (slowdown - 1) "
@@ -101,8 +102,13 @@ static const schema_field device_fields[] = {
               "identical devices the entry stands for; moectl plan only "
               "(a training run lists one entry per rank)"),
     REAL_FIELD("utilization", DEV(utilization), 0, 1, 0, 0, NULL,
-               "expected fraction of peak_tflops reached on this workload, "
-               "for moectl plan; 0: not stated"),
+               "expected fraction of peak_tflops its compute reaches on "
+               "this workload, for moectl plan (which models communication "
+               "apart); 0: not stated"),
+    REAL_FIELD("link_gbps", DEV(link_gbps), 0, NO_MAX, 0, 0, "GB/s",
+               "bandwidth of the device's link each way, for moectl "
+               "plan's all-to-all and gradient all-reduce (an assumption "
+               "unless measured); 0: cluster.link_gbps"),
     END_FIELDS,
 };
 
@@ -217,6 +223,14 @@ static const schema_field plan_fields[] = {
                "replicated (every rank holds all dense state, as the "
                "trainer does) or sharded (divided over ranks, ZeRO-3 "
                "style), for moectl plan"),
+    REAL_FIELD("exchange_bytes", CFG(plan.exchange_bytes), 0, 64, OPEN_MIN,
+               2, "bytes",
+               "size on the wire of an exchanged activation or gradient "
+               "element (2: bf16), for moectl plan's communication"),
+    REAL_FIELD("token_budget", CFG(plan.token_budget), 0, NO_MAX, OPEN_MIN,
+               1e12, "tokens",
+               "tokens a training run is to see: moectl plan ranks mixes "
+               "by the time to it as well as by cost"),
     END_FIELDS,
 };
 

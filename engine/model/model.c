@@ -8,15 +8,32 @@
 #include "engine/core/rng.h"
 #include "engine/model/activations.h"
 
-/* Seconds this rank has waited for the others in all-to-alls. */
+/* Seconds this rank has spent exchanging with the others (all-to-alls and
+ * the model's all-reduces), waiting included: not compute, so not slowed
+ * down. */
 static double exchange_s(const model *m)
 {
-    return m->ep ? m->ep->exchange_s(m->ep->ctx) : 0.0;
+    return m->collective_s + (m->ep ? m->ep->exchange_s(m->ep->ctx) : 0.0);
 }
 
 void model_slowdown_sync(model *m)
 {
     slowdown_sync(&m->slowdown, exchange_s(m));
+}
+
+void model_allreduce_sum(model *m, double *x, int n)
+{
+    model_slowdown_sync(m);
+    double start = clock_monotonic_s();
+    comm_allreduce_sum_double(m->comm, x, n);
+    m->collective_s += clock_monotonic_s() - start;
+}
+
+double model_take_collective_s(model *m)
+{
+    double s = m->collective_s;
+    m->collective_s = 0.0;
+    return s;
 }
 
 /* Ends a lap of the profile in `part`. Under an emulated slowdown its
@@ -403,10 +420,8 @@ static void warmup_route(model *m, int l, const layer_acts *v, int B)
     for (int b = 0; b < B; b++)
         router_logit_sums(partial + (size_t)2 * (first + b),
                           v->router_logits + (size_t)b * T * E, T, E);
-    if (m->comm) {
-        model_slowdown_sync(m);
-        comm_allreduce_sum_double(m->comm, partial, 2 * sequences);
-    }
+    if (m->comm)
+        model_allreduce_sum(m, partial, 2 * sequences);
     double sum = 0.0, sum_squares = 0.0;
     for (int s = 0; s < sequences; s++) {
         sum += partial[2 * s];
@@ -559,10 +574,8 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
         sum += a->losses[i];
     /* Each rank's shares of the three losses add up to the global ones. */
     double losses[3] = {sum / m->last.total_tokens, m->last.aux_loss, m->last.z_loss};
-    if (m->comm) {
-        model_slowdown_sync(m);
-        comm_allreduce_sum_double(m->comm, losses, 3);
-    }
+    if (m->comm)
+        model_allreduce_sum(m, losses, 3);
     m->last.ce_loss = losses[0];
     m->last.aux_loss = losses[1];
     m->last.z_loss = losses[2];

@@ -82,6 +82,10 @@ typedef struct model {
     routing_balance routing;   /* routing-side balancing state */
     model_profile profile;     /* accumulates until model_profile_reset */
     slowdown slowdown;         /* an emulated slower device */
+    /* Seconds in the model's own all-reduces (routing warm-up, the loss,
+     * the gradient norm), waiting included, until the trainer takes them
+     * (model_take_collective_s). */
+    double collective_s;
 
     /* The ranks sharing the batch (model_set_comm; NULL: a lone model)
      * and, when the experts are spread over them, the expert-parallel
@@ -164,6 +168,12 @@ void model_set_slowdown(model *m, double slowdown);
 /* Sleeps the emulated slowdown owed so far: called before every exchange
  * with other ranks. */
 void model_slowdown_sync(model *m);
+/* Sums x (n) over the ranks sharing the batch, after paying the emulated
+ * slowdown owed; the time it takes, waiting for the other ranks included,
+ * counts as exchange, not compute (m->collective_s). */
+void model_allreduce_sum(model *m, double *x, int n);
+/* Returns m->collective_s and zeroes it. */
+double model_take_collective_s(model *m);
 
 /* Per-expert weight and gradient pointers of layer l, for grouped GEMMs
  * (NULL for experts not held here); valid until the next call. */

@@ -31,7 +31,7 @@ double optimizer_lr(const optimizer_settings *s, int step)
     return s->min_lr + (s->lr - s->min_lr) * cosine;
 }
 
-double optimizer_grad_norm(const model *m)
+double optimizer_grad_norm(model *m)
 {
     const backend_ops *ops = m->be->ops;
     const expert_store *st = &m->experts;
@@ -60,7 +60,7 @@ double optimizer_grad_norm(const model *m)
     }
     if (!shared)
         return sqrt(total);
-    comm_allreduce_sum_double(m->comm, per_expert, (int)experts);
+    model_allreduce_sum(m, per_expert, (int)experts);
     for (size_t x = 0; x < experts; x++)
         total += per_expert[x];
     return sqrt(total);

@@ -33,7 +33,7 @@ double optimizer_lr(const optimizer_settings *s, int step);
 int optimizer_reduce_gradients(model *m, moe_error *err);
 
 /* Global L2 norm of all gradients (after the reduction). */
-double optimizer_grad_norm(const model *m);
+double optimizer_grad_norm(model *m);
 
 /* One AdamW update (after optimizer_reduce_gradients) of every tensor at
  * 1-based `step` with learning rate lr;

@@ -372,8 +372,12 @@ static void plan_layer(expert_parallel *ep, int l, const int *expert_index)
     int first_token = ep->token_start[c->rank];
 
     d->before_exchange(d->model);
+    /* The routing exchange counts with the all-to-alls: a rank ahead
+     * waits here for the others' routers. */
+    double began = clock_monotonic_s();
     comm_allgatherv_int(c, expert_index, ep->N_local * K, ep->gather_counts,
                         ep->gather_displs, ep->global_index);
+    ep->alltoall_s += clock_monotonic_s() - began;
     router_build_dispatch(&y->dispatch, ep->global_index, ep->N_total, K, E,
                           router_capacity(d->capacity_factor, ep->N_total, K,
                                           E));

@@ -21,8 +21,9 @@ struct control_server;
 typedef struct rank_stats {
     double expert_ms;    /* its experts' GEMMs and SwiGLU */
     double dense_ms;     /* everything else it computed */
-    double alltoall_ms;  /* token and gradient exchange, waiting included */
-    double allreduce_ms; /* summing replicated gradients */
+    double alltoall_ms;  /* routing and token exchange, waiting included */
+    double allreduce_ms; /* summing replicated gradients, and the loss and
+                            gradient norm's sums, waiting included */
     double idle_ms;      /* the slowest rank's busy time minus its own */
     double tokens;       /* rows its experts processed */
     double rows;         /* sequences of the global batch it trained */

@@ -376,7 +376,7 @@ typedef struct step_times {
 static void gather_rank_stats(trainer *t, const step_times *at,
                               double expert_s)
 {
-    const model *m = t->model;
+    model *m = t->model;
     rank_stats mine;
     memset(&mine, 0, sizeof mine);
     double step_s = at->end - at->start;
@@ -384,7 +384,10 @@ static void gather_rank_stats(trainer *t, const step_times *at,
     /* The expert part holds the routed-expert GEMMs alone (dispatch and
      * the all-to-all count elsewhere): the work placement can move. */
     mine.expert_ms = expert_s * 1e3;
-    mine.allreduce_ms = (at->reduced - at->backward_done) * 1e3;
+    /* The gradient all-reduce, and the model's small ones (the loss, the
+     * gradient norm), where a rank waits for the slowest. */
+    mine.allreduce_ms = (at->reduced - at->backward_done +
+                         model_take_collective_s(m)) * 1e3;
     mine.dense_ms = step_s * 1e3 - mine.expert_ms - mine.alltoall_ms -
                     mine.allreduce_ms;
     mine.tokens = (double)sharding_rows(t->sharding);
@@ -480,6 +483,7 @@ int trainer_step(trainer *t, step_stats *s, moe_error *err)
     step_times at;
 
     double experts_before = experts_s(m);
+    model_take_collective_s(m); /* validation's, if any */
     at.start = clock_monotonic_s();
     dataset_train_batch(&t->data, &t->state.data_rng, B, t->inputs,
                         t->targets);

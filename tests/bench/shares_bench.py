@@ -18,10 +18,13 @@ same run:
                 placement together
 
 Each figure is the median tokens/s of the last third of its run's steps
-(validation and checkpoints off). Targets (issue 14): auto >= 0.9 x ideal
-and >= 1.5 x equal.
+(validation and checkpoints off). This machine's speed drifts by tens of
+percent over minutes (a shared VM), so the cases run in rounds, one of each
+a round, and every ratio is taken within its round; the verdict is on the
+median of the rounds' ratios. Targets (issue 14): auto >= 0.9 x ideal and
+>= 1.5 x equal.
 
-usage: shares_bench.py MOECTL [--steps N]
+usage: shares_bench.py MOECTL [--steps N] [--rounds N]
 """
 import argparse
 import json
@@ -64,37 +67,53 @@ def run(moectl, name, ranks, sets, steps, workdir, extra=()):
     return statistics.median(r["tokens_per_s"] for r in tail), rows
 
 
+def one_round(moectl, steps, workdir):
+    """Every case once; returns {name: (tokens/s, rows)}."""
+    slow = ["cluster.devices.1.slowdown=3"]
+    alone = max(steps // 3, 60)  # one rank: nothing adapts
+    cases = {}
+    cases["one fast"] = run(moectl, "fast", 1, [], alone, workdir)
+    cases["one slow"] = run(moectl, "slow", 1,
+                            ["cluster.devices.0.slowdown=3"], alone, workdir)
+    cases["equal"] = run(moectl, "equal", 2, slow, steps // 2, workdir)
+    cases["proportional"] = run(moectl, "proportional", 2,
+                                slow + ["cluster.devices.0.batch_share=3"],
+                                steps // 2, workdir)
+    cases["auto"] = run(moectl, "auto", 2, slow, steps, workdir,
+                        ["--at", "1:policy auto every 50 min-gain 0.02"])
+    cases["ideal"] = (cases["one fast"][0] + cases["one slow"][0], [])
+    return cases
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("moectl")
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
     a = parser.parse_args()
     moectl = os.path.abspath(a.moectl)
-    slow = ["cluster.devices.1.slowdown=3"]
+    names = ("one fast", "one slow", "ideal", "equal", "proportional", "auto")
+    of_ideal, of_equal = [], []
     with tempfile.TemporaryDirectory(prefix="moectl-shares-") as w:
-        one_fast, _ = run(moectl, "fast", 1, [], a.steps, w)
-        one_slow, _ = run(moectl, "slow", 1, ["cluster.devices.0.slowdown=3"],
-                          a.steps, w)
-        equal, equal_rows = run(moectl, "equal", 2, slow, a.steps, w)
-        prop, prop_rows = run(moectl, "proportional", 2,
-                              slow + ["cluster.devices.0.batch_share=3"],
-                              a.steps, w)
-        auto, auto_rows = run(moectl, "auto", 2, slow, a.steps, w,
-                              ["--at", "1:policy auto every 50 min-gain "
-                                       "0.02"])
-    ideal = one_fast + one_slow
-    print(f"{'case':<14}{'tokens/s':>10}{'/ideal':>8}{'/equal':>8}  rows")
-    for name, value, rows in (("one fast", one_fast, [16]),
-                              ("one slow", one_slow, [16]),
-                              ("ideal", ideal, []),
-                              ("equal", equal, equal_rows),
-                              ("proportional", prop, prop_rows),
-                              ("auto", auto, auto_rows)):
-        print(f"{name:<14}{value:>10.0f}{value / ideal:>8.2f}"
-              f"{value / equal:>8.2f}  {rows}")
-    met = auto >= 0.9 * ideal and auto >= 1.5 * equal
-    print(f"auto: {auto / ideal:.2f} of the ideal (target >= 0.90), "
-          f"{auto / equal:.2f}x equal shares (target >= 1.5): "
+        for k in range(a.rounds):
+            cases = one_round(moectl, a.steps, w)
+            ideal, equal = cases["ideal"][0], cases["equal"][0]
+            print(f"round {k + 1}")
+            print(f"  {'case':<14}{'tokens/s':>10}{'/ideal':>8}{'/equal':>8}"
+                  f"  rows")
+            for name in names:
+                value, rows = cases[name]
+                print(f"  {name:<14}{value:>10.0f}{value / ideal:>8.2f}"
+                      f"{value / equal:>8.2f}  {rows}", flush=True)
+            of_ideal.append(cases["auto"][0] / ideal)
+            of_equal.append(cases["auto"][0] / equal)
+    auto_ideal = statistics.median(of_ideal)
+    auto_equal = statistics.median(of_equal)
+    met = auto_ideal >= 0.9 and auto_equal >= 1.5
+    print(f"auto, median of {a.rounds} rounds: {auto_ideal:.2f} of the ideal "
+          f"(target >= 0.90; rounds {', '.join(f'{x:.2f}' for x in of_ideal)})"
+          f", {auto_equal:.2f}x equal shares (target >= 1.5; rounds "
+          f"{', '.join(f'{x:.2f}' for x in of_equal)}): "
           f"{'met' if met else 'MISSED'}")
     return 0 if met else 1
 

@@ -80,7 +80,8 @@ def case_policy_auto(tmp):
     # Migration never changes the math: bit for bit, until a plan also
     # splits the batch anew; from then on the dense gradients are summed
     # over other rows, within the rank-count tolerance (1e-5 while every
-    # token routes alike, 1e-2 after).
+    # token routes alike; once a token routes otherwise the two runs drift
+    # apart as two seeds would, and 3e-2 bounds it over these steps).
     resplit = min((p["step"] for p in plans if p["applied"] and
                    p["rows"] != [q["rows"] for q in a[p["step"] - 1]["ranks"]]),
                   default=steps)
@@ -93,7 +94,7 @@ def case_policy_auto(tmp):
                      f"auto, {y['loss']!r} without")
             continue
         flipped |= x["expert_load"] != y["expert_load"]
-        if abs(x["loss"] - y["loss"]) > (1e-2 if flipped else 1e-5) * \
+        if abs(x["loss"] - y["loss"]) > (3e-2 if flipped else 1e-5) * \
                 abs(y["loss"]):
             fail(f"step {x['step']} after the batch was split anew at "
                  f"{resplit}: loss {x['loss']!r}, {y['loss']!r} without")
@@ -119,32 +120,35 @@ def case_policy_auto(tmp):
              f"(had {slow_before})")
     if a[-1]["placement_version"] <= a[99]["placement_version"]:
         fail("the placement version did not change")
-    # Direction, counted rather than timed: the rows the slow rank's
-    # experts process, as a share of all routed rows, fall from about its
-    # share of the experts towards its share of the speed (1/5 at 4x
-    # slower). Wall-clock throughput shifts with whatever else the machine
-    # runs (CI runs tests side by side), so it is printed for the log and
-    # judged by tests/bench/balance_bench.py, never asserted here.
+    # Direction, counted rather than timed: the slow rank's share of the
+    # work (the mean of its share of the batch's rows and of the routed
+    # rows its experts process) falls from about a half towards its share
+    # of the speed (1/5 at 4x slower), by rows, by experts or both: the
+    # planner chooses. Wall-clock throughput shifts with whatever else the
+    # machine runs (CI runs tests side by side), so it is printed for the
+    # log and judged by tests/bench/, never asserted here.
     def slow_share(run):
-        rows = [s["ranks"][ranks - 1]["tokens"] for s in run]
-        total = [sum(r["tokens"] for r in s["ranks"]) for s in run]
-        return sum(rows) / sum(total)
+        def share(key):
+            return sum(s["ranks"][ranks - 1][key] /
+                       sum(r[key] for r in s["ranks"]) for s in run) / len(run)
+        return (share("rows") + share("tokens")) / 2
     before, after = slow_share(a[20:100]), slow_share(a[-100:])
     still_share = slow_share(b[-100:])
     def rate(run):
         return (statistics.median(s["tokens_per_s"] for s in run[20:100]),
                 statistics.median(s["tokens_per_s"] for s in run[-100:]))
     (b0, a0), (b1, a1) = rate(a), rate(b)
-    print(f"policy auto: slow rank's share of routed rows {before:.3f} -> "
+    print(f"policy auto: slow rank's share of the work {before:.3f} -> "
           f"{after:.3f} (without the policy {still_share:.3f}); slow rank "
-          f"experts {slow_before:.0f} -> {slow_after:.0f}; {len(applied)} "
+          f"rows {a[99]['ranks'][ranks - 1]['rows']:.0f} -> "
+          f"{a[-1]['ranks'][ranks - 1]['rows']:.0f}, experts "
+          f"{slow_before:.0f} -> {slow_after:.0f}; {len(applied)} "
           f"plan(s) applied; tokens/s {b0:,.0f} -> {a0:,.0f}, without "
           f"{b1:,.0f} -> {a1:,.0f} (not judged)")
-    # A real shift, not one expert's worth (1/32 of the rows here): at
-    # least 0.1 of all rows, from about 0.47 towards 0.2. Measured: 0.17 and
-    # 0.20 on release builds, 0.09 under ASan (the plans then overshoot).
+    # A real shift, not one expert's or one row's worth: at least 0.1 of
+    # the work, from about 0.49 towards 0.2.
     if not after <= before - 0.1 or not after < still_share:
-        fail(f"the slow rank's share of routed rows did not fall by 0.1: "
+        fail(f"the slow rank's share of the work did not fall by 0.1: "
              f"{before:.3f} -> {after:.3f}, {still_share:.3f} without the "
              f"policy")
     for s in a[-100:]:

@@ -560,12 +560,12 @@ def case_batch_shares(tmp):
                                              "25:shares 1 3"])
     live = steps(live_records)
     got = [[q["rows"] for q in live[s]["ranks"]] for s in (10, 11, 26)]
-    if got != [[4, 4], [6, 2], [3, 5]]:  # 1:3 of 8: 2.5 + 5.5, tie to 0
+    if got != [[4, 4], [6, 2], [2, 6]]:  # 3:1 and 1:3 of 8
         fail(f"rows around the shares commands: {got}")
     replies = [r["reply"] for r in live_records if r["type"] == "event" and
                r["command"].startswith("shares")]
     if replies != ["rows from step 11: rank 0 6 rank 1 2",
-                   "rows from step 26: rank 0 3 rank 1 5"]:
+                   "rows from step 26: rank 0 2 rank 1 6"]:
         fail(f"shares replies: {replies}")
     require_close(live, one, "live shares")
     # Bad values are refused with the reason, before anything starts.
@@ -583,7 +583,7 @@ def case_batch_shares(tmp):
                           ["cluster.devices.1.batch_share=3",
                            "checkpoint.dir=" + os.path.join(tmp, "rs")])[0])
     full = steps(train(tmp, "one50", 1, ["--steps", "50"])[0])
-    if [q["rows"] for q in resumed[41]["ranks"]] != [3, 5]:
+    if [q["rows"] for q in resumed[41]["ranks"]] != [2, 6]:
         fail(f"resumed rows: {resumed[41]['ranks']}")
     require_close(resumed, full, "resumed at 1:3", first_flip=40)
     print(f"shares 3:1 (rows {rows}) against 1 rank: worst relative loss "

@@ -68,30 +68,39 @@ static json_t *mix_json(const step_model *m, const step_model_mix *mix,
                                                   sizeof buf);
         json_array_append_new(names, json_string(name));
         json_t *device = json_pack(
-            "{s:s, s:i, s:i, s:f, s:f, s:f, s:f, s:o}", "name", name,
+            "{s:s, s:i, s:i, s:f, s:f, s:f, s:f, s:f, s:o}", "name", name,
             "entry", u->entry, "count", d->count, "utilization",
             d->utilization, "peak_tflops", d->peak_tflops, "memory_gb",
-            d->memory_gb, "price_per_hour", d->price_per_hour, "used_gb",
-            number(u->used_gb));
+            d->memory_gb, "price_per_hour", d->price_per_hour, "link_gbps",
+            u->link_bytes_per_s / 1e9, "used_gb", number(u->used_gb));
         if (mix->fits) {
-            json_object_set_new(device, "experts_per_device_min",
-                                json_integer(u->experts_min));
-            json_object_set_new(device, "experts_per_device_max",
-                                json_integer(u->experts_max));
+            json_t *shares = json_pack(
+                "{s:f, s:f, s:f, s:f, s:i, s:i, s:f, s:f}", "dense_share",
+                u->dense_share, "expert_share", u->expert_share,
+                "rows_per_device", u->rows, "experts_per_device", u->experts,
+                "experts_per_device_min", u->experts_min,
+                "experts_per_device_max", u->experts_max, "compute_s",
+                u->compute_s, "exchange_s", u->exchange_s);
+            json_object_update(device, shares);
+            json_decref(shares);
         }
         json_array_append_new(devices, device);
     }
     return json_pack(
-        "{s:o, s:i, s:b, s:b, s:o, s:o, s:o, s:o, s:f, s:f, s:o, s:o, "
-        "s:o, s:f, s:o}",
+        "{s:o, s:i, s:b, s:b, s:o, s:o, s:o, s:o, s:o, s:f, s:f, s:o, s:o, "
+        "s:o, s:o, s:o, s:o, s:f, s:o}",
         "devices", names, "ranks", mix->ranks, "fits", mix->fits,
         "cheapest", cheapest, "step_s", number(mix->step_s),
-        "round_robin_step_s", number(mix->round_robin_step_s),
+        "allreduce_s", number(mix->sync_s),
+        "equal_split_step_s", number(mix->equal_step_s),
         "tokens_per_s", number(mix->tokens_per_s), "mfu", number(mix->mfu),
         "price_per_hour", mix->price_per_hour, "peak_flops",
         mix->peak_flops, "cost_per_1m_tokens", number(mix->cost_per_mtok),
         "cost_per_1b_tokens", number(mix->cost_per_mtok * 1e3),
         "cost_per_1t_tokens", number(mix->cost_per_mtok * 1e6),
+        "days_to_budget", number(mix->budget_days),
+        "members_tokens_per_s", number(mix->members_tokens_per_s),
+        "pooling", number(mix->pooling),
         "need_gb_per_device", mix->need_gb, "device_types", devices);
 }
 
@@ -113,11 +122,21 @@ static int print_json(const step_model *m)
         "expert_params", p->expert, "routed_params", p->routed, "layers",
         cfg->model.n_layers, "experts", cfg->moe.n_experts, "top_k",
         cfg->moe.top_k, "shared_experts", cfg->moe.n_shared);
+    json_t *assumptions = json_pack(
+        "{s:f, s:f, s:f, s:f, s:f, s:s, s:b}", "dense_flop_per_step",
+        m->dense_work, "expert_flop_per_step", m->expert_work,
+        "alltoall_bytes_per_step", m->exchange_bytes, "exchange_bytes",
+        cfg->plan.exchange_bytes, "cluster_link_gbps", cfg->cluster.link_gbps,
+        "allreduce", cfg->plan.dense == CONFIG_DENSE_SHARDED
+                         ? "ring, 3 passes (sharded dense state)"
+                         : "ring, 2 passes",
+        "overlap", 0);
     json_t *root = json_pack(
-        "{s:s, s:s, s:o, s:f, s:f, s:s, s:o, s:o}", "config", cfg->source,
-        "currency", cfg->cluster.currency, "model", model, "tokens_per_step",
-        m->tokens_per_step, "bytes_per_param", cfg->plan.bytes_per_param,
-        "dense", config_dense_names[cfg->plan.dense],
+        "{s:s, s:s, s:o, s:f, s:f, s:s, s:f, s:o, s:o, s:o}", "config",
+        cfg->source, "currency", cfg->cluster.currency, "model", model,
+        "tokens_per_step", m->tokens_per_step, "bytes_per_param",
+        cfg->plan.bytes_per_param, "dense", config_dense_names[cfg->plan.dense],
+        "token_budget", cfg->plan.token_budget, "assumptions", assumptions,
         "cluster", mix_json(m, cluster, cluster_cheapest), "mixes", rows);
     if (!root) {
         fprintf(stderr, "moectl plan: cannot build the JSON output\n");
@@ -145,39 +164,96 @@ static void print_cluster(const step_model *m, const step_model_mix *mix)
                "(dense state and experts spread evenly)\n\n", mix->need_gb);
         return;
     }
-    printf("  step time      %.2f s (round-robin placement: %.2f s)\n",
-           mix->step_s, mix->round_robin_step_s);
-    printf("  tokens/s       %.0f\n", mix->tokens_per_s);
+    printf("  step time      %.2f s, all-reduce %.2f s of it (rows and "
+           "experts split equally: %.2f s)\n", mix->step_s, mix->sync_s,
+           mix->equal_step_s);
+    printf("  tokens/s       %.0f, %.2f of its device types' alone added "
+           "up\n", mix->tokens_per_s, mix->pooling);
     printf("  MFU            %.1f %%\n", 100 * mix->mfu);
     printf("  cost           %s %s per 1M tokens, %s per 1B, %s per 1T\n",
            si(mix->cost_per_mtok, 3, a, sizeof a), cur,
            si(mix->cost_per_mtok * 1e3, 3, b, sizeof b),
            si(mix->cost_per_mtok * 1e6, 3, c, sizeof c));
-    printf("\n  %-10s %6s %6s %8s %8s %8s %12s %10s\n", "device", "count",
-           "util", "TFLOPS", "mem GB", "used GB", "experts/dev",
-           "price/h");
+    printf("  time to %s tokens: %.1f days\n",
+           si(cfg->plan.token_budget, 3, a, sizeof a), mix->budget_days);
+    printf("\n  %-8s %5s %5s %6s %5s %6s %6s %7s %8s %7s %6s %7s\n",
+           "device", "count", "util", "TFLOPS", "GB/s", "mem GB", "used",
+           "rows", "experts", "compute", "a2a", "price/h");
     for (int j = 0; j < mix->entries; j++) {
         const step_model_device *u = &mix->use[j];
         const config_device *d = &cfg->cluster.devices[u->entry];
-        char name[32], experts[32];
-        snprintf(experts, sizeof experts, "%d-%d", u->experts_min,
-                 u->experts_max);
-        printf("  %-10s %6d %6.2f %8.0f %8.0f %8.1f %12s %10.2f\n",
+        char name[32];
+        printf("  %-8s %5d %5.2f %6.0f %5.1f %6.0f %6.1f %7.2f %8.2f %7.2f "
+               "%6.2f %7.2f\n",
                step_model_device_name(cfg, u->entry, name, sizeof name),
-               d->count, d->utilization, d->peak_tflops, d->memory_gb,
-               u->used_gb, experts, d->price_per_hour);
+               d->count, d->utilization, d->peak_tflops,
+               u->link_bytes_per_s / 1e9, d->memory_gb, u->used_gb, u->rows,
+               u->experts, u->compute_s, u->exchange_s, d->price_per_hour);
     }
-    printf("  used GB: the fullest device of the type; experts/dev: routed "
-           "experts\n  on one device of the type, fewest-most\n\n");
+    printf("  a device of the type: GB/s its link, used GB its fullest "
+           "memory, rows\n  its sequences a step and experts its routed "
+           "experts (fractional: split\n  with another device), compute "
+           "and a2a its seconds a step\n\n");
+}
+
+/* The mix that reaches plan.token_budget first. */
+static int fastest_mix(const step_model *m)
+{
+    int best = -1;
+    for (int i = 0; i < m->mix_count; i++)
+        if (m->mixes[i].fits &&
+            (best < 0 || m->mixes[i].step_s < m->mixes[best].step_s))
+            best = i;
+    return best;
+}
+
+static void print_mixes(const step_model *m)
+{
+    const step_model_mix *mixes = m->mixes;
+    const config *cfg = m->cfg;
+    char a[32], cost_header[32], days_header[32], label[256];
+    printf("Mixes of the device types (each at its configured count), "
+           "cheapest first;\npool: tokens/s over the sum of its types' "
+           "tokens/s alone:\n");
+    snprintf(cost_header, sizeof cost_header, "%s/1T tok",
+             cfg->cluster.currency);
+    snprintf(days_header, sizeof days_header, "days/%s",
+             si(cfg->plan.token_budget, 3, a, sizeof a));
+    int width = (int)strlen("devices"), fastest = fastest_mix(m);
+    for (int i = 0; i < m->mix_count; i++) {
+        mix_label(cfg, &mixes[i], label, sizeof label);
+        if ((int)strlen(label) > width)
+            width = (int)strlen(label);
+    }
+    printf("  %-*s %6s %8s %9s %5s %6s %12s %9s  %s\n", width, "devices",
+           "ranks", "step s", "tokens/s", "pool", "MFU %", cost_header,
+           days_header, "fits");
+    for (int i = 0; i < m->mix_count; i++) {
+        const step_model_mix *mix = &mixes[i];
+        mix_label(cfg, mix, label, sizeof label);
+        if (!mix->fits) {
+            printf("  %-*s %6d %8s %9s %5s %6s %12s %9s  no: needs %.1f GB "
+                   "a device\n", width, label, mix->ranks, "-", "-", "-",
+                   "-", "-", "-", mix->need_gb);
+            continue;
+        }
+        char pool[16] = "-";
+        if (isfinite(mix->pooling) && mix->entries > 1)
+            snprintf(pool, sizeof pool, "%.2f", mix->pooling);
+        printf("  %-*s %6d %8.2f %9.0f %5s %6.1f %12s %9.1f  yes%s%s\n",
+               width, label, mix->ranks, mix->step_s, mix->tokens_per_s,
+               pool, 100 * mix->mfu,
+               si(mix->cost_per_mtok * 1e6, 3, a, sizeof a),
+               mix->budget_days, i == 0 ? "  <- cheapest" : "",
+               i == fastest ? "  <- fastest" : "");
+    }
+    printf("\n");
 }
 
 static void print_text(const step_model *m)
 {
-    const step_model_mix *mixes = m->mixes;
-    const int mix_count = m->mix_count;
     const config *cfg = m->cfg;
     const cost_params *p = &m->params;
-    const char *cur = cfg->cluster.currency;
     char a[32], b[32], c[32], d[32];
     printf("moectl plan %s: an analytic estimate, nothing is trained\n\n",
            cfg->source);
@@ -193,50 +269,34 @@ static void print_text(const step_model *m)
            cfg->plan.dense == CONFIG_DENSE_SHARDED ? "sharded over devices"
                                                    : "on every device");
     print_cluster(m, &m->cluster);
-
-    if (mix_count == 0) {
+    if (m->mix_count == 0)
         printf("Mixes: not listed for more than %d device entries\n\n",
                STEP_MODEL_MAX_MIX_ENTRIES);
-    } else {
-        printf("Mixes of the device types (each at its configured count), "
-               "cheapest first:\n");
-        char cost_header[32], label[256];
-        snprintf(cost_header, sizeof cost_header, "%s/1T tok", cur);
-        int width = (int)strlen("devices");
-        for (int i = 0; i < mix_count; i++) {
-            mix_label(cfg, &mixes[i], label, sizeof label);
-            if ((int)strlen(label) > width)
-                width = (int)strlen(label);
-        }
-        printf("  %-*s %6s %9s %10s %6s %12s  %s\n", width, "devices",
-               "ranks", "step s", "tokens/s", "MFU %", cost_header, "fits");
-        for (int i = 0; i < mix_count; i++) {
-            const step_model_mix *mix = &mixes[i];
-            mix_label(cfg, mix, label, sizeof label);
-            if (mix->fits)
-                printf("  %-*s %6d %9.2f %10.0f %6.1f %12s  yes%s\n", width,
-                       label, mix->ranks, mix->step_s, mix->tokens_per_s,
-                       100 * mix->mfu,
-                       si(mix->cost_per_mtok * 1e6, 3, a, sizeof a),
-                       i == 0 ? "  <- cheapest" : "");
-            else
-                printf("  %-*s %6d %9s %10s %6s %12s  no: needs %.1f GB a "
-                       "device\n", width, label, mix->ranks, "-", "-", "-",
-                       "-", mix->need_gb);
-        }
-        printf("\n");
-    }
+    else
+        print_mixes(m);
     printf(
-        "How: each device runs at utilization x peak. A step is the slowest\n"
-        "device's share of the dense work (the batch split equally; 6 FLOP\n"
-        "per parameter and token) plus, layer by layer, the slowest device's\n"
-        "routed experts (uniform load: top_k / n_experts of the tokens to\n"
-        "each), which the planner places within each device's memory.\n"
-        "Cost = sum of price/h / 3600 / tokens/s; MFU = 6 x active params x\n"
-        "tokens/s / sum of peak. Not modelled: communication, activation\n"
-        "memory, uneven expert load, expert replicas. Utilization is each\n"
-        "device type's expected MFU (cluster.devices[i].utilization); try\n"
-        "another with --set cluster.devices.I.utilization=U.\n");
+        "How: one planner splits both levers by speed. Each device type "
+        "trains a\nshare of the batch's rows (dense work: 6 FLOP per "
+        "parameter and token)\nand runs a share of every layer's routed "
+        "expert rows (uniform load,\nexperts split between devices where "
+        "needed), chosen so that the slowest\ndevice finishes first, "
+        "within each device's memory (dense state and its\nexperts, %g "
+        "bytes a parameter). Each device computes at utilization x\npeak.\n"
+        "Communication, not overlapped with compute: the all-to-all moves "
+        "%s\nbytes a step (each token's activation to its %d experts and "
+        "back,\nforward and backward, %g bytes an element), each device "
+        "its part over\nits own link; the dense gradients' ring all-reduce "
+        "(%s dense parameters)\nruns at the slowest link's speed.\n"
+        "Assumptions that drive it: cluster.devices[].utilization and\n"
+        "cluster.devices[].link_gbps (else cluster.link_gbps, %g GB/s); "
+        "change\none with --set cluster.devices.I.utilization=U. Cost = "
+        "sum of price/h\n/ 3600 / tokens/s; MFU = 6 x active params x "
+        "tokens/s / sum of peak.\nNot modelled: activation memory, uneven "
+        "expert load, the memory of split\nexperts' replicas, rows being "
+        "whole sequences.\n",
+        cfg->plan.bytes_per_param, si(m->exchange_bytes, 3, a, sizeof a),
+        cfg->moe.top_k, cfg->plan.exchange_bytes,
+        si(p->dense, 4, b, sizeof b), cfg->cluster.link_gbps);
 }
 
 int plan_run(const config *cfg, const plan_options *opt)

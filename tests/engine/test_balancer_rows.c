@@ -1,0 +1,106 @@
+/* How a plan splits the batch (balancer_plan's rows): in proportion to the
+ * ranks' measured dense time a row, and never past the rows a rank's
+ * memory holds beside its dense state at its measured activation bytes a
+ * row. Hand-made step measurements of two ranks, one 3x slower. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/balance/balancer.h"
+#include "engine/config/config.h"
+
+#include "tests/expect.h"
+
+enum { LAYERS = 1, EXPERTS = 4, RANKS = 2, BATCH = 16 };
+
+/* Feeds `steps` steps at 8 + 8 rows: rank 1's dense work 3x slower a row,
+ * each rank `act_bytes` of activations a row. */
+static void observe(balancer *b, int steps, double act_bytes)
+{
+    static const int placement[LAYERS * EXPERTS] = {0, 1, 0, 1};
+    static const int load[LAYERS * EXPERTS] = {500, 520, 480, 548};
+    rank_stats rank[RANKS];
+    memset(rank, 0, sizeof rank);
+    for (int r = 0; r < RANKS; r++) {
+        rank[r].rows = 8;
+        rank[r].dense_ms = 8 * (r ? 3.0 : 1.0);
+        rank[r].expert_ms = r ? 30.0 : 10.0;
+        rank[r].tokens = 1024;
+        rank[r].activation_bytes = 8 * act_bytes;
+    }
+    for (int i = 0; i < steps; i++) {
+        step_stats s;
+        memset(&s, 0, sizeof s);
+        s.step = i + 1;
+        s.step_s = 0.05;
+        s.tokens = BATCH * 8;
+        s.layers = LAYERS, s.experts = EXPERTS, s.ranks = RANKS;
+        s.expert_load = load;
+        s.rank = rank;
+        s.placement = placement;
+        balancer_observe(b, &s);
+    }
+}
+
+/* Plans after 20 steps; returns balancer_plan's status. */
+static int plan_rows(const config *cfg, double act_bytes, int *rows)
+{
+    static const int placement[LAYERS * EXPERTS] = {0, 1, 0, 1};
+    int share[LAYERS * EXPERTS * RANKS];
+    for (int i = 0; i < LAYERS * EXPERTS; i++)
+        for (int r = 0; r < RANKS; r++)
+            share[i * RANKS + r] = placement[i] == r ? 4096 : 0;
+    balancer b;
+    moe_error err;
+    rows[0] = rows[1] = -1;
+    if (balancer_create(&b, cfg, RANKS, 4096, &err) < 0) {
+        EXPECT(0, "balancer_create: %s", err.message);
+        return -1;
+    }
+    observe(&b, 20, act_bytes);
+    char why[256];
+    int status = balancer_plan(&b, placement, share, 1, why, sizeof why);
+    memcpy(rows, b.proposal_rows, RANKS * sizeof *rows);
+    balancer_destroy(&b);
+    return status;
+}
+
+int main(void)
+{
+    config cfg;
+    config_defaults(&cfg);
+    cfg.model.n_layers = LAYERS;
+    cfg.moe.n_experts = EXPERTS;
+    cfg.train.batch_size = BATCH;
+    cfg.cluster.device_count = RANKS;
+    cfg.cluster.devices[1] = cfg.cluster.devices[0];
+
+    int rows[RANKS];
+    /* 3:1 in speed: 12 + 4. */
+    EXPECT(plan_rows(&cfg, 1e3, rows) == 0, "plan refused");
+    EXPECT(rows[0] == 12 && rows[1] == 4, "3x slower: %d + %d rows", rows[0],
+           rows[1]);
+
+    /* Rank 0 holds 10 rows' activations beside its dense state: it keeps
+     * 10, the slow rank takes the other 6. */
+    balancer probe;
+    moe_error err;
+    if (balancer_create(&probe, &cfg, RANKS, 4096, &err) < 0)
+        return 1;
+    double dense = probe.dense_bytes, per_row = 50e6;
+    balancer_destroy(&probe);
+    cfg.cluster.devices[0].memory_gb = (dense + 10.5 * per_row) / 1e9;
+    EXPECT(plan_rows(&cfg, per_row, rows) == 0, "plan refused");
+    EXPECT(rows[0] == 10 && rows[1] == 6, "rank 0 holds 10 rows: %d + %d",
+           rows[0], rows[1]);
+
+    /* Neither can take more than 7 rows: the batch does not fit, the rows
+     * stay at 8 + 8, and no placement fits around them. */
+    cfg.cluster.devices[0].memory_gb = (dense + 7.5 * per_row) / 1e9;
+    cfg.cluster.devices[1].memory_gb = cfg.cluster.devices[0].memory_gb;
+    EXPECT(plan_rows(&cfg, per_row, rows) < 0, "a plan past memory");
+    EXPECT(rows[0] == 8 && rows[1] == 8, "no room: %d + %d", rows[0],
+           rows[1]);
+    printf("%s\n", failures ? "FAIL" : "ok");
+    return failures != 0;
+}
