@@ -38,13 +38,17 @@ int balancer_create(balancer *b, const config *cfg, int ranks,
     b->planner_ranks = calloc((size_t)ranks, sizeof *b->planner_ranks);
     b->rows = calloc((size_t)ranks, sizeof *b->rows);
     b->dense_s_per_row = calloc((size_t)ranks, sizeof *b->dense_s_per_row);
+    b->dense_fixed_s = calloc((size_t)ranks, sizeof *b->dense_fixed_s);
+    b->row_points = calloc((size_t)ranks * BALANCER_ROW_POINTS,
+                           sizeof *b->row_points);
     b->proposal_rows = calloc((size_t)ranks, sizeof *b->proposal_rows);
     b->activation_bytes_per_row =
         calloc((size_t)ranks, sizeof *b->activation_bytes_per_row);
     b->batch = cfg->train.batch_size;
     if (!b->load || !b->proposal || !b->proposal_share || !b->rate ||
         !b->base_s || !b->planner_ranks || !b->rows ||
-        !b->dense_s_per_row || !b->proposal_rows ||
+        !b->dense_s_per_row || !b->dense_fixed_s || !b->row_points ||
+        !b->proposal_rows ||
         !b->activation_bytes_per_row) {
         balancer_destroy(b);
         return error_set(err, "out of memory");
@@ -62,6 +66,8 @@ void balancer_destroy(balancer *b)
     free(b->planner_ranks);
     free(b->rows);
     free(b->dense_s_per_row);
+    free(b->dense_fixed_s);
+    free(b->row_points);
     free(b->proposal_rows);
     free(b->activation_bytes_per_row);
     memset(b, 0, sizeof *b);
@@ -118,6 +124,49 @@ static planner_problem problem(balancer *b, const double *load,
     return p;
 }
 
+/* Keeps rank r's dense time at `rows`, then refits its line. */
+static void observe_rows(balancer *b, int r, int rows, double s)
+{
+    balancer_row_point *p = b->row_points + (size_t)r * BALANCER_ROW_POINTS;
+    balancer_row_point *at = NULL, *spare = p;
+    for (int i = 0; i < BALANCER_ROW_POINTS; i++) {
+        if (p[i].rows == rows)
+            at = &p[i];
+        /* An unused point, else the least recently seen. */
+        if (spare->rows != 0 &&
+            (p[i].rows == 0 || p[i].seen < spare->seen))
+            spare = &p[i];
+    }
+    if (!at) {
+        at = spare;
+        *at = (balancer_row_point){.rows = rows};
+    }
+    average(&at->s, s, b->decay, at->samples == 0);
+    at->samples++;
+    at->seen = b->samples;
+
+    /* Least squares over the counts with a few samples each: fixed +
+     * rows · per_row, kept only when both are positive; else time / rows
+     * at the present count. */
+    double n = 0, sx = 0, sy = 0, sxx = 0, sxy = 0;
+    for (int i = 0; i < BALANCER_ROW_POINTS; i++) {
+        if (p[i].rows == 0 || p[i].samples < 3)
+            continue;
+        double x = p[i].rows, y = p[i].s;
+        n++, sx += x, sy += y, sxx += x * x, sxy += x * y;
+    }
+    double var = n * sxx - sx * sx;
+    double slope = var > 0 ? (n * sxy - sx * sy) / var : 0;
+    double fixed = var > 0 ? (sy - slope * sx) / n : 0;
+    if (var > 0 && slope > 0 && fixed >= 0) {
+        b->dense_s_per_row[r] = slope;
+        b->dense_fixed_s[r] = fixed;
+    } else {
+        b->dense_s_per_row[r] = at->s / rows;
+        b->dense_fixed_s[r] = 0;
+    }
+}
+
 void balancer_observe(balancer *b, step_stats *s)
 {
     int first = b->samples == 0;
@@ -140,8 +189,11 @@ void balancer_observe(balancer *b, step_stats *s)
         /* A new split restarts the per-row average (the old rows' times
          * would mix in). */
         int rows = q->rows > 0 ? (int)q->rows : 1;
-        average(&b->dense_s_per_row[r], q->dense_ms * 1e-3 / rows, b->decay,
-                first || rows != b->rows[r]);
+        /* The dense time of the passes alone: the optimizer's and the
+         * batch's costs do not move with rows. */
+        double pass_ms = q->pass_dense_ms > 0 ? q->pass_dense_ms
+                                              : q->dense_ms;
+        observe_rows(b, r, rows, pass_ms * 1e-3);
         b->rows[r] = rows;
         b->activation_bytes_per_row[r] = q->activation_bytes / rows;
         double busy = q->expert_ms + q->dense_ms;
@@ -228,7 +280,7 @@ static int rows_room(const balancer *b, int r)
 }
 
 /* The rows that finish the dense work soonest at each rank's measured
- * dense time a row, no rank past the rows its memory holds; the present
+ * dense time (fixed + rows · per_row), no rank past the rows its memory holds; the present
  * rows where a rank has no measure yet, or the memory cannot hold the
  * batch. */
 static void propose_rows(balancer *b)
@@ -239,6 +291,7 @@ static void propose_rows(balancer *b)
         most[r] = rows_room(b, r);
     }
     if (!measured || batch_split_min_max(b->batch, b->ranks,
+                                         b->dense_fixed_s,
                                          b->dense_s_per_row, most,
                                          b->proposal_rows) < 0)
         memcpy(b->proposal_rows, b->rows, (size_t)b->ranks * sizeof *b->rows);

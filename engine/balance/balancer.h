@@ -10,7 +10,15 @@
 #include "engine/protocol/metrics.h"
 #include "engine/balance/planner.h"
 
-enum { BALANCER_WINDOW_MAX = 256 };
+enum { BALANCER_WINDOW_MAX = 256, BALANCER_ROW_POINTS = 4 };
+
+/* A rank's dense time at one row count. */
+typedef struct balancer_row_point {
+    int rows;       /* 0: unused */
+    double s;       /* moving average of the passes' dense seconds */
+    int samples;
+    int seen;       /* the balancer's sample count when last updated */
+} balancer_row_point;
 
 /* What an applied plan did, measured. */
 typedef enum balancer_verdict {
@@ -52,8 +60,13 @@ typedef struct balancer {
     int *proposal;         /* (layers, experts) each expert's rank */
     int *proposal_share;   /* (layers, experts, ranks) in 1/share_units */
     int *rows;             /* (ranks) sequences each trained, last step */
-    double *dense_s_per_row; /* (ranks) moving average of dense time over
-                                its rows */
+    /* Each rank's dense time in the passes at the row counts it has run
+     * (up to BALANCER_ROW_POINTS, the least recently seen replaced): a
+     * moving average per count, fitted by least squares to
+     * fixed + rows · per_row when two counts are known. */
+    balancer_row_point *row_points; /* (ranks, BALANCER_ROW_POINTS) */
+    double *dense_fixed_s;   /* (ranks) the fit's fixed part, 0: unknown */
+    double *dense_s_per_row; /* (ranks) its slope (or time / rows) */
     int *proposal_rows;    /* (ranks) the plan's split of the batch */
     double *activation_bytes_per_row; /* (ranks) its activations and
                                          expert rows over its rows, last

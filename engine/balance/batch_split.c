@@ -40,8 +40,8 @@ int batch_split_rows(int batch, int world, const double *shares, int *rows)
     return 0;
 }
 
-int batch_split_min_max(int batch, int world, const double *s_per_row,
-                        const int *most, int *rows)
+int batch_split_min_max(int batch, int world, const double *fixed_s,
+                        const double *s_per_row, const int *most, int *rows)
 {
     long room = 0;
     for (int r = 0; r < world; r++) {
@@ -53,14 +53,14 @@ int batch_split_min_max(int batch, int world, const double *s_per_row,
         return -1;
     /* Every rank its one row; then each next row to the rank that would
      * finish it first (the greedy is optimal for a maximum of increasing
-     * linear times). */
+     * affine times). */
     for (int r = 0; r < world; r++)
         rows[r] = 1;
     for (int given = world; given < batch; given++) {
         int best = -1;
         double best_s = 0;
         for (int r = 0; r < world; r++) {
-            double s = (rows[r] + 1) * s_per_row[r];
+            double s = (fixed_s ? fixed_s[r] : 0) + (rows[r] + 1) * s_per_row[r];
             if (rows[r] < most[r] && (best < 0 || s < best_s)) {
                 best = r;
                 best_s = s;

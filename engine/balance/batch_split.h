@@ -12,10 +12,10 @@
 int batch_split_rows(int batch, int world, const double *shares, int *rows);
 
 /* rows (world) of `batch` sequences that minimise the slowest rank's
- * rows · s_per_row (world, > 0: seconds a row), each rank at least one row
- * and at most most[r]. Returns -1 when batch < world or the ranks' `most`
- * cannot hold the batch. */
-int batch_split_min_max(int batch, int world, const double *s_per_row,
-                        const int *most, int *rows);
+ * fixed_s + rows · s_per_row (world; fixed_s NULL: none; s_per_row > 0:
+ * seconds a row), each rank at least one row and at most most[r]. Returns
+ * -1 when batch < world or the ranks' `most` cannot hold the batch. */
+int batch_split_min_max(int batch, int world, const double *fixed_s,
+                        const double *s_per_row, const int *most, int *rows);
 
 #endif

@@ -21,6 +21,11 @@ struct control_server;
 typedef struct rank_stats {
     double expert_ms;    /* its experts' GEMMs and SwiGLU */
     double dense_ms;     /* everything else it computed */
+    double pass_dense_ms; /* the part of dense_ms in the forward and
+                             backward passes, which grows with its rows
+                             (not the optimizer's, zeroing's or the
+                             batch's fixed costs); the planner's measure
+                             of a row, not a record field */
     double alltoall_ms;  /* routing and token exchange, waiting included */
     double allreduce_ms; /* summing replicated gradients, and the loss and
                             gradient norm's sums, waiting included */

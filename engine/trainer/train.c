@@ -374,7 +374,7 @@ typedef struct step_times {
 /* This rank's share of the step, gathered on rank 0 (t->rank), with each
  * rank's idle time against the busiest. */
 static void gather_rank_stats(trainer *t, const step_times *at,
-                              double expert_s)
+                              double expert_s, double pass_collective_s)
 {
     model *m = t->model;
     rank_stats mine;
@@ -387,9 +387,14 @@ static void gather_rank_stats(trainer *t, const step_times *at,
     /* The gradient all-reduce, and the model's small ones (the loss, the
      * gradient norm), where a rank waits for the slowest. */
     mine.allreduce_ms = (at->reduced - at->backward_done +
-                         model_take_collective_s(m)) * 1e3;
+                         pass_collective_s + model_take_collective_s(m)) *
+                        1e3;
     mine.dense_ms = step_s * 1e3 - mine.expert_ms - mine.alltoall_ms -
                     mine.allreduce_ms;
+    mine.pass_dense_ms = (at->backward_done - at->batch_done -
+                          (at->zeroed - at->forward_done) -
+                          pass_collective_s) * 1e3 -
+                         mine.expert_ms - mine.alltoall_ms;
     mine.tokens = (double)sharding_rows(t->sharding);
     mine.rows = t->local_batch;
     for (int l = 0; l < m->dims.L; l++)
@@ -497,6 +502,7 @@ int trainer_step(trainer *t, step_stats *s, moe_error *err)
     at.zeroed = clock_monotonic_s();
     model_backward(m);
     at.backward_done = clock_monotonic_s();
+    double pass_collective_s = model_take_collective_s(m);
     const char *failure = sharding_failure(t->sharding);
     if (failure)
         return error_set(err, "%s", failure);
@@ -510,7 +516,8 @@ int trainer_step(trainer *t, step_stats *s, moe_error *err)
     t->data_s += at.batch_done - at.start;
     t->zero_grad_s += at.zeroed - at.forward_done;
     t->optimizer_s += at.end - at.backward_done;
-    gather_rank_stats(t, &at, experts_s(m) - experts_before);
+    gather_rank_stats(t, &at, experts_s(m) - experts_before,
+                      pass_collective_s);
 
     t->state.step = step;
     t->state.tokens_seen += (uint64_t)B * T; /* the global batch */

@@ -16,6 +16,9 @@ same run:
   auto          2 ranks from equal shares with `policy auto every 50
                 min-gain 0.02` from the start: plans choose rows and
                 placement together
+  two alike     2 ranks, neither slowed, equal shares: against twice one
+                fast, what the exchange between two ranks costs on this
+                machine (the ceiling of any split; not a target)
 
 Each figure is the median tokens/s of the last third of its run's steps
 (validation and checkpoints off). This machine's speed drifts by tens of
@@ -82,6 +85,7 @@ def one_round(moectl, steps, workdir):
     cases["auto"] = run(moectl, "auto", 2, slow, steps, workdir,
                         ["--at", "1:policy auto every 50 min-gain 0.02"])
     cases["ideal"] = (cases["one fast"][0] + cases["one slow"][0], [])
+    cases["two alike"] = run(moectl, "alike", 2, [], steps // 2, workdir)
     return cases
 
 
@@ -93,7 +97,7 @@ def main():
     a = parser.parse_args()
     moectl = os.path.abspath(a.moectl)
     names = ("one fast", "one slow", "ideal", "equal", "proportional", "auto")
-    of_ideal, of_equal = [], []
+    of_ideal, of_equal, alike = [], [], []
     with tempfile.TemporaryDirectory(prefix="moectl-shares-") as w:
         for k in range(a.rounds):
             cases = one_round(moectl, a.steps, w)
@@ -105,8 +109,12 @@ def main():
                 value, rows = cases[name]
                 print(f"  {name:<14}{value:>10.0f}{value / ideal:>8.2f}"
                       f"{value / equal:>8.2f}  {rows}", flush=True)
+            two = cases["two alike"][0] / (2 * cases["one fast"][0])
+            print(f"  two alike     {cases['two alike'][0]:>10.0f}  "
+                  f"{two:.2f} of twice one fast (the exchange's cost)")
             of_ideal.append(cases["auto"][0] / ideal)
             of_equal.append(cases["auto"][0] / equal)
+            alike.append(two)
     auto_ideal = statistics.median(of_ideal)
     auto_equal = statistics.median(of_equal)
     met = auto_ideal >= 0.9 and auto_equal >= 1.5
@@ -115,6 +123,9 @@ def main():
           f", {auto_equal:.2f}x equal shares (target >= 1.5; rounds "
           f"{', '.join(f'{x:.2f}' for x in of_equal)}): "
           f"{'met' if met else 'MISSED'}")
+    print(f"two alike ranks, median: {statistics.median(alike):.2f} of twice "
+          f"one rank: the share of the ideal that two ranks' exchange leaves "
+          f"on this machine")
     return 0 if met else 1
 
 

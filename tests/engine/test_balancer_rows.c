@@ -13,25 +13,36 @@
 
 enum { LAYERS = 1, EXPERTS = 4, RANKS = 2, BATCH = 16 };
 
-/* Feeds `steps` steps at 8 + 8 rows: rank 1's dense work 3x slower a row,
- * each rank `act_bytes` of activations a row. */
-static void observe(balancer *b, int steps, double act_bytes)
+/* Dense milliseconds of the passes for `rows` on rank r: rank 1 is 3x
+ * slower a row and pays a fixed 20 ms a step (work that does not scale
+ * with its rows), when `fixed` says so. */
+static double pass_ms(int r, int rows, int fixed)
+{
+    return (r ? 3.0 : 1.0) * rows + (fixed && r ? 20.0 : 0.0);
+}
+
+/* Feeds `steps` steps at rows0 + rows1: each rank `act_bytes` of
+ * activations a row. */
+static void observe_at(balancer *b, int steps, double act_bytes, int rows0,
+                       int rows1, int fixed)
 {
     static const int placement[LAYERS * EXPERTS] = {0, 1, 0, 1};
     static const int load[LAYERS * EXPERTS] = {500, 520, 480, 548};
     rank_stats rank[RANKS];
     memset(rank, 0, sizeof rank);
     for (int r = 0; r < RANKS; r++) {
-        rank[r].rows = 8;
-        rank[r].dense_ms = 8 * (r ? 3.0 : 1.0);
+        int rows = r ? rows1 : rows0;
+        rank[r].rows = rows;
+        rank[r].pass_dense_ms = pass_ms(r, rows, fixed);
+        rank[r].dense_ms = rank[r].pass_dense_ms + 5; /* the optimizer */
         rank[r].expert_ms = r ? 30.0 : 10.0;
         rank[r].tokens = 1024;
-        rank[r].activation_bytes = 8 * act_bytes;
+        rank[r].activation_bytes = rows * act_bytes;
     }
     for (int i = 0; i < steps; i++) {
         step_stats s;
         memset(&s, 0, sizeof s);
-        s.step = i + 1;
+        s.step = b->samples + 1;
         s.step_s = 0.05;
         s.tokens = BATCH * 8;
         s.layers = LAYERS, s.experts = EXPERTS, s.ranks = RANKS;
@@ -40,6 +51,11 @@ static void observe(balancer *b, int steps, double act_bytes)
         s.placement = placement;
         balancer_observe(b, &s);
     }
+}
+
+static void observe(balancer *b, int steps, double act_bytes)
+{
+    observe_at(b, steps, act_bytes, 8, 8, 0);
 }
 
 /* Plans after 20 steps; returns balancer_plan's status. */
@@ -101,6 +117,46 @@ int main(void)
     EXPECT(plan_rows(&cfg, per_row, rows) < 0, "a plan past memory");
     EXPECT(rows[0] == 8 && rows[1] == 8, "no room: %d + %d", rows[0],
            rows[1]);
+    /* A fixed cost on the slow rank: at one row count it reads as a row
+     * cost (8 rows: (20 + 24) / 8 = 5.5 ms a row; of 16 rows, 14 + 2
+     * finish at 14 and 11 ms, 13 + 3 at 13 and 16.5, 15 + 1 at 15 and
+     * 5.5: 14 + 2). Once a second count has run, the fit separates the
+     * two (20 + 3 ms a row: 14 + 2 finish at 14 and 26 ms, 15 + 1 at 15
+     * and 23: 15 + 1). */
+    config_defaults(&cfg);
+    cfg.model.n_layers = LAYERS;
+    cfg.moe.n_experts = EXPERTS;
+    cfg.train.batch_size = BATCH;
+    cfg.cluster.device_count = RANKS;
+    cfg.cluster.devices[1] = cfg.cluster.devices[0];
+    static const int placement[LAYERS * EXPERTS] = {0, 1, 0, 1};
+    int share[LAYERS * EXPERTS * RANKS];
+    for (int i = 0; i < LAYERS * EXPERTS; i++)
+        for (int r = 0; r < RANKS; r++)
+            share[i * RANKS + r] = placement[i] == r ? 4096 : 0;
+    balancer b;
+    if (balancer_create(&b, &cfg, RANKS, 4096, &err) < 0)
+        return 1;
+    char why[256];
+    observe_at(&b, 20, 1e3, 8, 8, 1);
+    EXPECT(balancer_plan(&b, placement, share, 1, why, sizeof why) == 0 &&
+               b.proposal_rows[0] == 14 && b.proposal_rows[1] == 2,
+           "one count known: %d + %d", b.proposal_rows[0],
+           b.proposal_rows[1]);
+    observe_at(&b, 20, 1e3, 14, 2, 1);
+    EXPECT(fabs(b.dense_fixed_s[1] - 0.020) < 1e-9 &&
+               fabs(b.dense_s_per_row[1] - 0.003) < 1e-9 &&
+               fabs(b.dense_fixed_s[0]) < 1e-9 &&
+               fabs(b.dense_s_per_row[0] - 0.001) < 1e-9,
+           "fit: rank 0 %g + %g a row, rank 1 %g + %g a row",
+           b.dense_fixed_s[0], b.dense_s_per_row[0], b.dense_fixed_s[1],
+           b.dense_s_per_row[1]);
+    EXPECT(balancer_plan(&b, placement, share, 1, why, sizeof why) == 0 &&
+               b.proposal_rows[0] == 15 && b.proposal_rows[1] == 1,
+           "two counts known: %d + %d", b.proposal_rows[0],
+           b.proposal_rows[1]);
+    balancer_destroy(&b);
+
     printf("%s\n", failures ? "FAIL" : "ok");
     return failures != 0;
 }

@@ -37,18 +37,20 @@ static void check(int batch, int world, const double *shares)
     EXPECT(sum == batch, "batch %d split into %d rows", batch, sum);
 }
 
-/* The slowest of rows · s_per_row. */
-static double slowest(int world, const int *rows, const double *s_per_row)
+/* The slowest of fixed + rows · s_per_row. */
+static double slowest(int world, const int *rows, const double *fixed,
+                      const double *s_per_row)
 {
     double t = 0;
     for (int r = 0; r < world; r++)
-        t = fmax(t, rows[r] * s_per_row[r]);
+        t = fmax(t, fixed[r] + rows[r] * s_per_row[r]);
     return t;
 }
 
 /* batch_split_min_max against every split of a small batch over 3 ranks
- * within the caps. */
-static void check_min_max(int batch, const double *s_per_row, const int *most)
+ * within the caps, for affine times. */
+static void check_min_max(int batch, const double *fixed,
+                          const double *s_per_row, const int *most)
 {
     int rows[3], best_rows[3] = {0};
     double best = INFINITY;
@@ -58,13 +60,13 @@ static void check_min_max(int batch, const double *s_per_row, const int *most)
             if (c < 1 || c > most[2])
                 continue;
             int split[3] = {a, b, c};
-            double t = slowest(3, split, s_per_row);
+            double t = slowest(3, split, fixed, s_per_row);
             if (t < best) {
                 best = t;
                 memcpy(best_rows, split, sizeof split);
             }
         }
-    int status = batch_split_min_max(batch, 3, s_per_row, most, rows);
+    int status = batch_split_min_max(batch, 3, fixed, s_per_row, most, rows);
     if (!isfinite(best)) {
         EXPECT(status < 0, "batch %d past the caps accepted", batch);
         return;
@@ -72,9 +74,9 @@ static void check_min_max(int batch, const double *s_per_row, const int *most)
     EXPECT(status == 0 && rows[0] + rows[1] + rows[2] == batch &&
                rows[0] <= most[0] && rows[1] <= most[1] &&
                rows[2] <= most[2] &&
-               fabs(slowest(3, rows, s_per_row) - best) <= 1e-12 * best,
+               fabs(slowest(3, rows, fixed, s_per_row) - best) <= 1e-12 * best,
            "batch %d: %d %d %d (%.6g s), best %d %d %d (%.6g s)", batch,
-           rows[0], rows[1], rows[2], slowest(3, rows, s_per_row),
+           rows[0], rows[1], rows[2], slowest(3, rows, fixed, s_per_row),
            best_rows[0], best_rows[1], best_rows[2], best);
 }
 
@@ -104,27 +106,28 @@ int main(void)
      * quota's 12 + 4 (14.6 s). */
     double per_row[2] = {1.0, 3.65};
     int most[3] = {100, 100, 100};
-    EXPECT(batch_split_min_max(16, 2, per_row, most, rows) == 0 &&
+    EXPECT(batch_split_min_max(16, 2, NULL, per_row, most, rows) == 0 &&
                rows[0] == 13 && rows[1] == 3,
            "min-max 1:3.65 of 16: %d + %d", rows[0], rows[1]);
     most[0] = 10;
-    EXPECT(batch_split_min_max(16, 2, per_row, most, rows) == 0 &&
+    EXPECT(batch_split_min_max(16, 2, NULL, per_row, most, rows) == 0 &&
                rows[0] == 10 && rows[1] == 6,
            "rank 0 capped at 10: %d + %d", rows[0], rows[1]);
     most[1] = 5;
-    EXPECT(batch_split_min_max(16, 2, per_row, most, rows) < 0,
+    EXPECT(batch_split_min_max(16, 2, NULL, per_row, most, rows) < 0,
            "16 rows into room for 15 accepted");
 
     rng r;
     rng_seed(&r, 14, 0);
     for (int i = 0; i < 500; i++) {
-        double s3[3];
+        double s3[3], f3[3];
         int cap[3];
         for (int k = 0; k < 3; k++) {
             s3[k] = 0.1 + 5 * rng_uniform(&r);
+            f3[k] = i % 2 ? 20 * rng_uniform(&r) : 0; /* affine, linear */
             cap[k] = 1 + (int)(rng_uniform(&r) * 12);
         }
-        check_min_max(3 + (int)(rng_uniform(&r) * 25), s3, cap);
+        check_min_max(3 + (int)(rng_uniform(&r) * 25), f3, s3, cap);
     }
     double shares[64];
     for (int i = 0; i < 2000; i++) {
