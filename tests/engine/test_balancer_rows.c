@@ -13,6 +13,9 @@
 
 enum { LAYERS = 1, EXPERTS = 4, RANKS = 2, BATCH = 16 };
 
+/* Experts 0 and 2 on rank 0, 1 and 3 on rank 1, whole. */
+static const int PLACEMENT[LAYERS * EXPERTS] = {0, 1, 0, 1};
+
 /* Dense milliseconds of the passes for `rows` on rank r: rank 1 is 3x
  * slower a row and pays a fixed 20 ms a step (work that does not scale
  * with its rows), when `fixed` says so. */
@@ -26,7 +29,6 @@ static double pass_ms(int r, int rows, int fixed)
 static void observe_at(balancer *b, int steps, double act_bytes, int rows0,
                        int rows1, int fixed)
 {
-    static const int placement[LAYERS * EXPERTS] = {0, 1, 0, 1};
     static const int load[LAYERS * EXPERTS] = {500, 520, 480, 548};
     rank_stats rank[RANKS];
     memset(rank, 0, sizeof rank);
@@ -48,9 +50,27 @@ static void observe_at(balancer *b, int steps, double act_bytes, int rows0,
         s.layers = LAYERS, s.experts = EXPERTS, s.ranks = RANKS;
         s.expert_load = load;
         s.rank = rank;
-        s.placement = placement;
+        s.placement = PLACEMENT;
         balancer_observe(b, &s);
     }
+}
+
+static void whole_shares(int *share)
+{
+    for (int i = 0; i < LAYERS * EXPERTS; i++)
+        for (int r = 0; r < RANKS; r++)
+            share[i * RANKS + r] = PLACEMENT[i] == r ? 4096 : 0;
+}
+
+/* Two alike ranks, one layer of EXPERTS experts, a batch of BATCH. */
+static void two_ranks(config *cfg)
+{
+    config_defaults(cfg);
+    cfg->model.n_layers = LAYERS;
+    cfg->moe.n_experts = EXPERTS;
+    cfg->train.batch_size = BATCH;
+    cfg->cluster.device_count = RANKS;
+    cfg->cluster.devices[1] = cfg->cluster.devices[0];
 }
 
 static void observe(balancer *b, int steps, double act_bytes)
@@ -61,11 +81,8 @@ static void observe(balancer *b, int steps, double act_bytes)
 /* Plans after 20 steps; returns balancer_plan's status. */
 static int plan_rows(const config *cfg, double act_bytes, int *rows)
 {
-    static const int placement[LAYERS * EXPERTS] = {0, 1, 0, 1};
     int share[LAYERS * EXPERTS * RANKS];
-    for (int i = 0; i < LAYERS * EXPERTS; i++)
-        for (int r = 0; r < RANKS; r++)
-            share[i * RANKS + r] = placement[i] == r ? 4096 : 0;
+    whole_shares(share);
     balancer b;
     moe_error err;
     rows[0] = rows[1] = -1;
@@ -75,7 +92,7 @@ static int plan_rows(const config *cfg, double act_bytes, int *rows)
     }
     observe(&b, 20, act_bytes);
     char why[256];
-    int status = balancer_plan(&b, placement, share, 1, why, sizeof why);
+    int status = balancer_plan(&b, PLACEMENT, share, 1, why, sizeof why);
     memcpy(rows, b.proposal_rows, RANKS * sizeof *rows);
     balancer_destroy(&b);
     return status;
@@ -84,12 +101,7 @@ static int plan_rows(const config *cfg, double act_bytes, int *rows)
 int main(void)
 {
     config cfg;
-    config_defaults(&cfg);
-    cfg.model.n_layers = LAYERS;
-    cfg.moe.n_experts = EXPERTS;
-    cfg.train.batch_size = BATCH;
-    cfg.cluster.device_count = RANKS;
-    cfg.cluster.devices[1] = cfg.cluster.devices[0];
+    two_ranks(&cfg);
 
     int rows[RANKS];
     /* 3:1 in speed: 12 + 4. */
@@ -123,23 +135,15 @@ int main(void)
      * 5.5: 14 + 2). Once a second count has run, the fit separates the
      * two (20 + 3 ms a row: 14 + 2 finish at 14 and 26 ms, 15 + 1 at 15
      * and 23: 15 + 1). */
-    config_defaults(&cfg);
-    cfg.model.n_layers = LAYERS;
-    cfg.moe.n_experts = EXPERTS;
-    cfg.train.batch_size = BATCH;
-    cfg.cluster.device_count = RANKS;
-    cfg.cluster.devices[1] = cfg.cluster.devices[0];
-    static const int placement[LAYERS * EXPERTS] = {0, 1, 0, 1};
+    two_ranks(&cfg);
     int share[LAYERS * EXPERTS * RANKS];
-    for (int i = 0; i < LAYERS * EXPERTS; i++)
-        for (int r = 0; r < RANKS; r++)
-            share[i * RANKS + r] = placement[i] == r ? 4096 : 0;
+    whole_shares(share);
     balancer b;
     if (balancer_create(&b, &cfg, RANKS, 4096, &err) < 0)
         return 1;
     char why[256];
     observe_at(&b, 20, 1e3, 8, 8, 1);
-    EXPECT(balancer_plan(&b, placement, share, 1, why, sizeof why) == 0 &&
+    EXPECT(balancer_plan(&b, PLACEMENT, share, 1, why, sizeof why) == 0 &&
                b.proposal_rows[0] == 14 && b.proposal_rows[1] == 2,
            "one count known: %d + %d", b.proposal_rows[0],
            b.proposal_rows[1]);
@@ -151,7 +155,7 @@ int main(void)
            "fit: rank 0 %g + %g a row, rank 1 %g + %g a row",
            b.dense_fixed_s[0], b.dense_s_per_row[0], b.dense_fixed_s[1],
            b.dense_s_per_row[1]);
-    EXPECT(balancer_plan(&b, placement, share, 1, why, sizeof why) == 0 &&
+    EXPECT(balancer_plan(&b, PLACEMENT, share, 1, why, sizeof why) == 0 &&
                b.proposal_rows[0] == 15 && b.proposal_rows[1] == 1,
            "two counts known: %d + %d", b.proposal_rows[0],
            b.proposal_rows[1]);
