@@ -716,6 +716,8 @@ void model_backward(model *m)
         bw[MODEL_PART_embedding] += clock_monotonic_s() - m->profile.lap_start;
         m->profile.lap_start = clock_monotonic_s();
     }
+    /* The reduction and the optimizer are not the pass's compute. */
+    slowdown_end(&m->slowdown);
 }
 
 void model_expert_load(const model *m, int *load)

@@ -37,11 +37,19 @@ void slowdown_begin(slowdown *s, double now, double waited_s)
     s->lap_compute_s = 0.0;
     s->mark = now;
     s->waited_at_mark = waited_s;
+    s->in_pass = 1;
+}
+
+void slowdown_end(slowdown *s)
+{
+    s->in_pass = 0;
 }
 
 static void charge(slowdown *s, double now, double waited_s)
 {
-    double compute = now - s->mark - (waited_s - s->waited_at_mark);
+    double compute = s->in_pass ? now - s->mark -
+                                      (waited_s - s->waited_at_mark)
+                                : 0.0;
     s->mark = now;
     s->waited_at_mark = waited_s;
     s->debt_s += (s->factor - 1.0) * (compute > 0 ? compute : 0);

@@ -15,6 +15,8 @@ typedef struct slowdown {
     double debt_s;         /* emulated slowdown not yet slept */
     double lap_compute_s;  /* compute charged since the last lap */
     double lap_slept_s;    /* slept since the last lap */
+    int in_pass;           /* between slowdown_begin and slowdown_end:
+                              only a pass's compute is slowed */
 } slowdown;
 
 /* Sets the factor (1: off) and lowers the timer slack for short sleeps. */
@@ -35,5 +37,10 @@ double slowdown_end_lap(slowdown *s, double now, double waited_s,
 
 /* Sleeps the debt owed so far in full: before every exchange. */
 void slowdown_sync(slowdown *s, double waited_s);
+
+/* Ends the pass begun by slowdown_begin (its debt already slept): what runs
+ * until the next pass (the gradient reduction, the optimizer) is not
+ * charged, as a device slower in its passes is emulated. */
+void slowdown_end(slowdown *s);
 
 #endif
