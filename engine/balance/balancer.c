@@ -186,11 +186,9 @@ void balancer_observe(balancer *b, step_stats *s)
             average(&b->rate[r], q->tokens / (q->expert_ms * 1e-3), b->decay,
                     b->rate[r] == 0);
         average(&b->base_s[r], q->dense_ms * 1e-3, b->decay, first);
-        /* A new split restarts the per-row average (the old rows' times
-         * would mix in). */
         int rows = q->rows > 0 ? (int)q->rows : 1;
-        /* The dense time of the passes alone: the optimizer's and the
-         * batch's costs do not move with rows. */
+        /* The dense time of the passes alone, kept per row count: the
+         * optimizer's and the batch's costs do not move with rows. */
         double pass_ms = q->pass_dense_ms > 0 ? q->pass_dense_ms
                                               : q->dense_ms;
         observe_rows(b, r, rows, pass_ms * 1e-3);
@@ -280,9 +278,9 @@ static int rows_room(const balancer *b, int r)
 }
 
 /* The rows that finish the dense work soonest at each rank's measured
- * dense time (fixed + rows · per_row), no rank past the rows its memory holds; the present
- * rows where a rank has no measure yet, or the memory cannot hold the
- * batch. */
+ * dense time (fixed + rows · per_row), no rank past the rows its memory
+ * holds; the present rows where a rank has no measure yet, or the memory
+ * cannot hold the batch. */
 static void propose_rows(balancer *b)
 {
     int most[CONFIG_MAX_DEVICES], measured = 1;

@@ -60,7 +60,8 @@ int batch_split_min_max(int batch, int world, const double *fixed_s,
         int best = -1;
         double best_s = 0;
         for (int r = 0; r < world; r++) {
-            double s = (fixed_s ? fixed_s[r] : 0) + (rows[r] + 1) * s_per_row[r];
+            double s = (fixed_s ? fixed_s[r] : 0) +
+                       (rows[r] + 1) * s_per_row[r];
             if (rows[r] < most[r] && (best < 0 || s < best_s)) {
                 best = r;
                 best_s = s;

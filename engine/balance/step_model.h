@@ -26,7 +26,8 @@
  * (its tokens go out and come back, its experts' rows come in and go
  * back; the remote fraction (N-1)/N of them crosses its link), and a step
  *
- *   T = max_j t_j + S,  S = k · dense · exchange_bytes · (N - 1) / N / min_j b_j
+ *   T = max_j t_j + S,
+ *   S = k · dense · exchange_bytes · (N - 1) / N / min_j b_j
  *
  * where S is the dense gradients' ring all-reduce, bound by the slowest
  * link (k = 2; 3 when plan.dense is sharded: reduce-scatter, and the
