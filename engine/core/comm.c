@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "moectl_build.h"
 
@@ -146,6 +147,23 @@ void comm_broadcast(const comm *c, void *data, size_t bytes, int root)
         MPI_Bcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD);
 }
 
+void comm_broadcast_idle(const comm *c, void *data, size_t bytes, int root,
+                         double nap_s)
+{
+    if (c->world == 1)
+        return;
+    MPI_Request request;
+    MPI_Ibcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD, &request);
+    struct timespec nap = {(time_t)nap_s,
+                           (long)((nap_s - (double)(time_t)nap_s) * 1e9)};
+    for (int done = 0;;) {
+        MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+        if (done)
+            return;
+        nanosleep(&nap, NULL);
+    }
+}
+
 void comm_send(const comm *c, const void *data, size_t bytes, int to)
 {
     MPI_Send(data, (int)bytes, MPI_BYTE, to, 0, MPI_COMM_WORLD);
@@ -232,6 +250,12 @@ void comm_alltoallv_rows(const comm *c, const float *send,
 void comm_broadcast(const comm *c, void *data, size_t bytes, int root)
 {
     (void)c, (void)data, (void)bytes, (void)root;
+}
+
+void comm_broadcast_idle(const comm *c, void *data, size_t bytes, int root,
+                         double nap_s)
+{
+    (void)c, (void)data, (void)bytes, (void)root, (void)nap_s;
 }
 
 void comm_send(const comm *c, const void *data, size_t bytes, int to)

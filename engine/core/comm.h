@@ -44,6 +44,11 @@ void comm_alltoallv_rows(const comm *c, const float *send,
                          const int *send_rows, float *recv,
                          const int *recv_rows, int row);
 void comm_broadcast(const comm *c, void *data, size_t bytes, int root);
+/* comm_broadcast for waits of human length (a paused job): a rank waiting
+ * for the root checks every nap_s seconds and sleeps in between, where
+ * MPI's own wait would keep its core busy. */
+void comm_broadcast_idle(const comm *c, void *data, size_t bytes, int root,
+                         double nap_s);
 void comm_send(const comm *c, const void *data, size_t bytes, int to);
 void comm_recv(const comm *c, void *data, size_t bytes, int from);
 /* Every rank leaves with the same verdict: -1 when `status` is negative on

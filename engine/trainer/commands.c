@@ -507,10 +507,15 @@ int serve_controls(boundary_state *b, moe_error *err)
         if (!paused)
             break;
         b->paused_s = 1;
+        /* Rank 0 polls its socket every 20 ms; the others wait for its
+         * next round asleep, not spinning in MPI (a paused job leaves the
+         * machine's cores to others). */
         if (c->rank == 0) {
             struct timespec nap = {0, 20 * 1000 * 1000};
             nanosleep(&nap, NULL);
         }
+        int next_round = 1;
+        comm_broadcast_idle(c, &next_round, sizeof next_round, 0, 0.005);
     }
     record_state state = boundary_record_state(b);
     metrics_set_state(b->metrics, &state);

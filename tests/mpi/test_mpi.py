@@ -470,6 +470,12 @@ def rank_pid(parent, rank):
     return None
 
 
+def cpu_seconds(pid):
+    """User and system CPU seconds process `pid` has used."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def case_memory_refusal(tmp):
     """A move that would put a rank's model state (dense state and its
     experts, the planner's measure) over its memory_gb is refused with the
@@ -807,7 +813,16 @@ def case_control(tmp):
         if rc != 0:
             fail(f"pause: {rc} {out}")
         paused_at = last_step()["step"]
-        time.sleep(1.0)
+        # A paused job sleeps: rank 1 waits for rank 0's rounds asleep
+        # (it used to spin in MPI, a whole core busy).
+        follower = rank_pid(p.pid, 1)
+        if follower is None:
+            fail("rank 1's process not found")
+        used = cpu_seconds(follower)
+        time.sleep(2.0)
+        used = cpu_seconds(follower) - used
+        if used > 0.5:
+            fail(f"rank 1 used {used:.2f} s of CPU in 2 s paused")
         if last_step()["step"] != paused_at:
             fail("training went on while paused")
         rc, out, _ = ctl(sock, "status")
@@ -827,7 +842,8 @@ def case_control(tmp):
             fail(f"after stop: {summary}")
         if os.path.exists(sock):
             fail("the socket was left behind")
-        print(f"status, lr, move, pause/resume, stop over the socket; "
+        print(f"status, lr, move, pause/resume (rank 1 asleep: {used:.2f} "
+              f"s of CPU in 2 s), stop over the socket; "
               f"stopped at step {summary['last_step']}")
     finally:
         if p.poll() is None:
