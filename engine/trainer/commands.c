@@ -501,8 +501,12 @@ int serve_controls(boundary_state *b, moe_error *err)
         if (round < 0)
             return -1;
         flags |= round;
-        /* Rank 0 decides for all: without a socket nothing could resume. */
-        int paused = b->paused && !(flags & APPLIED_STOP) && b->opt->control;
+        /* Rank 0 decides for all: without a socket nothing could resume,
+         * and a signal to stop (mpirun passes it to every rank) ends the
+         * pause, so that the job stops with its checkpoint. */
+        int signalled = b->opt->stop_requested && *b->opt->stop_requested;
+        int paused = b->paused && !(flags & APPLIED_STOP) &&
+                     b->opt->control && !signalled;
         comm_broadcast(c, &paused, sizeof paused, 0);
         if (!paused)
             break;

@@ -701,31 +701,50 @@ def case_kill_rank(tmp):
           f"checkpoint, step {step}, resumed")
 
 
-def case_signal(tmp):
-    """SIGINT to a 2-rank job: every rank stops at the same step, rank 0
-    writes a checkpoint, and the job exits 3 like a one-rank run."""
-    metrics = os.path.join(tmp, "s.jsonl")
-    ckpt = os.path.join(tmp, "s")
-    args = [MOECTL, "run", config(2), "--metrics", metrics,
-            "--set", "data.path=" + CORPUS, "--set", "checkpoint.dir=" + ckpt,
+def stopped_by_signal(tmp, name, sig, paused):
+    """Sends `sig` to a 2-rank job, running or paused (a paused job waits
+    in its pause loop); returns the job's summary record."""
+    metrics = os.path.join(tmp, name + ".jsonl")
+    sock = os.path.join(tmp, name + ".sock")
+    os.chmod(tmp, 0o700)
+    args = [MOECTL, "run", config(2), "--metrics", metrics, "--socket", sock,
+            "--set", "data.path=" + CORPUS,
+            "--set", "checkpoint.dir=" + os.path.join(tmp, name),
             "--set", "train.steps=1000000", "--set", "train.eval_every=0"]
     p = subprocess.Popen(args, cwd=tmp, stderr=subprocess.PIPE, text=True,
                          start_new_session=True)
     try:
         wait_for(lambda: os.path.exists(metrics) and
                  open(metrics).read().count('"type":"step"') > 5, "steps")
-        p.send_signal(signal.SIGINT)
+        if paused:
+            rc, out, _ = ctl(sock, "pause")
+            if rc != 0:
+                fail(f"pause: {rc} {out}")
+        p.send_signal(sig)
         _, err = p.communicate(timeout=60)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
+    what = f"{signal.Signals(sig).name}{' while paused' if paused else ''}"
     if p.returncode != 3:
-        fail(f"SIGINT: exit {p.returncode}, want 3\n{err[-2000:]}")
+        fail(f"{what}: exit {p.returncode}, want 3\n{err[-2000:]}")
     summary = [json.loads(l) for l in open(metrics)][-1]
     if summary["status"] != "stopped" or not os.path.exists(
             summary["checkpoint"]):
-        fail(f"after SIGINT: {summary}")
-    print(f"stopped at step {summary['last_step']} with exit 3")
+        fail(f"after {what}: {summary}")
+    return summary
+
+
+def case_signal(tmp):
+    """SIGINT to a 2-rank job: every rank stops at the same step, rank 0
+    writes a checkpoint, and the job exits 3 like a one-rank run. SIGTERM
+    to a paused job does the same (it used to wait for a resume until
+    mpirun killed it, exit 1, no checkpoint)."""
+    running = stopped_by_signal(tmp, "s", signal.SIGINT, False)
+    paused = stopped_by_signal(tmp, "p", signal.SIGTERM, True)
+    print(f"SIGINT: stopped at step {running['last_step']} with exit 3; "
+          f"SIGTERM while paused: stopped at step {paused['last_step']} "
+          f"with exit 3")
 
 
 def ctl(sock, *words):
