@@ -44,12 +44,15 @@ int balancer_create(balancer *b, const config *cfg, int ranks,
     b->proposal_rows = calloc((size_t)ranks, sizeof *b->proposal_rows);
     b->activation_bytes_per_row =
         calloc((size_t)ranks, sizeof *b->activation_bytes_per_row);
+    b->undo_rank = calloc(cells, sizeof *b->undo_rank);
+    b->undo_share = calloc(cells * ranks, sizeof *b->undo_share);
+    b->undo_rows = calloc((size_t)ranks, sizeof *b->undo_rows);
     b->batch = cfg->train.batch_size;
     if (!b->load || !b->proposal || !b->proposal_share || !b->rate ||
         !b->base_s || !b->planner_ranks || !b->rows ||
         !b->dense_s_per_row || !b->dense_fixed_s || !b->row_points ||
-        !b->proposal_rows ||
-        !b->activation_bytes_per_row) {
+        !b->proposal_rows || !b->activation_bytes_per_row ||
+        !b->undo_rank || !b->undo_share || !b->undo_rows) {
         balancer_destroy(b);
         return error_set(err, "out of memory");
     }
@@ -70,6 +73,9 @@ void balancer_destroy(balancer *b)
     free(b->row_points);
     free(b->proposal_rows);
     free(b->activation_bytes_per_row);
+    free(b->undo_rank);
+    free(b->undo_share);
+    free(b->undo_rows);
     memset(b, 0, sizeof *b);
 }
 
@@ -508,8 +514,55 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-void balancer_mark_applied(balancer *b, int step)
+void balancer_keep_undo(balancer *b, const int *placement, const int *share,
+                        const int *rows)
 {
+    size_t cells = (size_t)b->layers * b->experts;
+    memcpy(b->undo_rank, placement, cells * sizeof *placement);
+    memcpy(b->undo_share, share, cells * b->ranks * sizeof *share);
+    memcpy(b->undo_rows, rows, (size_t)b->ranks * sizeof *rows);
+}
+
+int balancer_propose_revert(balancer *b, const int *placement,
+                            const int *share, int version, char *text,
+                            size_t size)
+{
+    int due = b->revert_due;
+    b->revert_due = 0;
+    if (!due || version != b->undo_version)
+        return -1;
+    size_t cells = (size_t)b->layers * b->experts;
+    memcpy(b->proposal, b->undo_rank, cells * sizeof *b->proposal);
+    memcpy(b->proposal_share, b->undo_share,
+           cells * b->ranks * sizeof *b->proposal_share);
+    memcpy(b->proposal_rows, b->undo_rows,
+           (size_t)b->ranks * sizeof *b->proposal_rows);
+    /* As predictions: the medians measured after and before the plan. */
+    double measured = median(b->measured_s, b->measured_steps);
+    b->before_s = measured;
+    b->after_s = b->applied_before_s;
+    b->proposal_changes = changed_experts(b, placement, share, b->proposal,
+                                          b->proposal_share) +
+                          rows_changed(b);
+    b->proposal_moves = 0;
+    for (size_t i = 0; i < cells * b->ranks; i++)
+        b->proposal_moves += b->proposal_share[i] > 0 && share[i] == 0;
+    b->proposal_version = version;
+    b->have_proposal = 1;
+    snprintf(text, size, "moving back from the plan applied after step %d: "
+             "%.3g ms a step after it against %.3g before (noise %.2g); ",
+             b->undo_step, measured * 1e3, b->applied_before_s * 1e3,
+             b->applied_noise_s * 1e3);
+    return 0;
+}
+
+void balancer_mark_applied(balancer *b, int step, int version, int by_auto,
+                           int revert)
+{
+    b->undo_version = version;
+    b->undo_step = step;
+    b->applied_by_auto = by_auto;
+    b->applied_revert = revert;
     b->window = b->every < 1                     ? 1
                 : b->every > BALANCER_WINDOW_MAX ? BALANCER_WINDOW_MAX
                                                  : b->every;
@@ -571,6 +624,9 @@ int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
     /* Only a plan that measurably delivered resets what auto asks. */
     int delivered = verdict == BALANCER_DELIVERED;
     b->missed = delivered ? 0 : b->missed < 6 ? b->missed + 1 : 6;
+    b->revert_due = verdict == BALANCER_MISSED && b->applied_by_auto &&
+                    !b->applied_revert &&
+                    measured > b->applied_before_s + b->applied_noise_s;
     if (sink) {
         json_t *record = record_begin(RECORD_TYPE_PLAN_RESULT);
         record_set_int(record, RECORD_PLAN_RESULT_step, s->step);

@@ -104,6 +104,20 @@ typedef struct balancer {
      * that keeps promising what the job does not deliver stops moving
      * experts back and forth. */
     int missed;
+
+    /* What the last applied plan replaced, kept on rank 0 so that auto
+     * can move back when its plan measurably slowed the job: the verdict
+     * missed with the steps after slower than those before by more than
+     * the noise. A move back is judged like any plan but never moved back
+     * itself, and the min-gain doubling stands. */
+    int *undo_rank;      /* (layers, experts) */
+    int *undo_share;     /* (layers, experts, ranks) */
+    int *undo_rows;      /* (ranks) */
+    int undo_version;    /* placement version the plan left; 0: none */
+    int undo_step;       /* the step it was applied after */
+    int applied_by_auto; /* the plan being judged was auto's own */
+    int applied_revert;  /* ... a move back */
+    int revert_due;      /* auto moves back at its next turn */
 } balancer;
 
 /* The gain `auto` asks of a plan now: min_gain, doubled for every applied
@@ -138,9 +152,25 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
                         const char *trigger, int applied, const int *placement,
                         moe_error *err);
 
-/* The proposal was applied at the boundary after `step`: it will be
- * judged against the median of the window of steps just before. */
-void balancer_mark_applied(balancer *b, int step);
+/* Keeps what a plan about to be applied replaces: the placement, its
+ * shares and the rows (ranks) now. */
+void balancer_keep_undo(balancer *b, const int *placement, const int *share,
+                        const int *rows);
+
+/* The proposal was applied at the boundary after `step`, leaving the
+ * placement at `version`; by_auto: the policy's own plan (a move back when
+ * revert). It will be judged against the median of the window of steps
+ * just before. */
+void balancer_mark_applied(balancer *b, int step, int version, int by_auto,
+                           int revert);
+
+/* When auto's last plan slowed the job (revert_due) and nothing has
+ * changed the placement since (`version`), makes the kept placement,
+ * shares and rows the proposal, says so in `text` and returns 0; else
+ * returns -1. Either way revert_due is cleared. */
+int balancer_propose_revert(balancer *b, const int *placement,
+                            const int *share, int version, char *text,
+                            size_t size);
 
 /* After an applied plan, keeps the step times that follow; when a window
  * of them has run, writes a "plan_result" record with the medians before

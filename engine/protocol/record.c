@@ -36,7 +36,7 @@ int record_type_is_top(record_type type)
 const char *const record_origin_names[] = {"control", "script", "policy",
                                            NULL};
 const char *const record_trigger_names[] = {"plan", "apply", "suggest",
-                                            "auto", NULL};
+                                            "auto", "revert", NULL};
 const char *const record_status_names[] = {"done", "stopped", NULL};
 
 /* ---- Writing ---- */

@@ -282,6 +282,8 @@ typedef enum record_trigger {
     RECORD_TRIGGER_APPLY,
     RECORD_TRIGGER_SUGGEST,
     RECORD_TRIGGER_AUTO,
+    RECORD_TRIGGER_REVERT, /* auto moving back from its plan that slowed
+                              the job */
 } record_trigger;
 extern const char *const record_trigger_names[];
 /* summary.status */

@@ -28,16 +28,37 @@ static record_state boundary_record_state(const boundary_state *b)
 
 enum plan_action { PLAN_SHOW, PLAN_APPLY, PLAN_AUTO };
 
-/* Rank 0's half of planning: plan (or reuse the proposal `apply` names),
+/* Rank 0's half of planning: plan (or reuse the proposal `apply` names,
+ * or for auto, move back from its last plan when that slowed the job),
  * decide whether to carry it out, describe it in text and write the plan
- * record. verdict: planned (0), no plan (-1), metrics failed (-2); apply. */
+ * record. verdict: planned (0), no plan (-1), metrics failed (-2); apply;
+ * a move back. */
 static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
-                          enum plan_action action, int verdict[2],
+                          enum plan_action action, int verdict[3],
                           char *text, size_t text_size, moe_error *err)
 {
     trainer *t = bs->t;
     const placement *where = t->placement;
     balancer *b = &t->bal;
+    if (action == PLAN_AUTO && b->revert_due) {
+        size_t n = 0;
+        if (balancer_propose_revert(b, where->expert_rank, where->share,
+                                    where->version, text, text_size) == 0) {
+            n = strlen(text);
+            verdict[0] = 0;
+            verdict[1] = b->proposal_changes > 0;
+            verdict[2] = 1;
+            balancer_describe(b, where->expert_rank, where->share, text + n,
+                              text_size - n);
+            if (bs->metrics &&
+                balancer_write_plan(b, bs->metrics, t->state.step,
+                                    record_trigger_names
+                                        [RECORD_TRIGGER_REVERT],
+                                    verdict[1], where->expert_rank, err) < 0)
+                verdict[0] = -2;
+            return;
+        }
+    }
     int reuse = action == PLAN_APPLY && b->have_proposal &&
                 b->proposal_version == t->placement->version;
     if (!reuse)
@@ -77,7 +98,7 @@ static int plan_collective(boundary_state *bs, record_trigger trigger,
     balancer *b = &t->bal;
     const comm *c = t->comm;
     size_t cells = (size_t)m->dims.L * m->dims.E;
-    int verdict[2] = {0, 0}; /* planned (0) or not (-1); apply */
+    int verdict[3] = {0, 0, 0}; /* planned (0) or not (-1); apply; back */
     char text[512] = "";
     if (c->rank == 0)
         plan_on_rank0(bs, trigger, action, verdict, text, sizeof text, err);
@@ -96,6 +117,9 @@ static int plan_collective(boundary_state *bs, record_trigger trigger,
         comm_broadcast(c, b->proposal_rows,
                        (size_t)c->world * sizeof *b->proposal_rows, 0);
     }
+    if (c->rank == 0)
+        balancer_keep_undo(b, t->placement->expert_rank, t->placement->share,
+                           t->rows);
     double start = clock_monotonic_s();
     moe_error why = {0};
     int stopped = 0; /* a receiver out of memory: the rest stays put */
@@ -117,7 +141,8 @@ static int plan_collective(boundary_state *bs, record_trigger trigger,
                  "; stopped part way: %s", why.message);
     if (c->rank == 0) {
         b->have_proposal = 0;
-        balancer_mark_applied(b, t->state.step);
+        balancer_mark_applied(b, t->state.step, t->placement->version,
+                              action == PLAN_AUTO, verdict[2]);
         snprintf(reply + strlen(reply), reply_size - strlen(reply),
                  "; applied in %.1f ms, placement version %d", took_ms,
                  t->placement->version);

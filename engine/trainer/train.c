@@ -301,6 +301,8 @@ int trainer_set_shares(trainer *t, const double *weights, moe_error *err)
 {
     int rows[CONFIG_MAX_DEVICES];
     batch_split_rows(t->cfg.train.batch_size, t->comm->world, weights, rows);
+    /* The operator's split: auto does not move back over it. */
+    t->bal.undo_version = 0;
     return trainer_set_rows(t, rows, err);
 }
 

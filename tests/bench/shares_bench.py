@@ -34,7 +34,8 @@ verdict is on the median over the rounds of auto against the ideal and
 against equal shares. Targets (issue 14): auto >= 0.9 x ideal and >= 1.5 x
 equal.
 
-usage: shares_bench.py MOECTL [--rounds N] [--window S] [--settle STEPS]
+usage: shares_bench.py MOECTL [--rounds N] [--window S] [--skip S]
+                        [--settle STEPS] [--keep DIR]
 """
 import argparse
 import json
@@ -168,11 +169,16 @@ def main():
     parser.add_argument("--window", type=float, default=12.0)
     parser.add_argument("--skip", type=float, default=1.5)
     parser.add_argument("--settle", type=int, default=250)
+    parser.add_argument("--keep", metavar="DIR",
+                        help="keep the jobs' metrics and logs in DIR")
     a = parser.parse_args()
     moectl = os.path.abspath(a.moectl)
     pooled = ("auto", "equal", "proportional", "two alike")
     of_ideal, of_equal, alike = [], [], []
     with tempfile.TemporaryDirectory(prefix="moectl-shares-") as w:
+        if a.keep:
+            os.makedirs(a.keep, exist_ok=True)
+            w = a.keep
         os.chmod(w, 0o700)
         jobs = {}
         try:

@@ -14,6 +14,10 @@
 
 enum { EVERY = 20 };
 
+/* How the plan judged was made: auto's own (a move back when revert), or
+ * by hand (apply). */
+static int by_auto = 1, revert = 0;
+
 /* Judges a plan applied after `before_ms` steps, predicted at
  * `predicted_ms`, measured at `after_ms`, each step jittered by up to
  * +-jitter_ms; returns the verdict's name. */
@@ -28,7 +32,7 @@ static const char *judge(balancer *b, rng *r, double before_ms,
         b->recent_count++;
     }
     b->after_s = predicted_ms * 1e-3;
-    balancer_mark_applied(b, 100);
+    balancer_mark_applied(b, 100, 2, by_auto, revert);
     int done = 0;
     for (int i = 1; i <= EVERY && !done; i++) {
         step_stats s;
@@ -40,6 +44,55 @@ static const char *judge(balancer *b, rng *r, double before_ms,
     EXPECT(done, "no verdict after %d steps", EVERY);
     return b->verdict == BALANCER_NONE ? "none"
                                        : balancer_verdict_names[b->verdict];
+}
+
+/* Auto's plan made the step slower: it moves back to what the plan
+ * replaced, once, and only while nothing else changed the placement. */
+static void check_revert(balancer *b, rng *r)
+{
+    EXPECT(b->revert_due, "auto's plan, 147 -> 164 ms: move back due");
+    int L = b->layers, E = b->experts, R = b->ranks;
+    int before[64], before_share[128], now[64], now_share[128];
+    int rows_before[2] = {5, 3};
+    EXPECT(L * E <= 64 && R == 2, "the test's arrays hold %d x %d", L, E);
+    for (int i = 0; i < L * E; i++) {
+        before[i] = i % R, now[i] = (i + 1) % R;
+        for (int q = 0; q < R; q++) {
+            before_share[i * R + q] = q == before[i] ? b->share_units : 0;
+            now_share[i * R + q] = q == now[i] ? b->share_units : 0;
+        }
+    }
+    b->rows[0] = 4, b->rows[1] = 4;
+    balancer_keep_undo(b, before, before_share, rows_before);
+    char text[256];
+    EXPECT(balancer_propose_revert(b, now, now_share, 3, text, sizeof text) <
+                   0 && !b->revert_due,
+           "placement version 3, not the plan's 2: no move back");
+    b->revert_due = 1;
+    EXPECT(balancer_propose_revert(b, now, now_share, 2, text, sizeof text) ==
+                   0,
+           "no move back proposed");
+    EXPECT(!memcmp(b->proposal, before, (size_t)L * E * sizeof *before) &&
+               !memcmp(b->proposal_share, before_share,
+                       (size_t)L * E * R * sizeof *before_share) &&
+               b->proposal_rows[0] == 5 && b->proposal_rows[1] == 3,
+           "the move back is not the placement and rows kept");
+    EXPECT(b->proposal_changes == L * E + 1 && b->proposal_moves == L * E,
+           "changes %d, moves %d", b->proposal_changes, b->proposal_moves);
+    EXPECT(fabs(b->before_s - 164e-3) < 2e-3 &&
+               fabs(b->after_s - 147e-3) < 2e-3,
+           "move back predicted %g -> %g s: the medians measured",
+           b->before_s, b->after_s);
+    EXPECT(strstr(text, "after step 100") != NULL, "text: %s", text);
+    /* A move back that slows the job is not moved back from, nor is a
+     * plan applied by hand. */
+    revert = 1;
+    judge(b, r, 147.0, 150.0, 164.0, 2.0);
+    EXPECT(!b->revert_due, "a move back was moved back from");
+    revert = 0, by_auto = 0;
+    judge(b, r, 147.0, 150.0, 164.0, 2.0);
+    EXPECT(!b->revert_due, "a plan applied by hand was moved back from");
+    by_auto = 1;
 }
 
 int main(void)
@@ -67,10 +120,12 @@ int main(void)
     v = judge(&b, &r, 10.0, 8.0, 9.7, 0.2);
     EXPECT(strcmp(v, "missed") == 0 && b.missed == 2,
            "10 -> 9.7 ms of a promised 8: %s", v);
+    EXPECT(!b.revert_due, "10 -> 9.7 ms is faster: no move back");
     /* The prediction was above the step time it was judged against and
      * the step got slower: missed, not delivered. */
     v = judge(&b, &r, 147.0, 150.0, 164.0, 2.0);
     EXPECT(strcmp(v, "missed") == 0, "147 -> 164 ms: %s", v);
+    check_revert(&b, &r);
     /* Without jitter any measurable gain counts. */
     v = judge(&b, &r, 10.0, 9.0, 9.4, 0.0);
     EXPECT(strcmp(v, "delivered") == 0 && b.missed == 0,
@@ -78,7 +133,8 @@ int main(void)
     balancer_destroy(&b);
     if (failures)
         return 1;
-    printf("ok: delivered, inside the noise, missed, and a slower step "
-           "after a prediction above it is missed\n");
+    printf("ok: delivered, inside the noise, missed, a slower step after "
+           "a prediction above it is missed, and auto moves back from its "
+           "plan that slowed the job (once, and not over other changes)\n");
     return 0;
 }

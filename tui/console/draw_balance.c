@@ -16,9 +16,11 @@ static const char *plan_trigger_name(int trigger)
         [RECORD_TRIGGER_APPLY] = "by apply",
         [RECORD_TRIGGER_SUGGEST] = "suggested",
         [RECORD_TRIGGER_AUTO] = "auto",
+        [RECORD_TRIGGER_REVERT] = "auto, moving back: the last plan slowed "
+                                  "the step",
     };
-    return trigger >= 0 && trigger <= RECORD_TRIGGER_AUTO ? said[trigger]
-                                                          : "?";
+    return trigger >= 0 && trigger <= RECORD_TRIGGER_REVERT ? said[trigger]
+                                                            : "?";
 }
 
 /* The balance band: the policy; the latest plan; the latest applied plan,

@@ -394,7 +394,7 @@ static void apply_plan(view *v, const record_value *r)
     p->moved_bytes = record_real(r, RECORD_PLAN_moved_bytes);
     /* Only the policy's own turns plan as "auto" or "suggest". */
     int trigger = record_enum(r, RECORD_PLAN_trigger, record_trigger_names);
-    if (trigger == RECORD_TRIGGER_AUTO)
+    if (trigger == RECORD_TRIGGER_AUTO || trigger == RECORD_TRIGGER_REVERT)
         v->policy = CONFIG_POLICY_AUTO;
     else if (trigger == RECORD_TRIGGER_SUGGEST)
         v->policy = CONFIG_POLICY_SUGGEST;
