@@ -101,15 +101,22 @@ def case_policy_auto(tmp):
     applied = [p for p in plans if p["applied"]]
     if not applied:
         fail(f"policy auto applied no plan: {plans}")
+    results = of(auto, "plan_result")
     for p in plans:
-        if p["trigger"] != "auto" or p["step"] % 50 != 0 or p["step"] < 100:
+        if p["trigger"] not in ("auto", "revert") or p["step"] % 50 != 0 \
+                or p["step"] < 100:
             fail(f"unexpected plan record {p}")
-        if p["applied"] and p["predicted_gain"] < 0.02:
+        if p["trigger"] == "revert":
+            # Auto moves back only from its plan that slowed the step.
+            r = next((r for r in results if r["step"] == p["step"]), None)
+            if r is None or r["verdict"] != "missed" or \
+                    not r["measured_ms"] > r["before_ms"] + r["noise_ms"]:
+                fail(f"moved back without a slower step: {p} after {r}")
+        elif p["applied"] and p["predicted_gain"] < 0.02:
             fail(f"applied a plan below min-gain: {p}")
     first = applied[0]
     if not first["predicted_after_ms"] < first["predicted_before_ms"]:
         fail(f"the first applied plan predicts no gain: {first}")
-    results = of(auto, "plan_result")
     if not results or results[0]["applied_step"] != first["step"]:
         fail(f"no plan_result for the plan applied at step {first['step']}: "
              f"{results}")
