@@ -496,10 +496,6 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
     return metrics_write_record(sink, record, err);
 }
 
-double balancer_auto_threshold(const balancer *b)
-{
-    return b->min_gain * (double)(1 << b->missed);
-}
 
 static int by_value(const void *x, const void *y)
 {
@@ -556,19 +552,22 @@ int balancer_propose_revert(balancer *b, const int *placement,
     return 0;
 }
 
-void balancer_mark_applied(balancer *b, int step, int version, int by_auto,
-                           int revert)
+/* The steps a plan is judged over: `every` as it is now, at most the
+ * ring. */
+static int judged_window(const balancer *b)
 {
-    b->undo_version = version;
-    b->undo_step = step;
-    b->applied_by_auto = by_auto;
-    b->applied_revert = revert;
-    b->window = b->every < 1                     ? 1
-                : b->every > BALANCER_WINDOW_MAX ? BALANCER_WINDOW_MAX
-                                                 : b->every;
-    /* The window just before, from the ring, newest last. */
+    return b->every < 1                     ? 1
+           : b->every > BALANCER_WINDOW_MAX ? BALANCER_WINDOW_MAX
+                                            : b->every;
+}
+
+/* The median of the last `window` step times, and in *noise what the
+ * difference of two such medians reaches by chance (0 with fewer than two
+ * steps). */
+static double recent_median(const balancer *b, int window, double *noise)
+{
     double before[BALANCER_WINDOW_MAX], spread[BALANCER_WINDOW_MAX];
-    int n = b->recent_count < b->window ? b->recent_count : b->window;
+    int n = b->recent_count < window ? b->recent_count : window;
     for (int i = 0; i < n; i++)
         before[i] = b->recent_s[(b->recent_next - 1 - i + BALANCER_WINDOW_MAX)
                                 % BALANCER_WINDOW_MAX];
@@ -579,7 +578,29 @@ void balancer_mark_applied(balancer *b, int step, int version, int by_auto,
      * deviation); a median's standard error is 1.2533 sigma/sqrt(n), and
      * the difference of two has sqrt(2) of that: its 95% band. */
     double sigma = n > 1 ? 1.4826 * median(spread, n) : 0.0;
-    b->applied_noise_s = 1.96 * 1.2533 * sigma * sqrt(2.0 / b->window);
+    *noise = 1.96 * 1.2533 * sigma * sqrt(2.0 / window);
+    return mid;
+}
+
+double balancer_auto_threshold(const balancer *b, int *noisy)
+{
+    double asked = b->min_gain * (double)(1 << b->missed), noise_s;
+    double mid = recent_median(b, judged_window(b), &noise_s);
+    double noise = mid > 0 ? noise_s / mid : 0.0;
+    if (noisy)
+        *noisy = noise > asked;
+    return noise > asked ? noise : asked;
+}
+
+void balancer_mark_applied(balancer *b, int step, int version, int by_auto,
+                           int revert)
+{
+    b->undo_version = version;
+    b->undo_step = step;
+    b->applied_by_auto = by_auto;
+    b->applied_revert = revert;
+    b->window = judged_window(b);
+    double mid = recent_median(b, b->window, &b->applied_noise_s);
     b->applied_before_s = mid;
     b->applied_after_s = b->after_s;
     b->applied_step = step;
@@ -613,17 +634,19 @@ int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
     b->measured_s[b->measured_steps++] = s->step_s;
     /* The window after follows `every` as it is now (a policy command
      * may have changed it since the plan was applied). */
-    int window = b->every < 1                     ? 1
-                 : b->every > BALANCER_WINDOW_MAX ? BALANCER_WINDOW_MAX
-                                                  : b->every;
+    int window = judged_window(b);
     if (b->measured_steps < window)
         return 0;
     b->pending_result = 0;
     double measured = median(b->measured_s, b->measured_steps);
     balancer_verdict verdict = b->verdict = verdict_of(b, measured);
-    /* Only a plan that measurably delivered resets what auto asks. */
+    /* Only a plan that measurably delivered resets what auto asks; a move
+     * back that restored the step does not (the plan it undid missed). */
     int delivered = verdict == BALANCER_DELIVERED;
-    b->missed = delivered ? 0 : b->missed < 6 ? b->missed + 1 : 6;
+    b->missed = delivered && !b->applied_revert ? 0
+                : delivered                     ? b->missed
+                : b->missed < 6                 ? b->missed + 1
+                                                : 6;
     b->revert_due = verdict == BALANCER_MISSED && b->applied_by_auto &&
                     !b->applied_revert &&
                     measured > b->applied_before_s + b->applied_noise_s;

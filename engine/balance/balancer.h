@@ -120,9 +120,14 @@ typedef struct balancer {
     int revert_due;      /* auto moves back at its next turn */
 } balancer;
 
-/* The gain `auto` asks of a plan now: min_gain, doubled for every applied
- * plan in a row that did not deliver. */
-double balancer_auto_threshold(const balancer *b);
+/* The gain `auto` asks of a plan now, as a fraction of a step: min_gain,
+ * doubled for every applied plan in a row that did not deliver, but never
+ * less than the noise its verdict would be judged against (the band of
+ * the latest `every` step times, see balancer_mark_applied): a smaller
+ * gain could not be told from chance, and its prediction rests on rates
+ * measured through the same noise. *noisy (may be NULL): the noise set
+ * it. */
+double balancer_auto_threshold(const balancer *b, int *noisy);
 
 int balancer_create(balancer *b, const config *cfg, int ranks,
                     int share_units, moe_error *err);

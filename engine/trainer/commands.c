@@ -67,16 +67,19 @@ static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
     if (verdict[0] != 0)
         return;
     double gain = 1.0 - b->after_s / b->before_s;
-    double threshold = balancer_auto_threshold(b);
+    int noisy = 0;
+    double threshold = balancer_auto_threshold(b, &noisy);
     verdict[1] = b->proposal_changes > 0 &&
                  (action == PLAN_APPLY ||
                   (action == PLAN_AUTO && gain >= threshold));
     balancer_describe(b, where->expert_rank, where->share, text, text_size);
     if (action == PLAN_AUTO && !verdict[1] && b->proposal_changes > 0)
         snprintf(text + strlen(text), text_size - strlen(text),
-                 "; kept: gain below %g%%%s", threshold * 100,
-                 b->missed ? " (min-gain doubled for each recent "
-                             "plan that did not deliver)" : "");
+                 "; kept: gain below %.3g%%%s", threshold * 100,
+                 noisy       ? " (the noise of the latest step times)"
+                 : b->missed ? " (min-gain doubled for each recent "
+                               "plan that did not deliver)"
+                             : "");
     if (bs->metrics &&
         balancer_write_plan(b, bs->metrics, t->state.step,
                             record_trigger_names[trigger], verdict[1],

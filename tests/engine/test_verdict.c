@@ -89,10 +89,48 @@ static void check_revert(balancer *b, rng *r)
     revert = 1;
     judge(b, r, 147.0, 150.0, 164.0, 2.0);
     EXPECT(!b->revert_due, "a move back was moved back from");
+    /* A move back that restores the step keeps the doubled min-gain: the
+     * plan it undid missed. */
+    int missed = b->missed;
+    const char *v = judge(b, r, 164.0, 147.0, 147.0, 2.0);
+    EXPECT(strcmp(v, "delivered") == 0 && b->missed == missed,
+           "a move back 164 -> 147 ms: %s, missed %d -> %d", v, missed,
+           b->missed);
     revert = 0, by_auto = 0;
     judge(b, r, 147.0, 150.0, 164.0, 2.0);
     EXPECT(!b->revert_due, "a plan applied by hand was moved back from");
     by_auto = 1;
+}
+
+/* Auto asks at least the noise its verdict would face. */
+static void check_threshold(balancer *b, rng *r)
+{
+    b->missed = 0;
+    b->min_gain = 0.02;
+    b->recent_count = b->recent_next = 0;
+    for (int i = 0; i < EVERY; i++) {
+        b->recent_s[b->recent_next++] = 100e-3;
+        b->recent_count++;
+    }
+    int noisy = -1;
+    double quiet = balancer_auto_threshold(b, &noisy);
+    EXPECT(quiet == 0.02 && !noisy, "steady steps: threshold %g (noisy %d)",
+           quiet, noisy);
+    b->recent_count = b->recent_next = 0;
+    for (int i = 0; i < EVERY; i++) {
+        b->recent_s[b->recent_next++] =
+            (100.0 + 20.0 * (2 * rng_uniform(r) - 1)) * 1e-3;
+        b->recent_count++;
+    }
+    double loud = balancer_auto_threshold(b, &noisy);
+    /* +-20% uniform: sigma ~11.5 ms, the band ~1.96 x 1.25 x 11.5 x
+     * sqrt(2/20) = 9 ms of 100. */
+    EXPECT(noisy && loud > 0.05 && loud < 0.15,
+           "+-20 ms of jitter on 100: threshold %g (noisy %d)", loud, noisy);
+    b->missed = 4; /* 0.02 x 16 = 0.32, above the noise */
+    double doubled = balancer_auto_threshold(b, &noisy);
+    EXPECT(fabs(doubled - 0.32) < 1e-12 && !noisy,
+           "min-gain doubled 4 times: %g (noisy %d)", doubled, noisy);
 }
 
 int main(void)
@@ -130,11 +168,13 @@ int main(void)
     v = judge(&b, &r, 10.0, 9.0, 9.4, 0.0);
     EXPECT(strcmp(v, "delivered") == 0 && b.missed == 0,
            "10 -> 9.4 ms, promised 9: %s", v);
+    check_threshold(&b, &r);
     balancer_destroy(&b);
     if (failures)
         return 1;
     printf("ok: delivered, inside the noise, missed, a slower step after "
            "a prediction above it is missed, and auto moves back from its "
-           "plan that slowed the job (once, and not over other changes)\n");
+           "plan that slowed the job (once, and not over other changes); auto asks "
+           "at least the noise\n");
     return 0;
 }
