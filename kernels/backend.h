@@ -165,6 +165,12 @@ typedef struct backend_ops {
      * started, or NULL. Ops do not stop on failure: callers check this
      * after a step, whose results are then garbage. */
     const char *(*last_error)(void *ctx);
+
+    /* Optional (NULL: matmul_forward). matmul_forward in full fp32
+     * whatever the backend's GEMM precision, for products that decide
+     * something (the router's logits pick the experts). */
+    void (*matmul_forward_fp32)(void *ctx, float *out, const float *inp,
+                                const float *weight, int N, int IC, int OC);
 } backend_ops;
 
 typedef struct backend {

@@ -72,9 +72,10 @@ static const schema_field device_fields[] = {
               "CPU threads of this rank, for BLAS and the CPU kernels"),
     ENUM_FIELD("precision", DEV(precision), config_precision_names,
                CONFIG_PRECISION_FP32,
-               "GPU GEMMs: fp32, or tensor cores on inputs rounded to tf32 "
-               "or bf16 (fp32 data and accumulation; needs cuBLAS); CPU "
-               "devices compute in fp32 either way"),
+               "GEMMs: fp32, or inputs rounded to tf32 or bf16 with fp32 "
+               "data and accumulation (GPU: tensor cores, needs cuBLAS; "
+               "CPU: bf16 through oneDNN, tf32 refused); the router's "
+               "logits stay fp32"),
     REAL_FIELD("price_per_hour", DEV(price_per_hour), 0, NO_MAX, 0, 0.10,
                "cluster.currency per hour", "price of the device"),
     REAL_FIELD("peak_tflops", DEV(peak_tflops), 0, NO_MAX, OPEN_MIN, 1.0,

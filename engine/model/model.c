@@ -505,8 +505,12 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
         ops->rmsnorm_forward(ctx, v.ffn_norm_out, v.ffn_rstd, v.x_mid,
                              p->ffn_norm + (size_t)l * C, N, C, m->hyper.norm_eps);
         model_lap(m, MODEL_PART_norms, 0);
-        ops->matmul_forward(ctx, v.router_logits, v.ffn_norm_out,
-                            p->router + (size_t)l * E * C, N, C, E);
+        /* The logits pick the experts: in fp32 whatever the GEMMs'
+         * precision. */
+        (ops->matmul_forward_fp32 ? ops->matmul_forward_fp32
+                                  : ops->matmul_forward)(
+            ctx, v.router_logits, v.ffn_norm_out,
+            p->router + (size_t)l * E * C, N, C, E);
         /* A zero bias (balancing off) selects exactly as no bias. */
         ops->router_forward(ctx, v.router_probs, v.router_lse, v.expert_index,
                             v.gate, v.router_logits,

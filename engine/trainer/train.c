@@ -49,6 +49,19 @@ static int start_backend(trainer *t, const config_device *device, int rank,
                          moe_error *err)
 {
     if (device->backend == CONFIG_BACKEND_CPU) {
+        char why[256];
+        if (device->precision == CONFIG_PRECISION_TF32)
+            return error_set(err, "device %d, %s (cpu): precision tf32 is a "
+                                  "GPU tensor-core format; a cpu device "
+                                  "computes in fp32 or bf16",
+                             rank, device->name);
+        if (device->precision == CONFIG_PRECISION_BF16) {
+            if (cpu_backend_init_bf16(&t->be, device->threads, why,
+                                      sizeof why) < 0)
+                return error_set(err, "device %d, %s (cpu): %s", rank,
+                                 device->name, why);
+            return 0;
+        }
         if (cpu_backend_init(&t->be, device->threads) < 0)
             return error_set(err, "cannot start the CPU backend: out of "
                                   "memory");

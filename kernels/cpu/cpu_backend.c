@@ -1,6 +1,7 @@
 #include "kernels/cpu/cpu_backend.h"
 
 #include <cblas.h>
+#include <stdio.h>
 #include <stdlib.h>
 
 #include "kernels/cpu/cpu_ops.h"
@@ -26,9 +27,17 @@ static void cpu_sync(void *ctx)
     (void)ctx; /* every op has finished when it returns */
 }
 
+/* Only the bf16 GEMMs can fail (oneDNN, their scratch). */
+static const char *cpu_last_error(void *vctx)
+{
+    const cpu_context *ctx = vctx;
+    return ctx->bf16 ? cpu_bf16_error(ctx->bf16) : NULL;
+}
+
 const backend_ops cpu_backend_ops = {
     .name = "cpu",
     .matmul_forward = cpu_matmul_forward,
+    .matmul_forward_fp32 = cpu_matmul_forward_fp32,
     .matmul_backward = cpu_matmul_backward,
     .grouped_matmul_forward = cpu_grouped_matmul_forward,
     .grouped_matmul_backward = cpu_grouped_matmul_backward,
@@ -55,6 +64,7 @@ const backend_ops cpu_backend_ops = {
     .alloc = cpu_alloc,
     .free = cpu_free,
     .sync = cpu_sync,
+    .last_error = cpu_last_error,
 };
 
 int cpu_backend_init(backend *out, int threads)
@@ -70,10 +80,38 @@ int cpu_backend_init(backend *out, int threads)
     return 0;
 }
 
+int cpu_backend_init_bf16(backend *out, int threads, char *why,
+                          size_t why_size)
+{
+    cpu_bf16 *bf16;
+    if (cpu_bf16_create(&bf16, why, why_size) < 0)
+        return -1;
+    if (cpu_backend_init(out, threads) < 0) {
+        cpu_bf16_destroy(bf16);
+        snprintf(why, why_size, "out of memory");
+        return -1;
+    }
+    ((cpu_context *)out->ctx)->bf16 = bf16;
+    return 0;
+}
+
+void cpu_backend_describe(const backend *b, char *out, size_t size)
+{
+    const cpu_context *ctx = b->ctx;
+    if (!ctx->bf16) {
+        snprintf(out, size, "fp32, OpenBLAS");
+        return;
+    }
+    char how[128];
+    cpu_bf16_describe(ctx->bf16, how, sizeof how);
+    snprintf(out, size, "bf16 GEMMs, %s", how);
+}
+
 void cpu_backend_finish(backend *b)
 {
     if (!b || !b->ctx)
         return;
+    cpu_bf16_destroy(((cpu_context *)b->ctx)->bf16);
     cpu_rope_release(b->ctx);
     free(((cpu_context *)b->ctx)->attention_scratch);
     free(b->ctx);

@@ -15,8 +15,29 @@
 
 #include "moectl_build.h"
 
+/* bf16 GEMMs through oneDNN (bf16_gemm.c). */
+typedef struct cpu_bf16 cpu_bf16;
+/* Starts oneDNN's CPU engine; -1 with the reason (this build has no
+ * oneDNN, or the engine did not start). */
+int cpu_bf16_create(cpu_bf16 **out, char *why, size_t why_size);
+void cpu_bf16_destroy(cpu_bf16 *b);
+/* What oneDNN chose for the GEMMs and the ISA it runs on. */
+void cpu_bf16_describe(const cpu_bf16 *b, char *out, size_t size);
+/* The first failure since the start, or NULL. */
+const char *cpu_bf16_error(const cpu_bf16 *b);
+/* C (M, N) = op(A) · op(B) + beta C (beta 0 or 1), row-major fp32 as
+ * sgemm, op = transpose when the flag is set: the operands rounded to
+ * bf16 (nearest, ties to even), products summed in fp32, on `threads`
+ * OpenMP threads. Returns 0, or -1 (cpu_bf16_error says why). */
+int cpu_bf16_gemm(cpu_bf16 *b, int threads, int trans_a, int trans_b, int M,
+                  int N, int K, const float *A, int lda, const float *B,
+                  int ldb, float beta, float *C, int ldc);
+
 typedef struct cpu_context {
     int threads;
+    /* precision bf16: every GEMM goes through oneDNN in bf16 (NULL: fp32
+     * through OpenBLAS). */
+    cpu_bf16 *bf16;
     /* RoPE tables, each (rope_T, rope_head_dim / 2), for the last
      * (T, head_dim, theta) seen; rebuilt when any of the three changes.
      * This cache makes the context unsafe to share between threads that
@@ -86,6 +107,8 @@ void cpu_sgemm_serial(int trans_a, int trans_b, int M, int N, int K,
                       int ldb, float beta, float *C, int ldc);
 void cpu_matmul_forward(void *ctx, float *out, const float *inp,
                         const float *weight, int N, int IC, int OC);
+void cpu_matmul_forward_fp32(void *ctx, float *out, const float *inp,
+                             const float *weight, int N, int IC, int OC);
 void cpu_matmul_backward(void *ctx, float *dinp, float *dweight,
                          const float *dout, const float *inp,
                          const float *weight, int N, int IC, int OC);

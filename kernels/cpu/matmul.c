@@ -1,5 +1,6 @@
-/* Dense and grouped (per-expert) linear layers on OpenBLAS. Weights are
- * (OC, IC), PyTorch-style, so the forward multiplies by the transpose. */
+/* Dense and grouped (per-expert) linear layers on OpenBLAS, or in bf16
+ * through oneDNN (bf16_gemm.c) under precision bf16. Weights are (OC, IC),
+ * PyTorch-style, so the forward multiplies by the transpose. */
 #include "kernels/cpu/cpu_ops.h"
 
 #include <cblas.h>
@@ -25,6 +26,11 @@ static void sgemm(const cpu_context *ctx, int trans_a, int trans_b, int M,
                   int N, int K, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
 {
+    if (ctx->bf16) { /* a failure is reported by the backend's last_error */
+        cpu_bf16_gemm(ctx->bf16, ctx->threads, trans_a, trans_b, M, N, K, A,
+                      lda, B, ldb, beta, C, ldc);
+        return;
+    }
     if (M <= 0 || N <= 0)
         return;
     if (K <= 0) {
@@ -60,7 +66,8 @@ void cpu_sgemm_serial(int trans_a, int trans_b, int M, int N, int K,
  * parts there are. Small products stay whole. */
 static int split_threads(const cpu_context *ctx, size_t flops, int rows)
 {
-    if (ctx->threads < 2 || flops < (size_t)1 << 24 || rows < 2 * ctx->threads)
+    /* oneDNN threads its own GEMMs. */
+    if (ctx->bf16 || ctx->threads < 2 || flops < (size_t)1 << 24 || rows < 2 * ctx->threads)
         return 1;
     return ctx->threads;
 }
@@ -93,6 +100,14 @@ void cpu_matmul_forward(void *vctx, float *out, const float *inp,
         cpu_sgemm_serial(0, 1, count, OC, IC, 1.0f, inp + (size_t)first * IC,
                          IC, weight, IC, 0.0f, out + (size_t)first * OC, OC);
     }
+}
+
+void cpu_matmul_forward_fp32(void *vctx, float *out, const float *inp,
+                             const float *weight, int N, int IC, int OC)
+{
+    cpu_context fp32 = *(const cpu_context *)vctx;
+    fp32.bf16 = NULL; /* only the GEMMs read the copy */
+    cpu_matmul_forward(&fp32, out, inp, weight, N, IC, OC);
 }
 
 void cpu_matmul_backward(void *vctx, float *dinp, float *dweight,
@@ -159,7 +174,7 @@ static int group_plan_init(group_plan *plan, const cpu_context *ctx,
         largest = rows > largest ? rows : largest;
     }
     plan->threads = ctx->threads;
-    if (ctx->threads < 2 || groups < 2 || 2 * largest > total ||
+    if (ctx->bf16 || ctx->threads < 2 || groups < 2 || 2 * largest > total ||
         total * row_work < CPU_PARALLEL_MIN_WORK * 64) {
         plan->threads = 1;
         return 0;
