@@ -129,6 +129,8 @@ static json_t *device_part(const config_device *dev)
                       config_backend_names[dev->backend]);
     record_set_int(o, RECORD_DEVICE_index, dev->index);
     record_set_int(o, RECORD_DEVICE_threads, dev->threads);
+    record_set_string(o, RECORD_DEVICE_precision,
+                      config_precision_names[dev->precision]);
     record_set_real(o, RECORD_DEVICE_price_per_hour, dev->price_per_hour);
     record_set_real(o, RECORD_DEVICE_peak_tflops, dev->peak_tflops);
     record_set_bool(o, RECORD_DEVICE_emulated, dev->slowdown != 1.0);

@@ -95,6 +95,7 @@ typedef enum record_presence {
     X(DEVICE, backend, STRING, ALWAYS, "config_backend_names", NONE)           \
     X(DEVICE, index, INT, ALWAYS, "", NONE)                                    \
     X(DEVICE, threads, INT, ALWAYS, "", NONE)                                  \
+    X(DEVICE, precision, STRING, ALWAYS, "config_precision_names", NONE)       \
     X(DEVICE, price_per_hour, REAL, ALWAYS, "currency/h", NONE)                \
     X(DEVICE, peak_tflops, REAL, ALWAYS, "TFLOP/s", NONE)                      \
     X(DEVICE, emulated, BOOL, ALWAYS, "", NONE)                                \

@@ -48,6 +48,10 @@ def train(tmp, precision, steps=200):
                 losses[r["step"]] = r["loss"]
             elif r["type"] == "val":
                 val.append(r["val_loss"])
+            elif r["type"] == "run" and \
+                    r["devices"][0]["precision"] != precision:
+                fail(f"run record: precision {r['devices'][0]['precision']}"
+                     f", want {precision}")
     return p.returncode, p.stderr, losses, val
 
 
