@@ -240,7 +240,8 @@ static json_t *measure_sgemm_child(void *arg)
     float *a = malloc(count * sizeof(float)), *b = malloc(count * sizeof(float)),
           *c = malloc(count * sizeof(float));
     double *gflops = calloc((size_t)reps, sizeof(double));
-    double result = NAN, backend_result = NAN;
+    double result = NAN, backend_result = NAN, bf16_result = -1;
+    char bf16_how[256] = "";
     if (a && b && c && gflops) {
         rng r;
         rng_seed(&r, 5, 0);
@@ -269,34 +270,64 @@ static json_t *measure_sgemm_child(void *arg)
                                 1e9;
         }
         backend_result = median(gflops, reps);
+        /* The bf16 GEMM (oneDNN), where this build has it: the rate a
+         * bf16 run is held against. */
+        backend bf;
+        char why[256];
+        if (cpu_backend_init_bf16(&bf, threads, why, sizeof why) == 0) {
+            for (int i = 0; i <= reps; i++) {
+                double start = clock_monotonic_s();
+                bf.ops->matmul_forward(bf.ctx, c, a, b, n, n, n);
+                if (i > 0)
+                    gflops[i - 1] = 2.0 * n * n * (double)n /
+                                    (clock_monotonic_s() - start) / 1e9;
+            }
+            bf16_result = median(gflops, reps);
+            cpu_backend_describe(&bf, bf16_how, sizeof bf16_how);
+            cpu_backend_finish(&bf);
+        } else {
+            snprintf(bf16_how, sizeof bf16_how, "%s", why);
+        }
     }
     free(a);
     free(b);
     free(c);
     free(gflops);
     cpu_backend_finish(&be);
-    return json_pack("{s:f, s:f}", "openblas", result, "backend",
-                     backend_result);
+    return json_pack("{s:f, s:f, s:f, s:s}", "openblas", result, "backend",
+                     backend_result, "bf16", bf16_result, "bf16_how",
+                     bf16_how);
 }
 
-/* OpenBLAS's and the backend's GFLOP/s at n³, each the median of reps. */
-static void measure_sgemm(int n, int threads, int reps, double *openblas,
-                          double *backend_gemm)
+/* The GEMM rates at n³: OpenBLAS's, the backend's and the bf16 backend's
+ * (GFLOP/s, each the median of reps; bf16 -1 without oneDNN, with the
+ * reason in bf16_how, else what oneDNN chose). */
+typedef struct gemm_rates {
+    double openblas, backend, bf16;
+    char bf16_how[256];
+} gemm_rates;
+
+static void measure_sgemm(int n, int threads, int reps, gemm_rates *g)
 {
     sgemm_request req = {n, threads, reps};
     char error[256];
-    *openblas = *backend_gemm = NAN;
+    const char *how = "";
+    g->openblas = g->backend = NAN;
+    g->bf16 = -1;
     json_t *in = run_in_child(measure_sgemm_child, &req, NULL, error,
                               sizeof error);
     if (in)
-        json_unpack(in, "{s:F, s:F}", "openblas", openblas, "backend",
-                    backend_gemm);
+        json_unpack(in, "{s:F, s:F, s:F, s:s}", "openblas", &g->openblas,
+                    "backend", &g->backend, "bf16", &g->bf16, "bf16_how",
+                    &how);
+    snprintf(g->bf16_how, sizeof g->bf16_how, "%s", how);
     json_decref(in);
 }
 
 typedef struct peer_result {
     int ok;
     int threads;
+    int autocast; /* torch.autocast("cpu", bfloat16) */
     double tokens_per_s;
     double peak_rss_mb;
     double loss_first, loss_last;
@@ -308,10 +339,11 @@ typedef struct peer_result {
  * moectl set for its own threads are removed from the peer's environment,
  * so the peer runs as it would on its own. */
 static void measure_peer(const bench_options *opt, const config *cfg,
-                         int threads, peer_result *r)
+                         int threads, int autocast, peer_result *r)
 {
     memset(r, 0, sizeof *r);
     r->threads = threads;
+    r->autocast = autocast;
     char shell_line[4096];
     snprintf(shell_line, sizeof shell_line,
              "env -u OMP_WAIT_POLICY -u OPENBLAS_THREAD_TIMEOUT "
@@ -321,7 +353,7 @@ static void measure_peer(const bench_options *opt, const config *cfg,
              "--z %.17g --lr %.17g --min-lr %.17g --warmup %d --steps %d "
              "--weight-decay %.17g --grad-clip %.17g --rope-theta %.17g "
              "--eps %.17g --val-fraction %.17g --seed %llu --threads %d "
-             "--warmup-steps %d --measure-steps %d 2>/dev/null",
+             "--warmup-steps %d --measure-steps %d%s 2>/dev/null",
              opt->python, opt->peer, cfg->data.path, cfg->model.d_model,
              cfg->model.n_layers, cfg->model.n_heads, cfg->model.seq_len,
              cfg->train.batch_size, cfg->moe.n_experts, cfg->moe.top_k,
@@ -331,7 +363,8 @@ static void measure_peer(const bench_options *opt, const config *cfg,
              cfg->train.weight_decay, cfg->train.grad_clip,
              cfg->model.rope_theta, cfg->model.norm_eps,
              cfg->data.val_fraction, (unsigned long long)cfg->train.seed,
-             threads, opt->warmup, opt->steps);
+             threads, opt->warmup, opt->steps,
+             autocast ? " --autocast" : "");
     FILE *p = popen(shell_line, "r");
     if (!p) {
         snprintf(r->error, sizeof r->error, "cannot start %s", opt->python);
@@ -496,25 +529,73 @@ static void measure_ranks(const config *base, const bench_options *opt,
 
 /* The best of each figure over the interleaved rounds. */
 typedef struct bench_best {
-    double sgemm, backend_gemm;
-    run_result run;
-    peer_result peer;
+    double sgemm, backend_gemm, bf16_gemm;
+    char bf16_how[256];
+    run_result run, run_bf16;
+    peer_result peer, peer_bf16;
 } bench_best;
 
-/* One round: sgemm, moectl, and (with_peer) the peer at 1 and 2 threads.
- * Returns 0; 1 when the peer failed (said on stderr; later rounds go on
- * without it); -1 when moectl's own run failed. */
+static void keep_best_run(run_result *best, const run_result *r)
+{
+    if (!best->ok || r->tokens_per_s > best->tokens_per_s)
+        *best = *r;
+}
+
+/* The bench's configuration with every device's GEMMs in bf16. */
+static config bf16_config(const config *base)
+{
+    config cfg = *base;
+    for (int i = 0; i < cfg.cluster.device_count; i++)
+        cfg.cluster.devices[i].precision = CONFIG_PRECISION_BF16;
+    return cfg;
+}
+
+/* The peer at 1 and 2 threads, fp32 then under bf16 autocast. Returns 0,
+ * or 1 when it failed (said on stderr). */
+static int peer_round(const config *base, const bench_options *opt,
+                      bench_best *best)
+{
+    for (int autocast = 0; autocast <= 1; autocast++)
+        for (int t = 1; t <= 2; t++) {
+            peer_result p;
+            measure_peer(opt, base, t, autocast, &p);
+            if (!p.ok) {
+                fprintf(stderr, "moectl bench: %s\n", p.error);
+                return 1;
+            }
+            printf("  PyTorch %s%s, %d thread%s: %.0f tokens/s, peak RSS "
+                   "%.0f MiB\n", p.torch_version,
+                   autocast ? " bf16 autocast" : "", t, t > 1 ? "s" : "",
+                   p.tokens_per_s, p.peak_rss_mb);
+            peer_result *keep = autocast ? &best->peer_bf16 : &best->peer;
+            if (!keep->ok || p.tokens_per_s > keep->tokens_per_s)
+                *keep = p;
+        }
+    return 0;
+}
+
+/* One round: the GEMM rates, moectl (and, when the configuration is fp32
+ * and this build has oneDNN, moectl in bf16), and (with_peer) the peer.
+ * Returns 0; 1 when the peer failed (later rounds go on without it); -1
+ * when moectl's own run failed. */
 static int bench_round(const config *base, const bench_options *opt,
                        int threads, int with_peer, bench_best *best)
 {
-    double blas, own;
-    measure_sgemm(2048, threads, 5, &blas, &own);
+    gemm_rates g;
+    measure_sgemm(2048, threads, 5, &g);
     printf("  OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s; the "
-           "backend's GEMM: %.1f GFLOP/s\n", threads, blas, own);
-    if (!(blas <= best->sgemm))
-        best->sgemm = blas;
-    if (!(own <= best->backend_gemm))
-        best->backend_gemm = own;
+           "backend's GEMM: %.1f GFLOP/s\n", threads, g.openblas, g.backend);
+    if (g.bf16 > 0)
+        printf("  bf16 GEMM 2048^3 (%s): %.1f GFLOP/s\n", g.bf16_how,
+               g.bf16);
+    if (!(g.openblas <= best->sgemm))
+        best->sgemm = g.openblas;
+    if (!(g.backend <= best->backend_gemm))
+        best->backend_gemm = g.backend;
+    if (g.bf16 > best->bf16_gemm || !best->bf16_how[0]) {
+        best->bf16_gemm = g.bf16 > best->bf16_gemm ? g.bf16 : best->bf16_gemm;
+        snprintf(best->bf16_how, sizeof best->bf16_how, "%s", g.bf16_how);
+    }
 
     run_result r;
     measure(base, opt->warmup, opt->steps, &r);
@@ -524,34 +605,44 @@ static int bench_round(const config *base, const bench_options *opt,
     }
     printf("  moectl: %.0f tokens/s, step %.1f ms, peak RSS %.0f MiB\n",
            r.tokens_per_s, r.step_ms, r.peak_rss_mb);
-    if (!best->run.ok || r.tokens_per_s > best->run.tokens_per_s)
-        best->run = r;
-
-    for (int t = 1; with_peer && opt->peer && t <= 2; t++) {
-        peer_result p;
-        measure_peer(opt, base, t, &p);
-        if (!p.ok) {
-            fprintf(stderr, "moectl bench: %s\n", p.error);
-            return 1;
+    keep_best_run(&best->run, &r);
+    if (g.bf16 > 0 &&
+        base->cluster.devices[0].precision == CONFIG_PRECISION_FP32) {
+        config cfg = bf16_config(base);
+        measure(&cfg, opt->warmup, opt->steps, &r);
+        if (r.ok) {
+            printf("  moectl bf16: %.0f tokens/s, step %.1f ms, peak RSS "
+                   "%.0f MiB\n", r.tokens_per_s, r.step_ms, r.peak_rss_mb);
+            keep_best_run(&best->run_bf16, &r);
+        } else {
+            printf("  moectl bf16: %s\n", r.error);
         }
-        printf("  PyTorch %s, %d thread%s: %.0f tokens/s, peak RSS %.0f "
-               "MiB\n", p.torch_version, t, t > 1 ? "s" : "",
-               p.tokens_per_s, p.peak_rss_mb);
-        if (!best->peer.ok || p.tokens_per_s > best->peer.tokens_per_s)
-            best->peer = p;
     }
-    return 0;
+    return with_peer && opt->peer ? peer_round(base, opt, best) : 0;
+}
+
+static void print_peer(const char *what, const peer_result *peer)
+{
+    printf("PyTorch %s%s (best at %d thread%s): %.0f tokens/s, peak RSS "
+           "%.0f MiB; loss %.3f -> %.3f\n", peer->torch_version, what,
+           peer->threads, peer->threads > 1 ? "s" : "", peer->tokens_per_s,
+           peer->peak_rss_mb, peer->loss_first, peer->loss_last);
 }
 
 static void print_best(const bench_options *opt, int threads,
                        const bench_best *best)
 {
-    const run_result *run = &best->run;
-    const peer_result *peer = &best->peer;
+    const run_result *run = &best->run, *bf = &best->run_bf16;
+    const peer_result *peer = &best->peer, *peer_bf = &best->peer_bf16;
     double gflops = run->tokens_per_s * run->flops_per_token / 1e9;
     printf("\nbest of %d rounds:\n", opt->repeats);
     printf("OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s (the backend's "
            "GEMM: %.1f)\n", threads, best->sgemm, best->backend_gemm);
+    if (best->bf16_gemm > 0)
+        printf("bf16 GEMM 2048^3 (%s): %.1f GFLOP/s\n", best->bf16_how,
+               best->bf16_gemm);
+    else
+        printf("bf16 GEMM: none (%s)\n", best->bf16_how);
     printf("moectl: %.0f tokens/s (median of %d steps after %d warm-up), "
            "step %.1f ms, %.1f model GFLOP/s = %.0f%% of sgemm; "
            "peak RSS %.0f MiB\n",
@@ -561,15 +652,28 @@ static void print_best(const bench_options *opt, int threads,
     printf("  params %zu, active %zu, %.1f MFLOP/token; loss %.3f -> %.3f\n",
            run->params, run->active_params, run->flops_per_token / 1e6,
            run->loss_first, run->loss_last);
+    double bf_gflops = bf->tokens_per_s * bf->flops_per_token / 1e9;
+    if (bf->ok)
+        printf("moectl bf16: %.0f tokens/s, step %.1f ms, %.1f model GFLOP/s "
+               "= %.0f%% of the bf16 GEMM; %.2fx fp32; loss %.3f -> %.3f\n",
+               bf->tokens_per_s, bf->step_ms, bf_gflops,
+               100 * bf_gflops / best->bf16_gemm,
+               bf->tokens_per_s / run->tokens_per_s, bf->loss_first,
+               bf->loss_last);
     if (!peer->ok)
         return;
-    printf("PyTorch %s (best at %d thread%s): %.0f tokens/s, peak RSS "
-           "%.0f MiB; loss %.3f -> %.3f\n", peer->torch_version,
-           peer->threads, peer->threads > 1 ? "s" : "", peer->tokens_per_s,
-           peer->peak_rss_mb, peer->loss_first, peer->loss_last);
+    print_peer("", peer);
+    if (peer_bf->ok)
+        print_peer(" bf16 autocast", peer_bf);
+    double best_peer = peer->tokens_per_s;
+    if (peer_bf->ok && peer_bf->tokens_per_s > best_peer)
+        best_peer = peer_bf->tokens_per_s;
     printf("ratio moectl / PyTorch: %.2fx tokens/s, %.2fx peak memory\n",
            run->tokens_per_s / peer->tokens_per_s,
            run->peak_rss_mb / peer->peak_rss_mb);
+    if (bf->ok)
+        printf("ratio moectl bf16 / the best PyTorch figure: %.2fx tokens/s"
+               "\n", bf->tokens_per_s / best_peer);
 }
 
 static void print_scaling(const config *base, const bench_options *opt)
@@ -636,7 +740,7 @@ int bench_run(const config *base, const bench_options *opt)
     /* On a shared machine the capacity a process gets varies from minute
      * to minute, so every figure is measured `repeats` times, interleaved,
      * and the best of each is kept (the least disturbed run). */
-    bench_best best = {.sgemm = NAN, .backend_gemm = NAN};
+    bench_best best = {.sgemm = NAN, .backend_gemm = NAN, .bf16_gemm = -1};
     int status = 0;
     for (int rep = 0; rep < opt->repeats; rep++) {
         printf("round %d of %d:\n", rep + 1, opt->repeats);

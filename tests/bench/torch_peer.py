@@ -54,6 +54,8 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--warmup-steps", type=int, default=5)
     p.add_argument("--measure-steps", type=int, default=20)
+    p.add_argument("--autocast", action="store_true",
+                   help="forward under torch.autocast('cpu', bfloat16)")
     a = p.parse_args(argv)
     if a.d_model % a.heads or (a.d_model // a.heads) % 2:
         p.error("--d-model / --heads must be an even integer")
@@ -338,7 +340,9 @@ def main(a):
     for step in range(1, n_steps + 1):
         t0 = time.perf_counter()
         x, y = data.next(a.batch)
-        loss, ce, aux, z = model(x, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16,
+                            enabled=a.autocast):
+            loss, ce, aux, z = model(x, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(params, a.grad_clip) \
@@ -368,6 +372,7 @@ def main(a):
         "loss_last": losses[-1],
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
         "torch": torch.__version__,
+        "autocast": a.autocast,
         "params": total,
         "active_params": active,
     }
