@@ -396,11 +396,11 @@ static void measure_peer(const bench_options *opt, const config *cfg,
     json_decref(in);
 }
 
-static void print_profile(const run_result *r)
+static void print_profile(const char *what, const run_result *r)
 {
     double total = r->step_ms;
-    printf("\nWhere a step goes (mean ms per step over %d steps; step median "
-           "%.1f ms):\n", r->measured_steps, total);
+    printf("\nWhere a step goes%s (mean ms per step over %d steps; step "
+           "median %.1f ms):\n", what, r->measured_steps, total);
     printf("  %-16s %9s %9s %9s %6s\n", "part", "forward", "backward",
            "total", "share");
     double sum = 0;
@@ -754,7 +754,10 @@ int bench_run(const config *base, const bench_options *opt)
         print_scaling(base, opt);
     if (opt->ranks)
         print_ranks(base, opt);
-    if (opt->profile)
-        print_profile(&best.run);
+    if (opt->profile) {
+        print_profile("", &best.run);
+        if (best.run_bf16.ok)
+            print_profile(", bf16", &best.run_bf16);
+    }
     return status;
 }

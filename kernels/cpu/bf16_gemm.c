@@ -3,12 +3,14 @@
  * two operands to bf16 (to nearest, ties to even) into scratch, multiplies
  * them with fp32 accumulation and writes or adds fp32 results in place.
  *
- * One primitive per (transpose A, transpose B, accumulate), made on first
- * use with every dimension and leading dimension given at run time
+ * One primitive per (transpose A, transpose B, accumulate), made at the
+ * start with every dimension and leading dimension given at run time
  * (DNNL_RUNTIME_DIM_VAL): the expert GEMMs change their row counts every
  * step, and measured here a run-time-shaped bf16 matmul (oneDNN's
  * gemm:jit) ran as fast as one made for the shape (brg:avx512_core_bf16,
- * 350-380 GFLOP/s a thread either way) while making one costs 0.3-4 ms. */
+ * 350-380 GFLOP/s a thread either way) while making one costs 0.3-4 ms.
+ * Threads may call at once, each with its own slot (stream and scratch):
+ * the grouped GEMMs run whole experts per thread, as in fp32. */
 #include "kernels/cpu/cpu_ops.h"
 
 #include <stdint.h>
@@ -25,25 +27,32 @@
 
 #if HAVE_DNNL
 
-struct cpu_bf16 {
-    dnnl_engine_t engine;
-    dnnl_stream_t stream;
-    dnnl_primitive_t matmul[8]; /* trans_a | trans_b << 1 | accumulate << 2 */
+/* What one calling thread uses: its stream and its operands' scratch. */
+typedef struct bf16_slot {
+    dnnl_stream_t stream;       /* made on the slot's first call */
     uint16_t *a, *b;            /* the operands in bf16 */
     size_t a_cap, b_cap;        /* their capacities, in elements */
-    char impl[64];              /* what oneDNN chose, from the first matmul */
+} bf16_slot;
+
+struct cpu_bf16 {
+    dnnl_engine_t engine;
+    /* trans_a | trans_b << 1 | accumulate << 2, all made at the start, so
+     * that threads calling at once only execute them. */
+    dnnl_primitive_t matmul[8];
+    bf16_slot slot[CPU_BF16_SLOTS];
+    char impl[64];              /* what oneDNN chose */
     char error[192];            /* the first failure, or "" */
 };
 
-/* Round to the nearest bf16, ties to even; NaNs stay NaNs. */
+/* Round to the nearest bf16, ties to even; NaNs stay (quiet) NaNs.
+ * Branch-free, so that the packing loops vectorise. */
 static inline uint16_t bf16_of(float x)
 {
     uint32_t u;
     memcpy(&u, &x, sizeof u);
-    if ((u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((u >> 16) | 0x40u);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    uint32_t quiet = (u >> 16) | 0x40u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? quiet : rounded);
 }
 
 /* rows x cols of src (leading dimension ld) into dst, packed. */
@@ -156,15 +165,18 @@ int cpu_bf16_create(cpu_bf16 **out, char *why, size_t why_size)
         return -1;
     }
     dnnl_status_t status = dnnl_engine_create(&b->engine, dnnl_cpu, 0);
-    if (status == dnnl_success)
-        status = dnnl_stream_create(&b->stream, b->engine,
-                                    dnnl_stream_default_flags);
     if (status != dnnl_success) {
         snprintf(why, why_size, "oneDNN's CPU engine did not start (status "
                  "%d)", (int)status);
         cpu_bf16_destroy(b);
         return -1;
     }
+    for (int key = 0; key < 8; key++)
+        if (make_matmul(b, key) < 0) {
+            snprintf(why, why_size, "%s", b->error);
+            cpu_bf16_destroy(b);
+            return -1;
+        }
     *out = b;
     return 0;
 }
@@ -176,12 +188,14 @@ void cpu_bf16_destroy(cpu_bf16 *b)
     for (int k = 0; k < 8; k++)
         if (b->matmul[k])
             dnnl_primitive_destroy(b->matmul[k]);
-    if (b->stream)
-        dnnl_stream_destroy(b->stream);
+    for (int i = 0; i < CPU_BF16_SLOTS; i++) {
+        if (b->slot[i].stream)
+            dnnl_stream_destroy(b->slot[i].stream);
+        free(b->slot[i].a);
+        free(b->slot[i].b);
+    }
     if (b->engine)
         dnnl_engine_destroy(b->engine);
-    free(b->a);
-    free(b->b);
     free(b);
 }
 
@@ -222,9 +236,9 @@ static dnnl_status_t memory_of(cpu_bf16 *b, dnnl_memory_t *m, int rows,
     return dnnl_memory_create(m, &md, b->engine, data);
 }
 
-int cpu_bf16_gemm(cpu_bf16 *b, int threads, int trans_a, int trans_b, int M,
-                  int N, int K, const float *A, int lda, const float *B,
-                  int ldb, float beta, float *C, int ldc)
+int cpu_bf16_gemm(cpu_bf16 *b, int slot, int threads, int trans_a,
+                  int trans_b, int M, int N, int K, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc)
 {
     if (M <= 0 || N <= 0)
         return 0;
@@ -238,38 +252,43 @@ int cpu_bf16_gemm(cpu_bf16 *b, int threads, int trans_a, int trans_b, int M,
     if (omp_get_max_threads() != threads)
         omp_set_num_threads(threads);
 #endif
+    bf16_slot *my = &b->slot[slot];
     int key = trans_a | trans_b << 1 | (beta != 0.0f) << 2;
-    if (!b->matmul[key] && make_matmul(b, key) < 0)
-        return -1;
-    if (grow(b, &b->a, &b->a_cap, (size_t)M * K) < 0 ||
-        grow(b, &b->b, &b->b_cap, (size_t)K * N) < 0)
+    if (!my->stream) {
+        dnnl_status_t made = dnnl_stream_create(&my->stream, b->engine,
+                                                dnnl_stream_default_flags);
+        if (made != dnnl_success)
+            return fail(b, "dnnl_stream_create", made);
+    }
+    if (grow(b, &my->a, &my->a_cap, (size_t)M * K) < 0 ||
+        grow(b, &my->b, &my->b_cap, (size_t)K * N) < 0)
         return -1;
     /* Packed in their stored orientation: A is (M, K), or (K, M) when
      * transposed; B is (K, N), or (N, K). */
     if (trans_a)
-        pack_bf16(b->a, A, K, M, lda, threads);
+        pack_bf16(my->a, A, K, M, lda, threads);
     else
-        pack_bf16(b->a, A, M, K, lda, threads);
+        pack_bf16(my->a, A, M, K, lda, threads);
     if (trans_b)
-        pack_bf16(b->b, B, N, K, ldb, threads);
+        pack_bf16(my->b, B, N, K, ldb, threads);
     else
-        pack_bf16(b->b, B, K, N, ldb, threads);
+        pack_bf16(my->b, B, K, N, ldb, threads);
     dnnl_memory_t ma = NULL, mb = NULL, mc = NULL;
     dnnl_status_t status =
         memory_of(b, &ma, M, K, trans_a ? 1 : K, trans_a ? M : 1, dnnl_bf16,
-                  b->a);
+                  my->a);
     if (status == dnnl_success)
         status = memory_of(b, &mb, K, N, trans_b ? 1 : N, trans_b ? K : 1,
-                           dnnl_bf16, b->b);
+                           dnnl_bf16, my->b);
     if (status == dnnl_success)
         status = memory_of(b, &mc, M, N, ldc, 1, dnnl_f32, C);
     if (status == dnnl_success) {
         dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC, ma},
                                    {DNNL_ARG_WEIGHTS, mb},
                                    {DNNL_ARG_DST, mc}};
-        status = dnnl_primitive_execute(b->matmul[key], b->stream, 3, args);
+        status = dnnl_primitive_execute(b->matmul[key], my->stream, 3, args);
         if (status == dnnl_success)
-            status = dnnl_stream_wait(b->stream);
+            status = dnnl_stream_wait(my->stream);
     }
     if (ma)
         dnnl_memory_destroy(ma);
@@ -310,11 +329,11 @@ const char *cpu_bf16_error(const cpu_bf16 *b)
     return "no oneDNN";
 }
 
-int cpu_bf16_gemm(cpu_bf16 *b, int threads, int trans_a, int trans_b, int M,
-                  int N, int K, const float *A, int lda, const float *B,
-                  int ldb, float beta, float *C, int ldc)
+int cpu_bf16_gemm(cpu_bf16 *b, int slot, int threads, int trans_a,
+                  int trans_b, int M, int N, int K, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc)
 {
-    (void)b, (void)threads, (void)trans_a, (void)trans_b, (void)M, (void)N;
+    (void)b, (void)slot, (void)threads, (void)trans_a, (void)trans_b, (void)M, (void)N;
     (void)K, (void)A, (void)lda, (void)B, (void)ldb, (void)beta, (void)C;
     (void)ldc;
     return -1;

@@ -25,13 +25,16 @@ void cpu_bf16_destroy(cpu_bf16 *b);
 void cpu_bf16_describe(const cpu_bf16 *b, char *out, size_t size);
 /* The first failure since the start, or NULL. */
 const char *cpu_bf16_error(const cpu_bf16 *b);
+/* Threads that may call cpu_bf16_gemm at once (slots 0 .. this - 1). */
+#define CPU_BF16_SLOTS 64
 /* C (M, N) = op(A) · op(B) + beta C (beta 0 or 1), row-major fp32 as
  * sgemm, op = transpose when the flag is set: the operands rounded to
  * bf16 (nearest, ties to even), products summed in fp32, on `threads`
- * OpenMP threads. Returns 0, or -1 (cpu_bf16_error says why). */
-int cpu_bf16_gemm(cpu_bf16 *b, int threads, int trans_a, int trans_b, int M,
-                  int N, int K, const float *A, int lda, const float *B,
-                  int ldb, float beta, float *C, int ldc);
+ * OpenMP threads. Calls running at once use different slots. Returns 0,
+ * or -1 (cpu_bf16_error says why). */
+int cpu_bf16_gemm(cpu_bf16 *b, int slot, int threads, int trans_a,
+                  int trans_b, int M, int N, int K, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc);
 
 typedef struct cpu_context {
     int threads;

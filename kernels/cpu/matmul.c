@@ -27,8 +27,8 @@ static void sgemm(const cpu_context *ctx, int trans_a, int trans_b, int M,
                   int ldb, float beta, float *C, int ldc)
 {
     if (ctx->bf16) { /* a failure is reported by the backend's last_error */
-        cpu_bf16_gemm(ctx->bf16, ctx->threads, trans_a, trans_b, M, N, K, A,
-                      lda, B, ldb, beta, C, ldc);
+        cpu_bf16_gemm(ctx->bf16, 0, ctx->threads, trans_a, trans_b, M, N, K,
+                      A, lda, B, ldb, beta, C, ldc);
         return;
     }
     if (M <= 0 || N <= 0)
@@ -174,7 +174,7 @@ static int group_plan_init(group_plan *plan, const cpu_context *ctx,
         largest = rows > largest ? rows : largest;
     }
     plan->threads = ctx->threads;
-    if (ctx->bf16 || ctx->threads < 2 || groups < 2 || 2 * largest > total ||
+    if (ctx->threads < 2 || groups < 2 || 2 * largest > total ||
         total * row_work < CPU_PARALLEL_MIN_WORK * 64) {
         plan->threads = 1;
         return 0;
@@ -215,14 +215,29 @@ static int current_thread(void)
 #endif
 }
 
+/* One single-threaded GEMM on the calling thread of a parallel region:
+ * OpenBLAS's, or bf16 in this thread's slot. */
+static void gemm_on_thread(const cpu_context *ctx, int trans_a, int trans_b,
+                           int M, int N, int K, const float *A, int lda,
+                           const float *B, int ldb, float beta, float *C,
+                           int ldc)
+{
+    if (ctx->bf16)
+        cpu_bf16_gemm(ctx->bf16, current_thread(), 1, trans_a, trans_b, M, N,
+                      K, A, lda, B, ldb, beta, C, ldc);
+    else
+        cpu_sgemm_serial(trans_a, trans_b, M, N, K, 1.0f, A, lda, B, ldb,
+                         beta, C, ldc);
+}
+
 static void grouped_forward_one(const cpu_context *ctx, int serial,
                                 float *out, const float *inp,
                                 const float *weight, size_t row, int rows,
                                 int IC, int OC)
 {
     if (serial)
-        cpu_sgemm_serial(0, 1, rows, OC, IC, 1.0f, inp + row * IC, IC,
-                         weight, IC, 0.0f, out + row * OC, OC);
+        gemm_on_thread(ctx, 0, 1, rows, OC, IC, inp + row * IC, IC, weight,
+                       IC, 0.0f, out + row * OC, OC);
     else
         sgemm(ctx, 0, 1, rows, OC, IC, inp + row * IC, IC, weight, IC, 0.0f,
               out + row * OC, OC);
@@ -237,11 +252,11 @@ static void grouped_backward_one(const cpu_context *ctx, int serial,
     const float *dout_g = dout + row * OC;
     if (serial) {
         if (dinp)
-            cpu_sgemm_serial(0, 0, rows, IC, OC, 1.0f, dout_g, OC, weight, IC,
-                             0.0f, dinp + row * IC, IC);
+            gemm_on_thread(ctx, 0, 0, rows, IC, OC, dout_g, OC, weight, IC,
+                           0.0f, dinp + row * IC, IC);
         if (dweight)
-            cpu_sgemm_serial(1, 0, OC, IC, rows, 1.0f, dout_g, OC,
-                             inp + row * IC, IC, 1.0f, dweight, IC);
+            gemm_on_thread(ctx, 1, 0, OC, IC, rows, dout_g, OC,
+                           inp + row * IC, IC, 1.0f, dweight, IC);
     } else {
         if (dinp)
             sgemm(ctx, 0, 0, rows, IC, OC, dout_g, OC, weight, IC, 0.0f,

@@ -6,7 +6,8 @@
  * most K 2^-24 of it. The bound checked, element by element, is
  * 1.01 x 2^-7 x sum |a||b| (+1e-6): the worst case, not a fit to results. Also: the results differ from
  * the fp32 backend's (the bf16 path really ran), the router's fp32 slot is
- * the fp32 GEMM bit for bit, and a second run gives the same bits.
+ * the fp32 GEMM bit for bit, and a second run gives the same bits; all on
+ * one thread and again on two (experts split over the threads).
  * Built without oneDNN, the backend must refuse bf16 with its reason. */
 #include <math.h>
 #include <stdint.h>
@@ -81,7 +82,10 @@ static double max_diff(const float *a, const float *b, size_t n)
     return d;
 }
 
-static void test_matmul(const backend *bf, const backend *fp, double *worst)
+/* fp32_alike: bf has fp's thread count, so its fp32 slot must give fp's
+ * bits. */
+static void test_matmul(const backend *bf, const backend *fp, int fp32_alike,
+                        double *worst)
 {
     const int N = 37, IC = 64, OC = 48;
     float *inp = random_floats((size_t)N * IC);
@@ -101,8 +105,10 @@ static void test_matmul(const backend *bf, const backend *fp, double *worst)
     EXPECT(memcmp(again, out, (size_t)N * OC * sizeof *out) == 0,
            "bf16 matmul_forward twice: different bits");
     bf->ops->matmul_forward_fp32(bf->ctx, again, inp, w, N, IC, OC);
-    EXPECT(memcmp(again, out32, (size_t)N * OC * sizeof *out) == 0,
-           "matmul_forward_fp32 of the bf16 backend is not the fp32 GEMM");
+    if (fp32_alike) /* the fp32 backend's thread count */
+        EXPECT(memcmp(again, out32, (size_t)N * OC * sizeof *out) == 0,
+               "matmul_forward_fp32 of the bf16 backend is not the fp32 "
+               "GEMM");
 
     /* Backward adds to what is there. */
     float *dinp0 = random_floats((size_t)N * IC);
@@ -180,10 +186,23 @@ int main(void)
     if (cpu_backend_init(&fp, 1) < 0)
         return 1;
     double worst = 0;
-    test_matmul(&bf, &fp, &worst);
+    test_matmul(&bf, &fp, 1, &worst);
     test_grouped(&bf, &worst);
     const char *error = bf.ops->last_error(bf.ctx);
     EXPECT(!error, "the bf16 backend reports: %s", error ? error : "");
+    /* Two threads: dense GEMMs on oneDNN's threads, whole experts per
+     * thread in their own slots. */
+    backend bf2 = {0};
+    if (cpu_backend_init_bf16(&bf2, 2, why, sizeof why) < 0) {
+        printf("FAIL: bf16 CPU backend, 2 threads: %s\n", why);
+        return 1;
+    }
+    test_matmul(&bf2, &fp, 0, &worst);
+    test_grouped(&bf2, &worst);
+    error = bf2.ops->last_error(bf2.ctx);
+    EXPECT(!error, "the 2-thread bf16 backend reports: %s",
+           error ? error : "");
+    cpu_backend_finish(&bf2);
     char how[160];
     cpu_backend_describe(&bf, how, sizeof how);
     cpu_backend_finish(&bf);
