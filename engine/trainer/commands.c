@@ -40,28 +40,14 @@ static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
     trainer *t = bs->t;
     const placement *where = t->placement;
     balancer *b = &t->bal;
-    if (action == PLAN_AUTO && b->revert_due) {
-        size_t n = 0;
-        if (balancer_propose_revert(b, where->expert_rank, where->share,
-                                    where->version, text, text_size) == 0) {
-            n = strlen(text);
-            verdict[0] = 0;
-            verdict[1] = b->proposal_changes > 0;
-            verdict[2] = 1;
-            balancer_describe(b, where->expert_rank, where->share, text + n,
-                              text_size - n);
-            if (bs->metrics &&
-                balancer_write_plan(b, bs->metrics, t->state.step,
-                                    record_trigger_names
-                                        [RECORD_TRIGGER_REVERT],
-                                    verdict[1], where->expert_rank, err) < 0)
-                verdict[0] = -2;
-            return;
-        }
-    }
+    /* Auto's turn moves back first when its last plan slowed the step. */
+    int revert = action == PLAN_AUTO && b->revert_due &&
+                 balancer_propose_revert(b, where->expert_rank, where->share,
+                                         where->version, text,
+                                         text_size) == 0;
     int reuse = action == PLAN_APPLY && b->have_proposal &&
                 b->proposal_version == t->placement->version;
-    if (!reuse)
+    if (!revert && !reuse)
         verdict[0] = balancer_plan(b, where->expert_rank, where->share,
                                    where->version, text, text_size);
     if (verdict[0] != 0)
@@ -70,10 +56,14 @@ static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
     int noisy = 0;
     double threshold = balancer_auto_threshold(b, &noisy);
     verdict[1] = b->proposal_changes > 0 &&
-                 (action == PLAN_APPLY ||
+                 (revert || action == PLAN_APPLY ||
                   (action == PLAN_AUTO && gain >= threshold));
-    balancer_describe(b, where->expert_rank, where->share, text, text_size);
-    if (action == PLAN_AUTO && !verdict[1] && b->proposal_changes > 0)
+    verdict[2] = revert;
+    size_t n = revert ? strlen(text) : 0; /* after the move back's reason */
+    balancer_describe(b, where->expert_rank, where->share, text + n,
+                      text_size - n);
+    if (action == PLAN_AUTO && !revert && !verdict[1] &&
+        b->proposal_changes > 0)
         snprintf(text + strlen(text), text_size - strlen(text),
                  "; kept: gain below %.3g%%%s", threshold * 100,
                  noisy       ? " (the noise of the latest step times)"
@@ -82,8 +72,10 @@ static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
                              : "");
     if (bs->metrics &&
         balancer_write_plan(b, bs->metrics, t->state.step,
-                            record_trigger_names[trigger], verdict[1],
-                            where->expert_rank, err) < 0)
+                            record_trigger_names[revert
+                                                     ? RECORD_TRIGGER_REVERT
+                                                     : trigger],
+                            verdict[1], where->expert_rank, err) < 0)
         verdict[0] = -2;
 }
 
