@@ -171,6 +171,13 @@ typedef struct backend_ops {
      * something (the router's logits pick the experts). */
     void (*matmul_forward_fp32)(void *ctx, float *out, const float *inp,
                                 const float *weight, int N, int IC, int OC);
+
+    /* Optional (NULL: nothing kept). The parameters may have changed since
+     * the last call (an optimizer step, a checkpoint load, a migration):
+     * what the backend derived from a weight (a bf16 copy) is void. The
+     * model calls it before each forward pass; weights must not change
+     * between a forward pass and its backward. */
+    void (*params_changed)(void *ctx);
 } backend_ops;
 
 typedef struct backend {

@@ -481,6 +481,8 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     memcpy(a->targets, targets, (size_t)N * sizeof(int));
     m->last.aux_loss = 0.0;
     m->last.z_loss = 0.0;
+    if (ops->params_changed) /* steps, loads and moves come between passes */
+        ops->params_changed(ctx);
     lap_begin(m);
 
     ops->embedding_forward(ctx, a->resid, a->inputs, p->wte, N, C);

@@ -34,6 +34,13 @@ static const char *cpu_last_error(void *vctx)
     return ctx->bf16 ? cpu_bf16_error(ctx->bf16) : NULL;
 }
 
+static void cpu_params_changed(void *vctx)
+{
+    cpu_context *ctx = vctx;
+    if (ctx->bf16)
+        cpu_bf16_params_changed(ctx->bf16);
+}
+
 const backend_ops cpu_backend_ops = {
     .name = "cpu",
     .matmul_forward = cpu_matmul_forward,
@@ -65,6 +72,7 @@ const backend_ops cpu_backend_ops = {
     .free = cpu_free,
     .sync = cpu_sync,
     .last_error = cpu_last_error,
+    .params_changed = cpu_params_changed,
 };
 
 int cpu_backend_init(backend *out, int threads)

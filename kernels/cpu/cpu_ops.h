@@ -35,6 +35,19 @@ const char *cpu_bf16_error(const cpu_bf16 *b);
 int cpu_bf16_gemm(cpu_bf16 *b, int slot, int threads, int trans_a,
                   int trans_b, int M, int N, int K, const float *A, int lda,
                   const float *B, int ldb, float beta, float *C, int ldc);
+/* The same with B a parameter (a weight): its bf16 copy is made on the
+ * first call after cpu_bf16_params_changed and kept, so a weight used by
+ * the forward and the backward is rounded once a step. The copy is keyed
+ * by B's address, shape and leading dimension; calls running at once may
+ * share a weight. */
+int cpu_bf16_gemm_weight(cpu_bf16 *b, int slot, int threads, int trans_a,
+                         int trans_b, int M, int N, int K, const float *A,
+                         int lda, const float *W, int ldw, float beta,
+                         float *C, int ldc);
+/* The parameters may have changed (an optimizer step, a load, a move):
+ * the weights' bf16 copies are void. Copies unused since the last call
+ * are freed. Not while GEMMs run. */
+void cpu_bf16_params_changed(cpu_bf16 *b);
 
 typedef struct cpu_context {
     int threads;

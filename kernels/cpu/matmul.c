@@ -45,6 +45,19 @@ static void sgemm(const cpu_context *ctx, int trans_a, int trans_b, int M,
                 B, ldb, beta, C, ldc);
 }
 
+/* sgemm with B a weight: under bf16 its copy is rounded once a step. */
+static void sgemm_by_weight(const cpu_context *ctx, int trans_a, int trans_b,
+                            int M, int N, int K, const float *A, int lda,
+                            const float *W, int ldw, float beta, float *C,
+                            int ldc)
+{
+    if (ctx->bf16)
+        cpu_bf16_gemm_weight(ctx->bf16, 0, ctx->threads, trans_a, trans_b, M,
+                             N, K, A, lda, W, ldw, beta, C, ldc);
+    else
+        sgemm(ctx, trans_a, trans_b, M, N, K, A, lda, W, ldw, beta, C, ldc);
+}
+
 void cpu_blas_serial_begin(void)
 {
     openblas_set_num_threads(1);
@@ -87,7 +100,8 @@ void cpu_matmul_forward(void *vctx, float *out, const float *inp,
     cpu_context *ctx = vctx;
     int parts = split_threads(ctx, (size_t)N * IC * OC, N);
     if (parts == 1) {
-        sgemm(ctx, 0, 1, N, OC, IC, inp, IC, weight, IC, 0.0f, out, OC);
+        sgemm_by_weight(ctx, 0, 1, N, OC, IC, inp, IC, weight, IC, 0.0f, out,
+                        OC);
         return;
     }
     cpu_blas_serial_begin();
@@ -119,7 +133,8 @@ void cpu_matmul_backward(void *vctx, float *dinp, float *dweight,
     if (parts == 1) {
         /* dinp (N, IC) += dout (N, OC) · weight (OC, IC) */
         if (dinp)
-            sgemm(ctx, 0, 0, N, IC, OC, dout, OC, weight, IC, 1.0f, dinp, IC);
+            sgemm_by_weight(ctx, 0, 0, N, IC, OC, dout, OC, weight, IC, 1.0f,
+                            dinp, IC);
         /* dweight (OC, IC) += doutᵀ (OC, N) · inp (N, IC) */
         if (dweight)
             sgemm(ctx, 1, 0, OC, IC, N, dout, OC, inp, IC, 1.0f, dweight, IC);
@@ -216,13 +231,16 @@ static int current_thread(void)
 }
 
 /* One single-threaded GEMM on the calling thread of a parallel region:
- * OpenBLAS's, or bf16 in this thread's slot. */
-static void gemm_on_thread(const cpu_context *ctx, int trans_a, int trans_b,
-                           int M, int N, int K, const float *A, int lda,
-                           const float *B, int ldb, float beta, float *C,
-                           int ldc)
+ * OpenBLAS's, or bf16 in this thread's slot (B a weight or not). */
+static void gemm_on_thread(const cpu_context *ctx, int b_weight, int trans_a,
+                           int trans_b, int M, int N, int K, const float *A,
+                           int lda, const float *B, int ldb, float beta,
+                           float *C, int ldc)
 {
-    if (ctx->bf16)
+    if (ctx->bf16 && b_weight)
+        cpu_bf16_gemm_weight(ctx->bf16, current_thread(), 1, trans_a,
+                             trans_b, M, N, K, A, lda, B, ldb, beta, C, ldc);
+    else if (ctx->bf16)
         cpu_bf16_gemm(ctx->bf16, current_thread(), 1, trans_a, trans_b, M, N,
                       K, A, lda, B, ldb, beta, C, ldc);
     else
@@ -236,11 +254,11 @@ static void grouped_forward_one(const cpu_context *ctx, int serial,
                                 int IC, int OC)
 {
     if (serial)
-        gemm_on_thread(ctx, 0, 1, rows, OC, IC, inp + row * IC, IC, weight,
+        gemm_on_thread(ctx, 1, 0, 1, rows, OC, IC, inp + row * IC, IC, weight,
                        IC, 0.0f, out + row * OC, OC);
     else
-        sgemm(ctx, 0, 1, rows, OC, IC, inp + row * IC, IC, weight, IC, 0.0f,
-              out + row * OC, OC);
+        sgemm_by_weight(ctx, 0, 1, rows, OC, IC, inp + row * IC, IC, weight,
+                        IC, 0.0f, out + row * OC, OC);
 }
 
 static void grouped_backward_one(const cpu_context *ctx, int serial,
@@ -252,15 +270,15 @@ static void grouped_backward_one(const cpu_context *ctx, int serial,
     const float *dout_g = dout + row * OC;
     if (serial) {
         if (dinp)
-            gemm_on_thread(ctx, 0, 0, rows, IC, OC, dout_g, OC, weight, IC,
+            gemm_on_thread(ctx, 1, 0, 0, rows, IC, OC, dout_g, OC, weight, IC,
                            0.0f, dinp + row * IC, IC);
         if (dweight)
-            gemm_on_thread(ctx, 1, 0, OC, IC, rows, dout_g, OC,
+            gemm_on_thread(ctx, 0, 1, 0, OC, IC, rows, dout_g, OC,
                            inp + row * IC, IC, 1.0f, dweight, IC);
     } else {
         if (dinp)
-            sgemm(ctx, 0, 0, rows, IC, OC, dout_g, OC, weight, IC, 0.0f,
-                  dinp + row * IC, IC);
+            sgemm_by_weight(ctx, 0, 0, rows, IC, OC, dout_g, OC, weight, IC,
+                            0.0f, dinp + row * IC, IC);
         if (dweight)
             sgemm(ctx, 1, 0, OC, IC, rows, dout_g, OC, inp + row * IC, IC,
                   1.0f, dweight, IC);

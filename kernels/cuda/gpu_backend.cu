@@ -85,6 +85,7 @@ static const backend_ops gpu_ops = {
     gpu_op_sync,
     gpu_op_last_error,
     NULL, /* matmul_forward_fp32: the router's GEMM as the others */
+    NULL, /* params_changed: nothing derived from the weights is kept */
 };
 
 extern "C" int gpu_device_count(char *why, size_t why_size)

@@ -93,6 +93,7 @@ static void test_matmul(const backend *bf, const backend *fp, int fp32_alike,
     float *dout = random_floats((size_t)N * OC);
     float *out = random_floats((size_t)N * OC);
     float *out32 = random_floats((size_t)N * OC);
+    bf->ops->params_changed(bf->ctx); /* w may sit where a freed weight was */
     bf->ops->matmul_forward(bf->ctx, out, inp, w, N, IC, OC);
     fp->ops->matmul_forward(fp->ctx, out32, inp, w, N, IC, OC);
     /* out (N, OC) = inp · wᵀ: A = inp, B(k, j) = w[j, k] */
@@ -122,6 +123,23 @@ static void test_matmul(const backend *bf, const backend *fp, int fp32_alike,
     /* dw (OC, IC) += doutᵀ · inp: A(i, k) = dout[k, i] */
     check_product("matmul_backward dweight", dw, dw0, dout, 1, OC, inp, IC, 1,
                   OC, IC, N, worst);
+
+    /* The weight's bf16 copy is made once between params_changed calls:
+     * a weight changed behind the backend's back is not seen, and is after
+     * params_changed. */
+    for (size_t i = 0; i < (size_t)OC * IC; i++)
+        w[i] = random_value();
+    bf->ops->matmul_forward(bf->ctx, again, inp, w, N, IC, OC);
+    EXPECT(memcmp(again, out, (size_t)N * OC * sizeof *out) == 0,
+           "a weight's bf16 copy was remade without params_changed");
+    bf->ops->params_changed(bf->ctx);
+    bf->ops->matmul_forward(bf->ctx, again, inp, w, N, IC, OC);
+    check_product("matmul_forward after params_changed", again, NULL, inp,
+                  IC, 1, w, 1, IC, N, OC, IC, worst);
+    memcpy(dinp, dinp0, (size_t)N * IC * sizeof *dinp);
+    bf->ops->matmul_backward(bf->ctx, dinp, NULL, dout, inp, w, N, IC, OC);
+    check_product("matmul_backward dinp after params_changed", dinp, dinp0,
+                  dout, OC, 1, w, IC, 1, N, IC, OC, worst);
     free(inp), free(w), free(dout), free(out), free(out32), free(again);
     free(dinp0), free(dw0), free(dinp), free(dw);
 }
@@ -144,6 +162,10 @@ static void test_grouped(const backend *bf, double *worst)
         dw0[g] = random_floats((size_t)OC * IC);
         dw[g] = copy_of(dw0[g], (size_t)OC * IC);
     }
+    /* Two groups on one weight: threads may ask for its copy at once. */
+    free((void *)w[G - 1]);
+    w[G - 1] = w[0];
+    bf->ops->params_changed(bf->ctx);
     bf->ops->grouped_matmul_forward(bf->ctx, out, inp, w, rows, G, IC, OC);
     bf->ops->grouped_matmul_backward(bf->ctx, dinp, dw, dout, inp, w, rows, G,
                                      IC, OC);
@@ -163,7 +185,7 @@ static void test_grouped(const backend *bf, double *worst)
                       inp + (size_t)at * IC, IC, 1, OC, IC, rows[g], worst);
     }
     for (int g = 0; g < G; g++)
-        free((void *)w[g]), free(dw[g]), free(dw0[g]);
+        free(g < G - 1 ? (void *)w[g] : NULL), free(dw[g]), free(dw0[g]);
     free(inp), free(dout), free(out), free(dinp);
 }
 
