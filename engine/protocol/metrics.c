@@ -121,7 +121,7 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
 }
 
 
-static json_t *device_part(const config_device *dev)
+static json_t *device_part(const config_device *dev, const char *gemm)
 {
     json_t *o = record_begin(RECORD_TYPE_DEVICE);
     record_set_string(o, RECORD_DEVICE_name, dev->name);
@@ -131,6 +131,7 @@ static json_t *device_part(const config_device *dev)
     record_set_int(o, RECORD_DEVICE_threads, dev->threads);
     record_set_string(o, RECORD_DEVICE_precision,
                       config_precision_names[dev->precision]);
+    record_set_string(o, RECORD_DEVICE_gemm, gemm);
     record_set_real(o, RECORD_DEVICE_price_per_hour, dev->price_per_hour);
     record_set_real(o, RECORD_DEVICE_peak_tflops, dev->peak_tflops);
     record_set_bool(o, RECORD_DEVICE_emulated, dev->slowdown != 1.0);
@@ -167,11 +168,13 @@ static json_t *balance_part(const config *cfg)
 }
 
 int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
-                      int resumed_step, moe_error *err)
+                      const char *gemm, int resumed_step, moe_error *err)
 {
     json_t *devices = json_array();
     for (int i = 0; i < cfg->cluster.device_count; i++)
-        json_array_append_new(devices, device_part(&cfg->cluster.devices[i]));
+        json_array_append_new(
+            devices, device_part(&cfg->cluster.devices[i],
+                                 gemm + (size_t)i * METRICS_GEMM_MAX));
     json_t *r = record_begin(RECORD_TYPE_RUN);
     record_set_string(r, RECORD_RUN_config, cfg->name);
     record_set_string(r, RECORD_RUN_source, cfg->source);

@@ -129,8 +129,13 @@ void metrics_layer_imbalance(const int *load, int experts,
 /* tokens_per_s / ideal_tokens_per_s: the fraction of the ideal speed. */
 double metrics_ideal_share(const step_stats *s);
 
+/* What runs a device's matrix products, as its backend says: "fp32,
+ * OpenBLAS", or the library, kernel and ISA oneDNN chose. */
+enum { METRICS_GEMM_MAX = 160 };
+/* The run record; gemm: (devices) strings of METRICS_GEMM_MAX bytes, one
+ * per rank (trainer_describe_gemm, gathered). */
 int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
-                      int resumed_step, moe_error *err);
+                      const char *gemm, int resumed_step, moe_error *err);
 int metrics_write_step(metrics_sink *sink, const step_stats *s,
                        moe_error *err);
 int metrics_write_val(metrics_sink *sink, int step, double val_loss,

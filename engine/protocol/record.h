@@ -96,6 +96,7 @@ typedef enum record_presence {
     X(DEVICE, index, INT, ALWAYS, "", NONE)                                    \
     X(DEVICE, threads, INT, ALWAYS, "", NONE)                                  \
     X(DEVICE, precision, STRING, ALWAYS, "config_precision_names", NONE)       \
+    X(DEVICE, gemm, STRING, ALWAYS, "", NONE)                                  \
     X(DEVICE, price_per_hour, REAL, ALWAYS, "currency/h", NONE)                \
     X(DEVICE, peak_tflops, REAL, ALWAYS, "TFLOP/s", NONE)                      \
     X(DEVICE, emulated, BOOL, ALWAYS, "", NONE)                                \

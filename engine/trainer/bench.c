@@ -225,7 +225,66 @@ static void measure(const config *cfg, int warmup, int steps, run_result *r)
 
 typedef struct sgemm_request {
     int n, threads, reps;
+    /* The bench model's expert GEMMs: `experts` groups of `rows` rows,
+     * (C -> 2F) and (F -> C). */
+    int experts, rows, C, F;
 } sgemm_request;
+
+/* GFLOP/s of one grouped forward (experts per thread, as the model runs
+ * them) of req's expert shape, IC -> OC, median of reps. Under bf16 every
+ * rep first voids the weights' copies: each product pays its rounding. */
+static double grouped_rate(const backend *be, const sgemm_request *req,
+                           int IC, int OC, const float *inp,
+                           const float *const *w, float *out, double *gflops)
+{
+    int G = req->experts;
+    int rows[64];
+    for (int g = 0; g < G; g++)
+        rows[g] = req->rows;
+    for (int i = 0; i <= req->reps; i++) {
+        double start = clock_monotonic_s();
+        if (be->ops->params_changed)
+            be->ops->params_changed(be->ctx);
+        be->ops->grouped_matmul_forward(be->ctx, out, inp, w, rows, G, IC,
+                                        OC);
+        if (i > 0)
+            gflops[i - 1] = 2.0 * G * req->rows * (double)IC * OC /
+                            (clock_monotonic_s() - start) / 1e9;
+    }
+    return median(gflops, req->reps);
+}
+
+/* Both expert products of req on a backend into rate[2]; -1 when out of
+ * memory. */
+static void expert_rates(const backend *be, const sgemm_request *req,
+                         double rate[2], double *gflops)
+{
+    int G = req->experts, C = req->C, F = req->F;
+    size_t in_n = (size_t)G * req->rows * (C > F ? C : F);
+    size_t out_n = (size_t)G * req->rows * 2 * F + (size_t)G * req->rows * C;
+    size_t w_n = (size_t)G * 2 * F * C;
+    float *inp = malloc(in_n * sizeof *inp), *out = malloc(out_n * sizeof *out);
+    float *wmem = malloc(w_n * sizeof *wmem);
+    const float *w13[64], *w2[64];
+    rate[0] = rate[1] = -1;
+    if (inp && out && wmem && G <= 64) {
+        rng r;
+        rng_seed(&r, 7, 0);
+        for (size_t i = 0; i < in_n; i++)
+            inp[i] = (float)rng_normal(&r);
+        for (size_t i = 0; i < w_n; i++)
+            wmem[i] = (float)rng_normal(&r) * 0.05f;
+        for (int g = 0; g < G; g++) {
+            w13[g] = wmem + (size_t)g * 2 * F * C;
+            w2[g] = w13[g]; /* (C, F) fits in the same (2F, C) block */
+        }
+        rate[0] = grouped_rate(be, req, C, 2 * F, inp, w13, out, gflops);
+        rate[1] = grouped_rate(be, req, F, C, inp, w2, out, gflops);
+    }
+    free(inp);
+    free(out);
+    free(wmem);
+}
 
 /* GFLOP/s of the backend's own GEMM (out = inp·Wᵀ) at n³: the practical
  * limit every model GEMM is measured against. Median of `reps`. */
@@ -241,6 +300,7 @@ static json_t *measure_sgemm_child(void *arg)
           *c = malloc(count * sizeof(float));
     double *gflops = calloc((size_t)reps, sizeof(double));
     double result = NAN, backend_result = NAN, bf16_result = -1;
+    double expert_fp32[2] = {-1, -1}, expert_bf16[2] = {-1, -1};
     char bf16_how[256] = "";
     if (a && b && c && gflops) {
         rng r;
@@ -270,6 +330,7 @@ static json_t *measure_sgemm_child(void *arg)
                                 1e9;
         }
         backend_result = median(gflops, reps);
+        expert_rates(&be, req, expert_fp32, gflops);
         /* The bf16 GEMM (oneDNN), where this build has it: the rate a
          * bf16 run is held against. */
         backend bf;
@@ -283,6 +344,7 @@ static json_t *measure_sgemm_child(void *arg)
                                     (clock_monotonic_s() - start) / 1e9;
             }
             bf16_result = median(gflops, reps);
+            expert_rates(&bf, req, expert_bf16, gflops);
             cpu_backend_describe(&bf, bf16_how, sizeof bf16_how);
             cpu_backend_finish(&bf);
         } else {
@@ -294,9 +356,11 @@ static json_t *measure_sgemm_child(void *arg)
     free(c);
     free(gflops);
     cpu_backend_finish(&be);
-    return json_pack("{s:f, s:f, s:f, s:s}", "openblas", result, "backend",
-                     backend_result, "bf16", bf16_result, "bf16_how",
-                     bf16_how);
+    return json_pack("{s:f, s:f, s:f, s:s, s:[f,f], s:[f,f]}", "openblas",
+                     result, "backend", backend_result, "bf16", bf16_result,
+                     "bf16_how", bf16_how, "expert_fp32", expert_fp32[0],
+                     expert_fp32[1], "expert_bf16", expert_bf16[0],
+                     expert_bf16[1]);
 }
 
 /* The GEMM rates at n³: OpenBLAS's, the backend's and the bf16 backend's
@@ -305,21 +369,34 @@ static json_t *measure_sgemm_child(void *arg)
 typedef struct gemm_rates {
     double openblas, backend, bf16;
     char bf16_how[256];
+    /* The expert products (C -> 2F, F -> C), OpenBLAS and bf16; -1: not
+     * measured. */
+    double expert_fp32[2], expert_bf16[2];
 } gemm_rates;
 
-static void measure_sgemm(int n, int threads, int reps, gemm_rates *g)
+static void measure_sgemm(const config *cfg, int n, int threads, int reps,
+                          gemm_rates *g)
 {
-    sgemm_request req = {n, threads, reps};
+    int experts = cfg->moe.n_experts < 64 ? cfg->moe.n_experts : 64;
+    sgemm_request req = {
+        n, threads, reps, experts,
+        cfg->train.batch_size * cfg->model.seq_len * cfg->moe.top_k /
+            cfg->moe.n_experts,
+        cfg->model.d_model, cfg->moe.expert_hidden};
     char error[256];
     const char *how = "";
     g->openblas = g->backend = NAN;
     g->bf16 = -1;
+    for (int i = 0; i < 2; i++)
+        g->expert_fp32[i] = g->expert_bf16[i] = -1;
     json_t *in = run_in_child(measure_sgemm_child, &req, NULL, error,
                               sizeof error);
     if (in)
-        json_unpack(in, "{s:F, s:F, s:F, s:s}", "openblas", &g->openblas,
-                    "backend", &g->backend, "bf16", &g->bf16, "bf16_how",
-                    &how);
+        json_unpack(in, "{s:F, s:F, s:F, s:s, s:[F,F], s:[F,F]}", "openblas",
+                    &g->openblas, "backend", &g->backend, "bf16", &g->bf16,
+                    "bf16_how", &how, "expert_fp32", &g->expert_fp32[0],
+                    &g->expert_fp32[1], "expert_bf16", &g->expert_bf16[0],
+                    &g->expert_bf16[1]);
     snprintf(g->bf16_how, sizeof g->bf16_how, "%s", how);
     json_decref(in);
 }
@@ -530,6 +607,7 @@ static void measure_ranks(const config *base, const bench_options *opt,
 /* The best of each figure over the interleaved rounds. */
 typedef struct bench_best {
     double sgemm, backend_gemm, bf16_gemm;
+    double expert_fp32[2], expert_bf16[2]; /* gemm_rates' */
     char bf16_how[256];
     run_result run, run_bf16;
     peer_result peer, peer_bf16;
@@ -574,6 +652,25 @@ static int peer_round(const config *base, const bench_options *opt,
     return 0;
 }
 
+/* The expert GEMMs' rates, OpenBLAS and bf16 (when measured). */
+static void print_expert_rates(const config *cfg, const char *indent,
+                               const double fp32[2], const double bf16[2])
+{
+    if (fp32[0] <= 0)
+        return;
+    int C = cfg->model.d_model, F = cfg->moe.expert_hidden;
+    printf("%sexpert GEMMs (%d x %d rows, %d->%d and %d->%d, experts per "
+           "thread): OpenBLAS %.1f and %.1f GFLOP/s", indent,
+           cfg->moe.n_experts < 64 ? cfg->moe.n_experts : 64,
+           cfg->train.batch_size * cfg->model.seq_len * cfg->moe.top_k /
+               cfg->moe.n_experts,
+           C, 2 * F, F, C, fp32[0], fp32[1]);
+    if (bf16[0] > 0)
+        printf(", bf16 %.1f and %.1f (%.2fx, %.2fx)", bf16[0], bf16[1],
+               bf16[0] / fp32[0], bf16[1] / fp32[1]);
+    printf("\n");
+}
+
 /* One round: the GEMM rates, moectl (and, when the configuration is fp32
  * and this build has oneDNN, moectl in bf16), and (with_peer) the peer.
  * Returns 0; 1 when the peer failed (later rounds go on without it); -1
@@ -582,12 +679,17 @@ static int bench_round(const config *base, const bench_options *opt,
                        int threads, int with_peer, bench_best *best)
 {
     gemm_rates g;
-    measure_sgemm(2048, threads, 5, &g);
+    measure_sgemm(base, 2048, threads, 5, &g);
     printf("  OpenBLAS sgemm 2048^3 (%d threads): %.1f GFLOP/s; the "
            "backend's GEMM: %.1f GFLOP/s\n", threads, g.openblas, g.backend);
     if (g.bf16 > 0)
         printf("  bf16 GEMM 2048^3 (%s): %.1f GFLOP/s\n", g.bf16_how,
                g.bf16);
+    print_expert_rates(base, "  ", g.expert_fp32, g.expert_bf16);
+    for (int i = 0; i < 2; i++) {
+        best->expert_fp32[i] = fmax(best->expert_fp32[i], g.expert_fp32[i]);
+        best->expert_bf16[i] = fmax(best->expert_bf16[i], g.expert_bf16[i]);
+    }
     if (!(g.openblas <= best->sgemm))
         best->sgemm = g.openblas;
     if (!(g.backend <= best->backend_gemm))
@@ -629,7 +731,8 @@ static void print_peer(const char *what, const peer_result *peer)
            peer->peak_rss_mb, peer->loss_first, peer->loss_last);
 }
 
-static void print_best(const bench_options *opt, int threads,
+static void print_best(const config *base, const bench_options *opt,
+                       int threads,
                        const bench_best *best)
 {
     const run_result *run = &best->run, *bf = &best->run_bf16;
@@ -643,6 +746,7 @@ static void print_best(const bench_options *opt, int threads,
                best->bf16_gemm);
     else
         printf("bf16 GEMM: none (%s)\n", best->bf16_how);
+    print_expert_rates(base, "", best->expert_fp32, best->expert_bf16);
     printf("moectl: %.0f tokens/s (median of %d steps after %d warm-up), "
            "step %.1f ms, %.1f model GFLOP/s = %.0f%% of sgemm; "
            "peak RSS %.0f MiB\n",
@@ -740,7 +844,8 @@ int bench_run(const config *base, const bench_options *opt)
     /* On a shared machine the capacity a process gets varies from minute
      * to minute, so every figure is measured `repeats` times, interleaved,
      * and the best of each is kept (the least disturbed run). */
-    bench_best best = {.sgemm = NAN, .backend_gemm = NAN, .bf16_gemm = -1};
+    bench_best best = {.sgemm = NAN, .backend_gemm = NAN, .bf16_gemm = -1,
+                       .expert_fp32 = {-1, -1}, .expert_bf16 = {-1, -1}};
     int status = 0;
     for (int rep = 0; rep < opt->repeats; rep++) {
         printf("round %d of %d:\n", rep + 1, opt->repeats);
@@ -749,7 +854,7 @@ int bench_run(const config *base, const bench_options *opt)
             return 1;
         status |= round;
     }
-    print_best(opt, threads, &best);
+    print_best(base, opt, threads, &best);
     if (opt->scaling)
         print_scaling(base, opt);
     if (opt->ranks)

@@ -95,9 +95,13 @@ static int run_start(run_context *r, trainer *t, const train_run_options *opt,
     summary->val_loss = NAN;
     summary->val_step = -1;
     summary->status = "done";
-    if (r->metrics &&
-        metrics_write_run(r->metrics, &t->cfg, t->model, t->state.step,
-                          err) < 0)
+    /* Every rank says what runs its GEMMs; the run record names them. */
+    static char gemm[CONFIG_MAX_DEVICES][METRICS_GEMM_MAX];
+    char mine[METRICS_GEMM_MAX];
+    trainer_describe_gemm(t, mine, sizeof mine);
+    comm_gather(t->comm, mine, sizeof mine, gemm);
+    if (r->metrics && metrics_write_run(r->metrics, &t->cfg, t->model,
+                                        gemm[0], t->state.step, err) < 0)
         return -1;
     return 0;
 }

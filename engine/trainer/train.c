@@ -80,6 +80,17 @@ static int start_backend(trainer *t, const config_device *device, int rank,
     return 0;
 }
 
+void trainer_describe_gemm(const trainer *t, char *out, size_t size)
+{
+    const config_device *device = &t->cfg.cluster.devices[t->comm->rank];
+    if (device->backend == CONFIG_BACKEND_CPU)
+        cpu_backend_describe(&t->be, out, size);
+    else /* kernels/cuda: cublasGemmEx, compute type from the precision */
+        snprintf(out, size, "%s, %s",
+                 device->backend == CONFIG_BACKEND_HIP ? "hipBLAS" : "cuBLAS",
+                 config_precision_names[device->precision]);
+}
+
 const char *trainer_device_error(const trainer *t)
 {
     const backend_ops *ops = t->be.ops;

@@ -57,6 +57,10 @@ typedef struct trainer {
                                reports it, the others stay quiet */
 } trainer;
 
+/* What runs this rank's GEMMs ("fp32, OpenBLAS", "bf16 GEMMs, oneDNN
+ * gemm:jit, avx512_core_bf16", "cuBLAS, tf32"). */
+void trainer_describe_gemm(const trainer *t, char *out, size_t size);
+
 /* c: the ranks of the job (one rank per cluster device). */
 int trainer_create(trainer **out, const config *cfg, const comm *c,
                    moe_error *err);
