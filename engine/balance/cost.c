@@ -62,10 +62,10 @@ double cost_per_mtok(double price_per_hour, double tokens_per_s)
     return price_per_hour / 3600.0 / tokens_per_s * 1e6;
 }
 
-double cost_mfu(double active_params, double tokens_per_s, double peak_flops)
+double cost_mfu(double flops_per_token, double tokens_per_s,
+                double peak_flops)
 {
     if (!(peak_flops > 0))
         return NAN;
-    return COST_FLOP_PER_PARAM_TOKEN * active_params * tokens_per_s /
-           peak_flops;
+    return flops_per_token * tokens_per_s / peak_flops;
 }

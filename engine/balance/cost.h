@@ -4,7 +4,8 @@
  * with these.
  *
  *   cost per token = Σ price_per_hour / 3600 / tokens_per_s
- *   MFU            = 6 · N_active · tokens_per_s / Σ peak FLOP/s
+ *   MFU            = FLOPs per token · tokens_per_s / Σ peak FLOP/s
+ *                    (the plan: 6 · N_active FLOPs per token)
  *
  * N_active counts every parameter a token passes through: embeddings,
  * attention, norms, router, shared experts and top_k routed experts. */
@@ -49,7 +50,13 @@ double cost_peak_flops(const config *cfg);
  * price_per_hour; NAN when tokens_per_s is not positive. */
 double cost_per_mtok(double price_per_hour, double tokens_per_s);
 
-/* Model FLOPs utilisation (0..1 when the peaks are right). */
-double cost_mfu(double active_params, double tokens_per_s, double peak_flops);
+/* Model FLOPs utilisation (0..1 when the peaks are right): training FLOPs
+ * per token x tokens/s over the peak. The trainer counts FLOPs per token
+ * as its GFLOP/s does (model_flops_per_token: 6 per active parameter but
+ * the token embedding, a lookup, plus 12 x layers x d_model x seq_len for
+ * attention's scores and weighted sums), so MFU = GFLOP/s / peak; moectl
+ * plan's analytic model counts 6 x N_active. */
+double cost_mfu(double flops_per_token, double tokens_per_s,
+                double peak_flops);
 
 #endif

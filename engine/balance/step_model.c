@@ -258,8 +258,8 @@ static void mix_evaluate(const step_model *m, uint64_t mask,
     mix->equal_step_s = equal_step_s(m, *mix, mix->need_gb);
     mix->step_s = busiest(m, mix) + mix->sync_s;
     mix->tokens_per_s = m->tokens_per_step / mix->step_s;
-    mix->mfu = cost_mfu(m->params.active, mix->tokens_per_s,
-                        mix->peak_flops);
+    mix->mfu = cost_mfu(COST_FLOP_PER_PARAM_TOKEN * m->params.active,
+                        mix->tokens_per_s, mix->peak_flops);
     mix->cost_per_mtok = cost_per_mtok(mix->price_per_hour,
                                        mix->tokens_per_s);
     mix->budget_days = cfg->plan.token_budget / mix->tokens_per_s / 86400;

@@ -242,7 +242,7 @@ static int run_finish(run_context *r, train_outcome outcome, moe_error *err)
     summary->train_s = summary->elapsed_s;
     summary->cost_per_mtok = cost_per_mtok(t->price_per_hour,
                                            summary->tokens_per_s);
-    summary->mfu = cost_mfu((double)model_active_params(t->model),
+    summary->mfu = cost_mfu(model_flops_per_token(t->model),
                             summary->tokens_per_s, t->peak_flops);
     summary->migrations = t->migrations - r->migrations_at_start;
     summary->migration_bytes =

@@ -495,7 +495,8 @@ static void describe_step(trainer *t, step_stats *s, int step, double loss,
     s->routing_mix = m->routing.mix;
     s->cost_per_hour = t->price_per_hour;
     s->cost_per_mtok = cost_per_mtok(t->price_per_hour, s->tokens_per_s);
-    s->mfu = cost_mfu((double)model_active_params(m), s->tokens_per_s,
+    /* The same FLOP count as flops_per_s: MFU = flops_per_s / peak. */
+    s->mfu = cost_mfu(model_flops_per_token(m), s->tokens_per_s,
                       t->peak_flops);
 }
 

@@ -292,6 +292,13 @@ def case_metrics(tmp):
         if abs(r["tokens_per_s"] - r["tokens"] / (r["step_ms"] / 1e3)) > \
                 1e-6 * r["tokens_per_s"]:
             fail("tokens_per_s is not tokens / step time")
+        # One FLOP count: MFU is model FLOP/s over the summed peaks.
+        peak = sum(d["peak_tflops"] for d in run_record["devices"]) * 1e12
+        if abs(r["mfu"] - r["model_flops_per_s"] / peak) > 1e-9 * r["mfu"] \
+                or abs(r["model_flops_per_s"] - run_record["flops_per_token"]
+                       * r["tokens_per_s"]) > 1e-6 * r["model_flops_per_s"]:
+            fail(f"mfu {r['mfu']} is not model_flops_per_s "
+                 f"{r['model_flops_per_s']} / peak {peak}")
     if kinds["step"] != 12 or kinds["val"] != 1 or kinds["checkpoint"] != 1:
         fail(f"record counts {kinds}")
     summary = records[-1]

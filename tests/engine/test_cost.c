@@ -72,8 +72,8 @@ static void test_formulas(void)
     EXPECT(isnan(cost_per_mtok(36, 0)), "no tokens: NAN");
     EXPECT(isnan(cost_per_mtok(36, -1)), "negative tokens: NAN");
     /* 6 · 1e9 · 250 FLOP/s of 3e12: half the peak. */
-    EXPECT(fabs(cost_mfu(1e9, 250, 3e12) - 0.5) < 1e-12, "%.12g",
-           cost_mfu(1e9, 250, 3e12));
+    EXPECT(fabs(cost_mfu(6e9, 250, 3e12) - 0.5) < 1e-12, "%.12g",
+           cost_mfu(6e9, 250, 3e12));
 
     config cfg;
     config_defaults(&cfg);
@@ -136,7 +136,8 @@ static void test_ling(const char *root)
     /* The paper's figure for device D: 6.35M RMB per 1T tokens at 27.5
      * RMB/h is ~1203 tokens/s a device, which is an MFU of ~0.21. */
     double tokens_per_s = 27.5 / 3600 / (6.35e6 / 1e12);
-    double mfu = cost_mfu(p.active, tokens_per_s, 989e12);
+    double mfu = cost_mfu(COST_FLOP_PER_PARAM_TOKEN * p.active, tokens_per_s,
+                          989e12);
     EXPECT(fabs(mfu - 0.21) < 0.005, "Ling-Plus on D: MFU %.4f", mfu);
     expect_near("D per 1T", cost_per_mtok(27.5, tokens_per_s) * 1e6, 6.35e6,
                 1e-9);
