@@ -55,6 +55,14 @@ static void plan_on_rank0(boundary_state *bs, record_trigger trigger,
     double gain = 1.0 - b->after_s / b->before_s;
     int noisy = 0;
     double threshold = balancer_auto_threshold(b, &noisy);
+    /* The policy suggests nothing below min_gain (the operator's `plan`
+     * still shows such a plan). */
+    if (trigger == RECORD_TRIGGER_SUGGEST &&
+        (b->proposal_changes == 0 || gain < b->min_gain)) {
+        b->have_proposal = 0;
+        verdict[0] = -1;
+        return;
+    }
     verdict[1] = b->proposal_changes > 0 &&
                  (revert || action == PLAN_APPLY ||
                   (action == PLAN_AUTO && gain >= threshold));
@@ -160,7 +168,7 @@ int policy_tick(boundary_state *bs, moe_error *err)
                         auto_ ? PLAN_AUTO : PLAN_SHOW, reply, sizeof reply,
                         &refused, err) < 0)
         return -1;
-    if (!bs->metrics)
+    if (!bs->metrics || (!auto_ && refused)) /* no suggestion: no event */
         return 0;
     record_state state = boundary_record_state(bs);
     metrics_event event = {
