@@ -174,7 +174,8 @@ static const char *const heatmap_legend[] = {
     "",
     "Heatmap: 10 x tokens (moving average) / layer mean. Underlined, or !",
     "without colour: hosted on the straggler, the rank the others waited",
-    "for most often over the last 64 steps (marked in Devices).",
+    "for most often over the last 64 steps (marked in Devices). ++: 10x",
+    "the mean or more. It scrolls with the cursor when experts do not fit.",
     "",
 };
 

@@ -62,6 +62,7 @@ static void layer_stats(const view *v, int l, char *out, size_t size)
 typedef struct heatmap_geometry {
     int label, cell;     /* columns: "L12  ", one expert */
     int shown;           /* experts that fit */
+    int first_expert;    /* the first shown (the view scrolls) */
     int stats_col, room; /* the per-layer stats beside the cells */
     int stats_beside;
     int straggler;       /* -1: none */
@@ -82,7 +83,8 @@ static void draw_layer_row(const console *c, const heatmap_geometry *g,
         mean += ema ? avg[e] : load[e];
     mean /= v->experts;
     mvprintw(row, col, "L%-4d", l);
-    for (int e = 0; e < g->shown; e++) {
+    for (int i = 0; i < g->shown; i++) {
+        int e = g->first_expert + i;
         double value = ema ? avg[e] : load[e];
         double ratio = mean > 0 && isfinite(value) ? value / mean : 0;
         int selected = l == c->cursor_layer && e == c->cursor_expert;
@@ -95,14 +97,15 @@ static void draw_layer_row(const console *c, const heatmap_geometry *g,
             attron(COLOR_PAIR(pair));
         attron(attrs);
         char text[8];
-        if (c->color)
-            snprintf(text, sizeof text, "%2.0f ",
-                     ratio * 10 > 99 ? 99 : ratio * 10);
+        if (c->color && ratio * 10 >= 99.5) /* 10x the mean or more */
+            snprintf(text, sizeof text, "++ ");
+        else if (c->color)
+            snprintf(text, sizeof text, "%2.0f ", ratio * 10);
         else
             snprintf(text, sizeof text, "%c%c ",
                      " .:-=+*#%@"[ratio >= 1.8 ? 9 : (int)(ratio * 5)],
                      selected ? '<' : on_straggler ? '!' : ' ');
-        mvaddstr(row, col + g->label + e * g->cell, text);
+        mvaddstr(row, col + g->label + i * g->cell, text);
         attroff(attrs);
         if (c->color)
             attroff(COLOR_PAIR(pair));
@@ -144,23 +147,77 @@ static void draw_selection(const console *c, const heatmap_geometry *g,
     if (l >= v->layers || e >= v->experts)
         return;
     size_t at = (size_t)l * v->experts + e;
-    char line[192], extra[64] = "";
-    if (v->have_load_ema && isfinite(v->load_ema[at]))
-        snprintf(extra, sizeof extra, ", avg %.0f", v->load_ema[at]);
-    char split[48] = "";
-    if (v->holders[at] > 1)
-        snprintf(split, sizeof split, " (%.0f%% of its rows; split over "
+    int width = r->cols - 1, rank = v->placement[at];
+    int load = v->expert_load[at], split = v->holders[at] > 1;
+    int avg = v->have_load_ema && isfinite(v->load_ema[at]);
+    int scrolled = g->shown < v->experts;
+    int last = g->first_expert + g->shown - 1;
+    char line[256], part[3][64] = {"", "", ""};
+    /* The long form, or where it does not fit a compact one: a number is
+     * never cut. */
+    if (split)
+        snprintf(part[0], sizeof part[0], " (%.0f%% of its rows; split over "
                  "%d ranks)", v->kept[at] * 100, v->holders[at]);
+    if (avg)
+        snprintf(part[1], sizeof part[1], ", avg %.0f", v->load_ema[at]);
+    if (scrolled)
+        snprintf(part[2], sizeof part[2], " [experts %d-%d of %d]",
+                 g->first_expert, last, v->experts);
     int n = snprintf(line, sizeof line, "expert %d.%d on rank %d%s: %d "
-                     "tokens%s%s", l, e, v->placement[at], split,
-                     v->expert_load[at], extra,
-                     g->shown < v->experts ? " (more experts than fit)" : "");
+                     "tokens%s%s", l, e, rank, part[0], load, part[1],
+                     part[2]);
+    if (n > width) {
+        if (split)
+            snprintf(part[0], sizeof part[0], " %.0f%%/%d",
+                     v->kept[at] * 100, v->holders[at]);
+        if (avg)
+            snprintf(part[1], sizeof part[1], " avg %.0f", v->load_ema[at]);
+        if (scrolled)
+            snprintf(part[2], sizeof part[2], " [%d-%d/%d]",
+                     g->first_expert, last, v->experts);
+        n = snprintf(line, sizeof line, "%d.%d rank %d%s: %d tok%s%s", l, e,
+                     rank, part[0], load, part[1], part[2]);
+    }
     if (!g->stats_beside && n > 0 && n < (int)sizeof line) {
         char stats[64];
         layer_stats(v, l, stats, sizeof stats);
-        snprintf(line + n, sizeof line - (size_t)n, "; L%d %s", l, stats);
+        if (n + 4 + (int)strlen(stats) + (l > 9) + (l > 99) <= width)
+            snprintf(line + n, sizeof line - (size_t)n, "; L%d %s", l, stats);
     }
     draw_text(row, r->col, line, r->cols - 1);
+}
+
+/* The first index of a window of `shown` of `count` items that keeps
+ * `cursor` in view, moving *first as little as it can. */
+static int scroll_to(int *first, int cursor, int shown, int count)
+{
+    if (*first > cursor)
+        *first = cursor;
+    if (cursor >= *first + shown)
+        *first = cursor - shown + 1;
+    if (*first > count - shown)
+        *first = count - shown;
+    if (*first < 0)
+        *first = 0;
+    return *first;
+}
+
+/* The row of expert indices over the cells; where the experts shown are
+ * not all of them, which ones ("0-37 of 64") after the label. */
+static void draw_expert_header(const heatmap_geometry *g, int row,
+                               const layout_rect *r, int layers)
+{
+    (void)layers;
+    for (int i = 0; i < g->shown; i++) {
+        char index[8];
+        int e = g->first_expert + i;
+        /* Three-digit indices every other cell, so they do not touch. */
+        if (e >= 100 && i % 2)
+            continue;
+        snprintf(index, sizeof index, "%2d", e);
+        mvaddstr(row, r->col + g->label + i * g->cell, index);
+    }
+    mvaddstr(row, r->col, "exp");
 }
 
 void draw_heatmap(console *c, const layout_rect *r)
@@ -180,11 +237,29 @@ void draw_heatmap(console *c, const layout_rect *r)
     g.shown = (r->cols - g.label - 1) / g.cell; /* a gap before the next */
     if (g.shown > v->experts)
         g.shown = v->experts;
+    if (g.shown < 1)
+        return;
+    g.first_expert = scroll_to(&c->heat_first_expert, c->cursor_expert,
+                               g.shown, v->experts);
     g.stats_col = r->col + g.label + g.shown * g.cell + 1;
     g.room = r->col + r->cols - g.stats_col - 1; /* a gap to the next */
     g.stats_beside = g.room >= 24;
     int row = r->row + 1, end = r->row + r->rows - 1; /* last: selection */
-    for (int l = 0; l < v->layers && row < end; l++, row++)
+    /* Expert indices above the cells: always when the experts or layers
+     * do not all fit, else when a row is left beside the layers and the
+     * straggler's legend. */
+    int scrolled = g.shown < v->experts || end - row < v->layers;
+    int legend = v->straggler_count > 0;
+    if (scrolled ? end - row >= 2 : end - row >= v->layers + 1 + legend) {
+        draw_expert_header(&g, row, r, v->layers);
+        row++;
+    }
+    int rows = end - row;
+    if (rows < 1)
+        rows = 1;
+    int first_layer = scroll_to(&c->heat_first_layer, c->cursor_layer,
+                                rows, v->layers);
+    for (int l = first_layer; l < v->layers && row < end; l++, row++)
         draw_layer_row(c, &g, row, r->col, l);
     /* The legend, on the row above the selection when the layers left it
      * free. */

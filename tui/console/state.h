@@ -28,6 +28,9 @@ typedef struct console {
     int utf8, color;
     console_mode mode;
     int cursor_layer, cursor_expert;
+    /* The heatmap's first layer and expert shown: it scrolls to keep the
+     * cursor in view when the model has more than fit. */
+    int heat_first_layer, heat_first_expert;
     int move_target;
     char input[CONSOLE_INPUT_MAX];
     int input_length;
