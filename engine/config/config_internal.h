@@ -85,6 +85,9 @@ typedef struct load_ctx {
     const char *source; /* the input being read now */
     const char *text;
     size_t length;
+    /* Columns before the YAML being read on its first line (a --set value
+     * sits after its key): added to marks on line 0. */
+    size_t mark_shift;
     key_mark marks[MARKS_MAX];
     int mark_count;
     unsigned long order;
@@ -152,6 +155,11 @@ int leaf_set(load_ctx *ctx, const schema_field *f, unsigned char *base,
 int document_fail_yaml(load_ctx *ctx, const yaml_parser_t *parser,
                        size_t offset);
 /* Reads ctx->text, one YAML document, into ctx->cfg. */
+/* A sequence node as the whole list f (its entries replace the old ones),
+ * or appended to it (a mapping node: one entry; a sequence: several). */
+int document_set_sequence(load_ctx *ctx, yaml_document_t *doc,
+                          yaml_node_t *node, const schema_field *f,
+                          unsigned char *base, const char *path, bool append);
 int document_load(load_ctx *ctx);
 
 /* overrides.c: one --set argument. */

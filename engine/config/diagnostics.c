@@ -140,7 +140,7 @@ int diag_fail_at(load_ctx *ctx, const where *at, const char *fmt, ...)
 where diag_where_mark(const load_ctx *ctx, yaml_mark_t mark)
 {
     return (where){ctx->source, ctx->text, ctx->length, mark.line,
-                   mark.column};
+                   mark.column + (mark.line == 0 ? ctx->mark_shift : 0)};
 }
 
 /* Quotes text for a message: at most SHOW_MAX bytes, control characters

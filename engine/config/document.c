@@ -110,6 +110,48 @@ static int walk_mapping(load_ctx *ctx, yaml_document_t *doc,
     return 0;
 }
 
+int document_set_sequence(load_ctx *ctx, yaml_document_t *doc,
+                          yaml_node_t *node, const schema_field *f,
+                          unsigned char *base, const char *path, bool append)
+{
+    if (!append)
+        return walk_sequence(ctx, doc, node, f, base, path);
+    char got[SHOW_BUF];
+    where at = diag_where_mark(ctx, node->start_mark);
+    yaml_node_item_t one = 0, *items = &one;
+    size_t added = 1;
+    if (node->type == YAML_SEQUENCE_NODE) {
+        items = node->data.sequence.items.start;
+        added = (size_t)(node->data.sequence.items.top - items);
+    } else if (node->type != YAML_MAPPING_NODE) {
+        return diag_fail_at(ctx, &at, "%s: += appends an entry (a mapping "
+                            "like {name: c, backend: cpu}) or a list of "
+                            "them, got %s", path,
+                            diag_describe_node(node, got, sizeof got));
+    }
+    int count;
+    memcpy(&count, base + f->count_offset, sizeof count);
+    if ((double)count + (double)added > f->max)
+        return diag_fail_at(ctx, &at, "%s: %d entries and %zu more is over "
+                            "the most, %.0f", path, count, added, f->max);
+    for (size_t i = 0; i < added; i++) {
+        char item_path[PATH_LEN];
+        schema_format_path(item_path, "%s[%zu]", path, (size_t)count);
+        unsigned char *item = base + f->offset + (size_t)count * f->item_size;
+        schema_set_defaults(f->children, item);
+        yaml_node_t *entry = node->type == YAML_SEQUENCE_NODE
+                                 ? yaml_document_get_node(doc, items[i])
+                                 : node;
+        int rc = walk_mapping(ctx, doc, entry, f->children, item, item_path,
+                              false);
+        if (rc)
+            return rc;
+        count++;
+        memcpy(base + f->count_offset, &count, sizeof count);
+    }
+    return 0;
+}
+
 /* Reports libyaml's error. The parser read ctx->text from `offset` on (a
  * --set value sits after its key), so its first line is shifted. */
 int document_fail_yaml(load_ctx *ctx, const yaml_parser_t *parser,

@@ -1,5 +1,8 @@
 /* --set overrides: `a.b=value`, `cluster.devices.N.key=value` or
- * `cluster.devices[N].key=value`, each value read as a YAML scalar. */
+ * `cluster.devices[N].key=value`, each value read as a YAML scalar; a
+ * whole list, `cluster.devices=[{...}, ...]`, or entries appended to it,
+ * `cluster.devices+={...}`, each value read as YAML (flow style) and
+ * checked as a file's. */
 #include "engine/config/config_internal.h"
 
 #include <string.h>
@@ -29,6 +32,40 @@ static int set_value(load_ctx *ctx, const schema_field *f, unsigned char *base,
                     (node->start_mark.line == 0 ? value_chars : 0);
     }
     int rc = leaf_set(ctx, f, base, path, node, &at);
+    yaml_document_delete(&doc);
+    yaml_parser_delete(&parser);
+    return rc;
+}
+
+/* The value of a list key: YAML replacing the list, or appended to it. */
+static int set_list(load_ctx *ctx, const schema_field *f, unsigned char *base,
+                    const char *path, size_t value_offset, bool append)
+{
+    yaml_parser_t parser;
+    yaml_document_t doc;
+    if (!yaml_parser_initialize(&parser))
+        return diag_fail_at(ctx, NULL, "out of memory while reading YAML");
+    yaml_parser_set_input_string(&parser,
+                                 (const unsigned char *)ctx->text +
+                                     value_offset,
+                                 ctx->length - value_offset);
+    if (!yaml_parser_load(&parser, &doc)) {
+        int rc = document_fail_yaml(ctx, &parser, value_offset);
+        yaml_parser_delete(&parser);
+        return rc;
+    }
+    yaml_node_t *node = yaml_document_get_root_node(&doc);
+    int rc;
+    ctx->mark_shift = diag_utf8_chars(ctx->text, value_offset);
+    if (!node) {
+        where at = {ctx->source, ctx->text, ctx->length, 0, ctx->mark_shift};
+        rc = diag_fail_at(ctx, &at, "%s: expected a list of entries, like "
+                          "%s=[{%s: a}, {%s: b}]", path, path,
+                          f->children[0].key, f->children[0].key);
+    } else {
+        rc = document_set_sequence(ctx, &doc, node, f, base, path, append);
+    }
+    ctx->mark_shift = 0;
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
     return rc;
@@ -73,8 +110,9 @@ static int enter_entry(load_ctx *ctx, const schema_field *f, const char **p,
     return 0;
 }
 
-/* Applies `a.b=value`, `cluster.devices.N.key=value` or
- * `cluster.devices[N].key=value`. */
+/* Applies `a.b=value`, `cluster.devices.N.key=value`,
+ * `cluster.devices[N].key=value`, `cluster.devices=[...]` or
+ * `cluster.devices+={...}`. */
 int overrides_apply(load_ctx *ctx, const char *arg)
 {
     ctx->source = "--set";
@@ -93,6 +131,11 @@ int overrides_apply(load_ctx *ctx, const char *arg)
             diag_show(arg, ctx->length, true, got, sizeof got));
     }
 
+    /* KEY+=VALUE appends to a list: the key ends before the "+". */
+    bool append = equals > arg && equals[-1] == '+';
+    size_t value_offset = (size_t)(equals + 1 - arg);
+    if (append)
+        equals--;
     const schema_field *fields = schema_root_fields;
     unsigned char *base = (unsigned char *)ctx->cfg;
     const schema_field *f = NULL;
@@ -115,6 +158,8 @@ int overrides_apply(load_ctx *ctx, const char *arg)
         schema_join_path(child, path, f->key);
         memcpy(path, child, sizeof path);
 
+        if (f->kind == FIELD_SEQUENCE && p == equals)
+            return set_list(ctx, f, base, path, value_offset, append);
         if (f->kind == FIELD_SEQUENCE) {
             int rc = enter_entry(ctx, f, &p, equals, &base, path);
             if (rc)
@@ -143,7 +188,13 @@ int overrides_apply(load_ctx *ctx, const char *arg)
         }
         break;
     }
-    int rc = set_value(ctx, f, base, path, (size_t)(equals + 1 - arg));
+    if (append) {
+        at.column = diag_utf8_chars(arg, (size_t)(equals - arg));
+        return diag_fail_at(ctx, &at, "%s: += appends to a list (like "
+                            "cluster.devices); this is a value: use =",
+                            path);
+    }
+    int rc = set_value(ctx, f, base, path, value_offset);
     if (rc == 0 && record) {
         at.column = 0;
         checks_record_mark(

@@ -272,6 +272,53 @@ static void test_sets(void)
                   "  ^") == 0);
 }
 
+/* A whole list in --set, and entries appended to it, as YAML. */
+static void test_set_lists(void)
+{
+    char path[2048];
+    source_path("configs/tiny.yaml", path, sizeof path);
+    config cfg;
+    moe_error err;
+    const char *replace[] = {
+        "cluster.devices=[{name: a, backend: cpu, threads: 1}, "
+        "{name: \"b c\", backend: cpu, slowdown: 3}]",
+        "cluster.devices+={name: d, backend: cuda, index: 2}",
+        "cluster.devices+=[{name: e, backend: cpu}, {name: f, backend: hip}]",
+        "cluster.devices.1.memory_gb=8", /* the new entries are indexed */
+    };
+    EXPECT_THAT(config_load(&cfg, path, replace, 4, &err) == 0);
+    EXPECT_THAT(cfg.cluster.device_count == 5);
+    EXPECT_THAT(strcmp(cfg.cluster.devices[0].name, "a") == 0);
+    EXPECT_THAT(cfg.cluster.devices[0].threads == 1);
+    EXPECT_THAT(strcmp(cfg.cluster.devices[1].name, "b c") == 0);
+    EXPECT_THAT(cfg.cluster.devices[1].slowdown == 3.0);
+    EXPECT_THAT(cfg.cluster.devices[1].memory_gb == 8.0);
+    EXPECT_THAT(cfg.cluster.devices[1].threads == 2); /* the default */
+    EXPECT_THAT(cfg.cluster.devices[2].backend == CONFIG_BACKEND_CUDA);
+    EXPECT_THAT(cfg.cluster.devices[2].index == 2);
+    EXPECT_THAT(strcmp(cfg.cluster.devices[4].name, "f") == 0);
+    EXPECT_THAT(cfg.cluster.devices[4].backend == CONFIG_BACKEND_HIP);
+    check_round_trip(&cfg);
+
+    const char *bad_value[] = {"cluster.devices=[{name: a, backend: tpu}]"};
+    EXPECT_THAT(config_load(&cfg, path, bad_value, 1, &err) == -1);
+    EXPECT_THAT(strcmp(err.message,
+                  "--set:1:37: cluster.devices[0].backend: expected one of "
+                  "cpu, cuda, hip, got \"tpu\"\n"
+                  "  cluster.devices=[{name: a, backend: tpu}]\n"
+                  "                                      ^") == 0);
+    const char *scalar[] = {"model.n_layers+=1"};
+    EXPECT_THAT(config_load(&cfg, path, scalar, 1, &err) == -1);
+    EXPECT_THAT(strstr(err.message, "--set:1:15: model.n_layers: += appends "
+                                    "to a list") == err.message);
+    const char *too_many[64];
+    for (int i = 0; i < 64; i++)
+        too_many[i] = "cluster.devices+={name: x, backend: cpu}";
+    EXPECT_THAT(config_load(&cfg, path, too_many, 64, &err) == -1);
+    EXPECT_THAT(strstr(err.message, "64 entries and 1 more is over the "
+                                    "most, 64") != NULL);
+}
+
 static void test_errors(void)
 {
     config cfg;
@@ -320,6 +367,7 @@ int main(int argc, char **argv)
     test_presets();
     test_multi_device();
     test_sets();
+    test_set_lists();
     test_errors();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
