@@ -545,6 +545,22 @@ def case_batch_shares(tmp):
     if rows != [6, 2] or [q["rows"] for q in even[1]["ranks"]] != [4, 4]:
         fail(f"rows per rank: {rows}")
     require_close(even, one, "shares 1:1")
+    # The same two ranks from --set alone (no YAML file of their own):
+    # the 1-rank file's list replaced, then an entry appended; the same
+    # run as tiny2.yaml's, bit for bit.
+    entry = ("{name: %s, backend: cpu, threads: 1, price_per_hour: 0.05, "
+             "peak_tflops: 0.5, memory_gb: 24}")
+    listed_records = train(tmp, "listed", 1, ["--steps", "40"],
+                           ["cluster.devices=[" + entry % "cpu0" + "]",
+                            "cluster.devices+=" + entry % "cpu1"])[0]
+    listed = steps(listed_records)
+    names = [d["name"] for d in listed_records[0]["devices"]]
+    if names != ["cpu0", "cpu1"] or len(listed[1]["ranks"]) != 2 or any(
+            exact(listed[s]) != exact(even[s]) for s in even):
+        fail(f"the run from --set lists ({names}) is not tiny2.yaml's")
+    yamls = [f for f in os.listdir(tmp) if f.endswith((".yaml", ".yml"))]
+    if yamls:
+        fail(f"a run from --set lists wrote YAML files: {yamls}")
     worst = require_close(uneven, one, "shares 3:1")
     # With the routing warm-up and bias balancing, whose statistics and
     # noise are keyed by global sequence and token: routed alike.
