@@ -18,10 +18,13 @@
 #include "tui/cli/ctl.h"
 #include "tui/demo/demo.h"
 #include "engine/trainer/headless.h"
+#include "engine/trainer/run_dir.h"
 #include "tui/cli/plan.h"
+#include "tui/cli/ps.h"
+#include "engine/protocol/registry.h"
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
-enum { MAX_SETS = 256 };
+enum { MAX_SETS = 256, MAX_ARGS = 4 * MAX_SETS + 64 };
 
 /* The subcommands: `moectl NAME ...` runs run(argc, argv) with the whole
  * command line; `moectl --help` is generated from this table. A first word
@@ -39,17 +42,20 @@ static int check_command(int argc, char **argv);
 static int ctl_command(int argc, char **argv);
 static int attach_command(int argc, char **argv);
 static int demo_command(int argc, char **argv);
+static int ps_command(int argc, char **argv);
 
 static const subcommand subcommands[] = {
     {"run", train_command,
-     "CONFIG [--headless] [--steps N] [--metrics PATH|-]\n"
-     "[--resume CKPT|DIR] [--at STEP:COMMAND]...\n"
-     "[--script OPS] [--socket PATH]\n"
+     "CONFIG [--headless] [--steps N] [--name NAME]\n"
+     "[--metrics PATH|-] [--resume CKPT|DIR|RUN]\n"
+     "[--at STEP:COMMAND]... [--script OPS] [--socket PATH]\n"
      "[--set KEY=VALUE]...",
-     "train; a progress line goes to stderr (redrawn in place on a\n"
-     "terminal), metrics go to --metrics as JSON Lines; on a terminal,\n"
-     "opens the console on the job (detach with q, reattach with moectl\n"
-     "attach); --headless or no terminal: a progress line instead", 1},
+     "train in the run directory runs/NAME (config.yaml, metrics.jsonl,\n"
+     "checkpoints/, engine.log); a progress line goes to stderr\n"
+     "(redrawn in place on a terminal), metrics also to --metrics; on a\n"
+     "terminal, opens the console on the job (detach with q, reattach\n"
+     "with moectl attach NAME); --headless or no terminal: a progress\n"
+     "line instead", 1},
     {"check", check_command, "CONFIG [--set KEY=VALUE]...\n"
      "| --describe[=man]",
      "validate CONFIG with its overrides and print the resolved\n"
@@ -61,11 +67,16 @@ static const subcommand subcommands[] = {
      "tokens on the configured devices and on every mix of them,\n"
      "each device at its stated utilization (expected MFU);\n"
      "--json prints one JSON object", 1},
-    {"ctl", ctl_command, "SOCKET COMMAND...",
-     "send one command to a running job's control socket: pause,\n"
-     "resume, stop, checkpoint, status, lr VALUE, move L.E R", 0},
-    {"attach", attach_command, "SOCKET",
-     "open the console on a running job's control socket", 0},
+    {"ctl", ctl_command, "NAME|SOCKET COMMAND...",
+     "send one command to a running job (its run name or control\n"
+     "socket): pause, resume, stop, checkpoint, status, lr VALUE,\n"
+     "move L.E R", 0},
+    {"attach", attach_command, "NAME|SOCKET",
+     "open the console on a running job (its run name or control\n"
+     "socket)", 0},
+    {"ps", ps_command, "",
+     "list this user's running jobs: name, pid, step, ranks, status,\n"
+     "uptime, control socket (entries of dead jobs are dropped)", 0},
     {"demo", demo_command,
      "[CONFIG] [--headless] [--autoplay] [--metrics PATH]\n"
      "[--steps-per-chapter N] [--set KEY=VALUE]...",
@@ -116,9 +127,12 @@ static const char options_text[] =
     "  --headless         run without the console\n"
     "  --steps N          stop after step N; the learning-rate schedule still\n"
     "                     spans train.steps (change that with --set)\n"
-    "  --metrics PATH     write JSON Lines metrics to PATH ('-': stdout)\n"
-    "  --resume PATH      continue from a checkpoint file, or the newest one\n"
-    "                     in a checkpoint directory\n"
+    "  --name NAME        the run's name: its directory is runs/NAME\n"
+    "                     (default: the config's name and the UTC time)\n"
+    "  --metrics PATH     also write JSON Lines metrics to PATH ('-': stdout)\n"
+    "  --resume PATH      continue a run directory (runs/NAME) in place, or\n"
+    "                     from a checkpoint, or the newest one in a\n"
+    "                     checkpoint directory\n"
     "  --socket PATH      the control socket (default: a fresh private\n"
     "                     directory, printed at start)\n"
     "  --script OPS       run the commands of a script: lines STEP COMMAND,\n"
@@ -248,6 +262,7 @@ static int parse_arguments(int argc, char **argv, arguments *a)
                           strcmp(arg, "--at") == 0 ||
                           strcmp(arg, "--socket") == 0 ||
                           strcmp(arg, "--script") == 0 ||
+                          strcmp(arg, "--name") == 0 ||
                           strcmp(arg, "--repeat") == 0;
         if (takes_value && !value)
             return usage_error("option %s needs a value", arg);
@@ -262,6 +277,9 @@ static int parse_arguments(int argc, char **argv, arguments *a)
             i++;
         } else if (strcmp(arg, "--script") == 0) {
             a->headless.script = value;
+            i++;
+        } else if (strcmp(arg, "--name") == 0) {
+            a->headless.run_name = value;
             i++;
         } else if (strcmp(arg, "--at") == 0) {
             if (a->at_count == MAX_SETS)
@@ -315,7 +333,7 @@ static int parse_arguments(int argc, char **argv, arguments *a)
     a->headless.at_count = a->at_count;
     if (strcmp(a->command, "run") != 0 &&
         (a->headless.metrics || a->headless.resume || a->at_count ||
-         a->headless.socket ||
+         a->headless.socket || a->headless.run_name ||
          (!bench && a->headless.steps)))
         return usage_error("%s takes only CONFIG and --set", a->command);
     return 0;
@@ -460,10 +478,34 @@ static int run_ranks(const config *cfg, const headless_options *opt,
     return status;
 }
 
+/* A job's control socket from its run name or path; NULL when neither
+ * (said on stderr). */
+static const char *job_socket(const char *who, const char *what)
+{
+    static char socket[REGISTRY_SOCKET_MAX];
+    if (registry_socket_of(what, socket, sizeof socket) == 0)
+        return socket;
+    fprintf(stderr, "moectl %s: no running job is named %s (moectl ps lists "
+                    "them), and no such socket\n", who, what);
+    return NULL;
+}
+
 static int ctl_command(int argc, char **argv)
 {
-    return ctl_run(argc > 2 ? argv[2] : NULL, argc > 3 ? argc - 3 : 0,
-                   argv + 3);
+    const char *socket = argc > 2 ? job_socket("ctl", argv[2]) : NULL;
+    if (argc > 2 && !socket)
+        return EXIT_RUNTIME;
+    return ctl_run(socket, argc > 3 ? argc - 3 : 0, argv + 3);
+}
+
+static int ps_command(int argc, char **argv)
+{
+    (void)argv;
+    if (argc != 2) {
+        fprintf(stderr, "usage: moectl ps\n");
+        return EXIT_USAGE;
+    }
+    return ps_run(stdout);
 }
 
 /* check CONFIG ..., or check --describe[=man]: the schema's reference. */
@@ -477,15 +519,85 @@ static int check_command(int argc, char **argv)
 static int attach_command(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: moectl attach SOCKET\n");
+        fprintf(stderr, "usage: moectl attach NAME|SOCKET\n");
         return EXIT_USAGE;
     }
-    return console_attach(argv[2]);
+    const char *socket = job_socket("attach", argv[2]);
+    return socket ? console_attach(socket) : EXIT_RUNTIME;
 }
 
 static int demo_command(int argc, char **argv)
 {
     return demo_main(argc - 2, argv + 2);
+}
+
+/* The run's name and directory (engine/trainer/run_dir.h): --resume of a
+ * run directory continues that run; else --name, or the config's name and
+ * the time. A new run's name is added to the command line (--name), so
+ * that the console's job and every MPI rank use the same one. Returns 0,
+ * or EXIT_USAGE after saying why. */
+static int resolve_run(arguments *a, const config *cfg, int *argc,
+                       char ***argv)
+{
+    static char name[RUN_NAME_MAX], dir[CONFIG_PATH_MAX];
+    static char resume[CONFIG_PATH_MAX + 16];
+    static char *named[MAX_ARGS + 3];
+    headless_options *h = &a->headless;
+    char found[RUN_NAME_MAX], why[160];
+    int under_mpirun = getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE");
+    if (h->resume && run_dir_is_run(h->resume, found, sizeof found)) {
+        if (h->run_name && strcmp(h->run_name, found) != 0) {
+            fprintf(stderr, "moectl: --resume %s continues the run %s; "
+                            "--name %s would name another\n", h->resume,
+                    found, h->run_name);
+            return EXIT_USAGE;
+        }
+        snprintf(name, sizeof name, "%s", found);
+        snprintf(dir, sizeof dir, "%s", h->resume);
+        snprintf(resume, sizeof resume, "%s/checkpoints", dir);
+        h->resume = resume;
+        h->resume_run = 1;
+    } else if (h->run_name) {
+        if (run_dir_check_name(h->run_name, why, sizeof why) < 0) {
+            fprintf(stderr, "moectl: --name %s: %s\n", h->run_name, why);
+            return EXIT_USAGE;
+        }
+        snprintf(name, sizeof name, "%s", h->run_name);
+        run_dir_path(dir, sizeof dir, name);
+    } else {
+        /* The time names it; a second run in the same second gets -2. */
+        char base[RUN_NAME_MAX - 8], probe[CONFIG_PATH_MAX];
+        run_dir_default_name(base, sizeof base, cfg->name);
+        snprintf(name, sizeof name, "%s", base);
+        run_dir_path(probe, sizeof probe, name);
+        for (int k = 2; access(probe, F_OK) == 0 && k < 100; k++) {
+            snprintf(name, sizeof name, "%s-%d", base, k);
+            run_dir_path(probe, sizeof probe, name);
+        }
+        snprintf(dir, sizeof dir, "%s", probe);
+    }
+    char held[CONFIG_PATH_MAX + 16];
+    snprintf(held, sizeof held, "%s/metrics.jsonl", dir);
+    if (!h->resume_run && !under_mpirun && access(held, F_OK) == 0) {
+        fprintf(stderr, "moectl: the run directory %s already holds a run; "
+                        "give this one another --name, or continue that "
+                        "one with --resume %s\n", dir, dir);
+        return EXIT_USAGE;
+    }
+    h->run_name = name;
+    h->run_dir = dir;
+    int given = 0;
+    for (int i = 1; i < *argc; i++)
+        given |= strcmp((*argv)[i], "--name") == 0;
+    if (!given && *argc <= MAX_ARGS) {
+        memcpy(named, *argv, (size_t)*argc * sizeof *named);
+        named[*argc] = "--name";
+        named[*argc + 1] = name;
+        named[*argc + 2] = NULL;
+        *argc += 2;
+        *argv = named;
+    }
+    return 0;
 }
 
 /* On a terminal, and unless --headless: the console, which runs this same
@@ -502,7 +614,7 @@ static int console_command(const arguments *a, int argc, char **argv)
         engine[n++] = argv[i];
     engine[n++] = "--headless";
     engine[n] = NULL;
-    int status = console_launch(engine);
+    int status = console_launch(engine, a->headless.run_dir);
     free(engine);
     return status;
 }
@@ -547,6 +659,9 @@ static int train_command(int argc, char **argv)
         return bench_run(&cfg, &a.bench);
     if (strcmp(a.command, "plan") == 0)
         return plan_run(&cfg, &a.plan);
+    int status = resolve_run(&a, &cfg, &argc, &argv);
+    if (status != 0)
+        return status;
     /* A rank started by mpirun is never a console. */
     if (!a.headless_flag && isatty(STDIN_FILENO) && isatty(STDOUT_FILENO) &&
         !getenv("OMPI_COMM_WORLD_SIZE") && !getenv("PMI_SIZE"))

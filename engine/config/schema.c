@@ -280,9 +280,11 @@ static const schema_field data_fields[] = {
 };
 
 static const schema_field checkpoint_fields[] = {
-    STRING_FIELD("dir", CFG(checkpoint.dir),
-                 STRING_MAX(config, checkpoint.dir), "runs/default",
-                 "where step-NNNNNNNN.ckpt files go; a relative path "
+    OPTIONAL_STRING_FIELD("dir", CFG(checkpoint.dir),
+                 STRING_MAX(config, checkpoint.dir),
+                 "where checkpoints go; empty: the run directory's "
+                 "checkpoints/ (runs/NAME/checkpoints), so that rotation "
+                 "and --resume stay within one run; a relative path "
                  "resolves against the current directory"),
     INT_FIELD("every", CFG(checkpoint.every), 0, INT_MAX, 500, "steps",
               "checkpoint interval; 0: only at the end of the run"),

@@ -13,6 +13,8 @@ struct metrics_sink {
     FILE *f; /* NULL: no file */
     int owned;
     char path[CONFIG_PATH_MAX];
+    FILE *run_file; /* the run directory's metrics.jsonl, or NULL */
+    char run_path[CONFIG_PATH_MAX + 32];
     control_server *control;
     char run_id[RECORD_RUN_ID_MAX];
     record_state state; /* written into step records */
@@ -75,10 +77,22 @@ int metrics_open(metrics_sink **out, const char *path, const char *run_name,
     return 0;
 }
 
+int metrics_add_run_file(metrics_sink *sink, const char *path, int append,
+                         moe_error *err)
+{
+    snprintf(sink->run_path, sizeof sink->run_path, "%s", path);
+    sink->run_file = fopen(path, append ? "a" : "w");
+    if (!sink->run_file)
+        return error_set_errno(err, "cannot open metrics file %s", path);
+    return 0;
+}
+
 void metrics_close(metrics_sink *sink)
 {
     if (!sink)
         return;
+    if (sink->run_file)
+        fclose(sink->run_file);
     if (sink->owned)
         fclose(sink->f);
     else if (sink->f)
@@ -99,6 +113,14 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
     int failed = sink->f && (fputs(text, sink->f) == EOF ||
                              fputc('\n', sink->f) == EOF ||
                              fflush(sink->f) != 0);
+    const char *failed_path = sink->path;
+    if (!failed && sink->run_file &&
+        (fputs(text, sink->run_file) == EOF ||
+         fputc('\n', sink->run_file) == EOF ||
+         fflush(sink->run_file) != 0)) {
+        failed = 1;
+        failed_path = sink->run_path;
+    }
     /* Clients hear of a record once it is in the file. */
     if (sink->control) {
         control_broadcast(sink->control, text);
@@ -116,7 +138,8 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
     json_decref(record);
     free(text);
     if (failed)
-        return error_set_errno(err, "cannot write metrics to %s", sink->path);
+        return error_set_errno(err, "cannot write metrics to %s",
+                               failed_path);
     return 0;
 }
 

@@ -551,10 +551,10 @@ static void measure_ranks(const config *base, const bench_options *opt,
     if (ranks > 1)
         snprintf(move, sizeof move, "--at '%d:move 0.0 1'", opt->warmup);
     snprintf(command_line, sizeof command_line,
-             "'%s' run %s --steps %d --metrics %s %s "
-             "--set train.eval_every=0 --set checkpoint.every=0 "
+             "MOECTL_RUNS_DIR=%s/runs '%s' run %s --steps %d --metrics %s "
+             "%s --set train.eval_every=0 --set checkpoint.every=0 "
              "--set checkpoint.dir=%s/ckpt >/dev/null 2>&1",
-             self, yaml, steps, metrics, move, dir);
+             dir, self, yaml, steps, metrics, move, dir);
     int status = self[0] ? system(command_line) : -1;
     FILE *in = status == 0 ? fopen(metrics, "r") : NULL;
     if (!in) {

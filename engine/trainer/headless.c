@@ -6,13 +6,16 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "engine/balance/cost.h"
 #include "engine/core/format.h"
 #include "engine/protocol/command.h"
 #include "engine/protocol/control.h"
+#include "engine/protocol/registry.h"
 #include "engine/protocol/script.h"
+#include "engine/trainer/run_dir.h"
 #include "engine/trainer/train.h"
 
 int headless_check_steps(const config *cfg, const headless_options *opt,
@@ -242,14 +245,53 @@ static int open_channels(const config *cfg, const headless_options *opt,
                          metrics_sink **metrics, control_server **control,
                          moe_error *err)
 {
+    if (opt->run_dir &&
+        run_dir_prepare(opt->run_dir, cfg, opt->resume_run, err) < 0)
+        return 1;
     if (metrics_open(metrics, opt->metrics, cfg->name, err) < 0)
+        return 1;
+    char run_metrics[CONFIG_PATH_MAX + 32];
+    snprintf(run_metrics, sizeof run_metrics, "%s/metrics.jsonl",
+             opt->run_dir ? opt->run_dir : "");
+    if (opt->run_dir && metrics_add_run_file(*metrics, run_metrics,
+                                             opt->resume_run, err) < 0)
         return 1;
     if (control_open(control, opt->socket, err) < 0)
         return opt->socket ? 2 : 1;
     metrics_attach_control(*metrics, *control);
     fprintf(stderr, "moectl: control socket %s (moectl ctl %s status)\n",
             control_path(*control), control_path(*control));
+    if (opt->run_dir)
+        fprintf(stderr, "moectl: run %s in %s\n", opt->run_name,
+                opt->run_dir);
     return 0;
+}
+
+/* Lists the job in the per-user registry (moectl ps) and notes its socket
+ * in the run directory; a failure only costs the listing. */
+static void register_job(const config *cfg, const headless_options *opt,
+                         const control_server *control, int ranks,
+                         char *entry_path, size_t size)
+{
+    entry_path[0] = '\0';
+    if (!opt->run_dir)
+        return;
+    run_dir_note_socket(opt->run_dir, control_path(control));
+    registry_entry e = {.pid = (long)getpid(), .ranks = ranks};
+    snprintf(e.name, sizeof e.name, "%s", opt->run_name);
+    if (!realpath(opt->run_dir, e.run_dir))
+        snprintf(e.run_dir, sizeof e.run_dir, "%s", opt->run_dir);
+    snprintf(e.socket, sizeof e.socket, "%s", control_path(control));
+    snprintf(e.config, sizeof e.config, "%s", cfg->source);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    e.started = (double)now.tv_sec + now.tv_nsec / 1e9;
+    moe_error err;
+    if (registry_add(&e, entry_path, size, &err) < 0) {
+        fprintf(stderr, "moectl: %s (moectl ps will not list this job)\n",
+                err.message);
+        entry_path[0] = '\0';
+    }
 }
 
 static void announce_start(const config *cfg, const trainer *t,
@@ -287,10 +329,18 @@ static int announce_end(const config *cfg, const run_summary *summary,
     return status;
 }
 
-int headless_run(const config *cfg, const headless_options *opt,
+int headless_run(const config *given, const headless_options *opt,
                  const comm *c)
 {
     moe_error err = {{0}};
+    /* Checkpoints go to the run directory unless checkpoint.dir says. */
+    static config run_cfg;
+    run_cfg = *given;
+    const config *cfg = &run_cfg;
+    if (opt->run_dir && !run_cfg.checkpoint.dir[0])
+        snprintf(run_cfg.checkpoint.dir, sizeof run_cfg.checkpoint.dir,
+                 "%s/checkpoints", opt->run_dir);
+    char entry_path[CONFIG_PATH_MAX + 32] = "";
     int last_step = opt->steps > 0 ? opt->steps : cfg->train.steps;
     if (headless_check_steps(cfg, opt, c->rank == 0) < 0)
         return 2;
@@ -319,6 +369,9 @@ int headless_run(const config *cfg, const headless_options *opt,
     if (c->rank == 0 &&
         (status = open_channels(cfg, opt, &metrics, &control, &err)) != 0)
         goto done;
+    if (c->rank == 0)
+        register_job(cfg, opt, control, c->world, entry_path,
+                     sizeof entry_path);
     status = 1;
 
     progress_state p = {
@@ -364,6 +417,9 @@ done:
         else
             fprintf(stderr, "moectl: rank %d: %s\n", c->rank, err.message);
     }
+    registry_remove(entry_path);
+    if (entry_path[0])
+        run_dir_note_socket(opt->run_dir, NULL);
     metrics_close(metrics);
     control_close(control);
     trainer_destroy(t);

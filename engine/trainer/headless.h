@@ -15,6 +15,10 @@ typedef struct headless_options {
     const char *const *at;   /* "STEP:COMMAND" lines (--at), in any order */
     int at_count;
     const char *script;      /* --script: a headless script, or NULL */
+    const char *run_name;    /* --name: the run directory's name, or NULL */
+    const char *run_dir;     /* ROOT/NAME (run_dir.h), or NULL: none */
+    int resume_run;          /* --resume named a run directory: continue it
+                                (append to its metrics) */
 } headless_options;
 
 /* Exit status: 0 done, 1 runtime failure, 2 bad input (a malformed

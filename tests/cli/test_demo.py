@@ -274,7 +274,8 @@ def case_console(tmp):
 
     metrics = os.path.join(tmp, "demo.jsonl")
     done = os.path.join(tmp, "exit-status")
-    command = " ".join(f"'{a}'" for a in demo_args(tmp, metrics)) + \
+    command = f"cd '{tmp}' && " + \
+        " ".join(f"'{a}'" for a in demo_args(tmp, metrics)) + \
         f" --autoplay; echo $? > {done}; sleep 30"
     tmux("new-session", "-d", "-s", session, "-x", "100", "-y", "30",
          "-e", "LANG=C.UTF-8", "-e", "NO_COLOR=1", command)

@@ -244,12 +244,12 @@ int console_attach(const char *socket_path)
     return status;
 }
 
-int console_launch(char *const *engine_argv)
+int console_launch(char *const *engine_argv, const char *run_dir)
 {
-    return console_launch_narrated(engine_argv, NULL);
+    return console_launch_narrated(engine_argv, run_dir, NULL);
 }
 
-int console_launch_narrated(char *const *engine_argv,
+int console_launch_narrated(char *const *engine_argv, const char *run_dir,
                             const console_narrator *narrator)
 {
     static console c;
@@ -258,6 +258,7 @@ int console_launch_narrated(char *const *engine_argv,
     job_launch job;
     /* The job outlives the console: a session of its own. */
     if (job_launch_init(&job, "moectl", "moectl-console") < 0 ||
+        (run_dir && job_launch_log_in(&job, run_dir) < 0) ||
         job_launch_start(&job, engine_argv, 1) < 0 ||
         job_launch_connect(&job, &c.client, CONNECT_TIMEOUT_MS) < 0) {
         job_launch_kill(&job);

@@ -5,10 +5,12 @@
 #define MOECTL_TUI_CONSOLE_H
 
 /* Opens the console on a new job: `engine_argv` (NULL-terminated) is the
- * command line that runs the job headless (it gets --socket added).
+ * command line that runs the job headless (it gets --socket added);
+ * run_dir: the run's directory, where the job's log goes (NULL: the
+ * private directory of its socket).
  * Returns an exit status: 0 detached or done, 3 stopped, 1 lost the job
  * or could not start it. */
-int console_launch(char *const *engine_argv);
+int console_launch(char *const *engine_argv, const char *run_dir);
 
 /* Opens the console on a running job's control socket. */
 int console_attach(const char *socket_path);
@@ -37,7 +39,7 @@ typedef struct console_narrator {
 } console_narrator;
 
 /* console_launch with a narrator (NULL: none). */
-int console_launch_narrated(char *const *engine_argv,
+int console_launch_narrated(char *const *engine_argv, const char *run_dir,
                             const console_narrator *narrator);
 
 #endif

@@ -23,7 +23,7 @@ enum { CONSOLE_HISTORY_LINES = 32, CONSOLE_INPUT_MAX = 200 };
 typedef struct console {
     job_client client;       /* the control socket */
     char socket_path[108];
-    char log_path[256];      /* the engine's log, when we launched it */
+    char log_path[4096 + 16]; /* the engine's log, when we launched it */
     view v;
     int utf8, color;
     console_mode mode;

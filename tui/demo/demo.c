@@ -1,6 +1,7 @@
 /* `moectl demo`: its options, the job it starts (through tui/job's
  * launcher), and the two ways it tells the story (tui/demo/story.c):
  * printed as text (headless), or in the console's narration pane. */
+#include "engine/trainer/run_dir.h"
 #include "tui/demo/demo.h"
 
 #include <errno.h>
@@ -123,7 +124,7 @@ static int tell_headless(demo *d, job_client *client)
 }
 
 static int run_headless(demo *d, char **engine_argv, job_launch *job,
-                        const char *metrics_path)
+                        const char *metrics_path, const char *run_dir)
 {
     static const int signals[] = {SIGINT, SIGTERM, 0};
     signals_install(on_demo_signal, signals);
@@ -145,9 +146,9 @@ static int run_headless(demo *d, char **engine_argv, job_launch *job,
     int exit_status = job_launch_wait(job, 1);
     int clean = exit_status == 0 || exit_status == 3;
     if (d->story_over && !failed && clean) {
-        printf("\nThe job %s at step %d; its checkpoints are in %s.\n"
-               "metrics: %s\n", d->v.status, d->v.step,
-               d->cfg->checkpoint.dir, metrics_path);
+        printf("\nThe job %s at step %d; its run directory (checkpoints, "
+               "metrics, log) is %s.\nmetrics: %s\n", d->v.status,
+               d->v.step, run_dir, metrics_path);
         return 0;
     }
     if (!clean) {
@@ -221,7 +222,7 @@ static void narration_next(void *ctx)
 }
 
 static int run_console(demo *d, char **engine_argv, int autoplay,
-                       const char *metrics_path)
+                       const char *metrics_path, const char *run_dir)
 {
     static demo_narration n;
     n.d = d;
@@ -236,7 +237,7 @@ static int run_console(demo *d, char **engine_argv, int autoplay,
         .title = d->title,
         .text = n.text,
     };
-    int status = console_launch_narrated(engine_argv, &narrator);
+    int status = console_launch_narrated(engine_argv, run_dir, &narrator);
     printf("moectl demo: metrics: %s\n", metrics_path);
     /* Stopped by q is how the demo ends. */
     return status == 3 ? 0 : status;
@@ -336,10 +337,11 @@ static int parse_options(int argc, char **argv, demo_options *o)
     return 0;
 }
 
-/* `moectl run CONFIG --headless --metrics PATH --set ...`, NULL-ended. */
-static char **engine_command(const demo_options *o, const char *metrics_path)
+/* `moectl run CONFIG --headless --name NAME [--metrics PATH] --set ...`,
+ * NULL-ended. */
+static char **engine_command(const demo_options *o, const char *run_name)
 {
-    char **engine = calloc((size_t)o->set_count * 2 + 8, sizeof *engine);
+    char **engine = calloc((size_t)o->set_count * 2 + 10, sizeof *engine);
     if (!engine)
         return NULL;
     int n = 0;
@@ -347,8 +349,12 @@ static char **engine_command(const demo_options *o, const char *metrics_path)
     engine[n++] = "run";
     engine[n++] = (char *)o->config_path;
     engine[n++] = "--headless";
-    engine[n++] = "--metrics";
-    engine[n++] = (char *)metrics_path;
+    engine[n++] = "--name";
+    engine[n++] = (char *)run_name;
+    if (o->metrics) {
+        engine[n++] = "--metrics";
+        engine[n++] = (char *)o->metrics;
+    }
     for (int i = 0; i < o->set_count; i++) {
         engine[n++] = "--set";
         engine[n++] = (char *)o->sets[i];
@@ -376,26 +382,28 @@ int demo_main(int argc, char **argv)
         return DEMO_EXIT_USAGE;
     }
     static demo d;
-    /* A private directory for the job's socket and log and (unless
-     * --metrics) its metrics, which stay for whoever wants to check. */
+    /* The job's run directory (runs/NAME: its log, metrics, checkpoints)
+     * and a private directory for its socket. */
+    static char run_name[RUN_NAME_MAX], run_dir[CONFIG_PATH_MAX];
+    static char metrics_path[CONFIG_PATH_MAX + 32];
+    run_dir_default_name(run_name, sizeof run_name, cfg.name);
+    run_dir_path(run_dir, sizeof run_dir, run_name);
+    snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl", run_dir);
+    if (o.metrics)
+        snprintf(metrics_path, sizeof metrics_path, "%s", o.metrics);
     job_launch job;
     if (demo_init(&d, o.window, &cfg) < 0 ||
-        job_launch_init(&job, "moectl demo", "moectl-demo") < 0) {
+        job_launch_init(&job, "moectl demo", "moectl-demo") < 0 ||
+        job_launch_log_in(&job, run_dir) < 0) {
         demo_finish(&d);
         return DEMO_EXIT_RUNTIME;
     }
-    static char metrics_path[CONFIG_PATH_MAX];
-    snprintf(metrics_path, sizeof metrics_path, "%s", o.metrics ? o.metrics
-                                                                : job.dir);
-    if (!o.metrics)
-        snprintf(metrics_path, sizeof metrics_path, "%s/metrics.jsonl",
-                 job.dir);
-    char **engine = engine_command(&o, metrics_path);
+    char **engine = engine_command(&o, run_name);
     int status = DEMO_EXIT_RUNTIME;
     if (engine && o.headless)
-        status = run_headless(&d, engine, &job, metrics_path);
+        status = run_headless(&d, engine, &job, metrics_path, run_dir);
     else if (engine)
-        status = run_console(&d, engine, o.autoplay, metrics_path);
+        status = run_console(&d, engine, o.autoplay, metrics_path, run_dir);
     job_launch_finish(&job);
     free(engine);
     demo_finish(&d);

@@ -30,6 +30,26 @@ int job_launch_init(job_launch *j, const char *who, const char *prefix)
     return 0;
 }
 
+int job_launch_log_in(job_launch *j, const char *run_dir)
+{
+    char path[sizeof j->log_path];
+    snprintf(path, sizeof path, "%s", run_dir);
+    for (char *p = path + 1; *p; p++) /* mkdir -p */
+        if (*p == '/') {
+            *p = '\0';
+            if (mkdir(path, 0755) < 0 && errno != EEXIST)
+                break;
+            *p = '/';
+        }
+    if (mkdir(path, 0755) < 0 && errno != EEXIST) {
+        fprintf(stderr, "%s: cannot create the run directory %s: %s\n",
+                j->who, run_dir, strerror(errno));
+        return -1;
+    }
+    snprintf(j->log_path, sizeof j->log_path, "%s/engine.log", run_dir);
+    return 0;
+}
+
 /* In the child: input from /dev/null, output to the log, then the job. */
 static void exec_job(const job_launch *j, char **argv, int detach)
 {

@@ -17,7 +17,8 @@ typedef struct job_launch {
     const char *who;                      /* "moectl", "moectl demo" */
     char dir[64];                         /* the private directory */
     char socket_path[JOB_LAUNCH_PATH_MAX];
-    char log_path[JOB_LAUNCH_PATH_MAX];
+    char log_path[4096 + 16];             /* the private dir's, or the run
+                                             directory's engine.log */
     pid_t pid;                            /* 0: not started */
     int reaped;
     int exit_status;                      /* once reaped; -1 by a signal */
@@ -27,6 +28,11 @@ typedef struct job_launch {
  * engine.log in it. who prefixes the messages. Returns 0, or -1 with the
  * reason printed on stderr. */
 int job_launch_init(job_launch *j, const char *who, const char *prefix);
+
+/* The job's log goes to RUN_DIR/engine.log (the run directory, created
+ * when missing) instead of the private directory. Returns 0, or -1 with
+ * the reason printed. */
+int job_launch_log_in(job_launch *j, const char *run_dir);
 
 /* Starts the job: argv (NULL-terminated, argv[0] any name) is the command
  * line after this executable, and gets `--socket PATH` appended. Its input
