@@ -15,6 +15,7 @@ struct metrics_sink {
     char path[CONFIG_PATH_MAX];
     FILE *run_file; /* the run directory's metrics.jsonl, or NULL */
     char run_path[CONFIG_PATH_MAX + 32];
+    char run_dir[CONFIG_PATH_MAX]; /* absolute, or "" */
     control_server *control;
     char run_id[RECORD_RUN_ID_MAX];
     record_state state; /* written into step records */
@@ -77,13 +78,17 @@ int metrics_open(metrics_sink **out, const char *path, const char *run_name,
     return 0;
 }
 
-int metrics_add_run_file(metrics_sink *sink, const char *path, int append,
-                         moe_error *err)
+int metrics_add_run_file(metrics_sink *sink, const char *run_dir,
+                         int append, moe_error *err)
 {
-    snprintf(sink->run_path, sizeof sink->run_path, "%s", path);
-    sink->run_file = fopen(path, append ? "a" : "w");
+    if (!realpath(run_dir, sink->run_dir))
+        snprintf(sink->run_dir, sizeof sink->run_dir, "%s", run_dir);
+    snprintf(sink->run_path, sizeof sink->run_path, "%s/metrics.jsonl",
+             run_dir);
+    sink->run_file = fopen(sink->run_path, append ? "a" : "w");
     if (!sink->run_file)
-        return error_set_errno(err, "cannot open metrics file %s", path);
+        return error_set_errno(err, "cannot open metrics file %s",
+                               sink->run_path);
     return 0;
 }
 
@@ -217,6 +222,8 @@ int metrics_write_run(metrics_sink *sink, const config *cfg, const model *m,
     record_set_int(r, RECORD_RUN_steps, cfg->train.steps);
     record_set_json(r, RECORD_RUN_model, model_part(&m->dims));
     record_set_int(r, RECORD_RUN_resumed_from, resumed_step);
+    record_set_string(r, RECORD_RUN_run_dir,
+                      sink->run_dir[0] ? sink->run_dir : NULL);
     record_set_string(r, RECORD_RUN_currency, cfg->cluster.currency);
     record_set_json(r, RECORD_RUN_balance, balance_part(cfg));
     return emit(sink, r, err);

@@ -108,10 +108,10 @@ typedef struct run_summary {
  * run_id of every record (record.h). */
 int metrics_open(metrics_sink **out, const char *path, const char *run_name,
                  moe_error *err);
-/* Every record also goes to `path` (the run directory's metrics.jsonl),
- * appended to when `append` (a resumed run). */
-int metrics_add_run_file(metrics_sink *sink, const char *path, int append,
-                         moe_error *err);
+/* Every record also goes to RUN_DIR/metrics.jsonl, appended to when
+ * `append` (a resumed run); the run record names the directory. */
+int metrics_add_run_file(metrics_sink *sink, const char *run_dir,
+                         int append, moe_error *err);
 /* Every record written from now on also goes to the clients of s, whose
  * replies carry the same run_id. */
 void metrics_attach_control(metrics_sink *sink, struct control_server *s);

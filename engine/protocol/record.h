@@ -89,6 +89,7 @@ typedef enum record_presence {
     X(RUN, steps, INT, ALWAYS, "steps", NONE)                                  \
     X(RUN, model, OBJECT, ALWAYS, "", MODEL)                                   \
     X(RUN, resumed_from, INT, ALWAYS, "step", NONE)                            \
+    X(RUN, run_dir, STRING, NULLABLE, "path", NONE)                            \
     X(RUN, currency, STRING, ALWAYS, "", NONE)                                 \
     X(RUN, balance, OBJECT, ALWAYS, "", BALANCE)                               \
     X(DEVICE, name, STRING, ALWAYS, "", NONE)                                  \

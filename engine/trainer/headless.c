@@ -250,10 +250,7 @@ static int open_channels(const config *cfg, const headless_options *opt,
         return 1;
     if (metrics_open(metrics, opt->metrics, cfg->name, err) < 0)
         return 1;
-    char run_metrics[CONFIG_PATH_MAX + 32];
-    snprintf(run_metrics, sizeof run_metrics, "%s/metrics.jsonl",
-             opt->run_dir ? opt->run_dir : "");
-    if (opt->run_dir && metrics_add_run_file(*metrics, run_metrics,
+    if (opt->run_dir && metrics_add_run_file(*metrics, opt->run_dir,
                                              opt->resume_run, err) < 0)
         return 1;
     if (control_open(control, opt->socket, err) < 0)

@@ -270,11 +270,11 @@ def run_checks(metrics):
     wait_for(lambda: "Expert load" in screen() and last_step(metrics),
              "the console to draw a running job")
     wait_for(lambda: re.search(r"step (\d+)/1000000", screen()) and
-             re.search(r"Loss \d+\.\d{4}", screen()), "the header and loss")
+             re.search(r"Loss \S+ \d+\.\d{4}", screen()), "the header and loss")
     s = screen()
     # Numbers on screen match the metrics file (written before the console
     # hears of a record).
-    m = re.search(r"Loss (\d+\.\d{4})", s)
+    m = re.search(r"Loss \S+ (\d+\.\d{4})", s)
     losses = {f"{r['loss']:.4f}" for r in records(metrics)
               if r["type"] == "step"}
     if m.group(1) not in losses:
@@ -427,14 +427,29 @@ def run_checks(metrics):
          f"echo ATTACH-EXIT $?; sleep 60")
     wait_for(lambda: re.search(r"step \d+/1000000", screen()),
              "the attached console to show the job")
+    # The whole run's history, read from the run directory: the plot's
+    # step axis starts at step 1, not where the console attached.
+    wait_for(lambda: re.search(r"^ +step 1 ", screen(), re.M),
+             "the attached console's plot to start at step 1")
     keys("s")
     keys("y")
-    wait_for(lambda: "ATTACH-EXIT" in screen(), "the job to stop", 60)
-    if "ATTACH-EXIT 3" not in screen():
-        fail("stopping from the console should end with status 3")
+    # The end: the summary stays on the screen until a key.
+    end = wait_for(lambda: "Press any key to leave." in screen() and screen(),
+                   "the end screen", 60)
     summary = records(metrics)[-1]
     if summary["type"] != "summary" or summary["status"] != "stopped":
         fail(f"the job did not stop cleanly: {summary}")
+    want = [f"The job stopped at step {summary['last_step']}.",
+            f"loss {summary['loss']:.4f}",
+            f"tokens/s {summary['tokens_per_s']:.0f}",
+            "run directory "]
+    missing = [w for w in want if w not in end]
+    if missing or "ATTACH-EXIT" in end:
+        fail(f"the end screen lacks {missing} (or the console left)")
+    keys("x")
+    wait_for(lambda: "ATTACH-EXIT" in screen(), "the console to leave", 30)
+    if "ATTACH-EXIT 3" not in screen():
+        fail("stopping from the console should end with status 3")
     return None
 
 

@@ -5,7 +5,9 @@
  * learned from the records' "state" fields, never from reply text. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "tui/console/view.h"
 
@@ -380,8 +382,77 @@ static void check_late_attach(void)
     view_finish(&v);
 }
 
+/* The whole run's loss from step 1, downsampled: 10,000 steps fill the
+ * slots at stride 4 (each slot the mean of its 4 steps); a step seen
+ * twice counts once; validation points land in their slots. Then the
+ * same history from a metrics file (the attach path), step records read
+ * by their lead fields. */
+static void check_history(void)
+{
+    view v;
+    view_init(&v);
+    for (int step = 1; step <= 10000; step++) {
+        double loss = 1000.0 / step + (step % 7) * 0.01;
+        char line[256];
+        snprintf(line, sizeof line,
+                 "{\"type\":\"step\",\"step\":%d,\"loss\":%.17g}", step,
+                 loss);
+        view_apply(&v, line);
+        if (step == 5000) /* again: no second sample */
+            view_apply(&v, line);
+    }
+    view_apply(&v, "{\"type\":\"val\",\"step\":5000,\"val_loss\":0.5}");
+    EXPECT(v.history_first_step == 1 && v.history_stride == 4 &&
+               v.history_count == 2500 && v.history_last_step == 10000,
+           "history: first %d stride %d count %d last %d",
+           v.history_first_step, v.history_stride, v.history_count,
+           v.history_last_step);
+    int bad = 0;
+    for (int slot = 0; slot < 2500; slot++) {
+        double want = 0;
+        for (int step = 1 + 4 * slot; step <= 4 + 4 * slot; step++)
+            want += (1000.0 / step + (step % 7) * 0.01) / 4;
+        bad += !(fabs(v.loss_history[slot] - want) <= 1e-9 * want) ||
+               v.loss_n[slot] != 4;
+    }
+    EXPECT(bad == 0, "history: %d slots are not the mean of their 4 steps",
+           bad);
+    EXPECT(near(v.val_history[(5000 - 1) / 4], 0.5) &&
+               isnan(v.val_history[0]),
+           "history: the validation point in its slot");
+
+    char path[] = "/tmp/moectl-view-history-XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fd >= 0 ? fdopen(fd, "w") : NULL;
+    EXPECT(f != NULL, "a temporary metrics file");
+    if (!f) {
+        view_finish(&v);
+        return;
+    }
+    fprintf(f, "{\"type\":\"run\",\"config\":\"other\"}\n");
+    for (int step = 1; step <= 300; step++)
+        fprintf(f, "{\"type\":\"step\",\"step\":%d,\"loss\":%.17g,"
+                   "\"lr\":0.01}\n", step, 3.0 - step * 0.001);
+    fprintf(f, "{\"type\":\"val\",\"step\":300,\"val_loss\":2.75,"
+               "\"schema\":2,\"time\":1,\"run_id\":\"r\"}\n");
+    fclose(f);
+    view w;
+    view_init(&w);
+    int read = view_load_history(&w, path);
+    unlink(path);
+    EXPECT(read == 301 && w.history_first_step == 1 &&
+               w.history_count == 300 && near(w.loss_history[299], 2.7) &&
+               near(w.val_history[299], 2.75) && w.event_count == 1 &&
+               strcmp(w.config, "other") != 0,
+           "history from a file: read %d, count %d, events %d", read,
+           w.history_count, w.event_count);
+    view_finish(&w);
+    view_finish(&v);
+}
+
 int main(void)
 {
+    check_history();
     check_figures();
     check_older_engine();
     check_straggler();

@@ -71,6 +71,15 @@ static int fold_record(void *ctx, const char *line)
 {
     console *c = ctx;
     view_apply(&c->v, line);
+    /* The job replays its run record first on attach: the run's history
+     * up to now is in its directory's metrics, read before the live step
+     * records that follow. */
+    if (!c->v.history_loaded && c->v.have_run && c->v.run_dir[0]) {
+        char path[sizeof c->v.run_dir + 16];
+        snprintf(path, sizeof path, "%s/metrics.jsonl", c->v.run_dir);
+        c->v.history_loaded = 1;
+        view_load_history(&c->v, path);
+    }
     if (c->narrator)
         c->narrator->record(c->narrator->ctx, line);
     if (c->v.policy == c->policy_wanted)
@@ -142,18 +151,45 @@ static int job_ended(const console *c)
  * status: 0 detached or done, 3 stopped, 1 lost the job. */
 static int say_goodbye(const console *c, int left, int status)
 {
-    if (left && c->connected)
+    if (left && c->connected) {
+        const char *name = strrchr(c->v.run_dir, '/');
         printf("moectl: detached; the job goes on. Reattach with:\n"
-               "  moectl attach %s\n", c->socket_path);
+               "  moectl attach %s\n", name ? name + 1 : c->socket_path);
+    }
     else if (strcmp(c->v.status, "stopped") == 0 ||
              strcmp(c->v.status, "done") == 0)
-        printf("moectl: the job %s at step %d\n", c->v.status, c->v.step);
+        printf("moectl: the job %s at step %d%s%s\n", c->v.status, c->v.step,
+               c->v.run_dir[0] ? "; its run directory: " : "", c->v.run_dir);
     else if (!c->connected) {
         printf("moectl: lost the job's control socket%s%s\n",
                c->log_path[0] ? "; its log: " : "", c->log_path);
         return 1;
     }
     return status;
+}
+
+/* The job ended: its summary stays on the screen until a key (or a
+ * signal); the story's console, which ends with the story, leaves after a
+ * second. */
+static void wait_at_end(console *c)
+{
+    c->ended = 1;
+    console_draw(c);
+    if (c->narrator) {
+        struct timespec nap = {1, 0};
+        nanosleep(&nap, NULL);
+        return;
+    }
+    while (!quit_signal) {
+        int key = getch();
+        if (key == KEY_RESIZE) {
+            console_draw(c);
+            continue;
+        }
+        if (key != ERR)
+            return;
+        wait_for_input(c, KEY_WAIT_MS);
+    }
 }
 
 /* Runs until the operator leaves or the job ends; returns an exit status
@@ -194,10 +230,8 @@ static int run_console(console *c)
             drawn_at = 0; /* a key's answer shows at once */
         }
         if (job_ended(c)) {
-            console_draw(c);
             status = strcmp(c->v.status, "stopped") == 0 ? 3 : 0;
-            struct timespec nap = {1, 0};
-            nanosleep(&nap, NULL);
+            wait_at_end(c);
             break;
         }
         if (!left && !c->dirty)

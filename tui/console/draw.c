@@ -204,6 +204,49 @@ static void draw_help(const console *c, int rows, int cols)
     }
 }
 
+/* The end: the run's summary over the last screen, until a key. Paths
+ * too long for the box lose their start, never their end. */
+static void draw_end(const console *c, int rows, int cols)
+{
+    const view *v = &c->v;
+    enum { END_LINES = 9 };
+    char lines[END_LINES][160];
+    int n = 0, width = cols - 4 < 76 ? cols - 4 : 76;
+    char loss[32], val[32], tps[32], mfu[32], cost[32], took[32];
+    format_real(loss, sizeof loss, "%.4f", v->summary_loss);
+    format_real(val, sizeof val, "%.4f", v->summary_val_loss);
+    format_real(tps, sizeof tps, "%.0f", v->summary_tokens_per_s);
+    format_real(mfu, sizeof mfu, "%.3g%%", v->summary_mfu * 100);
+    format_real(cost, sizeof cost, "%.4g", v->summary_cost_per_mtok);
+    format_duration(took, sizeof took, v->summary_elapsed_s);
+    snprintf(lines[n++], sizeof lines[0], "The job %s at step %d.",
+             v->status, v->summary_last_step);
+    snprintf(lines[n++], sizeof lines[0], "loss %s   val_loss %s", loss, val);
+    snprintf(lines[n++], sizeof lines[0], "tokens/s %s   MFU %s   took %s",
+             tps, mfu, took);
+    snprintf(lines[n++], sizeof lines[0], "cost %s %s per 1M tokens", cost,
+             v->currency);
+    const char *paths[2] = {v->summary_checkpoint, v->run_dir};
+    const char *labels[2] = {"checkpoint ", "run directory "};
+    for (int i = 0; i < 2; i++) {
+        const char *p = paths[i][0] ? paths[i] : "none";
+        int room = width - 4 - (int)strlen(labels[i]);
+        int len = (int)strlen(p);
+        snprintf(lines[n++], sizeof lines[0], "%s%s%.*s", labels[i],
+                 len > room ? "..." : "", room, len > room ? p + len - room + 3
+                                                           : p);
+    }
+    snprintf(lines[n++], sizeof lines[0], " ");
+    snprintf(lines[n++], sizeof lines[0], "Press any key to leave.");
+    int top = rows / 2 - n / 2 - 1, left = cols / 2 - width / 2;
+    left = left < 0 ? 0 : left;
+    for (int i = -1; i <= n; i++) {
+        mvhline(top + 1 + i, left, ' ', width);
+        if (i >= 0 && i < n)
+            mvprintw(top + 1 + i, left + 2, "%.*s", width - 4, lines[i]);
+    }
+}
+
 void console_draw(console *c)
 {
     int rows, cols;
@@ -229,6 +272,8 @@ void console_draw(console *c)
     }
     if (c->mode == MODE_HELP)
         draw_help(c, rows, cols);
+    if (c->ended && c->v.have_summary)
+        draw_end(c, rows, cols);
     draw_footer(c, &lay.panel[LAYOUT_FOOTER]);
     refresh();
     c->dirty = 0;

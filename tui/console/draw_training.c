@@ -9,19 +9,67 @@
 #include "tui/console/format.h"
 #include "tui/console/plot.h"
 
+/* The step axis under the plot: the first step at the left of the plot
+ * area, the newest at the right, "step" between. */
+static void draw_step_axis(const view *v, int row, int col, int cols)
+{
+    enum { AXIS_COLS = 8 };
+    char first[24], last[24];
+    snprintf(first, sizeof first, "%d", v->history_first_step);
+    snprintf(last, sizeof last, "%d", v->history_last_step);
+    int room = cols - AXIS_COLS;
+    int right = col + cols - (int)strlen(last);
+    mvaddstr(row, col + AXIS_COLS - 5, "step");
+    mvaddstr(row, col + AXIS_COLS, first);
+    if (room > (int)(strlen(first) + strlen(last)) + 1)
+        mvaddstr(row, right, last);
+    if (v->history_stride > 1 && room > 40) {
+        char per[32];
+        snprintf(per, sizeof per, "(%d steps a point)", v->history_stride);
+        mvaddstr(row, col + AXIS_COLS + room / 2 - (int)strlen(per) / 2, per);
+    }
+}
+
+/* Validation points over the plot, so they stand apart from the training
+ * loss: a bold mark, coloured where the terminal has colour. */
+static void mark_validation(const console *c, const layout_rect *r, int rows,
+                            int cols, plot_range range)
+{
+    const view *v = &c->v;
+    attr_t attrs = A_BOLD | (c->color ? COLOR_PAIR(COLOR_PAIR_WARM) : 0);
+    /* At most one mark in three columns: every k-th point when more. */
+    int points = 0;
+    for (int i = 0; i < v->history_count; i++)
+        points += isfinite(v->val_history[i]) != 0;
+    int every = points > cols / 3 ? (points + cols / 3 - 1) / (cols / 3) : 1;
+    for (int i = 0, k = 0; i < v->history_count; i++) {
+        int row, col;
+        if (isfinite(v->val_history[i]) && k++ % every == 0 &&
+            plot_point_cell(rows, cols, 8, v->history_count, c->utf8, range,
+                            i, v->val_history[i], &row, &col) == 0) {
+            attron(attrs);
+            mvaddstr(r->row + 1 + row, r->col + col, c->utf8 ? "\u25cf" : "o");
+            attroff(attrs);
+        }
+    }
+}
+
 void draw_loss(console *c, const layout_rect *r)
 {
     const view *v = &c->v;
     char title[128], val[32] = "n/a";
+    const char *train_mark = c->utf8 ? "\u28ff" : "*";
+    const char *val_mark = c->utf8 ? "\u25cf" : "o";
     if (v->have_val)
         snprintf(val, sizeof val, "%.4f", v->val_loss);
     if (v->have_step)
-        snprintf(title, sizeof title, "Loss %.4f  val %s  lr %.1e", v->loss,
-                 val, v->lr);
+        snprintf(title, sizeof title, "Loss %s %.4f  val %s %s  lr %.1e",
+                 train_mark, v->loss, val_mark, val, v->lr);
     else
         snprintf(title, sizeof title, "Loss n/a");
     draw_title(r, title);
-    int rows = r->rows - 1, cols = r->cols - 1; /* a gap to the next */
+    /* Title, plot, step axis; a gap to the next panel. */
+    int rows = r->rows - 2, cols = r->cols - 1;
     if (rows < 2 || cols < 12 || v->history_count == 0)
         return;
     plot_series series[2] = {{v->loss_history, v->history_count},
@@ -33,9 +81,12 @@ void draw_loss(console *c, const layout_rect *r)
             lines[i] = text + (size_t)i * PLOT_LINE_BYTES(cols);
         plot_range range = plot_render(lines, rows, cols, 8, series, 2,
                                        c->utf8);
-        if (range.valid)
+        if (range.valid) {
             for (int i = 0; i < rows; i++)
                 mvaddstr(r->row + 1 + i, r->col, lines[i]);
+            mark_validation(c, r, rows, cols, range);
+            draw_step_axis(v, r->row + 1 + rows, r->col, cols);
+        }
     }
     free(lines);
     free(text);

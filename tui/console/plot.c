@@ -222,6 +222,24 @@ static char *put_cell(char *p, const plot_series *series, int series_count,
     return p + 1;
 }
 
+int plot_point_cell(int rows, int cols, int axis_cols, int points, int utf8,
+                    plot_range r, int index, double y, int *row, int *col)
+{
+    if (!r.valid || rows <= 0 || cols <= axis_cols || points <= 0 ||
+        index < 0 || index >= points || !isfinite(y))
+        return -1;
+    plot_grid g = {.cell_cols = utf8 ? 2 : 1, .cell_rows = utf8 ? 4 : 1,
+                   .points = points};
+    g.dot_cols = (cols - axis_cols) * g.cell_cols;
+    g.dot_rows = rows * g.cell_rows;
+    long long c = points > g.dot_cols ? (long long)index * g.dot_cols / points
+                  : points == 1       ? 0
+                                      : point_column(&g, index);
+    *col = axis_cols + (int)(c / g.cell_cols);
+    *row = rows - 1 - dot_row(y, r, &g) / g.cell_rows;
+    return 0;
+}
+
 plot_range plot_render(char *const *lines, int rows, int cols, int axis_cols,
                        const plot_series *series, int series_count, int utf8)
 {

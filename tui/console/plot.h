@@ -21,6 +21,12 @@ typedef struct plot_range {
     int valid;        /* 0 when there was no finite point to plot */
 } plot_range;
 
+/* The cell (row from the top, column) where plot_render put point `index`
+ * of a series of `points` with value y, for a plot of the same shape and
+ * range: 0, or -1 when it is not on the plot. Marks points over a plot. */
+int plot_point_cell(int rows, int cols, int axis_cols, int points, int utf8,
+                    plot_range r, int index, double y, int *row, int *col);
+
 /* Renders up to PLOT_MAX_SERIES series into `rows` lines of exactly `cols`
  * cells each; lines[r] must hold PLOT_LINE_BYTES(cols) bytes and receives a
  * NUL-terminated string (blank cells are spaces, so a line overwrites

@@ -44,6 +44,7 @@ typedef struct console {
     /* A story drawn in place of the event log (moectl demo), or NULL. */
     const console_narrator *narrator;
     int quitting;            /* the story's q asked the job to stop */
+    int ended;               /* the job ended: the summary is shown */
 } console;
 
 /* Sends one command line to the job and logs it as "> line" in the event

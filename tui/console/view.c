@@ -19,6 +19,7 @@ void view_init(view *v)
     snprintf(v->status, sizeof v->status, "starting");
     for (int i = 0; i < VIEW_HISTORY; i++)
         v->loss_history[i] = v->val_history[i] = NAN;
+    v->history_stride = 1;
     view_figure *figures[] = {&v->tokens_per_s, &v->mfu, &v->efficiency,
                               &v->cost_per_hour, &v->cost_per_mtok,
                               &v->cost_per_btok, &v->cost_per_ttok};
@@ -182,6 +183,7 @@ static void apply_run(view *v, const record_value *r)
 {
     copy_string(v->config, sizeof v->config, r, RECORD_RUN_config);
     copy_string(v->currency, sizeof v->currency, r, RECORD_RUN_currency);
+    copy_string(v->run_dir, sizeof v->run_dir, r, RECORD_RUN_run_dir);
     v->steps_total = int_of(r, RECORD_RUN_steps);
     v->tokens_per_step = int_of(r, RECORD_RUN_tokens_per_step);
     v->flops_per_token = record_real(r, RECORD_RUN_flops_per_token);
@@ -222,29 +224,63 @@ static void apply_run(view *v, const record_value *r)
         snprintf(v->status, sizeof v->status, "running");
 }
 
+/* Slots i and i+1 of one series into slot i/2: the weighted mean. */
+static void merge_pairs(double *mean, int *n)
+{
+    for (int i = 0; i < VIEW_HISTORY / 2; i++) {
+        int a = n[2 * i], b = n[2 * i + 1];
+        double x = a ? mean[2 * i] : 0, y = b ? mean[2 * i + 1] : 0;
+        n[i] = a + b;
+        mean[i] = a + b ? (x * a + y * b) / (a + b) : NAN;
+    }
+    for (int i = VIEW_HISTORY / 2; i < VIEW_HISTORY; i++) {
+        n[i] = 0;
+        mean[i] = NAN;
+    }
+}
+
+/* One series' sample at a slot. A step seen again (on attach, from the
+ * file and live) replaces its value at stride 1 and is skipped at coarser
+ * strides, where it is already in the slot's mean. */
+static void add_to_slot(double *mean, int *n, int *last_step, int index,
+                        int step, double x, int stride)
+{
+    if (isnan(x))
+        return;
+    if (step <= *last_step) {
+        if (stride == 1) {
+            mean[index] = x;
+            n[index] = 1;
+        }
+        return;
+    }
+    *last_step = step;
+    if (n[index] == 0 || isnan(mean[index])) {
+        mean[index] = x;
+        n[index] = 1;
+    } else {
+        mean[index] += (x - mean[index]) / ++n[index];
+    }
+}
+
 static void record_history(view *v, int step, double loss, double val)
 {
     if (v->history_count == 0)
         v->history_first_step = step;
-    int index = step - v->history_first_step;
-    if (index < 0)
+    if (step < v->history_first_step)
         return;
-    if (index >= VIEW_HISTORY) {
-        /* Keep the newest: shift by what does not fit. */
-        int drop = index - VIEW_HISTORY + 1;
-        memmove(v->loss_history, v->loss_history + drop,
-                (size_t)(VIEW_HISTORY - drop) * sizeof(double));
-        memmove(v->val_history, v->val_history + drop,
-                (size_t)(VIEW_HISTORY - drop) * sizeof(double));
-        for (int i = VIEW_HISTORY - drop; i < VIEW_HISTORY; i++)
-            v->loss_history[i] = v->val_history[i] = NAN;
-        v->history_first_step += drop;
-        index = VIEW_HISTORY - 1;
+    int index = (step - v->history_first_step) / v->history_stride;
+    while (index >= VIEW_HISTORY) { /* halve the resolution */
+        merge_pairs(v->loss_history, v->loss_n);
+        merge_pairs(v->val_history, v->val_n);
+        v->history_stride *= 2;
+        v->history_count = (v->history_count + 1) / 2;
+        index = (step - v->history_first_step) / v->history_stride;
     }
-    if (!isnan(loss))
-        v->loss_history[index] = loss;
-    if (!isnan(val))
-        v->val_history[index] = val;
+    add_to_slot(v->loss_history, v->loss_n, &v->history_last_step, index,
+                step, loss, v->history_stride);
+    add_to_slot(v->val_history, v->val_n, &v->history_last_val_step, index,
+                step, val, v->history_stride);
     if (index + 1 > v->history_count)
         v->history_count = index + 1;
 }
@@ -539,6 +575,16 @@ static void apply_checkpoint(view *v, const record_value *r)
 
 static void apply_summary(view *v, const record_value *r)
 {
+    v->have_summary = 1;
+    v->summary_last_step = int_of(r, RECORD_SUMMARY_last_step);
+    v->summary_loss = record_real(r, RECORD_SUMMARY_loss);
+    v->summary_val_loss = record_real(r, RECORD_SUMMARY_val_loss);
+    v->summary_tokens_per_s = record_real(r, RECORD_SUMMARY_tokens_per_s);
+    v->summary_cost_per_mtok = record_real(r, RECORD_SUMMARY_cost_per_mtok);
+    v->summary_mfu = record_real(r, RECORD_SUMMARY_mfu);
+    v->summary_elapsed_s = record_real(r, RECORD_SUMMARY_elapsed_s);
+    copy_string(v->summary_checkpoint, sizeof v->summary_checkpoint, r,
+                RECORD_SUMMARY_checkpoint);
     int status = record_enum(r, RECORD_SUMMARY_status, record_status_names);
     snprintf(v->status, sizeof v->status, "%s",
              status == RECORD_STATUS_STOPPED ? "stopped" : "done");
@@ -579,6 +625,46 @@ int view_apply(view *v, const char *line)
         view_appliers[r.type](v, &r);
     record_free(&r);
     return 0;
+}
+
+int view_load_history(view *v, const char *metrics_path)
+{
+    FILE *f = fopen(metrics_path, "r");
+    if (!f)
+        return -1;
+    static const char step_head[] = "{\"type\":\"step\",\"step\":";
+    static const char loss_key[] = ",\"loss\":";
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int count = 0;
+    while ((n = getline(&line, &cap, f)) > 0) {
+        if (line[n - 1] == '\n')
+            line[n - 1] = '\0';
+        if (strncmp(line, step_head, sizeof step_head - 1) == 0) {
+            /* Step records lead with step and loss: read just those. */
+            char *end, *after;
+            long step = strtol(line + sizeof step_head - 1, &end, 10);
+            if (strncmp(end, loss_key, sizeof loss_key - 1) == 0) {
+                double loss = strtod(end + sizeof loss_key - 1, &after);
+                if (after != end + sizeof loss_key - 1)
+                    record_history(v, (int)step, loss, NAN);
+            }
+            count++;
+            continue;
+        }
+        /* The run record is the live one's; an earlier segment's summary
+         * (a resumed run) is not this job's end. */
+        if (strncmp(line, "{\"type\":\"run\"", 13) == 0 ||
+            strncmp(line, "{\"type\":\"summary\"", 17) == 0)
+            continue;
+        if (view_apply(v, line) == 0)
+            count++;
+    }
+    free(line);
+    fclose(f);
+    v->history_loaded = 1;
+    return count;
 }
 
 int view_straggler(const view *v, double *share)

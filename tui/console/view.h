@@ -93,6 +93,7 @@ typedef struct view {
     double expert_state_bytes;    /* model state of one routed expert */
     int device_count;
     view_device devices[VIEW_MAX_RANKS];
+    char run_dir[4096];           /* the run's directory, or "" */
 
     /* From step records. */
     int have_step;
@@ -124,10 +125,26 @@ typedef struct view {
     int placement_version;
     int rank_count;
     view_rank ranks[VIEW_MAX_RANKS];
-    double loss_history[VIEW_HISTORY]; /* by step, the last VIEW_HISTORY */
+    /* The whole run's losses from its first step, downsampled: slot i is
+     * the mean over steps first_step + i * stride .. + stride - 1; when a
+     * step falls past the last slot, neighbouring slots merge and the
+     * stride doubles. */
+    double loss_history[VIEW_HISTORY];
     double val_history[VIEW_HISTORY];  /* NAN where no validation */
+    int loss_n[VIEW_HISTORY], val_n[VIEW_HISTORY]; /* steps in each mean */
     int history_count;
     int history_first_step;
+    int history_stride;                /* steps a slot, a power of two */
+    int history_last_step;             /* the newest step with a loss */
+    int history_last_val_step;         /* ... with a validation loss */
+    int history_loaded;                /* the run's file was read */
+
+    /* From the summary record, at the end. */
+    int have_summary;
+    int summary_last_step;
+    double summary_loss, summary_val_loss, summary_tokens_per_s;
+    double summary_cost_per_mtok, summary_mfu, summary_elapsed_s;
+    char summary_checkpoint[4096];
 
     int have_val;
     double val_loss;
@@ -171,6 +188,13 @@ void view_finish(view *v);
 /* Folds one record (a JSON text, no newline) into the view. Returns 0, or
  * -1 for a line that is not a record (it is ignored). */
 int view_apply(view *v, const char *line);
+
+/* Reads the run's earlier records from RUN_DIR/metrics.jsonl (the run
+ * record names it): the loss and validation history from its first step
+ * and the events, plans and checkpoints, as if they had been seen live.
+ * Step records are read for their loss only (fast on long runs). Returns
+ * the records read, or -1 when the file cannot be opened. */
+int view_load_history(view *v, const char *metrics_path);
 
 /* Adds a line to the event log. */
 void view_event(view *v, const char *text);
