@@ -27,7 +27,7 @@ say() { printf 'setup: %s\n' "$*" >&2; }
 packages=(
     build-essential meson ninja-build pkg-config python3
     libyaml-dev libjansson-dev libopenblas-dev libopenblas-openmp-dev
-    libdnnl-dev
+    libdnnl-dev libmicrohttpd-dev curl
     libncurses-dev
     openmpi-bin libopenmpi-dev bible-kjv tmux man-db groff-base
     hipcc libamdhip64-dev

@@ -49,6 +49,7 @@ static const subcommand subcommands[] = {
      "CONFIG [--headless] [--steps N] [--name NAME]\n"
      "[--metrics PATH|-] [--resume CKPT|DIR|RUN]\n"
      "[--at STEP:COMMAND]... [--script OPS] [--socket PATH]\n"
+     "[--prometheus [ADDR:]PORT] [--prometheus-textfile PATH]\n"
      "[--set KEY=VALUE]...",
      "train in the run directory runs/NAME (config.yaml, metrics.jsonl,\n"
      "checkpoints/, engine.log); a progress line goes to stderr\n"
@@ -141,6 +142,12 @@ static const char options_text[] =
     "  --at STEP:COMMAND  apply a command (move L.E R, lr VALUE, checkpoint,\n"
     "                     stop) at the boundary after STEP, e.g.\n"
     "                     --at '50:move 1.3 0'\n"
+    "  --prometheus [ADDR:]PORT\n"
+    "                     serve Prometheus metrics at http://ADDR:PORT/metrics\n"
+    "                     (ADDR default 127.0.0.1; port 0: any free one)\n"
+    "  --prometheus-textfile PATH\n"
+    "                     write them to PATH for node_exporter's textfile\n"
+    "                     collector (rewritten whole, about once a second)\n"
     "  --set KEY=VALUE    override a configuration key, e.g.\n"
     "                     --set train.lr=1e-3 --set cluster.devices.0.threads=1\n"
     "\n"
@@ -263,6 +270,8 @@ static int parse_arguments(int argc, char **argv, arguments *a)
                           strcmp(arg, "--socket") == 0 ||
                           strcmp(arg, "--script") == 0 ||
                           strcmp(arg, "--name") == 0 ||
+                          strcmp(arg, "--prometheus") == 0 ||
+                          strcmp(arg, "--prometheus-textfile") == 0 ||
                           strcmp(arg, "--repeat") == 0;
         if (takes_value && !value)
             return usage_error("option %s needs a value", arg);
@@ -280,6 +289,12 @@ static int parse_arguments(int argc, char **argv, arguments *a)
             i++;
         } else if (strcmp(arg, "--name") == 0) {
             a->headless.run_name = value;
+            i++;
+        } else if (strcmp(arg, "--prometheus") == 0) {
+            a->headless.prometheus = value;
+            i++;
+        } else if (strcmp(arg, "--prometheus-textfile") == 0) {
+            a->headless.prometheus_textfile = value;
             i++;
         } else if (strcmp(arg, "--at") == 0) {
             if (a->at_count == MAX_SETS)
@@ -334,6 +349,7 @@ static int parse_arguments(int argc, char **argv, arguments *a)
     if (strcmp(a->command, "run") != 0 &&
         (a->headless.metrics || a->headless.resume || a->at_count ||
          a->headless.socket || a->headless.run_name ||
+         a->headless.prometheus || a->headless.prometheus_textfile ||
          (!bench && a->headless.steps)))
         return usage_error("%s takes only CONFIG and --set", a->command);
     return 0;

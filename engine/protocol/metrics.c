@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "engine/protocol/control.h"
+#include "engine/protocol/prometheus.h"
 
 struct metrics_sink {
     FILE *f; /* NULL: no file */
@@ -17,10 +18,16 @@ struct metrics_sink {
     char run_path[CONFIG_PATH_MAX + 32];
     char run_dir[CONFIG_PATH_MAX]; /* absolute, or "" */
     control_server *control;
+    prometheus *prometheus; /* or NULL */
     char run_id[RECORD_RUN_ID_MAX];
     record_state state; /* written into step records */
     int have_state;
 };
+
+void metrics_attach_prometheus(metrics_sink *sink, prometheus *p)
+{
+    sink->prometheus = p;
+}
 
 void metrics_attach_control(metrics_sink *sink, control_server *s)
 {
@@ -140,6 +147,7 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
         else if (kind == RECORD_TYPE_VAL)
             control_remember(sink->control, CONTROL_REMEMBER_VAL, text);
     }
+    prometheus_observe(sink->prometheus, record);
     json_decref(record);
     free(text);
     if (failed)

@@ -112,6 +112,10 @@ int metrics_open(metrics_sink **out, const char *path, const char *run_name,
  * `append` (a resumed run); the run record names the directory. */
 int metrics_add_run_file(metrics_sink *sink, const char *run_dir,
                          int append, moe_error *err);
+/* Every record written from now on is also folded into p's exposition
+ * (engine/protocol/prometheus.h). */
+struct prometheus;
+void metrics_attach_prometheus(metrics_sink *sink, struct prometheus *p);
 /* Every record written from now on also goes to the clients of s, whose
  * replies carry the same run_id. */
 void metrics_attach_control(metrics_sink *sink, struct control_server *s);

@@ -13,6 +13,7 @@
 #include "engine/core/format.h"
 #include "engine/protocol/command.h"
 #include "engine/protocol/control.h"
+#include "engine/protocol/prometheus.h"
 #include "engine/protocol/registry.h"
 #include "engine/protocol/script.h"
 #include "engine/trainer/run_dir.h"
@@ -243,7 +244,7 @@ static int start_every_rank(trainer **t, const config *cfg, const comm *c,
  * both are open. */
 static int open_channels(const config *cfg, const headless_options *opt,
                          metrics_sink **metrics, control_server **control,
-                         moe_error *err)
+                         prometheus **exporter, moe_error *err)
 {
     if (opt->run_dir &&
         run_dir_prepare(opt->run_dir, cfg, opt->resume_run, err) < 0)
@@ -256,6 +257,15 @@ static int open_channels(const config *cfg, const headless_options *opt,
     if (control_open(control, opt->socket, err) < 0)
         return opt->socket ? 2 : 1;
     metrics_attach_control(*metrics, *control);
+    if (opt->prometheus || opt->prometheus_textfile) {
+        if (prometheus_open(exporter, opt->prometheus,
+                            opt->prometheus_textfile, err) < 0)
+            return 2;
+        metrics_attach_prometheus(*metrics, *exporter);
+        if (opt->prometheus)
+            fprintf(stderr, "moectl: Prometheus metrics at %s\n",
+                    prometheus_url(*exporter));
+    }
     fprintf(stderr, "moectl: control socket %s (moectl ctl %s status)\n",
             control_path(*control), control_path(*control));
     if (opt->run_dir)
@@ -347,6 +357,7 @@ int headless_run(const config *given, const headless_options *opt,
     failed_together = 0;
     metrics_sink *metrics = NULL;
     control_server *control = NULL;
+    prometheus *exporter = NULL;
     int status = 1;
     script plan = {0};
     if (build_script(cfg, opt, last_step, &plan, &err) < 0) {
@@ -364,7 +375,8 @@ int headless_run(const config *given, const headless_options *opt,
         goto done;
     }
     if (c->rank == 0 &&
-        (status = open_channels(cfg, opt, &metrics, &control, &err)) != 0)
+        (status = open_channels(cfg, opt, &metrics, &control, &exporter,
+                                &err)) != 0)
         goto done;
     if (c->rank == 0)
         register_job(cfg, opt, control, c->world, entry_path,
@@ -418,6 +430,7 @@ done:
     if (entry_path[0])
         run_dir_note_socket(opt->run_dir, NULL);
     metrics_close(metrics);
+    prometheus_close(exporter);
     control_close(control);
     trainer_destroy(t);
     script_free(&plan);

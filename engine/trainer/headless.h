@@ -19,6 +19,8 @@ typedef struct headless_options {
     const char *run_dir;     /* ROOT/NAME (run_dir.h), or NULL: none */
     int resume_run;          /* --resume named a run directory: continue it
                                 (append to its metrics) */
+    const char *prometheus;  /* --prometheus [ADDR:]PORT, or NULL */
+    const char *prometheus_textfile; /* --prometheus-textfile PATH, or NULL */
 } headless_options;
 
 /* Exit status: 0 done, 1 runtime failure, 2 bad input (a malformed
