@@ -47,12 +47,18 @@ int balancer_create(balancer *b, const config *cfg, int ranks,
     b->undo_rank = calloc(cells, sizeof *b->undo_rank);
     b->undo_share = calloc(cells * ranks, sizeof *b->undo_share);
     b->undo_rows = calloc((size_t)ranks, sizeof *b->undo_rows);
+    size_t ring = (size_t)ranks * BALANCER_WINDOW_MAX;
+    b->rate_ring = calloc(ring, sizeof *b->rate_ring);
+    b->base_ring = calloc(ring, sizeof *b->base_ring);
+    b->rate_count = calloc((size_t)ranks, sizeof *b->rate_count);
+    b->base_count = calloc((size_t)ranks, sizeof *b->base_count);
     b->batch = cfg->train.batch_size;
     if (!b->load || !b->proposal || !b->proposal_share || !b->rate ||
         !b->base_s || !b->planner_ranks || !b->rows ||
         !b->dense_s_per_row || !b->dense_fixed_s || !b->row_points ||
         !b->proposal_rows || !b->activation_bytes_per_row ||
-        !b->undo_rank || !b->undo_share || !b->undo_rows) {
+        !b->undo_rank || !b->undo_share || !b->undo_rows || !b->rate_ring ||
+        !b->base_ring || !b->rate_count || !b->base_count) {
         balancer_destroy(b);
         return error_set(err, "out of memory");
     }
@@ -66,6 +72,10 @@ void balancer_destroy(balancer *b)
     free(b->proposal_share);
     free(b->rate);
     free(b->base_s);
+    free(b->rate_ring);
+    free(b->base_ring);
+    free(b->rate_count);
+    free(b->base_count);
     free(b->planner_ranks);
     free(b->rows);
     free(b->dense_s_per_row);
@@ -173,6 +183,24 @@ static void observe_rows(balancer *b, int r, int rows, double s)
     }
 }
 
+static double median(double *v, int n);
+static int judged_window(const balancer *b);
+
+/* Adds x to rank r's ring (count samples so far) and returns the median
+ * of its latest min(count, window) samples. */
+static double ring_median(const balancer *b, double *ring, int *count,
+                          double x)
+{
+    ring[*count % BALANCER_WINDOW_MAX] = x;
+    ++*count;
+    int window = judged_window(b);
+    int n = *count < window ? *count : window;
+    double latest[BALANCER_WINDOW_MAX];
+    for (int i = 0; i < n; i++)
+        latest[i] = ring[(*count - 1 - i) % BALANCER_WINDOW_MAX];
+    return median(latest, n);
+}
+
 void balancer_observe(balancer *b, step_stats *s)
 {
     int first = b->samples == 0;
@@ -188,11 +216,16 @@ void balancer_observe(balancer *b, step_stats *s)
     s->straggler = -1;
     for (int r = 0; r < b->ranks; r++) {
         const rank_stats *q = &s->rank[r];
-        if (q->tokens > 0 && q->expert_ms > 0)
-            average(&b->rate[r], q->tokens / (q->expert_ms * 1e-3), b->decay,
-                    b->rate[r] == 0);
-        average(&b->base_s[r], q->dense_ms * 1e-3, b->decay, first);
+        double *rates = b->rate_ring + (size_t)r * BALANCER_WINDOW_MAX;
+        double *bases = b->base_ring + (size_t)r * BALANCER_WINDOW_MAX;
         int rows = q->rows > 0 ? (int)q->rows : 1;
+        if (q->tokens > 0 && q->expert_ms > 0)
+            b->rate[r] = ring_median(b, rates, &b->rate_count[r],
+                                     q->tokens / (q->expert_ms * 1e-3));
+        if (rows != b->rows[r])
+            b->base_count[r] = 0; /* other rows: a dense time of its own */
+        b->base_s[r] = ring_median(b, bases, &b->base_count[r],
+                                   q->dense_ms * 1e-3);
         /* The dense time of the passes alone, kept per row count: the
          * optimizer's and the batch's costs do not move with rows. */
         double pass_ms = q->pass_dense_ms > 0 ? q->pass_dense_ms
@@ -428,17 +461,22 @@ void balancer_describe(const balancer *b, const int *placement,
             PUT("%s%d", r ? "/" : " -> ", b->proposal_rows[r]);
         PUT(", ");
     }
+    /* The figures are each rank's medians over its latest steps (fewer at
+     * the start of a run). */
+    int window = judged_window(b);
     if (splits)
         PUT("%d change%s (%d expert%s split, %d replica%s shipped), "
-            "predicted step %.3g -> %.3g ms (%+.1f%%):",
+            "predicted step %.3g -> %.3g ms (%+.1f%%, medians of %d "
+            "steps):",
             experts, experts == 1 ? "" : "s", splits,
             splits == 1 ? "" : "s", b->proposal_moves,
             b->proposal_moves == 1 ? "" : "s", b->before_s * 1e3,
-            b->after_s * 1e3, -gain * 100);
+            b->after_s * 1e3, -gain * 100, window);
     else
-        PUT("%d move%s, predicted step %.3g -> %.3g ms (%+.1f%%):",
+        PUT("%d move%s, predicted step %.3g -> %.3g ms (%+.1f%%, medians "
+            "of %d steps):",
             experts, experts == 1 ? "" : "s", b->before_s * 1e3,
-            b->after_s * 1e3, -gain * 100);
+            b->after_s * 1e3, -gain * 100, window);
     int shown = 0, R = b->ranks;
     for (int l = 0; l < b->layers; l++)
         for (int e = 0; e < b->experts; e++) {

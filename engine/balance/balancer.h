@@ -38,6 +38,12 @@ typedef struct balancer {
     double *load;          /* (layers, experts) rows routed per step */
     double *rate;          /* (ranks) expert rows per second, 0: unknown */
     double *base_s;        /* (ranks) seconds outside routed-expert work */
+    /* rate and base_s are medians of each rank's latest samples (up to the
+     * judged window, min(every, BALANCER_WINDOW_MAX) steps), so that one
+     * disturbed step does not move a prediction; a rank's dense samples
+     * restart when its rows change. Rings of BALANCER_WINDOW_MAX a rank. */
+    double *rate_ring, *base_ring;
+    int *rate_count, *base_count;
     planner_rank *planner_ranks; /* (ranks) built for the planner */
     double comm_s;         /* step time the compute model does not explain */
     double step_s;         /* measured step time */

@@ -199,8 +199,9 @@ static const schema_field balance_fields[] = {
               "w = (s - 1) / W, noise ~ N(mu, sigma) of the layer's running "
               "logit statistics; 0: off"),
     REAL_FIELD("load_ema", CFG(balance.load_ema), 0, 1, OPEN_MAX, 0.9, NULL,
-               "decay of the moving averages the planner reads (expert "
-               "load, rank speed)"),
+               "decay of the moving average of expert load the planner "
+               "reads (rank speeds and dense times are medians of the "
+               "latest min(balance.every, 256) steps)"),
     ENUM_FIELD("policy", CFG(balance.policy), config_policy_names,
                CONFIG_POLICY_OFF,
                "off (placement changes only by hand), suggest (plan every "

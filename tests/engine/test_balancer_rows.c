@@ -161,6 +161,38 @@ int main(void)
            b.proposal_rows[1]);
     balancer_destroy(&b);
 
+    /* Rank speeds and dense times are medians of the latest steps (the
+     * judged window, balance.every = 50): a step disturbed 10x on rank 0
+     * does not move them, where a 0.9 moving average would by 90%. */
+    two_ranks(&cfg);
+    if (balancer_create(&b, &cfg, RANKS, 4096, &err) < 0)
+        return 1;
+    observe_at(&b, 20, 1e3, 8, 8, 0);
+    double rate = b.rate[0], base = b.base_s[0];
+    rank_stats rank[RANKS];
+    memset(rank, 0, sizeof rank);
+    for (int r = 0; r < RANKS; r++) {
+        rank[r].rows = 8;
+        rank[r].pass_dense_ms = pass_ms(r, 8, 0) * (r ? 1 : 10);
+        rank[r].dense_ms = rank[r].pass_dense_ms + 5;
+        rank[r].expert_ms = (r ? 30.0 : 10.0) * (r ? 1 : 10);
+        rank[r].tokens = 1024;
+        rank[r].activation_bytes = 8e3;
+    }
+    static const int load[LAYERS * EXPERTS] = {500, 520, 480, 548};
+    step_stats s;
+    memset(&s, 0, sizeof s);
+    s.step = b.samples + 1, s.step_s = 0.5, s.tokens = BATCH * 8;
+    s.layers = LAYERS, s.experts = EXPERTS, s.ranks = RANKS;
+    s.expert_load = load, s.rank = rank, s.placement = PLACEMENT;
+    balancer_observe(&b, &s);
+    EXPECT(b.rate[0] == rate && b.base_s[0] == base,
+           "one slow step moved the medians: rate %g -> %g, dense %g -> %g",
+           rate, b.rate[0], base, b.base_s[0]);
+    EXPECT(fabs(rate - 1024 / 0.010) < 1e-6 && fabs(base - 0.013) < 1e-12,
+           "medians: rate %g, dense %g", rate, base);
+    balancer_destroy(&b);
+
     printf("%s\n", failures ? "FAIL" : "ok");
     return failures != 0;
 }
