@@ -91,6 +91,32 @@ static console_reaction choose_move(console *c, int key)
     return enter_mode(c, MODE_MOVE);
 }
 
+/* The event log scrolls by pages of what it last showed; End follows the
+ * newest again. */
+static console_reaction events_older(console *c, int key)
+{
+    int kept = c->v.event_count < VIEW_EVENTS ? c->v.event_count
+                                              : VIEW_EVENTS;
+    int page = c->events_page > 1 ? c->events_page - 1 : 1;
+    c->events_back += page;
+    if (c->events_back > kept - 1)
+        c->events_back = kept > 0 ? kept - 1 : 0;
+    return CONSOLE_REDRAW;
+}
+
+static console_reaction events_newer(console *c, int key)
+{
+    int page = c->events_page > 1 ? c->events_page - 1 : 1;
+    c->events_back = c->events_back > page ? c->events_back - page : 0;
+    return CONSOLE_REDRAW;
+}
+
+static console_reaction events_newest(console *c, int key)
+{
+    c->events_back = 0;
+    return CONSOLE_REDRAW;
+}
+
 static console_reaction layer_up(console *c, int key)
 {
     c->cursor_layer -= c->cursor_layer > 0;
@@ -269,6 +295,12 @@ const console_binding console_bindings[] = {
      NORMAL, expert_right},
     {{'m'}, "m", "move the selected expert to another rank", "move", NORMAL,
      choose_move},
+    {{KEY_PPAGE}, "PgUp", "scroll the event log back a page", NULL, NORMAL,
+     events_older},
+    {{KEY_NPAGE}, "PgDn", "scroll the event log forward a page", NULL,
+     NORMAL, events_newer},
+    {{KEY_END}, "End", "follow the newest events again", NULL, NORMAL,
+     events_newest},
     {{'a'}, "a", "apply the suggested plan (or plan now and apply)", "apply",
      NORMAL, apply_plan},
     {{'b'}, "b", "balance policy: off -> suggest -> auto -> off", "policy",

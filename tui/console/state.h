@@ -45,6 +45,9 @@ typedef struct console {
     const console_narrator *narrator;
     int quitting;            /* the story's q asked the job to stop */
     int ended;               /* the job ended: the summary is shown */
+    int events_back;         /* events scrolled back from the newest (0:
+                                following the newest) */
+    int events_page;         /* events the panel showed last (a page) */
 } console;
 
 /* Sends one command line to the job and logs it as "> line" in the event

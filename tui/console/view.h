@@ -11,7 +11,7 @@
 
 enum {
     VIEW_HISTORY = 4096,
-    VIEW_EVENTS = 64,
+    VIEW_EVENTS = 1024,
     VIEW_EVENT_BYTES = 256,
     VIEW_MAX_RANKS = 64,
     /* The straggler shown is the rank most often waited for over this
