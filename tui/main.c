@@ -261,40 +261,38 @@ static int parse_arguments(int argc, char **argv, arguments *a)
     for (; i < argc; i++) {
         const char *arg = argv[i];
         const char *value = i + 1 < argc ? argv[i + 1] : NULL;
-        int takes_value = strcmp(arg, "--set") == 0 ||
+        /* run's options that keep their value as it is */
+        const struct {
+            const char *name;
+            const char **value;
+        } texts[] = {
+            {"--socket", &a->headless.socket},
+            {"--script", &a->headless.script},
+            {"--name", &a->headless.run_name},
+            {"--prometheus", &a->headless.prometheus},
+            {"--prometheus-textfile", &a->headless.prometheus_textfile},
+            {"--metrics", &a->headless.metrics},
+            {"--resume", &a->headless.resume},
+        };
+        const char **text = NULL;
+        for (size_t k = 0; k < sizeof texts / sizeof texts[0]; k++)
+            if (strcmp(arg, texts[k].name) == 0)
+                text = texts[k].value;
+        int takes_value = text || strcmp(arg, "--set") == 0 ||
                           strcmp(arg, "--steps") == 0 ||
-                          strcmp(arg, "--metrics") == 0 ||
-                          strcmp(arg, "--resume") == 0 ||
                           strcmp(arg, "--warmup") == 0 ||
                           strcmp(arg, "--at") == 0 ||
-                          strcmp(arg, "--socket") == 0 ||
-                          strcmp(arg, "--script") == 0 ||
-                          strcmp(arg, "--name") == 0 ||
-                          strcmp(arg, "--prometheus") == 0 ||
-                          strcmp(arg, "--prometheus-textfile") == 0 ||
                           strcmp(arg, "--repeat") == 0;
         if (takes_value && !value)
             return usage_error("option %s needs a value", arg);
-        if (strcmp(arg, "--set") == 0) {
+        if (text) {
+            *text = value;
+            i++;
+        } else if (strcmp(arg, "--set") == 0) {
             if (a->set_count == MAX_SETS)
                 return usage_error("too many --set options (at most %s)",
                                    "256");
             a->sets[a->set_count++] = value;
-            i++;
-        } else if (strcmp(arg, "--socket") == 0) {
-            a->headless.socket = value;
-            i++;
-        } else if (strcmp(arg, "--script") == 0) {
-            a->headless.script = value;
-            i++;
-        } else if (strcmp(arg, "--name") == 0) {
-            a->headless.run_name = value;
-            i++;
-        } else if (strcmp(arg, "--prometheus") == 0) {
-            a->headless.prometheus = value;
-            i++;
-        } else if (strcmp(arg, "--prometheus-textfile") == 0) {
-            a->headless.prometheus_textfile = value;
             i++;
         } else if (strcmp(arg, "--at") == 0) {
             if (a->at_count == MAX_SETS)
@@ -330,12 +328,6 @@ static int parse_arguments(int argc, char **argv, arguments *a)
             a->bench.scaling = 0;
         } else if (plan && strcmp(arg, "--json") == 0) {
             a->plan.json = 1;
-        } else if (strcmp(arg, "--metrics") == 0) {
-            a->headless.metrics = value;
-            i++;
-        } else if (strcmp(arg, "--resume") == 0) {
-            a->headless.resume = value;
-            i++;
         } else if (arg[0] == '-' && arg[1] != '\0') {
             return usage_error("unknown option %s", arg);
         } else if (!a->config_path) {

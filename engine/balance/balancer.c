@@ -334,14 +334,12 @@ static void propose_rows(balancer *b)
         memcpy(b->proposal_rows, b->rows, (size_t)b->ranks * sizeof *b->rows);
 }
 
-int balancer_plan(balancer *b, const int *placement, const int *share,
-                  int placement_version, char *reason, size_t reason_size)
+/* One plan: the rows (proposed from the ranks' dense speeds, or the
+ * present ones when keep_rows), then the placement around them. */
+static int plan_once(balancer *b, const int *placement, const int *share,
+                     int placement_version, int keep_rows, char *reason,
+                     size_t reason_size)
 {
-    if (b->samples == 0) {
-        snprintf(reason, reason_size, "plan: nothing measured yet; train a "
-                                      "step first");
-        return -1;
-    }
     size_t cells = (size_t)b->layers * b->experts;
     int *moved = malloc(cells * sizeof *moved);
     int *candidate = malloc(cells * sizeof *candidate);
@@ -357,7 +355,10 @@ int balancer_plan(balancer *b, const int *placement, const int *share,
     /* The dense work's split: rows in proportion to each rank's measured
      * dense speed; the placement is then planned for the ranks' dense
      * times under those rows, so the two levers are chosen together. */
-    propose_rows(b);
+    if (keep_rows)
+        memcpy(b->proposal_rows, b->rows, (size_t)b->ranks * sizeof *b->rows);
+    else
+        propose_rows(b);
     for (int r = 0; r < b->ranks; r++) {
         planner_rank *q = &b->planner_ranks[r];
         q->base_s = b->base_s[r] + b->dense_s_per_row[r] *
@@ -413,6 +414,24 @@ int balancer_plan(balancer *b, const int *placement, const int *share,
     b->proposal_version = placement_version;
     b->have_proposal = 1;
     return 0;
+}
+
+int balancer_plan(balancer *b, const int *placement, const int *share,
+                  int placement_version, char *reason, size_t reason_size)
+{
+    if (b->samples == 0) {
+        snprintf(reason, reason_size, "plan: nothing measured yet; train a "
+                                      "step first");
+        return -1;
+    }
+    int rc = plan_once(b, placement, share, placement_version, 0, reason,
+                       reason_size);
+    /* Rows in proportion to dense speed can still predict a slower step
+     * once the experts are placed around them: then the present rows. */
+    if (rc == 0 && rows_changed(b) && b->after_s > b->before_s)
+        rc = plan_once(b, placement, share, placement_version, 1, reason,
+                       reason_size);
+    return rc;
 }
 
 /* One expert's proposed state: "3" when whole, "3:57%,0:14%" when split

@@ -266,6 +266,34 @@ def panel_problems(s, steps):
     return ", ".join(problems)
 
 
+def check_80x24(metrics):
+    """At 80x24 (the job paused): the header's step, the loss and the
+    throughput whole and as recorded, every panel there, and no number cut:
+    text that does not fit ends after a whole word with a mark."""
+    tmux("resize-window", "-t", SESSION, "-x", "80", "-y", "24")
+    last = last_step(metrics)
+    want_step = f"step {last['step']}/1000000"
+    s = wait_for(lambda: (lambda t: t if want_step in t and
+                          len(t.splitlines()[0]) <= 80 else None)(screen()),
+                 "the console redrawn at 80x24")
+    if f"{last['loss']:.4f}" not in s.splitlines()[1]:
+        fail(f"80x24: the loss {last['loss']:.4f} is not whole in the title")
+    for needed in ("Throughput and cost", "Expert load", "Devices",
+                   "Balance", "Events", "cpu1", "? help"):
+        if needed not in s:
+            fail(f"80x24: {needed!r} is not on screen")
+    m = re.search(r"tokens/s (\d+) now", s)
+    if not m:
+        fail("80x24: tokens/s is not whole")
+    cut = [line for line in s.splitlines()
+           if re.search(r"[\d.]\u2026|[\d.]~$", line)]
+    if cut:
+        fail(f"80x24: a number is cut: {cut}")
+    tmux("resize-window", "-t", SESSION, "-x", "120", "-y", "40")
+    wait_for(lambda: len(screen().splitlines()[0]) > 80,
+             "the console redrawn at 120x40")
+
+
 def run_checks(metrics):
     wait_for(lambda: "Expert load" in screen() and last_step(metrics),
              "the console to draw a running job")
@@ -345,6 +373,7 @@ def run_checks(metrics):
              "the event line with the reply to policy suggest", 10)
     wait_for(lambda: plans("suggest"), "a suggested plan", 120)
     pause()
+    check_80x24(metrics)
 
     # a applies it: a plan record from "apply", its event with the reply,
     # and the plan in the balance band.

@@ -18,18 +18,36 @@ int draw_text_cols(const char *s)
     return n;
 }
 
-/* Writes at most cols columns of s, never splitting a UTF-8 glyph. */
+/* UTF-8 terminal (console_draw sets it): the cut mark is an ellipsis. */
+static int draw_utf8;
+
+/* Writes s in at most cols columns, never splitting a UTF-8 glyph. Text
+ * that does not fit is cut after its last whole word that leaves room for
+ * a mark (an ellipsis, or ~): a number is shown whole or not at all. Only
+ * a single word wider than the room is cut inside. */
 void draw_text(int row, int col, const char *s, int cols)
 {
-    int bytes = 0, used = 0;
-    while (s[bytes] && used < cols) {
+    if (cols <= 0)
+        return;
+    if (draw_text_cols(s) <= cols) {
+        mvaddstr(row, col, s);
+        return;
+    }
+    int bytes = 0, used = 0, word_end = -1;
+    while (s[bytes] && used < cols - 1) {
+        if (s[bytes] == ' ' && bytes > 0 && s[bytes - 1] != ' ')
+            word_end = bytes;
         bytes++;
         while (((unsigned char)s[bytes] & 0xC0) == 0x80)
             bytes++;
         used++;
     }
-    if (bytes > 0)
-        mvaddnstr(row, col, s, bytes);
+    if (s[bytes] == ' ' && bytes > 0 && s[bytes - 1] != ' ')
+        word_end = bytes; /* the room ends right after a whole word */
+    int keep = word_end >= 0 ? word_end : bytes;
+    if (keep > 0)
+        mvaddnstr(row, col, s, keep);
+    addstr(draw_utf8 ? "\u2026" : "~");
 }
 
 /* A panel's title on its first row, a column clear of the next panel. */
@@ -249,6 +267,7 @@ static void draw_end(const console *c, int rows, int cols)
 
 void console_draw(console *c)
 {
+    draw_utf8 = c->utf8;
     int rows, cols;
     getmaxyx(stdscr, rows, cols);
     layout_options opt = {c->v.layers, c->v.experts, c->v.device_count};
