@@ -145,18 +145,24 @@ static int check(int rows, int cols, const layout_options *opt)
            "%s: events at %d,%d %dx%d", where, events.row, events.col,
            events.rows, events.cols);
 
-    /* Top band: about 30% of the body, at least 6 rows; loss about 60%. */
+    /* Top band: about 30% of the body, at least 6 rows, and what the
+     * events leave past max(12 rows, 25%); loss about 60%. */
+    int events_cap = max_int(12, body / 4);
     EXPECT(loss.rows >= 6 && loss.rows >= body * 3 / 10 &&
-               loss.rows <= max_int(6, body * 3 / 10 + 1),
+               (loss.rows <= max_int(6, body * 3 / 10 + 1) ||
+                events.rows == events_cap),
            "%s: top band %d of %d body rows", where, loss.rows, body);
+    EXPECT(events.rows <= events_cap, "%s: events %d rows, more than %d",
+           where, events.rows, events_cap);
     EXPECT(loss.cols * 100 >= cols * 59 && loss.cols * 100 <= cols * 61,
            "%s: loss %d of %d cols", where, loss.cols, cols);
 
     /* Middle band: the rows it wants (the heatmap a title, the layers, a
      * legend and the selected expert; the devices a title and two rows a
-     * rank), unless events would get fewer than 4. */
+     * rank), unless events would get fewer than 4. The heatmap also has a
+     * row of expert indices. */
     int layers = opt ? max_int(opt->layers, 0) : 0;
-    int want = max_int(layers + 3, 1 + 2 * ranks);
+    int want = max_int(layers + 4, 1 + 2 * ranks);
     EXPECT(events.rows >= 4, "%s: events %d rows", where, events.rows);
     EXPECT(heatmap.rows == want || (heatmap.rows < want && events.rows == 4),
            "%s: middle band %d rows, wants %d, events %d", where,
@@ -234,10 +240,10 @@ static void check_80x24(void)
     expect_rect(&l, LAYOUT_HEADER, 0, 0, 1, 80, "80x24 2/4/2");
     expect_rect(&l, LAYOUT_LOSS, 1, 0, 6, 48, "80x24 2/4/2");
     expect_rect(&l, LAYOUT_SPEED, 1, 48, 6, 32, "80x24 2/4/2");
-    expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 5, 46, "80x24 2/4/2");
-    expect_rect(&l, LAYOUT_DEVICES, 7, 46, 5, 34, "80x24 2/4/2");
-    expect_rect(&l, LAYOUT_BALANCE, 12, 0, 3, 80, "80x24 2/4/2");
-    expect_rect(&l, LAYOUT_EVENTS, 15, 0, 8, 80, "80x24 2/4/2");
+    expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 6, 46, "80x24 2/4/2");
+    expect_rect(&l, LAYOUT_DEVICES, 7, 46, 6, 34, "80x24 2/4/2");
+    expect_rect(&l, LAYOUT_BALANCE, 13, 0, 3, 80, "80x24 2/4/2");
+    expect_rect(&l, LAYOUT_EVENTS, 16, 0, 7, 80, "80x24 2/4/2");
     expect_rect(&l, LAYOUT_FOOTER, 23, 0, 1, 80, "80x24 2/4/2");
 
     layout_compute(&l, 24, 80, &options[1]); /* 4 layers, 16 experts, 4 ranks */
@@ -253,9 +259,9 @@ static void check_80x24(void)
     expect_rect(&l, LAYOUT_EVENTS, 19, 0, 4, 80, "80x24 1000s");
 
     layout_compute(&l, 24, 80, &options[3]); /* one rank: no balance */
-    expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 4, 37, "80x24 1/1/1");
+    expect_rect(&l, LAYOUT_HEATMAP, 7, 0, 5, 37, "80x24 1/1/1");
     expect_rect(&l, LAYOUT_BALANCE, 0, 0, 0, 0, "80x24 1/1/1");
-    expect_rect(&l, LAYOUT_EVENTS, 11, 0, 12, 80, "80x24 1/1/1");
+    expect_rect(&l, LAYOUT_EVENTS, 12, 0, 11, 80, "80x24 1/1/1");
 
     layout_compute(&l, 23, 80, &options[0]);
     EXPECT(l.too_small, "80x23 is not too small");
@@ -263,10 +269,11 @@ static void check_80x24(void)
     EXPECT(l.too_small, "79x24 is not too small");
 
     layout_compute(&l, 50, 200, &options[1]); /* a bigger terminal */
-    expect_rect(&l, LAYOUT_LOSS, 1, 0, 14, 120, "50x200 4/16/4");
-    expect_rect(&l, LAYOUT_HEATMAP, 15, 0, 9, 82, "50x200 4/16/4");
-    expect_rect(&l, LAYOUT_BALANCE, 24, 0, 3, 200, "50x200 4/16/4");
-    expect_rect(&l, LAYOUT_EVENTS, 27, 0, 22, 200, "50x200 4/16/4");
+    /* Events stop at 12 rows (25% of 48); the plots take the rest. */
+    expect_rect(&l, LAYOUT_LOSS, 1, 0, 24, 120, "50x200 4/16/4");
+    expect_rect(&l, LAYOUT_HEATMAP, 25, 0, 9, 82, "50x200 4/16/4");
+    expect_rect(&l, LAYOUT_BALANCE, 34, 0, 3, 200, "50x200 4/16/4");
+    expect_rect(&l, LAYOUT_EVENTS, 37, 0, 12, 200, "50x200 4/16/4");
 }
 
 int main(void)

@@ -4,14 +4,17 @@
  *   top band          LOSS (60% of cols) | SPEED (rest)    30% of body, >= 6
  *   middle band       HEATMAP            | DEVICES (rest)  the rows they want
  *   balance band      BALANCE                             3 rows, 2+ ranks
- *   bottom band       EVENTS                              the rest, >= 4
+ *   bottom band       EVENTS                              the rest, 4 to
+ *                                                         max(12, 25%)
  *   last row          FOOTER                              full width
  *
  * The body is rows 1 .. rows-2. The middle band wants a title, a row per
  * layer, a legend and the selected expert on the heatmap's side, and a
  * title and two rows per rank on the devices' side; it gets that unless
  * EVENTS would be left fewer than EVENTS_MIN_ROWS. Everything a bigger
- * terminal adds beyond that goes to the top band (30%) and EVENTS. The
+ * terminal adds beyond that goes to the top band (30% or more) and
+ * EVENTS, which stops at 12 rows or 25% of the body: the rest grows the
+ * plots. The
  * balance band (a title, the latest plan, its measured result) is shown
  * only for jobs of two ranks or more: one rank has nothing to place.
  *
@@ -32,7 +35,11 @@ enum {
     EVENTS_MIN_ROWS = 4,       /* a title and three log lines */
     BALANCE_ROWS = 3,          /* a title, the plan, its result */
     BORDER_COLS = 2,           /* a column kept clear at each side */
-    HEATMAP_EXTRA_ROWS = 3,    /* title, legend, the selected expert */
+    HEATMAP_EXTRA_ROWS = 4,    /* title, expert indices, legend, the
+                                  selected expert */
+    EVENTS_MAX_PERCENT = 25,   /* of the body, or EVENTS_MAX_ROWS if more:
+                                  the rest goes to the plots */
+    EVENTS_MAX_ROWS = 12,
     HEATMAP_LABEL_COLS = 6,    /* "L12  " */
     HEATMAP_CELL_COLS = 3,     /* one expert */
     HEATMAP_STATS_COLS = 26,   /* per-layer max/min load, imbalance */
@@ -80,6 +87,12 @@ void layout_compute(layout *out, int rows, int cols,
     int middle = min_int(max_int(layers + HEATMAP_EXTRA_ROWS, 1 + 2 * ranks),
                          body - top - balance - EVENTS_MIN_ROWS);
     int events = body - top - middle - balance;
+    /* A tall terminal grows the plots, not an empty log. */
+    int events_cap = max_int(EVENTS_MAX_ROWS, body * EVENTS_MAX_PERCENT / 100);
+    if (events > events_cap) {
+        top += events - events_cap;
+        events = events_cap;
+    }
 
     int loss_cols = cols * LOSS_PERCENT / 100;
     int heatmap_want = BORDER_COLS + HEATMAP_LABEL_COLS +
