@@ -112,14 +112,15 @@ void draw_devices(console *c, const layout_rect *r)
     for (int i = 0; i < v->device_count && row < end; i++) {
         const view_device *d = &v->devices[i];
         const view_rank *k = i < v->rank_count ? &v->ranks[i] : NULL;
-        char state[16], capacity[16], held[16];
+        char state[16], capacity[16], held[16], rss[16];
         /* mem: the model state against memory_gb, the measure moves and
          * plans are held to; holds: all it has allocated. */
         format_bytes(state, sizeof state, k ? k->state_gb * 1e9 : NAN);
         format_bytes(held, sizeof held, k ? k->used_gb * 1e9 : NAN);
+        format_bytes(rss, sizeof rss, k ? k->rss_gb * 1e9 : NAN);
         format_bytes(capacity, sizeof capacity,
                      k ? k->capacity_gb * 1e9 : NAN);
-        enum { NAME, EMU, EXPERTS, PRICE, MEM, HELD, BACKEND, BAR, ROWS,
+        enum { NAME, EMU, EXPERTS, PRICE, MEM, HELD, RSS, BACKEND, BAR, ROWS,
                TOKENS, FLOPS, MARK, FIELDS };
         row_field f[FIELDS];
         memset(f, 0, sizeof f);
@@ -135,6 +136,8 @@ void draw_devices(console *c, const layout_rect *r)
                  capacity);
         if (k && isfinite(k->used_gb))
             snprintf(f[HELD].text, sizeof f[HELD].text, "holds %s", held);
+        if (k && isfinite(k->rss_gb)) /* the process as the OS counts it */
+            snprintf(f[RSS].text, sizeof f[RSS].text, "rss %s", rss);
         snprintf(f[TOKENS].text, sizeof f[TOKENS].text, "%.0f tok",
                  k ? k->tokens : NAN);
         if (k && k->rows > 0)
@@ -153,7 +156,7 @@ void draw_devices(console *c, const layout_rect *r)
         int keep[FIELDS] = {[NAME] = 9, [EMU] = 8, [MARK] = 7, [FLOPS] = 5,
                             [EXPERTS] = 4, [TOKENS] = 3, [MEM] = 2,
                             [PRICE] = 1, [BACKEND] = 0, [HELD] = 0,
-                            [ROWS] = 3};
+                            [RSS] = 1, [ROWS] = 3};
         for (int j = 0; j < FIELDS; j++)
             f[j].keep = f[j].text[0] || f[j].bar ? keep[j] : -1;
         int bar_cols;
@@ -163,18 +166,19 @@ void draw_devices(console *c, const layout_rect *r)
         attron(attrs);
         if (two && k) {
             /* Line 1: who and what it holds; line 2: bar, tokens, speed. */
-            row_field a[7] = {f[NAME], f[BACKEND], f[EMU], f[EXPERTS],
-                              f[MEM], f[HELD], f[PRICE]};
+            row_field a[8] = {f[NAME], f[BACKEND], f[EMU], f[EXPERTS],
+                              f[MEM],  f[HELD],    f[RSS], f[PRICE]};
             row_field b[5] = {f[BAR], f[ROWS], f[TOKENS], f[FLOPS], f[MARK]};
-            fit_fields(a, 7, cols, 0, &bar_cols);
-            draw_fields(row++, r->col, cols, a, 7, k, 0);
+            fit_fields(a, 8, cols, 0, &bar_cols);
+            draw_fields(row++, r->col, cols, a, 8, k, 0);
             fit_fields(b, 5, cols - 2, 8, &bar_cols);
             draw_fields(row++, r->col + 2, cols - 2, b, 5, k, bar_cols);
         } else {
             row_field a[FIELDS] = {f[NAME],    f[EMU],    f[BAR],
                                    f[ROWS],    f[TOKENS], f[FLOPS],
                                    f[EXPERTS], f[MEM],    f[HELD],
-                                   f[PRICE],   f[BACKEND], f[MARK]};
+                                   f[RSS],     f[PRICE],   f[BACKEND],
+                                   f[MARK]};
             fit_fields(a, FIELDS, cols, 4, &bar_cols);
             draw_fields(row++, r->col, cols, a, FIELDS, k, bar_cols);
         }

@@ -117,6 +117,79 @@ static void draw_layer_row(const console *c, const heatmap_geometry *g,
     }
 }
 
+/* The summary row of layer l (v): its hottest experts and coldest live
+ * ones with their load over the layer mean, and how many got nothing, as
+ * many as fit in `cols`. */
+static void draw_layer_summary(const console *c, int row, int col, int cols,
+                               int l)
+{
+    enum { MOST = 8 };
+    const view *v = &c->v;
+    size_t first = (size_t)l * v->experts;
+    double mean = 0;
+    int dead = 0;
+    for (int e = 0; e < v->experts; e++) {
+        double x = v->have_load_ema ? v->load_ema[first + e]
+                                    : v->expert_load[first + e];
+        mean += x;
+        dead += v->expert_load[first + e] == 0;
+    }
+    mean /= v->experts;
+    /* The MOST hottest and coldest (not dead), by selection. */
+    int hot[MOST], cold[MOST], nh = 0, nc = 0;
+    double load[4096];
+    int n = v->experts < 4096 ? v->experts : 4096;
+    for (int e = 0; e < n; e++)
+        load[e] = v->have_load_ema ? v->load_ema[first + e]
+                                   : v->expert_load[first + e];
+    for (int k = 0; k < MOST && k < n; k++) {
+        int h = -1, cl = -1;
+        for (int e = 0; e < n; e++) {
+            int taken = 0;
+            for (int j = 0; j < nh; j++)
+                taken |= hot[j] == e;
+            for (int j = 0; j < nc; j++)
+                taken |= cold[j] == e;
+            if (taken)
+                continue;
+            if (h < 0 || load[e] > load[h])
+                h = e;
+            if (v->expert_load[first + e] > 0 && (cl < 0 || load[e] < load[cl]))
+                cl = e;
+        }
+        if (h >= 0)
+            hot[nh++] = h;
+        if (cl >= 0 && cl != h)
+            cold[nc++] = cl;
+    }
+    char line[512];
+    int at = snprintf(line, sizeof line, "L%-4d dead %d  hot", l, dead);
+    /* Alternate hot and cold until the room is used: the extremes first. */
+    char hots[256] = "", colds[256] = "";
+    int hl = 0, cl = 0, shown_h = 0, shown_c = 0;
+    for (int k = 0; k < MOST; k++) {
+        char a[32] = "", b[32] = "";
+        if (k < nh && mean > 0)
+            snprintf(a, sizeof a, " %d:%.2fx", hot[k], load[hot[k]] / mean);
+        if (k < nc && mean > 0)
+            snprintf(b, sizeof b, " %d:%.2fx", cold[k], load[cold[k]] / mean);
+        int need = at + hl + cl + (int)strlen(a) + (int)strlen(b) + 7;
+        if (need > cols)
+            break;
+        hl += snprintf(hots + hl, sizeof hots - (size_t)hl, "%s", a);
+        cl += snprintf(colds + cl, sizeof colds - (size_t)cl, "%s", b);
+        shown_h += a[0] != 0, shown_c += b[0] != 0;
+    }
+    snprintf(line + at, sizeof line - (size_t)at, "%s  cold%s", hots,
+             shown_c ? colds : " -");
+    (void)shown_h;
+    if (l == c->cursor_layer)
+        attron(A_BOLD);
+    draw_text(row, col, line, cols);
+    if (l == c->cursor_layer)
+        attroff(A_BOLD);
+}
+
 /* What the underlined (or !) cells mean. */
 static void draw_legend(const console *c, const heatmap_geometry *g,
                         int row, const layout_rect *r)
@@ -224,7 +297,10 @@ void draw_heatmap(console *c, const layout_rect *r)
 {
     const view *v = &c->v;
     int ema = v->have_load_ema;
-    if (c->color)
+    if (c->heat_summary)
+        draw_title(r, "Expert load by layer: hottest and coldest expert:load "
+                      "/ mean (v: cells)");
+    else if (c->color)
         draw_title(r, ema ? "Expert load: 10 x avg tokens / layer mean"
                           : "Expert load: 10 x tokens / layer mean");
     else
@@ -250,7 +326,8 @@ void draw_heatmap(console *c, const layout_rect *r)
      * straggler's legend. */
     int scrolled = g.shown < v->experts || end - row < v->layers;
     int legend = v->straggler_count > 0;
-    if (scrolled ? end - row >= 2 : end - row >= v->layers + 1 + legend) {
+    if (!c->heat_summary &&
+        (scrolled ? end - row >= 2 : end - row >= v->layers + 1 + legend)) {
         draw_expert_header(&g, row, r, v->layers);
         row++;
     }
@@ -260,7 +337,10 @@ void draw_heatmap(console *c, const layout_rect *r)
     int first_layer = scroll_to(&c->heat_first_layer, c->cursor_layer,
                                 rows, v->layers);
     for (int l = first_layer; l < v->layers && row < end; l++, row++)
-        draw_layer_row(c, &g, row, r->col, l);
+        if (c->heat_summary)
+            draw_layer_summary(c, row, r->col, r->cols - 1, l);
+        else
+            draw_layer_row(c, &g, row, r->col, l);
     /* The legend, on the row above the selection when the layers left it
      * free. */
     if (row < end && v->straggler_count > 0)

@@ -117,6 +117,12 @@ static console_reaction events_newest(console *c, int key)
     return CONSOLE_REDRAW;
 }
 
+static console_reaction toggle_heat_summary(console *c, int key)
+{
+    c->heat_summary = !c->heat_summary;
+    return CONSOLE_REDRAW;
+}
+
 static console_reaction layer_up(console *c, int key)
 {
     c->cursor_layer -= c->cursor_layer > 0;
@@ -295,6 +301,8 @@ const console_binding console_bindings[] = {
      NORMAL, expert_right},
     {{'m'}, "m", "move the selected expert to another rank", "move", NORMAL,
      choose_move},
+    {{'v'}, "v", "expert heatmap: cells, or per layer its hottest and\n"
+     "coldest experts and dead ones", NULL, NORMAL, toggle_heat_summary},
     {{KEY_PPAGE}, "PgUp", "scroll the event log back a page", NULL, NORMAL,
      events_older},
     {{KEY_NPAGE}, "PgDn", "scroll the event log forward a page", NULL,

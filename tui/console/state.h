@@ -31,6 +31,8 @@ typedef struct console {
     /* The heatmap's first layer and expert shown: it scrolls to keep the
      * cursor in view when the model has more than fit. */
     int heat_first_layer, heat_first_expert;
+    int heat_summary;        /* v: a row per layer of its hottest and
+                                coldest experts instead of the cells */
     int move_target;
     char input[CONSOLE_INPUT_MAX];
     int input_length;
