@@ -311,7 +311,8 @@ static int chapter_plan(demo *d)
     say_before_after(d, &d->before, &d->after);
     if (!(d->after.tokens_per_s > d->before.tokens_per_s))
         demo_say(d, "Not faster on this measure: the plan is a prediction "
-            "from moving averages, and plan_result below says how it fared. "
+            "from each rank's median speed over the latest steps, and "
+            "plan_result below says how it fared. "
             "policy auto keeps planning, and backs off from plans that do "
             "not deliver.\n");
     const view_plan_result *q = &d->v.plan_result;
