@@ -148,8 +148,10 @@ when step == 60 plan
     if "Primary job" in err:
         fail(f"a clean stop made mpirun complain:\n{err}")
     plans = [(p["step"], p["trigger"], p["applied"]) for p in of(records, "plan")]
-    if plans[:2] != [(25, "suggest", False), (40, "apply", True)] or \
-            (60, "plan", False) not in plans:
+    # Suggestions come at multiples of 25, only at or above min_gain.
+    if (40, "apply", True) not in plans or (60, "plan", False) not in plans \
+            or any(t == "suggest" and (s % 25 or applied)
+                   for s, t, applied in plans):
         fail(f"plans {plans}")
     # The policy posts a suggestion only at or above min_gain (0.05).
     low = [(p["step"], p["predicted_gain"]) for p in of(records, "plan")

@@ -70,7 +70,7 @@ def main():
                f"--metrics {metrics} --set data.path={CORPUS} "
                f"--set checkpoint.dir={tmp}/ckpt --set train.steps=1000000 "
                f"--set train.eval_every=100 --set checkpoint.every=0 "
-               f"--set balance.every=40 --set balance.min_gain=0; "
+               f"--set balance.every=200 --set balance.min_gain=0; "
                f"echo CONSOLE-EXIT $?; sleep 60")
     tmux("new-session", "-d", "-s", SESSION, "-x", "120", "-y", "40",
          "bash", "-c", command)
@@ -367,8 +367,8 @@ def run_checks(metrics):
     keys("b")
     wait_for(lambda: events("policy suggest"), "policy suggest from b")
     # The reply shows in the event log as soon as the console has it; the
-    # suggestions that follow every 40 steps scroll it away within seconds.
-    wait_for(lambda: re.search(r"step \d+: policy suggest every 40 "
+    # suggestions that follow every 200 steps scroll it away within seconds.
+    wait_for(lambda: re.search(r"step \d+: policy suggest every 200 "
                                r"min-gain 0%", screen()),
              "the event line with the reply to policy suggest", 10)
     wait_for(lambda: plans("suggest"), "a suggested plan", 120)
@@ -389,8 +389,8 @@ def run_checks(metrics):
     # b again: auto, in the balance band, the event log and status.
     keys("b")
     wait_for(lambda: events("policy auto"), "policy auto from b")
-    wait_for(lambda: "Balance  policy auto every 40 steps" in screen() and
-             re.search(r"step \d+: policy auto every 40 min-gain 0%",
+    wait_for(lambda: "Balance  policy auto every 200 steps" in screen() and
+             re.search(r"step \d+: policy auto every 200 min-gain 0%",
                        screen()), "policy auto in the balance band and log")
     keys(":")
     keys("status", "Enter")

@@ -213,7 +213,16 @@ static void draw_help(const console *c, int rows, int cols)
     if (close)
         snprintf(lines[n++], KEYS_HELP_COLS, "Press %s to %s.", close->label,
                  close->help);
+    /* On a short screen the legend goes first, then the keys' tail; the
+     * way to close it stays. */
+    int room = rows - 2;
+    if (n > room && close) {
+        int keep = room - 1 > 0 ? room - 1 : 0;
+        memmove(lines[keep], lines[n - 1], sizeof lines[0]);
+        n = keep + 1;
+    }
     int top = rows / 2 - n / 2 - 1, left = cols / 2 - HELP_COLS / 2;
+    top = top < 0 ? 0 : top;
     left = left < 0 ? 0 : left;
     for (int i = -1; i <= n; i++) {
         mvhline(top + 1 + i, left, ' ', HELP_COLS);
