@@ -7,23 +7,36 @@
 
 #include <string.h>
 
+/* Reads the --set value at value_offset as one YAML document into *doc
+ * (the caller deletes it and the parser). Returns 0, or the failure's
+ * status with the parser already deleted. */
+static int load_value(load_ctx *ctx, size_t value_offset,
+                      yaml_parser_t *parser, yaml_document_t *doc)
+{
+    if (!yaml_parser_initialize(parser))
+        return diag_fail_at(ctx, NULL, "out of memory while reading YAML");
+    yaml_parser_set_input_string(parser,
+                                 (const unsigned char *)ctx->text +
+                                     value_offset,
+                                 ctx->length - value_offset);
+    if (!yaml_parser_load(parser, doc)) {
+        int rc = document_fail_yaml(ctx, parser, value_offset);
+        yaml_parser_delete(parser);
+        return rc ? rc : -1;
+    }
+    return 0;
+}
+
 /* Parses a --set value as a YAML scalar and sets the leaf. */
 static int set_value(load_ctx *ctx, const schema_field *f, unsigned char *base,
                      const char *path, size_t value_offset)
 {
-    const char *value = ctx->text + value_offset;
     size_t value_chars = diag_utf8_chars(ctx->text, value_offset);
     yaml_parser_t parser;
     yaml_document_t doc;
-    if (!yaml_parser_initialize(&parser))
-        return diag_fail_at(ctx, NULL, "out of memory while reading YAML");
-    yaml_parser_set_input_string(&parser, (const unsigned char *)value,
-                                 ctx->length - value_offset);
-    if (!yaml_parser_load(&parser, &doc)) {
-        int rc = document_fail_yaml(ctx, &parser, value_offset);
-        yaml_parser_delete(&parser);
+    int rc = load_value(ctx, value_offset, &parser, &doc);
+    if (rc)
         return rc;
-    }
     yaml_node_t *node = yaml_document_get_root_node(&doc);
     where at = {ctx->source, ctx->text, ctx->length, 0, value_chars};
     if (node) {
@@ -31,7 +44,7 @@ static int set_value(load_ctx *ctx, const schema_field *f, unsigned char *base,
         at.column = node->start_mark.column +
                     (node->start_mark.line == 0 ? value_chars : 0);
     }
-    int rc = leaf_set(ctx, f, base, path, node, &at);
+    rc = leaf_set(ctx, f, base, path, node, &at);
     yaml_document_delete(&doc);
     yaml_parser_delete(&parser);
     return rc;
@@ -43,19 +56,10 @@ static int set_list(load_ctx *ctx, const schema_field *f, unsigned char *base,
 {
     yaml_parser_t parser;
     yaml_document_t doc;
-    if (!yaml_parser_initialize(&parser))
-        return diag_fail_at(ctx, NULL, "out of memory while reading YAML");
-    yaml_parser_set_input_string(&parser,
-                                 (const unsigned char *)ctx->text +
-                                     value_offset,
-                                 ctx->length - value_offset);
-    if (!yaml_parser_load(&parser, &doc)) {
-        int rc = document_fail_yaml(ctx, &parser, value_offset);
-        yaml_parser_delete(&parser);
+    int rc = load_value(ctx, value_offset, &parser, &doc);
+    if (rc)
         return rc;
-    }
     yaml_node_t *node = yaml_document_get_root_node(&doc);
-    int rc;
     ctx->mark_shift = diag_utf8_chars(ctx->text, value_offset);
     if (!node) {
         where at = {ctx->source, ctx->text, ctx->length, 0, ctx->mark_shift};
