@@ -246,6 +246,14 @@ static int open_channels(const config *cfg, const headless_options *opt,
                          metrics_sink **metrics, control_server **control,
                          prometheus **exporter, moe_error *err)
 {
+    /* What bad options can refuse comes before the run directory, so that
+     * a refused start leaves no run behind. */
+    if (control_open(control, opt->socket, err) < 0)
+        return opt->socket ? 2 : 1;
+    if ((opt->prometheus || opt->prometheus_textfile) &&
+        prometheus_open(exporter, opt->prometheus, opt->prometheus_textfile,
+                        err) < 0)
+        return 2;
     if (opt->run_dir &&
         run_dir_prepare(opt->run_dir, cfg, opt->resume_run, err) < 0)
         return 1;
@@ -254,13 +262,8 @@ static int open_channels(const config *cfg, const headless_options *opt,
     if (opt->run_dir && metrics_add_run_file(*metrics, opt->run_dir,
                                              opt->resume_run, err) < 0)
         return 1;
-    if (control_open(control, opt->socket, err) < 0)
-        return opt->socket ? 2 : 1;
     metrics_attach_control(*metrics, *control);
-    if (opt->prometheus || opt->prometheus_textfile) {
-        if (prometheus_open(exporter, opt->prometheus,
-                            opt->prometheus_textfile, err) < 0)
-            return 2;
+    if (*exporter) {
         metrics_attach_prometheus(*metrics, *exporter);
         if (opt->prometheus)
             fprintf(stderr, "moectl: Prometheus metrics at %s\n",
