@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <string.h>
 #include <unistd.h>
@@ -608,6 +609,41 @@ static int resolve_run(arguments *a, const config *cfg, int *argc,
     return 0;
 }
 
+/* The files run's options name, before anything starts: the run
+ * directory can be made and written, --metrics can be written, --script
+ * and a --resume file are regular files (a FIFO would block). */
+static int check_run_files(const headless_options *h)
+{
+    char why[CONFIG_PATH_MAX + 160], parent[CONFIG_PATH_MAX];
+    if (h->run_dir && !h->resume_run &&
+        config_dir_writable(h->run_dir, why, sizeof why) < 0) {
+        fprintf(stderr, "moectl: cannot make the run directory %s: %s\n",
+                h->run_dir, why);
+        return EXIT_USAGE;
+    }
+    if (h->script &&
+        config_regular_file(h->script, NULL, why, sizeof why) < 0) {
+        fprintf(stderr, "moectl: --script %s\n", why);
+        return EXIT_USAGE;
+    }
+    if (h->metrics && strcmp(h->metrics, "-") != 0) {
+        snprintf(parent, sizeof parent, "%s", h->metrics);
+        char *slash = strrchr(parent, '/');
+        if (slash)
+            slash[slash == parent] = '\0';
+        else
+            snprintf(parent, sizeof parent, ".");
+        struct stat st;
+        int is_dir = stat(h->metrics, &st) == 0 && S_ISDIR(st.st_mode);
+        if (is_dir || config_dir_writable(parent, why, sizeof why) < 0) {
+            fprintf(stderr, "moectl: --metrics %s: %s\n", h->metrics,
+                    is_dir ? "is a directory" : why);
+            return EXIT_USAGE;
+        }
+    }
+    return 0;
+}
+
 /* On a terminal, and unless --headless: the console, which runs this same
  * command line headless as its job. */
 static int console_command(const arguments *a, int argc, char **argv)
@@ -655,7 +691,12 @@ static int train_command(int argc, char **argv)
 
     static config cfg;
     moe_error err = {{0}};
-    if (config_load(&cfg, a.config_path, a.sets, a.set_count, &err) < 0) {
+    /* run and check are one gate: what a run needs of the file system is
+     * checked by both, before anything starts. */
+    int for_run = strcmp(a.command, "run") == 0 ||
+                  strcmp(a.command, "check") == 0;
+    if ((for_run ? config_load_for_run : config_load)(
+            &cfg, a.config_path, a.sets, a.set_count, &err) < 0) {
         fprintf(stderr, "%s\n", err.message);
         return EXIT_USAGE;
     }
@@ -668,6 +709,8 @@ static int train_command(int argc, char **argv)
     if (strcmp(a.command, "plan") == 0)
         return plan_run(&cfg, &a.plan);
     int status = resolve_run(&a, &cfg, &argc, &argv);
+    if (status == 0)
+        status = check_run_files(&a.headless);
     if (status != 0)
         return status;
     /* A rank started by mpirun is never a console. */

@@ -49,6 +49,16 @@ static int fail_cross(load_ctx *ctx, size_t offset_a, size_t offset_b,
     return diag_fail_at(ctx, &blamed->at, "%s: %s", blamed->path, message);
 }
 
+int checks_fail_key(load_ctx *ctx, size_t offset, const char *fmt, ...)
+{
+    char message[sizeof ctx->err->message];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(message, sizeof message, fmt, ap);
+    va_end(ap);
+    return fail_cross(ctx, offset, offset, "%s", message);
+}
+
 int checks_cross_fields(load_ctx *ctx)
 {
     const config *c = ctx->cfg;

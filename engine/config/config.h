@@ -182,6 +182,29 @@ void config_defaults(config *cfg);
 int config_load(config *cfg, const char *path, const char *const *sets,
                 int set_count, moe_error *err);
 
+/* Input caps, checked before parsing (libyaml takes minutes on deeply
+ * nested input): a configuration file's bytes, and the nesting depth of
+ * flow collections ([ and {) in a file or a --set value. */
+enum { CONFIG_TEXT_MAX = 1 << 20, CONFIG_NESTING_MAX = 32 };
+
+/* config_load, then what a run needs of the file system, checked without
+ * creating anything: data.path a readable regular file (not a FIFO, not a
+ * directory) long enough for seq_len and val_fraction, checkpoint.dir
+ * creatable and writable, launcher.hostfile readable. Errors point at the
+ * key where the file or an override set it. run and check both use it. */
+int config_load_for_run(config *cfg, const char *path,
+                        const char *const *sets, int set_count,
+                        moe_error *err);
+
+/* 0 when dir exists as a writable directory, or could be created (its
+ * nearest existing ancestor is one); else -1 with the reason in why. */
+int config_dir_writable(const char *dir, char *why, size_t why_size);
+
+/* 0 when path is a readable regular file (its size in *size when not
+ * NULL); else -1 with the reason (missing, a directory, a FIFO...). */
+int config_regular_file(const char *path, long long *size, char *why,
+                        size_t why_size);
+
 /* Same, from text in memory; `source` names it in errors. */
 int config_load_text(config *cfg, const char *source, const char *text,
                      size_t length, const char *const *sets, int set_count,

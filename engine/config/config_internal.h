@@ -176,5 +176,15 @@ void print_leaf(FILE *out, const schema_field *f, const unsigned char *base);
 void checks_record_mark(load_ctx *ctx, size_t offset, const char *path,
                         const where *at);
 int checks_cross_fields(load_ctx *ctx);
+/* A failure about one key, reported where it was set (or without a place
+ * when it kept its default). Returns the failure's status. */
+int checks_fail_key(load_ctx *ctx, size_t offset, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Refuses ctx->text from `offset` on when its flow collections nest
+ * deeper than CONFIG_NESTING_MAX (quoted text and comments aside): 0, or
+ * the failure's status, pointing at the bracket past the limit. */
+int diag_check_nesting(load_ctx *ctx, size_t offset);
+/* files.c: what a run needs of the file system (config_load_for_run). */
+int checks_files(load_ctx *ctx);
 
 #endif

@@ -249,3 +249,45 @@ int diag_fail_unknown_key(load_ctx *ctx, const where *at, const char *path,
     return diag_fail_at(ctx, at, "%s%sunknown %s %s (expected one of: %s)",
                         path, path[0] ? ": " : "", noun, shown, keys);
 }
+
+int diag_check_nesting(load_ctx *ctx, size_t offset)
+{
+    int depth = 0;
+    size_t line = 0, line_start = 0;
+    char quote = 0;
+    for (size_t i = offset; i < ctx->length; i++) {
+        char ch = ctx->text[i];
+        if (ch == '\n') {
+            line++;
+            line_start = i + 1;
+            quote = quote == '"' ? quote : 0; /* '...' ends at the line */
+            continue;
+        }
+        if (quote) {
+            if (ch == '\\' && quote == '"' && i + 1 < ctx->length)
+                i++;
+            else if (ch == quote)
+                quote = 0;
+            continue;
+        }
+        if (ch == '"' || ch == '\'') {
+            quote = ch;
+        } else if (ch == '#' && (i == offset || ctx->text[i - 1] == ' ' ||
+                                 ctx->text[i - 1] == '\t')) {
+            while (i + 1 < ctx->length && ctx->text[i + 1] != '\n')
+                i++;
+        } else if (ch == '[' || ch == '{') {
+            if (++depth > CONFIG_NESTING_MAX) {
+                size_t from = line == 0 ? 0 : line_start;
+                where at = {ctx->source, ctx->text, ctx->length, line,
+                            diag_utf8_chars(ctx->text + from, i - from)};
+                return diag_fail_at(ctx, &at, "nested deeper than %d levels "
+                                    "(the limit for a configuration)",
+                                    CONFIG_NESTING_MAX);
+            }
+        } else if ((ch == ']' || ch == '}') && depth > 0) {
+            depth--;
+        }
+    }
+    return 0;
+}

@@ -29,7 +29,7 @@ static void name_from_source(char *name, size_t size, const char *source)
 
 static int load(config *cfg, const char *source, const char *name,
                 const char *text, size_t length, const char *const *sets,
-                int set_count, moe_error *err)
+                int set_count, int for_run, moe_error *err)
 {
     config_defaults(cfg);
     if (strlen(source) >= sizeof cfg->source)
@@ -53,11 +53,15 @@ static int load(config *cfg, const char *source, const char *name,
     ctx->text = text;
     ctx->length = length;
 
-    int rc = document_load(ctx);
+    int rc = diag_check_nesting(ctx, 0);
+    if (rc == 0)
+        rc = document_load(ctx);
     for (int i = 0; rc == 0 && i < set_count; i++)
         rc = overrides_apply(ctx, sets[i]);
     if (rc == 0)
         rc = checks_cross_fields(ctx);
+    if (rc == 0 && for_run)
+        rc = checks_files(ctx);
     free(ctx);
     return rc;
 }
@@ -66,13 +70,23 @@ int config_load_text(config *cfg, const char *source, const char *text,
                      size_t length, const char *const *sets, int set_count,
                      moe_error *err)
 {
-    return load(cfg, source, NULL, text, length, sets, set_count, err);
+    return load(cfg, source, NULL, text, length, sets, set_count, 0, err);
 }
 
-/* Reads a whole file; the caller frees *text. */
+/* Reads a whole file; the caller frees *text. A FIFO, a directory or a
+ * device is refused before it is opened (a FIFO would block), and so is a
+ * file over CONFIG_TEXT_MAX. */
 static int read_file(const char *path, char **text, size_t *length,
                      moe_error *err)
 {
+    char why[CONFIG_PATH_MAX + 128];
+    long long bytes = 0;
+    if (config_regular_file(path, &bytes, why, sizeof why) < 0)
+        return error_set(err, "%s", why);
+    if (bytes > CONFIG_TEXT_MAX)
+        return error_set(err, "%s: %lld bytes is too large for a "
+                              "configuration (at most %d)", path, bytes,
+                         CONFIG_TEXT_MAX);
     FILE *file = fopen(path, "rb");
     if (!file)
         return error_set_errno(err, "%s: cannot open", path);
@@ -112,17 +126,32 @@ static int read_file(const char *path, char **text, size_t *length,
     return 0;
 }
 
-int config_load(config *cfg, const char *path, const char *const *sets,
-                int set_count, moe_error *err)
+static int load_path(config *cfg, const char *path, const char *const *sets,
+                     int set_count, int for_run, moe_error *err)
 {
     if (!path)
         return load(cfg, "<embedded default>", "default", config_default_yaml,
-                    config_default_yaml_length, sets, set_count, err);
+                    config_default_yaml_length, sets, set_count, for_run,
+                    err);
     char *text = NULL;
     size_t length = 0;
     if (read_file(path, &text, &length, err))
         return -1;
-    int rc = load(cfg, path, NULL, text, length, sets, set_count, err);
+    int rc = load(cfg, path, NULL, text, length, sets, set_count, for_run,
+                  err);
     free(text);
     return rc;
+}
+
+int config_load(config *cfg, const char *path, const char *const *sets,
+                int set_count, moe_error *err)
+{
+    return load_path(cfg, path, sets, set_count, 0, err);
+}
+
+int config_load_for_run(config *cfg, const char *path,
+                        const char *const *sets, int set_count,
+                        moe_error *err)
+{
+    return load_path(cfg, path, sets, set_count, 1, err);
 }

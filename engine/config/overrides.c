@@ -13,6 +13,9 @@
 static int load_value(load_ctx *ctx, size_t value_offset,
                       yaml_parser_t *parser, yaml_document_t *doc)
 {
+    int nested = diag_check_nesting(ctx, value_offset);
+    if (nested)
+        return nested;
     if (!yaml_parser_initialize(parser))
         return diag_fail_at(ctx, NULL, "out of memory while reading YAML");
     yaml_parser_set_input_string(parser,

@@ -88,10 +88,13 @@ def case_usage(tmp):
     # Missing corpus: a runtime failure with a one-line reason.
     rc, _, err = run(["run", TINY, "--set", "data.path=missing.txt"], tmp,
                      check=False)
-    if rc != 1 or "missing.txt: no such file" not in err:
+    # Refused before any work, pointing at the key that set it.
+    if rc != 2 or "--set:1:1: data.path: missing.txt: no such file" not in err:
         fail(f"missing corpus: exit {rc}, stderr {err!r}")
     # check prints a resolved configuration that reads back the same.
-    _, resolved, _ = run(["check", TINY, "--set", "train.lr=0.005"], tmp)
+    # (check is run's gate: the corpus must be there, as for run.)
+    _, resolved, _ = run(["check", TINY, "--set", "train.lr=0.005",
+                          "--set", "data.path=" + CORPUS], tmp)
     path = os.path.join(tmp, "resolved.yaml")
     with open(path, "w") as f:
         f.write(resolved)

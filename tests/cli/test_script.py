@@ -212,7 +212,7 @@ def case_bad(tmp):
        or "MPI" in err:
         fail(f"two ranks, bad script: exit {rc}\n{err}")
     rc, _, err = run(tmp, "missing", "", extra=["--script", "/nonexistent/x"])
-    if rc != 2 or "/nonexistent/x: cannot open" not in err:
+    if rc != 2 or "/nonexistent/x: no such file" not in err:
         fail(f"a missing script: exit {rc}\n{err}")
     print(f"{len(BAD) + 2} bad scripts refused with file:line: message")
 
@@ -224,8 +224,9 @@ def case_status(tmp):
         fail(f"a finished run exited {rc}\n{err}")
     rc, _, err = run(tmp, "fails", "", sets=["data.path=" +
                                              os.path.join(tmp, "no-such")])
-    if rc != 1 or "no-such" not in err:
-        fail(f"a missing corpus: exit {rc}, want 1\n{err}")
+    if rc != 2 or "no-such" not in err:
+        fail(f"a missing corpus: exit {rc}, want 2 (refused before work)"
+             f"\n{err}")
     rc, _, err = run(tmp, "badcfg", "", sets=["model.d_model=abc"])
     if rc != 2:
         fail(f"a bad configuration: exit {rc}, want 2\n{err}")
