@@ -25,7 +25,8 @@
 #include "engine/protocol/registry.h"
 
 enum { EXIT_RUNTIME = 1, EXIT_USAGE = 2 };
-enum { MAX_SETS = 256, MAX_ARGS = 4 * MAX_SETS + 64 };
+enum { MAX_SETS = 256, MAX_ARGS = 4 * MAX_SETS + 64,
+       SCRIPT_TEXT_MAX = 16 << 20 };
 
 /* The subcommands: `moectl NAME ...` runs run(argc, argv) with the whole
  * command line; `moectl --help` is generated from this table. A first word
@@ -621,9 +622,16 @@ static int check_run_files(const headless_options *h)
                 h->run_dir, why);
         return EXIT_USAGE;
     }
+    long long bytes = 0;
     if (h->script &&
-        config_regular_file(h->script, NULL, why, sizeof why) < 0) {
+        config_regular_file(h->script, &bytes, why, sizeof why) < 0) {
         fprintf(stderr, "moectl: --script %s\n", why);
+        return EXIT_USAGE;
+    }
+    if (h->script && bytes > SCRIPT_TEXT_MAX) {
+        fprintf(stderr, "moectl: --script %s: %lld bytes is too large for a "
+                        "script (at most %d)\n", h->script, bytes,
+                SCRIPT_TEXT_MAX);
         return EXIT_USAGE;
     }
     if (h->metrics && strcmp(h->metrics, "-") != 0) {

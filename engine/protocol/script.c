@@ -334,8 +334,12 @@ static int holds(script_op op, double x, double value)
     return 0;
 }
 
-int script_due(script *s, int step, const double *values, command *out,
-               int max)
+const command *script_command(const script *s, int i)
+{
+    return &s->lines[i].cmd;
+}
+
+int script_due(script *s, int step, const double *values, int *due_lines)
 {
     int n = 0;
     for (int i = 0; i < s->count; i++) {
@@ -356,8 +360,8 @@ int script_due(script *s, int step, const double *values, command *out,
             }
             break;
         }
-        if (due && n < max)
-            out[n++] = l->cmd;
+        if (due)
+            due_lines[n++] = i;
     }
     return n;
 }

@@ -83,11 +83,14 @@ void script_free(script *s);
  * val_loss is the latest validation loss. */
 void script_values(double *values, const step_stats *st, double val_loss);
 
-/* The commands due at the boundary after `step` (values: that step's
- * figures, or NULL before the first step), in script order, at most max.
- * Updates the edge state of `when` lines. Returns their count. */
-int script_due(script *s, int step, const double *values, command *out,
-               int max);
+/* The lines due at the boundary after `step` (values: that step's
+ * figures, or NULL before the first step), in script order: their indices
+ * into due (room for s->count). Updates the edge state of `when` lines, so
+ * it is called once a boundary. Returns their count; none is dropped. */
+int script_due(script *s, int step, const double *values, int *due);
+
+/* The command of line i. */
+const command *script_command(const script *s, int i);
 
 /* The metric names, for messages and the man page. */
 extern const char *const script_metric_names[SCRIPT_METRIC_COUNT];

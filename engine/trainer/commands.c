@@ -558,21 +558,36 @@ int run_script(boundary_state *b, const double *values, moe_error *err)
 {
     trainer *t = b->t;
     const comm *c = t->comm;
-    command due_now[BOUNDARY_MAX_COMMANDS];
-    int count = 0;
-    if (c->rank == 0)
-        count = script_due(b->opt->script, t->state.step, values, due_now,
-                           BOUNDARY_MAX_COMMANDS);
-    share_commands(c, due_now, &count);
-    int flags = 0;
-    for (int i = 0; i < count; i++) {
-        command_result result;
-        record_state state;
-        int applied = apply_command(b, &due_now[i], RECORD_ORIGIN_SCRIPT,
-                                    &result, &state, err);
-        if (applied < 0)
-            return -1;
-        flags |= applied;
+    const script *s = b->opt->script;
+    /* Rank 0 finds every due line once; every rank applies them in
+     * batches of BOUNDARY_MAX_COMMANDS (a batch of 0 ends the boundary's),
+     * so that none is dropped however many fall due together. */
+    int *due = NULL, total = 0;
+    if (c->rank == 0) {
+        due = malloc(((size_t)s->count + 1) * sizeof *due);
+        if (!due)
+            return error_set(err, "out of memory for the script's commands");
+        total = script_due(b->opt->script, t->state.step, values, due);
     }
+    int flags = 0, done = 0, count;
+    do {
+        command batch[BOUNDARY_MAX_COMMANDS];
+        count = 0;
+        while (c->rank == 0 && done < total && count < BOUNDARY_MAX_COMMANDS)
+            batch[count++] = *script_command(s, due[done++]);
+        share_commands(c, batch, &count);
+        for (int i = 0; i < count; i++) {
+            command_result result;
+            record_state state;
+            int applied = apply_command(b, &batch[i], RECORD_ORIGIN_SCRIPT,
+                                        &result, &state, err);
+            if (applied < 0) {
+                free(due);
+                return -1;
+            }
+            flags |= applied;
+        }
+    } while (count > 0);
+    free(due);
     return flags;
 }

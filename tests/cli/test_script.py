@@ -233,7 +233,18 @@ def case_status(tmp):
     rc, _, err = run(tmp, "stops", "3 stop\n")
     if rc != 3:
         fail(f"a scripted stop: exit {rc}, want 3\n{err}")
-    print("exit statuses 0, 1, 2 and 3")
+    # No command is dropped: 10,000 due at one boundary all run, in order,
+    # and the stop after them stops the job there.
+    many = "1 status\n" * 10000 + "every 1 lr 0.002\n1 stop\n"
+    rc, records, err = run(tmp, "many", many)
+    events = of(records or [], "event")
+    if rc != 3 or [e["command"] for e in events] != \
+            ["status"] * 10000 + ["lr 0.002", "stop"] or \
+            of(records, "summary")[0]["last_step"] != 1:
+        fail(f"10,000 commands at step 1: exit {rc}, {len(events)} events"
+             f"\n{err[-2000:]}")
+    print("exit statuses 0, 2 and 3; 10,002 commands at one boundary, none "
+          "dropped")
 
 
 def case_signal(tmp):
