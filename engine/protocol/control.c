@@ -419,11 +419,14 @@ static void control_accept(control_server *s, const command_limits *limits)
         if (++s->last_generation == 0)
             s->last_generation = 1;
         c->generation = s->last_generation;
-        for (int k = 0; k < CONTROL_REMEMBERED_MAX; k++)
+        /* A command sent right after connecting is read in this poll, and
+         * before the remembered records go out: a client that sends and
+         * closes at once (fire and forget) would make those writes fail
+         * and be dropped with its command unread. */
+        control_client_read(s, slot, limits);
+        for (int k = 0; k < CONTROL_REMEMBERED_MAX && c->fd >= 0; k++)
             if (s->remembered[k])
                 control_client_send(c, s->remembered[k]);
-        /* A command sent right after connecting is read in this poll. */
-        control_client_read(s, slot, limits);
     }
 }
 

@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -99,9 +100,9 @@ def main():
                 listed["alpha"][2] != 1 or \
                 not listed["alpha"][1].endswith("/1000000"):
             fail(f"ps rows: {listed}")
-        socket = open(os.path.join(tmp, "runs", "alpha", "socket")).read()
-        if socket.strip() != listed["alpha"][4]:
-            fail(f"runs/alpha/socket says {socket!r}, ps {listed['alpha']}")
+        noted = open(os.path.join(tmp, "runs", "alpha", "socket")).read()
+        if noted.strip() != listed["alpha"][4]:
+            fail(f"runs/alpha/socket says {noted!r}, ps {listed['alpha']}")
 
         # A job killed outright leaves its entry; ps drops it.
         os.kill(b.pid, signal.SIGKILL)
@@ -174,6 +175,25 @@ def main():
                                                "checkpoints")))
         if delta != ["step-00000020"]:
             fail(f"delta's checkpoints with keep 1: {delta}")
+
+        # Fire and forget: a client that sends `stop` and closes before the
+        # job accepts it (the job is paused: it accepts at its next poll)
+        # still stops the job.
+        e = start(tmp, env, "epsilon")
+        jobs.append(e)
+        wait_for(lambda: "epsilon" in ps(tmp, env), "epsilon to be listed")
+        moectl(tmp, env, "ctl", "epsilon", "pause")
+        path = open(os.path.join(tmp, "runs", "epsilon", "socket")).read()
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(path.strip())
+        s.sendall(b"stop\n")
+        s.close()
+        try:
+            code = e.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            fail("a stop sent by a client that closed at once was lost")
+        if code != 3:
+            fail(f"the fire-and-forget stop ended the job with exit {code}")
     finally:
         for j in jobs:
             if j.poll() is None:
@@ -182,7 +202,8 @@ def main():
         shutil.rmtree(tmp, ignore_errors=True)
     print("ok runs: ps listed two jobs and dropped the killed one; ctl by "
           "name; the run directory whole; a second run of the name refused; "
-          "--resume continued in place; rotation stayed within each run")
+          "--resume continued in place; rotation stayed within each run; "
+          "a fire-and-forget stop was applied")
 
 
 main()
