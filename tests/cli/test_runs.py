@@ -194,6 +194,35 @@ def main():
             fail("a stop sent by a client that closed at once was lost")
         if code != 3:
             fail(f"the fire-and-forget stop ended the job with exit {code}")
+
+        # A job that does not accept (stopped, its backlog full): ctl gives
+        # up within its timeout with the reason instead of blocking.
+        z = start(tmp, env, "zeta")
+        jobs.append(z)
+        wait_for(lambda: "zeta" in ps(tmp, env), "zeta to be listed")
+        path = open(os.path.join(tmp, "runs", "zeta", "socket")).read()
+        os.kill(z.pid, signal.SIGSTOP)
+        held = []
+        for _ in range(64):  # past the listen backlog (16)
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.setblocking(False)
+            if s.connect_ex(path.strip()) != 0:
+                s.close()
+                break
+            held.append(s)
+        start_ctl = time.time()
+        late = moectl(tmp, env, "ctl", "zeta", "status", check=False)
+        took = time.time() - start_ctl
+        for s in held:
+            s.close()
+        os.kill(z.pid, signal.SIGCONT)
+        if late.returncode != 1 or "did not accept the connection" not in \
+                late.stderr or took > 60:
+            fail(f"ctl to a job that does not accept: exit "
+                 f"{late.returncode} after {took:.0f} s: {late.stderr}")
+        moectl(tmp, env, "ctl", "zeta", "stop")
+        if z.wait(timeout=60) != 3:
+            fail(f"zeta stopped with exit {z.returncode}")
     finally:
         for j in jobs:
             if j.poll() is None:
@@ -203,7 +232,8 @@ def main():
     print("ok runs: ps listed two jobs and dropped the killed one; ctl by "
           "name; the run directory whole; a second run of the name refused; "
           "--resume continued in place; rotation stayed within each run; "
-          "a fire-and-forget stop was applied")
+          "a fire-and-forget stop was applied; ctl to a stopped job timed "
+          "out with the reason")
 
 
 main()

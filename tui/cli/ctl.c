@@ -25,6 +25,10 @@ static int ctl_connect(job_client *client, const char *socket_path,
         fprintf(err, "moectl ctl: cannot connect to %s: path too long for a "
                      "Unix socket (limit %zu bytes)\n",
                 socket_path, sizeof ((struct sockaddr_un *)0)->sun_path - 1);
+    else if (errno == ETIMEDOUT)
+        fprintf(err, "moectl ctl: %s did not accept the connection within "
+                     "%d s: the job's rank 0 is stopped or not serving its "
+                     "socket\n", socket_path, JOB_CONNECT_TIMEOUT_MS / 1000);
     else
         fprintf(err, "moectl ctl: cannot connect to %s: %s\n", socket_path,
                 strerror(errno));

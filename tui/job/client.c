@@ -1,4 +1,5 @@
 #include "tui/job/client.h"
+#include "engine/core/clock.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -6,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -29,14 +31,25 @@ int job_client_connect(job_client *c, const char *socket_path)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return -1;
-    if (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
+    /* Non-blocking: a job that does not accept (its rank 0 stopped, its
+     * backlog full) makes connect fail with EAGAIN rather than block; it
+     * is retried until JOB_CONNECT_TIMEOUT_MS, then ETIMEDOUT. Reads never
+     * block either: job_client_read waits in poll, with a limit. */
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    long long deadline = clock_monotonic_ms() + JOB_CONNECT_TIMEOUT_MS;
+    while (connect(fd, (struct sockaddr *)&addr, sizeof addr) < 0) {
         int saved = errno;
+        if (saved == EINTR)
+            continue;
+        if (saved == EAGAIN && clock_monotonic_ms() < deadline) {
+            struct timespec nap = {0, 20 * 1000 * 1000};
+            nanosleep(&nap, NULL);
+            continue;
+        }
         close(fd);
-        errno = saved;
+        errno = saved == EAGAIN ? ETIMEDOUT : saved;
         return -1;
     }
-    /* Reads never block: job_client_read waits in poll, with a limit. */
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     c->fd = fd;
     c->len = 0;
     c->dropping = 0;

@@ -38,6 +38,9 @@ void job_client_init(job_client *c);
 
 /* One attempt to connect to socket_path. Returns 0, or -1 with errno set
  * (ENAMETOOLONG when the path does not fit a Unix socket address). */
+/* How long a connect waits for a job that does not accept. */
+enum { JOB_CONNECT_TIMEOUT_MS = 10000 };
+
 int job_client_connect(job_client *c, const char *socket_path);
 
 /* Sends line followed by a newline, all of it. Returns 0, or -1 with errno
