@@ -240,3 +240,43 @@ void checkpoint_prune(const char *dir, int keep)
     closedir(d);
     free(steps);
 }
+
+static int has_suffix(const char *name, const char *suffix)
+{
+    size_t n = strlen(name), k = strlen(suffix);
+    return n > k && strcmp(name + n - k, suffix) == 0;
+}
+
+void checkpoint_clean_unfinished(const char *dir)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    char path[CONFIG_PATH_MAX + 300];
+    struct dirent *entry;
+    while ((entry = readdir(d)) != NULL) {
+        const char *name = entry->d_name;
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        if (has_suffix(name, ".tmp")) {
+            unlink(path); /* a single-file write cut short */
+            continue;
+        }
+        if (step_in_name(name, "") < 0)
+            continue;
+        if (checkpoint_step_of(dir, name) < 0) { /* no manifest: unfinished */
+            remove_checkpoint(dir, name);
+            continue;
+        }
+        DIR *step = opendir(path); /* a whole one: its cut-short rewrites */
+        struct dirent *file;
+        while (step && (file = readdir(step)) != NULL)
+            if (has_suffix(file->d_name, ".tmp")) {
+                char stale[CONFIG_PATH_MAX + 600];
+                snprintf(stale, sizeof stale, "%s/%s", path, file->d_name);
+                unlink(stale);
+            }
+        if (step)
+            closedir(step);
+    }
+    closedir(d);
+}

@@ -41,6 +41,10 @@ int checkpoint_write_close(checkpoint_stream *s, const char *path,
 
 /* mkdir -p */
 int checkpoint_make_dirs(const char *dir, moe_error *err);
+/* What a write cut short left in dir (a kill, a full disk): temporary
+ * files, and step directories without a manifest. Called at a run's start,
+ * before it writes any checkpoint. */
+void checkpoint_clean_unfinished(const char *dir);
 void checkpoint_sync_dir(const char *dir);
 
 /* Step of a checkpoint named in DIR ("step-NNNNNNNN" with a manifest, or

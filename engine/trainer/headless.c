@@ -11,6 +11,7 @@
 
 #include "engine/balance/cost.h"
 #include "engine/core/format.h"
+#include "engine/model/checkpoint_files.h"
 #include "engine/protocol/command.h"
 #include "engine/protocol/control.h"
 #include "engine/protocol/prometheus.h"
@@ -369,6 +370,9 @@ int headless_run(const config *given, const headless_options *opt,
     }
     if (start_every_rank(&t, cfg, c, &quiet, &err) < 0)
         goto done;
+    /* Nothing of an earlier write cut short outlives a restart. */
+    if (c->rank == 0)
+        checkpoint_clean_unfinished(cfg->checkpoint.dir);
     if (opt->resume && trainer_resume(t, opt->resume, &err) < 0)
         goto done;
     if (t->state.step >= last_step) {

@@ -147,10 +147,25 @@ def main():
         if again.returncode != 2 or "already holds a run" not in again.stderr:
             fail(f"a second run named alpha: {again.returncode} "
                  f"{again.stderr}")
+        # What writes cut short by a kill left: a single-file temp, a step
+        # directory without a manifest, a temp inside a whole one.
+        ck = os.path.join(run, "checkpoints")
+        newest_dir = os.path.join(ck, f"step-{stopped_at:08d}")
+        stale = [os.path.join(ck, "step-00000003.ckpt.tmp"),
+                 os.path.join(ck, "step-99999990", "dense-x.bin.tmp"),
+                 os.path.join(newest_dir, "experts-r0000-x.bin.tmp")]
+        os.makedirs(os.path.dirname(stale[1]))
+        for path in stale:
+            with open(path, "wb") as f:
+                f.write(b"\0" * 4096)
         moectl(tmp, env, "run", CONFIG, "--headless", "--resume", run,
                "--steps", str(stopped_at + 20),
                "--set", "data.path=" + CORPUS, "--set", "train.steps=1000000",
                "--set", "train.eval_every=0")
+        left = [p for p in stale if os.path.exists(p)] + \
+            ([stale[1]] if os.path.isdir(os.path.dirname(stale[1])) else [])
+        if left:
+            fail(f"temporary files outlived the restart: {left}")
         recs = records(os.path.join(run, "metrics.jsonl"))
         runs = [r for r in recs if r["type"] == "run"]
         steps = [r["step"] for r in recs if r["type"] == "step"]
@@ -233,7 +248,7 @@ def main():
           "name; the run directory whole; a second run of the name refused; "
           "--resume continued in place; rotation stayed within each run; "
           "a fire-and-forget stop was applied; ctl to a stopped job timed "
-          "out with the reason")
+          "out with the reason; no temporary file outlived a restart")
 
 
 main()
