@@ -122,11 +122,23 @@ static void gauge_field(text_buf *b, json_t *record, const char *key,
     value(b, x * scale);
 }
 
-static void counter(text_buf *b, const char *name, double x, const char *help)
+/* A series of one unlabelled sample. */
+static void single(text_buf *b, const char *name, const char *type, double x,
+                   const char *help)
 {
-    head(b, name, "counter", help);
+    head(b, name, type, help);
     put(b, "%s", name);
     value(b, x);
+}
+
+static void counter(text_buf *b, const char *name, double x, const char *help)
+{
+    single(b, name, "counter", x, help);
+}
+
+static void gauge(text_buf *b, const char *name, double x, const char *help)
+{
+    single(b, name, "gauge", x, help);
 }
 
 static void run_part(text_buf *b, json_t *run)
@@ -269,13 +281,10 @@ static void step_part(text_buf *b, prometheus *p)
     gauge_field(b, s, "dropped", "moectl_dropped_assignments", 1,
                 "Token-expert assignments dropped at capacity last step.");
     json_t *straggler = json_object_get(s, "straggler");
-    head(b, "moectl_straggler_rank", "gauge",
-         "The rank the others waited for in the last step (-1: none).");
-    put(b, "moectl_straggler_rank");
-    value(b, json_is_integer(straggler) ? json_number_value(straggler) : -1);
-    head(b, "moectl_paused", "gauge", "1 while the job is paused.");
-    put(b, "moectl_paused");
-    value(b, p->paused);
+    gauge(b, "moectl_straggler_rank",
+          json_is_integer(straggler) ? json_number_value(straggler) : -1,
+          "The rank the others waited for in the last step (-1: none).");
+    gauge(b, "moectl_paused", p->paused, "1 while the job is paused.");
     gauge_field(b, s, "placement_version", "moectl_placement_version", 1,
                 "Changes of the expert placement so far.");
     ranks_part(b, json_object_get(s, "ranks"));
@@ -288,13 +297,10 @@ static char *build(prometheus *p)
     run_part(&b, p->run);
     step_part(&b, p);
     if (!isnan(p->val_loss)) {
-        head(&b, "moectl_val_loss", "gauge",
-             "The latest validation loss (nats/byte).");
-        put(&b, "moectl_val_loss");
-        value(&b, p->val_loss);
-        head(&b, "moectl_val_step", "gauge", "The step it was measured at.");
-        put(&b, "moectl_val_step");
-        value(&b, (double)p->val_step);
+        gauge(&b, "moectl_val_loss", p->val_loss,
+              "The latest validation loss (nats/byte).");
+        gauge(&b, "moectl_val_step", (double)p->val_step,
+              "The step it was measured at.");
     }
     counter(&b, "moectl_checkpoints_total", (double)p->checkpoints_total,
             "Checkpoints this job wrote.");
@@ -306,10 +312,8 @@ static char *build(prometheus *p)
     value(&b, (double)p->commands_refused);
     counter(&b, "moectl_plans_applied_total", (double)p->plans_applied,
             "Placement plans carried out.");
-    head(&b, "moectl_finished", "gauge",
-         "0 while training, 1 done, 2 stopped.");
-    put(&b, "moectl_finished");
-    value(&b, p->done);
+    gauge(&b, "moectl_finished", p->done,
+          "0 while training, 1 done, 2 stopped.");
     put(&b, "# EOF\n");
     if (b.failed) {
         free(b.data);
