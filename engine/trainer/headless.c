@@ -293,7 +293,8 @@ static void register_job(const config *cfg, const headless_options *opt,
     if (!realpath(opt->run_dir, e.run_dir))
         snprintf(e.run_dir, sizeof e.run_dir, "%s", opt->run_dir);
     snprintf(e.socket, sizeof e.socket, "%s", control_path(control));
-    snprintf(e.config, sizeof e.config, "%s", cfg->source);
+    snprintf(e.config, sizeof e.config, "%.*s", (int)sizeof e.config - 1,
+             cfg->source);
     struct timespec now;
     clock_gettime(CLOCK_REALTIME, &now);
     e.started = (double)now.tv_sec + now.tv_nsec / 1e9;
@@ -340,17 +341,24 @@ static int announce_end(const config *cfg, const run_summary *summary,
     return status;
 }
 
+/* The run's configuration: checkpoints go to the run directory unless
+ * checkpoint.dir says. */
+static const config *run_config(const config *given,
+                                const headless_options *opt)
+{
+    static config run_cfg;
+    run_cfg = *given;
+    if (opt->run_dir && !run_cfg.checkpoint.dir[0])
+        snprintf(run_cfg.checkpoint.dir, sizeof run_cfg.checkpoint.dir,
+                 "%s/checkpoints", opt->run_dir);
+    return &run_cfg;
+}
+
 int headless_run(const config *given, const headless_options *opt,
                  const comm *c)
 {
     moe_error err = {{0}};
-    /* Checkpoints go to the run directory unless checkpoint.dir says. */
-    static config run_cfg;
-    run_cfg = *given;
-    const config *cfg = &run_cfg;
-    if (opt->run_dir && !run_cfg.checkpoint.dir[0])
-        snprintf(run_cfg.checkpoint.dir, sizeof run_cfg.checkpoint.dir,
-                 "%s/checkpoints", opt->run_dir);
+    const config *cfg = run_config(given, opt);
     char entry_path[CONFIG_PATH_MAX + 32] = "";
     int last_step = opt->steps > 0 ? opt->steps : cfg->train.steps;
     if (headless_check_steps(cfg, opt, c->rank == 0) < 0)
