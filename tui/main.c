@@ -351,10 +351,13 @@ static int parse_arguments(int argc, char **argv, arguments *a)
 
 static volatile sig_atomic_t mpirun_pid;
 
+/* mpirun passes SIGINT and SIGTERM on to the ranks, which stop cleanly; a
+ * hang-up would end mpirun itself and orphan them, so it goes on as
+ * SIGTERM. */
 static void forward_signal(int sig)
 {
     if (mpirun_pid > 0)
-        kill((pid_t)mpirun_pid, sig);
+        kill((pid_t)mpirun_pid, sig == SIGHUP ? SIGTERM : sig);
 }
 
 /* One rank per cluster device: a job of several devices starts under
@@ -431,7 +434,7 @@ static int launch_mpirun(const config *cfg, int argc, char **argv)
     }
     /* Signals go to mpirun, which passes them to the ranks. */
     mpirun_pid = child;
-    static const int signals[] = {SIGINT, SIGTERM, 0};
+    static const int signals[] = {SIGINT, SIGTERM, SIGHUP, 0};
     signals_install(forward_signal, signals);
     int wstatus = 0;
     while (waitpid(child, &wstatus, 0) < 0 && errno == EINTR)

@@ -414,7 +414,9 @@ int headless_run(const config *given, const headless_options *opt,
         .stop_requested = &stop_requested,
     };
 
-    static const int signals[] = {SIGINT, SIGTERM, 0};
+    /* A hang-up (the terminal closed) stops the job as SIGTERM does: at
+     * the next step boundary, with a checkpoint, exit 3. */
+    static const int signals[] = {SIGINT, SIGTERM, SIGHUP, 0};
     signals_install(on_signal, signals);
 
     if (c->rank == 0)

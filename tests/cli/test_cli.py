@@ -364,7 +364,24 @@ def case_signal(tmp):
                     ["train.steps=100000", "train.eval_every=0"])
     if sorted(steps(resumed)) != [at + 1, at + 2, at + 3]:
         fail("could not resume from the checkpoint written on SIGINT")
-    print(f"stopped at step {at} with exit 3 and a checkpoint that resumes")
+    # A hang-up (the terminal closed) stops the same way: a checkpoint and
+    # exit 3, not 129 with nothing written.
+    hup_metrics = os.path.join(tmp, "hup.jsonl")
+    p = subprocess.Popen(args[:3] + ["--metrics", hup_metrics] + args[5:],
+                         cwd=tmp, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (
+            os.path.exists(hup_metrics) and
+            open(hup_metrics).read().count('"step"') > 5):
+        time.sleep(0.05)
+    p.send_signal(signal.SIGHUP)
+    _, err = p.communicate(timeout=60)
+    hup = read_metrics(hup_metrics)[-1]
+    if p.returncode != 3 or hup["type"] != "summary" or \
+            not os.path.exists(hup["checkpoint"] or ""):
+        fail(f"SIGHUP: exit {p.returncode}, last record {hup}\n{err}")
+    print(f"stopped at step {at} with exit 3 and a checkpoint that resumes; "
+          f"SIGHUP the same")
 
 
 def case_corrupt_checkpoint(tmp):

@@ -758,9 +758,13 @@ def case_signal(tmp):
     mpirun killed it, exit 1, no checkpoint)."""
     running = stopped_by_signal(tmp, "s", signal.SIGINT, False)
     paused = stopped_by_signal(tmp, "p", signal.SIGTERM, True)
+    # A hang-up of the launcher (its terminal closed) stops every rank with
+    # a checkpoint too, rather than orphaning mpirun and the ranks.
+    hung = stopped_by_signal(tmp, "h", signal.SIGHUP, False)
     print(f"SIGINT: stopped at step {running['last_step']} with exit 3; "
           f"SIGTERM while paused: stopped at step {paused['last_step']} "
-          f"with exit 3")
+          f"with exit 3; SIGHUP: stopped at step {hung['last_step']} with "
+          f"exit 3")
 
 
 def ctl(sock, *words):
