@@ -424,12 +424,22 @@ def case_corrupt_checkpoint(tmp):
     refused("no manifest", "no whole checkpoint",
             resume=os.path.dirname(path))
     os.rename(manifest + ".aside", manifest)
+    # A forged manifest: an expert on rank -1, or past the recorded ranks.
+    text = open(manifest).read()
+    for forged in (-1, 7):
+        doc = json.loads(text)
+        doc["placement"][0][0] = forged
+        with open(manifest, "w") as f:
+            json.dump(doc, f)
+        refused(f"an expert on rank {forged}", "a malformed placement")
+    with open(manifest, "w") as f:
+        f.write(text)
     legacy = os.path.join(tmp, "step-00000003.ckpt")
     with open(legacy, "wb") as f:
         f.write(b"MOECTLCK" + bytes(64))
     refused("a broken single-file checkpoint", "unsupported single-file "
             "checkpoint version 0", resume=legacy)
-    print("truncated, corrupt, headless, misshapen and single-file "
+    print("truncated, corrupt, headless, misshapen, forged and single-file "
           "checkpoints refused with the reason")
 
 
