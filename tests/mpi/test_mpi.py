@@ -446,6 +446,23 @@ def case_resume_ranks(tmp):
              f"{p.stderr[-2000:]}")
     print(f"a truncated shard: refused on every rank in "
           f"{time.time() - start:.1f} s")
+    # A placement that empties a rank survives a resume on as many ranks.
+    moves = []
+    for layer in (0, 1):
+        for expert in (1, 3):  # round-robin put these on rank 1
+            moves += ["--at", f"5:move {layer}.{expert} 0"]
+    emptied = steps(train(tmp, "empty", 2, ["--steps", "10"] + moves,
+                          ["checkpoint.dir=" + os.path.join(tmp, "empty")])[0])
+    if any(r != 0 for row in emptied[10]["placement"] for r in row):
+        fail(f"the moves did not empty rank 1: {emptied[10]['placement']}")
+    again = steps(train(tmp, "empty2", 2,
+                        ["--resume", os.path.join(tmp, "empty"),
+                         "--steps", "12"],
+                        ["checkpoint.dir=" + os.path.join(tmp, "empty2")])[0])
+    if again[11]["placement"] != emptied[10]["placement"]:
+        fail(f"an emptied rank's placement was reset on resume: "
+             f"{again[11]['placement']}")
+    print("a placement that empties rank 1 survived the resume")
     print(f"1 -> 4 -> 2 ranks at steps 20 and 40: worst relative difference "
           f"{worst:.1e} against 1 rank throughout")
 
