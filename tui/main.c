@@ -363,7 +363,8 @@ static void forward_signal(int sig)
 /* One rank per cluster device: a job of several devices starts under
  * mpirun (this process becomes mpirun), each rank runs this same command
  * line and joins the job. */
-static int launch_mpirun(const config *cfg, int argc, char **argv)
+static int launch_mpirun(const config *cfg, const char *run_dir, int argc,
+                         char **argv)
 {
     char self[4096];
     ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
@@ -441,14 +442,23 @@ static int launch_mpirun(const config *cfg, int argc, char **argv)
         ;
     int status = WIFEXITED(wstatus) ? WEXITSTATUS(wstatus) : EXIT_RUNTIME;
     FILE *f = fopen(status_path, "r");
+    int reported = -1;
     if (f) {
-        int reported;
         if (fscanf(f, "%d", &reported) == 1)
             status = reported;
         fclose(f);
         unlink(status_path);
     }
     rmdir(status_dir);
+    /* mpirun killed outright (not by a signal we passed on): the ranks
+     * died with it, and nobody else says so. */
+    if (WIFSIGNALED(wstatus) && reported < 0)
+        fprintf(stderr, "moectl: mpirun was killed by signal %d (%s), and "
+                        "the job's %d ranks with it; continue from the "
+                        "newest checkpoint with --resume %s\n",
+                WTERMSIG(wstatus), strsignal(WTERMSIG(wstatus)),
+                cfg->cluster.device_count,
+                run_dir ? run_dir : "CHECKPOINT_DIR");
     return status;
 }
 
@@ -465,7 +475,7 @@ static int run_ranks(const config *cfg, const headless_options *opt,
         /* Bad input is refused before any rank starts. */
         if (headless_check(cfg, opt) < 0)
             return EXIT_USAGE;
-        return launch_mpirun(cfg, argc, argv);
+        return launch_mpirun(cfg, opt->run_dir, argc, argv);
     }
     int status = headless_run(cfg, opt, &c);
     const char *status_file = getenv("MOECTL_JOB_STATUS_FILE");

@@ -778,10 +778,32 @@ def case_signal(tmp):
     # A hang-up of the launcher (its terminal closed) stops every rank with
     # a checkpoint too, rather than orphaning mpirun and the ranks.
     hung = stopped_by_signal(tmp, "h", signal.SIGHUP, False)
+    # mpirun killed outright: the launcher says so and how to continue.
+    metrics = os.path.join(tmp, "k.jsonl")
+    p = subprocess.Popen(
+        [MOECTL, "run", config(2), "--metrics", metrics, "--name", "killed",
+         "--set", "data.path=" + CORPUS, "--set", "train.steps=1000000",
+         "--set", "train.eval_every=0"], cwd=tmp, stderr=subprocess.PIPE,
+        text=True, start_new_session=True)
+    try:
+        wait_for(lambda: os.path.exists(metrics) and
+                 open(metrics).read().count('"type":"step"') > 5, "steps")
+        mpirun = subprocess.run(["pgrep", "-P", str(p.pid), "mpirun"],
+                                capture_output=True, text=True).stdout.split()
+        if not mpirun:
+            fail("no mpirun under the launcher")
+        os.kill(int(mpirun[0]), signal.SIGKILL)
+        _, err = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    if p.returncode == 0 or "mpirun was killed by signal 9" not in err or \
+            "--resume runs/killed" not in err:
+        fail(f"a killed mpirun: exit {p.returncode}\n{err[-2000:]}")
     print(f"SIGINT: stopped at step {running['last_step']} with exit 3; "
           f"SIGTERM while paused: stopped at step {paused['last_step']} "
           f"with exit 3; SIGHUP: stopped at step {hung['last_step']} with "
-          f"exit 3")
+          f"exit 3; a killed mpirun said so")
 
 
 def ctl(sock, *words):
