@@ -7,7 +7,6 @@ is paused first, so the screen and the metrics file hold the same step).
 
 usage: test_heatmap.py MOECTL SOURCE_ROOT
 """
-import json
 import os
 import re
 import shutil
@@ -16,48 +15,13 @@ import sys
 import tempfile
 import time
 
-MOECTL, ROOT = os.path.abspath(sys.argv[1]), sys.argv[2]
+# The tmux harness of the console test (one session a process; the same
+# MOECTL SOURCE_ROOT arguments): tmux, screen, fail, wait_for, last_step.
+from test_tmux import (MOECTL, ROOT, SESSION, fail, last_step, screen, tmux,
+                       wait_for)
+
 CORPUS = os.path.join(ROOT, "data", "kjv.txt")
 CONFIG = os.path.join(ROOT, "configs", "tiny.yaml")
-SESSION = f"moectl-heatmap-{os.getpid()}"
-
-
-def tmux(*args, check=True):
-    p = subprocess.run(["tmux", "-L", SESSION] + list(args),
-                       capture_output=True, text=True)
-    if check and p.returncode != 0:
-        raise RuntimeError(f"tmux {args}: {p.stderr}")
-    return p.stdout
-
-
-def screen():
-    return tmux("capture-pane", "-p", "-t", SESSION, check=False)
-
-
-def fail(msg):
-    print("FAIL:", msg)
-    print(screen())
-    sys.exit(1)
-
-
-def wait_for(predicate, what, timeout=60):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    fail("timed out waiting for " + what)
-
-
-def last_step(metrics):
-    step = None
-    with open(metrics) as f:
-        for line in f:
-            r = json.loads(line)
-            if r.get("type") == "step":
-                step = r
-    return step
 
 
 def header(text):
