@@ -76,6 +76,21 @@ extern const char *const config_dense_names[];
 /* The value whose name is the n bytes at word, or -1. */
 int config_enum_lookup(const char *const *names, const char *word, size_t n);
 
+/* train.spike_guard: see engine/model/spike_guard.h. */
+enum { CONFIG_SPIKE_WINDOW_MAX = 256, CONFIG_SPIKE_RECENT_MAX = 64 };
+typedef struct config_spike_guard {
+    int window;           /* applied steps in the running medians; 0: off */
+    int min_steps;        /* applied steps before the guard judges */
+    double loss_factor;   /* a loss over factor x median is a spike */
+    double grad_factor;   /* likewise the gradient norm */
+    int lower_after;      /* spikes within window steps that lower the lr */
+    double lr_factor;     /* the lowered lr: lr x lr_factor */
+    int lower_steps;      /* ... for this many steps */
+    int rollback_after;   /* spikes in a row that roll back; 0: never */
+    int max_rollbacks;    /* then the run stops (exit 1) */
+    int requeue_after;    /* a skipped batch trains this many steps on */
+} config_spike_guard;
+
 typedef struct config {
     char name[CONFIG_NAME_MAX];   /* file name without directory and .yaml */
     char source[CONFIG_PATH_MAX]; /* path as given, or "<embedded default>" */
@@ -141,6 +156,8 @@ typedef struct config {
         int eval_every;        /* 0: no periodic validation */
         int eval_batches;
         int log_every;         /* progress lines when stderr is no terminal */
+        config_spike_guard spike_guard;
+        double collective_timeout; /* s; 0: max(60, 10 x median step) */
     } train;
 
     struct {

@@ -236,6 +236,47 @@ static const schema_field plan_fields[] = {
     END_FIELDS,
 };
 
+static const schema_field spike_guard_fields[] = {
+    INT_FIELD("window", CFG(train.spike_guard.window), 0,
+              CONFIG_SPIKE_WINDOW_MAX, 50, "steps",
+              "applied steps whose median loss and gradient norm a step is "
+              "judged against; 0: the guard is off"),
+    INT_FIELD("min_steps", CFG(train.spike_guard.min_steps), 1,
+              CONFIG_SPIKE_WINDOW_MAX, 20, "steps",
+              "applied steps before the guard judges (a non-finite loss or "
+              "gradient norm is a spike from the first step)"),
+    REAL_FIELD("loss_factor", CFG(train.spike_guard.loss_factor), 1, NO_MAX,
+               OPEN_MIN, 1.5, NULL,
+               "a step whose loss is over this factor of the median is a "
+               "spike: not applied, its batch trained again later"),
+    REAL_FIELD("grad_factor", CFG(train.spike_guard.grad_factor), 1, NO_MAX,
+               OPEN_MIN, 10.0, NULL,
+               "likewise for the gradient norm (before clipping)"),
+    INT_FIELD("requeue_after", CFG(train.spike_guard.requeue_after), 1,
+              INT_MAX, 100, "steps",
+              "a skipped batch trains again this many steps later (once; "
+              "at most 16 wait at a time)"),
+    INT_FIELD("lower_after", CFG(train.spike_guard.lower_after), 0,
+              CONFIG_SPIKE_RECENT_MAX, 3, "spikes",
+              "this many spikes within window steps lower the learning "
+              "rate; 0: never"),
+    REAL_FIELD("lr_factor", CFG(train.spike_guard.lr_factor), 0, 1,
+               OPEN_MIN | OPEN_MAX, 0.5, NULL,
+               "the lowered learning rate is the schedule's times this"),
+    INT_FIELD("lower_steps", CFG(train.spike_guard.lower_steps), 1, INT_MAX,
+              200, "steps", "how long the learning rate stays lowered"),
+    INT_FIELD("rollback_after", CFG(train.spike_guard.rollback_after), 0,
+              INT_MAX, 5, "spikes",
+              "this many spikes in a row roll back to the newest "
+              "checkpoint, which continues with another data order; 0: "
+              "never"),
+    INT_FIELD("max_rollbacks", CFG(train.spike_guard.max_rollbacks), 0,
+              INT_MAX, 3, "roll backs",
+              "one more persistent spike stops the run (exit 1), the "
+              "newest checkpoint kept"),
+    END_FIELDS,
+};
+
 static const schema_field train_fields[] = {
     INT_FIELD("steps", CFG(train.steps), 1, 1000000000, 2000, "steps",
               "length of the run and of the learning-rate schedule"),
@@ -266,6 +307,16 @@ static const schema_field train_fields[] = {
               "batches", "validation batches (fixed windows)"),
     INT_FIELD("log_every", CFG(train.log_every), 1, INT_MAX, 50, "steps",
               "progress-line interval when stderr is no terminal"),
+    REAL_FIELD("collective_timeout", CFG(train.collective_timeout), 0,
+               NO_MAX, 0, 0, "s",
+               "the hung-rank watchdog: a collective of a multi-rank job "
+               "that waits longer stops the job (exit 1), naming the ranks "
+               "that did not arrive; 0: 10 x the median step, at least 60 "
+               "s (600 s until a step is measured)"),
+    SECTION_FIELD("spike_guard", spike_guard_fields,
+                  "The loss-spike guard: skips a step whose loss or "
+                  "gradient norm jumps, lowers the learning rate when "
+                  "spikes repeat, rolls back when they persist."),
     END_FIELDS,
 };
 

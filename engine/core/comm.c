@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "moectl_build.h"
+#include "engine/core/watchdog.h"
 
 #if HAVE_MPI
 #include <mpi.h>
@@ -24,20 +25,35 @@ int comm_init(comm *c, int *argc, char ***argv, moe_error *err)
         !getenv("PMIX_RANK"))
         return 0;
     int provided = 0;
-    CHECK_CALL(err, MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED,
+    /* MULTIPLE: the watchdog's thread asks the other ranks where they
+     * are while this one waits in a collective. */
+    CHECK_CALL(err, MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE,
                                     &provided));
     c->initialized = 1;
     CHECK_CALL(err, MPI_Comm_rank(MPI_COMM_WORLD, &c->rank));
     CHECK_CALL(err, MPI_Comm_size(MPI_COMM_WORLD, &c->world));
+    if (c->world > 1)
+        c->watchdog = watchdog_start(c->rank, c->world,
+                                     COMM_FIRST_DEADLINE_S);
     return 0;
 }
 
 void comm_finish(comm *c)
 {
+    watchdog_stop(c->watchdog);
+    c->watchdog = NULL;
     if (c->initialized)
         MPI_Finalize();
     c->initialized = 0;
 }
+
+/* A blocking call under the watchdog's eye. */
+#define WATCHED(c, what, call)                                                 \
+    do {                                                                       \
+        watchdog_enter((c)->watchdog, what);                                   \
+        call;                                                                  \
+        watchdog_leave((c)->watchdog);                                         \
+    } while (0)
 
 void comm_abort(const comm *c, int status)
 {
@@ -48,7 +64,7 @@ void comm_abort(const comm *c, int status)
 void comm_barrier(const comm *c)
 {
     if (c->world > 1)
-        MPI_Barrier(MPI_COMM_WORLD);
+        WATCHED(c, "a barrier", MPI_Barrier(MPI_COMM_WORLD));
 }
 
 void comm_allgather_int(const comm *c, const int *in, int count, int *out)
@@ -57,7 +73,9 @@ void comm_allgather_int(const comm *c, const int *in, int count, int *out)
         memmove(out, in, (size_t)count * sizeof *in);
         return;
     }
-    MPI_Allgather(in, count, MPI_INT, out, count, MPI_INT, MPI_COMM_WORLD);
+    WATCHED(c, "an all-gather",
+            MPI_Allgather(in, count, MPI_INT, out, count, MPI_INT,
+                          MPI_COMM_WORLD));
 }
 
 void comm_allgatherv_int(const comm *c, const int *in, int count,
@@ -67,8 +85,9 @@ void comm_allgatherv_int(const comm *c, const int *in, int count,
         memmove(out, in, (size_t)count * sizeof *in);
         return;
     }
-    MPI_Allgatherv(in, count, MPI_INT, out, counts, displs, MPI_INT,
-                   MPI_COMM_WORLD);
+    WATCHED(c, "an all-gather",
+            MPI_Allgatherv(in, count, MPI_INT, out, counts, displs, MPI_INT,
+                           MPI_COMM_WORLD));
 }
 
 enum { ALLREDUCE_CHUNK = 1 << 20 };
@@ -90,8 +109,9 @@ void comm_allreduce_sum_float(const comm *c, float *data, size_t count,
     float *all = scratch;
     for (size_t start = 0; start < count; start += chunk) {
         int n = (int)(count - start < chunk ? count - start : chunk);
-        MPI_Allgather(data + start, n, MPI_FLOAT, all, n, MPI_FLOAT,
-                      MPI_COMM_WORLD);
+        WATCHED(c, "the gradient all-reduce",
+                MPI_Allgather(data + start, n, MPI_FLOAT, all, n, MPI_FLOAT,
+                              MPI_COMM_WORLD));
         for (int i = 0; i < n; i++) {
             float sum = all[i];
             for (int r = 1; r < c->world; r++)
@@ -104,15 +124,17 @@ void comm_allreduce_sum_float(const comm *c, float *data, size_t count,
 void comm_allreduce_sum_double(const comm *c, double *data, int count)
 {
     if (c->world > 1)
-        MPI_Allreduce(MPI_IN_PLACE, data, count, MPI_DOUBLE, MPI_SUM,
-                      MPI_COMM_WORLD);
+        WATCHED(c, "an all-reduce",
+                MPI_Allreduce(MPI_IN_PLACE, data, count, MPI_DOUBLE, MPI_SUM,
+                              MPI_COMM_WORLD));
 }
 
 void comm_allreduce_max_double(const comm *c, double *data, int count)
 {
     if (c->world > 1)
-        MPI_Allreduce(MPI_IN_PLACE, data, count, MPI_DOUBLE, MPI_MAX,
-                      MPI_COMM_WORLD);
+        WATCHED(c, "an all-reduce",
+                MPI_Allreduce(MPI_IN_PLACE, data, count, MPI_DOUBLE, MPI_MAX,
+                              MPI_COMM_WORLD));
 }
 
 void comm_alltoallv_rows(const comm *c, const float *send,
@@ -136,15 +158,18 @@ void comm_alltoallv_rows(const comm *c, const float *send,
         send_at += send_counts[r];
         recv_at += recv_counts[r];
     }
-    MPI_Alltoallv(send, send_counts, send_offsets, MPI_FLOAT, recv,
-                  recv_counts, recv_offsets, MPI_FLOAT, MPI_COMM_WORLD);
+    WATCHED(c, "the token all-to-all",
+            MPI_Alltoallv(send, send_counts, send_offsets, MPI_FLOAT, recv,
+                          recv_counts, recv_offsets, MPI_FLOAT,
+                          MPI_COMM_WORLD));
     free(counts);
 }
 
 void comm_broadcast(const comm *c, void *data, size_t bytes, int root)
 {
     if (c->world > 1)
-        MPI_Bcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD);
+        WATCHED(c, "a broadcast",
+                MPI_Bcast(data, (int)bytes, MPI_BYTE, root, MPI_COMM_WORLD));
 }
 
 void comm_broadcast_idle(const comm *c, void *data, size_t bytes, int root,
@@ -166,15 +191,15 @@ void comm_broadcast_idle(const comm *c, void *data, size_t bytes, int root,
 
 void comm_send(const comm *c, const void *data, size_t bytes, int to)
 {
-    MPI_Send(data, (int)bytes, MPI_BYTE, to, 0, MPI_COMM_WORLD);
-    (void)c;
+    WATCHED(c, "a send",
+            MPI_Send(data, (int)bytes, MPI_BYTE, to, 0, MPI_COMM_WORLD));
 }
 
 void comm_recv(const comm *c, void *data, size_t bytes, int from)
 {
-    MPI_Recv(data, (int)bytes, MPI_BYTE, from, 0, MPI_COMM_WORLD,
-             MPI_STATUS_IGNORE);
-    (void)c;
+    WATCHED(c, "a receive",
+            MPI_Recv(data, (int)bytes, MPI_BYTE, from, 0, MPI_COMM_WORLD,
+                     MPI_STATUS_IGNORE));
 }
 
 void comm_gather(const comm *c, const void *in, size_t bytes, void *out)
@@ -183,8 +208,9 @@ void comm_gather(const comm *c, const void *in, size_t bytes, void *out)
         memmove(out, in, bytes);
         return;
     }
-    MPI_Gather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, 0,
-               MPI_COMM_WORLD);
+    WATCHED(c, "a gather",
+            MPI_Gather(in, (int)bytes, MPI_BYTE, out, (int)bytes, MPI_BYTE, 0,
+                       MPI_COMM_WORLD));
 }
 
 #else /* a world of one */
@@ -274,6 +300,21 @@ void comm_gather(const comm *c, const void *in, size_t bytes, void *out)
     memmove(out, in, bytes);
 }
 #endif
+
+void comm_set_deadline(const comm *c, double seconds)
+{
+    watchdog_set_deadline(c->watchdog, seconds);
+}
+
+double comm_deadline(const comm *c)
+{
+    return watchdog_deadline(c->watchdog);
+}
+
+void comm_set_hang_hint(const comm *c, const char *hint)
+{
+    watchdog_set_hint(c->watchdog, hint);
+}
 
 int comm_agree(const comm *c, int status, moe_error *err)
 {

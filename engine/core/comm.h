@@ -9,11 +9,19 @@
 
 #include "engine/core/error.h"
 
+struct comm_watchdog;
+
 typedef struct comm {
     int rank;
     int world;
     int initialized; /* this process called MPI_Init */
+    struct comm_watchdog *watchdog; /* engine/core/watchdog.h; NULL on one
+                                       rank */
 } comm;
+
+/* The watchdog's deadline until the trainer sets one from measured steps
+ * (start-up, the first step). */
+#define COMM_FIRST_DEADLINE_S 600.0
 
 /* Joins the MPI job when launched by mpirun, else a world of one. */
 int comm_init(comm *c, int *argc, char ***argv, moe_error *err);
@@ -51,6 +59,12 @@ void comm_broadcast_idle(const comm *c, void *data, size_t bytes, int root,
                          double nap_s);
 void comm_send(const comm *c, const void *data, size_t bytes, int to);
 void comm_recv(const comm *c, void *data, size_t bytes, int from);
+/* The hung-rank watchdog (engine/core/watchdog.h): a blocking call that
+ * waits longer than `seconds` ends the job naming the ranks that did not
+ * arrive (0: never); the hint goes into that report. No-ops on one rank. */
+void comm_set_deadline(const comm *c, double seconds);
+double comm_deadline(const comm *c);
+void comm_set_hang_hint(const comm *c, const char *hint);
 /* Every rank leaves with the same verdict: -1 when `status` is negative on
  * any rank, with the lowest such rank's err message on every rank. */
 int comm_agree(const comm *c, int status, moe_error *err);

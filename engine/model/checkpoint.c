@@ -143,6 +143,7 @@ static json_t *manifest_of(const model *m, const int *expert_rank, int world,
                                                            st->tokens_seen));
     json_object_set_new(j, "seed", hex64(st->seed));
     json_object_set_new(j, "data_rng", rng_state);
+    json_object_set_new(j, "spike_guard", spike_guard_to_json(&st->guard));
     json_object_set_new(j, "dims", shape);
     json_object_set_new(j, "dense_params", json_integer((json_int_t)
                                                             m->dense_count));

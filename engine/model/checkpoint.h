@@ -26,12 +26,14 @@
 #include "engine/core/error.h"
 #include "engine/core/rng.h"
 #include "engine/model/model.h"
+#include "engine/model/spike_guard.h"
 
 typedef struct checkpoint_state {
     int step;             /* steps completed */
     uint64_t tokens_seen; /* training tokens consumed */
     uint64_t seed;
     rng data_rng;         /* the data position: next windows drawn from it */
+    spike_guard_state guard; /* the loss-spike guard's medians and queue */
 } checkpoint_state;
 
 /* Every rank of c calls it: writes DIR/step-NNNNNNNN (creating DIR), with

@@ -129,6 +129,10 @@ static int check_manifest(checkpoint_reader *r, const model *m,
     if (bad || r->state.step < 0)
         return error_set(err, "%s/" CHECKPOINT_MANIFEST ": a malformed "
                               "placement, seed or data position", r->dir);
+    if (spike_guard_from_json(json_object_get(j, "spike_guard"),
+                              &r->state.guard) < 0)
+        return error_set(err, "%s/" CHECKPOINT_MANIFEST ": a malformed "
+                              "spike_guard", r->dir);
     return 0;
 }
 

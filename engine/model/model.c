@@ -572,14 +572,16 @@ double model_forward(model *m, const int *inputs, const int *targets, int B)
     ops->matmul_forward(ctx, a->logits, a->final_out, p->lm_head, N, C, V);
     /* The logits become dlogits of the mean loss in place: the backward
      * pass needs nothing else from them. */
+    float scale = m->loss_scale > 0 ? (float)m->loss_scale : 1.0f;
     ops->crossentropy_forward_backward(ctx, a->losses, a->logits, a->logits,
                                        a->targets, N, V,
-                                       1.0f / m->last.total_tokens);
+                                       scale / m->last.total_tokens);
     double sum = 0.0;
     for (int i = 0; i < N; i++)
         sum += a->losses[i];
     /* Each rank's shares of the three losses add up to the global ones. */
-    double losses[3] = {sum / m->last.total_tokens, m->last.aux_loss, m->last.z_loss};
+    double losses[3] = {scale * sum / m->last.total_tokens, m->last.aux_loss,
+                        m->last.z_loss};
     if (m->comm)
         model_allreduce_sum(m, losses, 3);
     m->last.ce_loss = losses[0];

@@ -62,6 +62,9 @@ typedef struct model {
     int first_sequence, global_sequences;
     const backend *be;
 
+    double loss_scale;  /* the cross-entropy and its gradient times this
+                           (0 or 1: as they are); only the trainer's test
+                           hook MOECTL_TEST_SPIKE sets it */
     size_t param_count; /* of the whole model: dense and every expert */
     size_t expert_param_count; /* of one routed expert */
     /* Dense parameters, gradients and Adam moments: one slab each, with

@@ -153,6 +153,13 @@ double optimizer_step(model *m, const optimizer_settings *s, int step,
                       double lr)
 {
     double norm = optimizer_grad_norm(m);
+    optimizer_apply(m, s, step, lr, norm);
+    return norm;
+}
+
+void optimizer_apply(model *m, const optimizer_settings *s, int step,
+                     double lr, double norm)
+{
     double scale = 1.0;
     if (s->grad_clip > 0.0 && norm > s->grad_clip)
         scale = s->grad_clip / norm;
@@ -179,5 +186,4 @@ double optimizer_step(model *m, const optimizer_settings *s, int step,
         MODEL_EXPERT_TENSORS(X)
 #undef X
     }
-    return norm;
 }

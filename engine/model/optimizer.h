@@ -41,5 +41,9 @@ double optimizer_grad_norm(model *m);
  * Returns the gradient norm before clipping. */
 double optimizer_step(model *m, const optimizer_settings *s, int step,
                       double lr);
+/* The same with the norm measured already (optimizer_grad_norm): the
+ * spike guard judges it before the update is applied. */
+void optimizer_apply(model *m, const optimizer_settings *s, int step,
+                     double lr, double norm);
 
 #endif

@@ -423,6 +423,8 @@ int metrics_write_step(metrics_sink *sink, const step_stats *s,
             s->layers, s->experts, s->ranks, s->placement, s->share,
             s->share_units));
     record_set_json(o, RECORD_STEP_state, step_state_part(sink, s));
+    record_set_bool(o, RECORD_STEP_skipped, s->skipped);
+    record_set_int(o, RECORD_STEP_spikes, s->spikes);
     return emit(sink, o, err);
 }
 
@@ -483,6 +485,8 @@ int metrics_write_summary(metrics_sink *sink, const run_summary *s,
     record_set_real(o, RECORD_SUMMARY_cost_per_mtok, s->cost_per_mtok);
     record_set_real(o, RECORD_SUMMARY_mfu, s->mfu);
     record_set_int(o, RECORD_SUMMARY_migrations, s->migrations);
+    record_set_int(o, RECORD_SUMMARY_spikes, s->spikes);
+    record_set_int(o, RECORD_SUMMARY_rollbacks, s->rollbacks);
     record_set_real(o, RECORD_SUMMARY_migration_bytes, s->migration_bytes);
     json_t *phases = record_begin(RECORD_TYPE_PHASES);
     record_set_real(phases, RECORD_PHASES_train, s->train_s);

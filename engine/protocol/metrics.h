@@ -84,6 +84,8 @@ typedef struct step_stats {
     double cost_per_hour;   /* Σ price_per_hour */
     double cost_per_mtok;   /* cost per 1M tokens at this step's speed */
     double mfu;             /* 6·active·tokens_per_s / Σ peak */
+    int skipped;            /* the spike guard did not apply the step */
+    int spikes;             /* steps the guard skipped so far */
 } step_stats;
 
 typedef struct run_summary {
@@ -98,6 +100,8 @@ typedef struct run_summary {
     double cost_per_mtok;   /* Σ price_per_hour at the run's tokens/s */
     double mfu;             /* at the run's tokens/s */
     int migrations;         /* experts moved in this run */
+    int spikes;             /* steps the spike guard skipped, in all */
+    int rollbacks;          /* its roll backs, in all */
     double migration_bytes;
     /* Wall time by phase, seconds. */
     double train_s, val_s, checkpoint_s, command_s;

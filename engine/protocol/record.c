@@ -38,6 +38,8 @@ const char *const record_origin_names[] = {"control", "script", "policy",
 const char *const record_trigger_names[] = {"plan", "apply", "suggest",
                                             "auto", "revert", NULL};
 const char *const record_status_names[] = {"done", "stopped", NULL};
+const char *const record_spike_action_names[] = {"skip", "lower_lr",
+                                                "rollback", NULL};
 
 /* ---- Writing ---- */
 

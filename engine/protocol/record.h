@@ -36,6 +36,7 @@ enum { RECORD_SCHEMA_VERSION = 2, RECORD_RUN_ID_MAX = 96 };
     X(EVENT, "event", 1)             /* a command applied at a boundary */     \
     X(PLAN, "plan", 1)               /* the planner's proposal */              \
     X(PLAN_RESULT, "plan_result", 1) /* an applied plan, measured */           \
+    X(SPIKE, "spike", 1)             /* the loss-spike guard acted */          \
     X(SUMMARY, "summary", 1)         /* once, at the end */                    \
     X(REPLY, "reply", 1)   /* control socket only: answer to one client */     \
     X(DEVICE, "device", 0) /* run.devices[] */                                 \
@@ -148,6 +149,8 @@ typedef enum record_presence {
     X(STEP, splits, ARRAY, OPTIONAL,                                           \
       "[[layer, expert, [[rank, fraction], ...]], ...]", NONE)                 \
     X(STEP, state, OBJECT, ALWAYS, "", STATE)                                  \
+    X(STEP, skipped, BOOL, ALWAYS, "the spike guard did not apply it", NONE)   \
+    X(STEP, spikes, INT, ALWAYS, "steps skipped so far", NONE)                 \
     X(RANK, rank, INT, ALWAYS, "", NONE)                                       \
     X(RANK, device, STRING, ALWAYS, "", NONE)                                  \
     X(RANK, backend, STRING, ALWAYS, "config_backend_names", NONE)             \
@@ -219,6 +222,20 @@ typedef enum record_presence {
     X(PLAN_RESULT, noise_ms, REAL, NULLABLE, "ms", NONE)                       \
     X(PLAN_RESULT, verdict, STRING, ALWAYS, "delivered|missed|noise", NONE)    \
     X(PLAN_RESULT, delivered, BOOL, ALWAYS, "", NONE)                          \
+    /* spike: what the loss-spike guard did after `step` */                    \
+    X(SPIKE, step, INT, ALWAYS, "step", NONE)                                  \
+    X(SPIKE, action, STRING, ALWAYS, "record_spike_action_names", NONE)        \
+    X(SPIKE, reason, STRING, ALWAYS, "for display only", NONE)                 \
+    X(SPIKE, loss, REAL, NULLABLE, "nats/byte", NONE)                          \
+    X(SPIKE, grad_norm, REAL, NULLABLE, "", NONE)                              \
+    X(SPIKE, median_loss, REAL, NULLABLE, "nats/byte", NONE)                   \
+    X(SPIKE, median_grad_norm, REAL, NULLABLE, "", NONE)                       \
+    X(SPIKE, spikes, INT, ALWAYS, "steps skipped so far", NONE)                \
+    X(SPIKE, requeued_to, INT, NULLABLE, "step (skip)", NONE)                  \
+    X(SPIKE, lr_factor, REAL, NULLABLE, "(lower_lr)", NONE)                    \
+    X(SPIKE, until_step, INT, NULLABLE, "step (lower_lr)", NONE)               \
+    X(SPIKE, checkpoint, STRING, NULLABLE, "path (rollback)", NONE)            \
+    X(SPIKE, resumed_step, INT, NULLABLE, "step (rollback)", NONE)             \
     /* summary */                                                              \
     X(SUMMARY, status, STRING, ALWAYS, "record_status_names", NONE)            \
     X(SUMMARY, first_step, INT, ALWAYS, "step", NONE)                          \
@@ -234,6 +251,8 @@ typedef enum record_presence {
     X(SUMMARY, mfu, REAL, NULLABLE, "fraction", NONE)                          \
     X(SUMMARY, migrations, INT, ALWAYS, "experts", NONE)                       \
     X(SUMMARY, migration_bytes, REAL, NULLABLE, "bytes", NONE)                 \
+    X(SUMMARY, spikes, INT, ALWAYS, "steps the spike guard skipped", NONE)     \
+    X(SUMMARY, rollbacks, INT, ALWAYS, "the spike guard's", NONE)              \
     X(SUMMARY, phases_s, OBJECT, ALWAYS, "", PHASES)                           \
     X(PHASES, train, REAL, NULLABLE, "s", NONE)                                \
     X(PHASES, validation, REAL, NULLABLE, "s", NONE)                           \
@@ -289,6 +308,13 @@ typedef enum record_trigger {
                               the job */
 } record_trigger;
 extern const char *const record_trigger_names[];
+/* spike.action */
+typedef enum record_spike_action {
+    RECORD_SPIKE_SKIP,     /* the step was not applied */
+    RECORD_SPIKE_LOWER_LR, /* spikes repeat: the lr lowered for a while */
+    RECORD_SPIKE_ROLLBACK, /* spikes persist: the newest checkpoint */
+} record_spike_action;
+extern const char *const record_spike_action_names[];
 /* summary.status */
 typedef enum record_status { RECORD_STATUS_DONE, RECORD_STATUS_STOPPED }
     record_status;

@@ -300,6 +300,7 @@ void script_values(double *v, const step_stats *st, double val_loss)
     v[SCRIPT_METRIC_cost_per_mtok] = st->cost_per_mtok;
     v[SCRIPT_METRIC_ideal_share] = metrics_ideal_share(st);
     v[SCRIPT_METRIC_dropped] = st->dropped;
+    v[SCRIPT_METRIC_spikes] = st->spikes;
     if (!st->expert_load)
         return;
     /* The step record's figures (the worst layer), not a second formula. */

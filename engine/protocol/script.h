@@ -34,7 +34,8 @@
     X(cv, "the largest coefficient of variation of expert load")              \
     X(dead, "experts that got no token, all layers")                          \
     X(ideal_share, "tokens_per_s / ideal_tokens_per_s")                       \
-    X(dropped, "assignments dropped by capacity")
+    X(dropped, "assignments dropped by capacity")                             \
+    X(spikes, "steps the loss-spike guard skipped so far")
 
 enum script_metric {
 #define X(name, what) SCRIPT_METRIC_##name,

@@ -161,6 +161,12 @@ static void on_checkpoint(int step, const char *path, void *user)
         fprintf(stderr, "step %d  checkpoint %s\n", step, path);
 }
 
+static void on_spike(int step, const char *what, void *user)
+{
+    end_line(user);
+    fprintf(stderr, "step %d  spike guard: %s\n", step, what);
+}
+
 /* The run's summary for people (the summary record is for machines). */
 static void print_summary(const run_summary *s, const config *cfg, int status,
                           const rank_stats *ranks, int world)
@@ -179,6 +185,10 @@ static void print_summary(const run_summary *s, const config *cfg, int status,
             s->cost_per_mtok, currency, price, currency);
     fprintf(stderr, "  migrations  %d expert%s, %.0f KB\n", s->migrations,
             s->migrations == 1 ? "" : "s", s->migration_bytes / 1e3);
+    if (s->spikes)
+        fprintf(stderr, "  spikes      %d step%s skipped, %d roll back%s\n",
+                s->spikes, s->spikes == 1 ? "" : "s", s->rollbacks,
+                s->rollbacks == 1 ? "" : "s");
     /* Each rank's memory at the last step: its experts' state, the rest
      * it holds, and the most it was resident. */
     for (int r = 0; ranks && r < world; r++) {
@@ -404,7 +414,7 @@ int headless_run(const config *given, const headless_options *opt,
         .first_step = t->state.step + 1,
         .val_loss = NAN,
     };
-    train_progress progress = {on_step, on_val, on_checkpoint, &p};
+    train_progress progress = {on_step, on_val, on_checkpoint, on_spike, &p};
     train_run_options run = {
         .last_step = last_step,
         .script = plan.count > 0 ? &plan : NULL,

@@ -8,12 +8,17 @@
 #include "engine/core/clock.h"
 
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 #include "engine/balance/cost.h"
+#include "engine/protocol/record.h"
 #include "engine/protocol/script.h"
 
 /* After each step of a job with a GPU rank: did a device fail? GPU ops
@@ -64,10 +69,45 @@ typedef struct run_context {
     double train_s_at_start;
     int migrations_at_start;
     size_t migration_bytes_at_start;
+    double step_s[64];              /* the last steps' times, a ring */
+    int steps_timed;
     double values[SCRIPT_METRIC_COUNT]; /* the last step's, for scripts */
     int have_values;
     boundary_state boundary;
 } run_context;
+
+static int compare_doubles(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* The hung-rank watchdog's deadline for the next step's collectives:
+ * train.collective_timeout, or 10 x the median of the last 64 steps, at
+ * least 60 s; and what its report should say. */
+static void watch_next_step(run_context *r, double step_s)
+{
+    trainer *t = r->t;
+    enum { RING = sizeof r->step_s / sizeof *r->step_s };
+    if (step_s >= 0)
+        r->step_s[r->steps_timed++ % RING] = step_s;
+    double deadline = t->cfg.train.collective_timeout;
+    if (deadline <= 0 && r->steps_timed > 0) {
+        int n = r->steps_timed < RING ? r->steps_timed : RING;
+        double sorted[RING];
+        memcpy(sorted, r->step_s, (size_t)n * sizeof *sorted);
+        qsort(sorted, (size_t)n, sizeof *sorted, compare_doubles);
+        double median = sorted[n / 2];
+        deadline = 10 * median > 60 ? 10 * median : 60;
+    }
+    if (deadline > 0)
+        comm_set_deadline(t->comm, deadline);
+    char hint[2 * sizeof t->cfg.checkpoint.dir + 128];
+    snprintf(hint, sizeof hint, "it was in step %d; the newest checkpoint "
+             "in %s resumes the run (--resume %s)", t->state.step + 1,
+             t->cfg.checkpoint.dir, t->cfg.checkpoint.dir);
+    comm_set_hang_hint(t->comm, hint);
+}
 
 /* Only rank 0 writes metrics and reports progress. */
 static int run_start(run_context *r, trainer *t, const train_run_options *opt,
@@ -103,6 +143,7 @@ static int run_start(run_context *r, trainer *t, const train_run_options *opt,
     if (r->metrics && metrics_write_run(r->metrics, &t->cfg, t->model,
                                         gemm[0], t->state.step, err) < 0)
         return -1;
+    watch_next_step(r, -1);
     return 0;
 }
 
@@ -148,8 +189,15 @@ static int run_checkpoint(run_context *r, int timed, moe_error *err)
     trainer *t = r->t;
     const train_progress *progress = r->progress;
     double checkpoint_start = clock_monotonic_s();
-    if (trainer_checkpoint(t, t->last_checkpoint, sizeof t->last_checkpoint,
-                           err) < 0)
+    /* Writing takes longer than a step: the automatic deadline stretches
+     * (a set train.collective_timeout holds for every call). */
+    double deadline = comm_deadline(t->comm);
+    if (t->cfg.train.collective_timeout <= 0)
+        comm_set_deadline(t->comm, 10 * deadline);
+    int written = trainer_checkpoint(t, t->last_checkpoint,
+                                     sizeof t->last_checkpoint, err);
+    comm_set_deadline(t->comm, deadline);
+    if (written < 0)
         return -1;
     if (timed)
         r->summary->checkpoint_s += clock_monotonic_s() - checkpoint_start;
@@ -183,6 +231,96 @@ static int run_validation(run_context *r, int step, int last,
     return 0;
 }
 
+/* What the spike guard did at this step, as records: the skip, a lowered
+ * learning rate, a roll back (made here, on every rank). */
+static json_t *spike_record(const trainer *t, int step,
+                            record_spike_action action)
+{
+    const spike_verdict *v = &t->spike;
+    json_t *o = record_begin(RECORD_TYPE_SPIKE);
+    record_set_int(o, RECORD_SPIKE_step, step);
+    record_set_string(o, RECORD_SPIKE_action,
+                      record_spike_action_names[action]);
+    record_set_string(o, RECORD_SPIKE_reason, v->why);
+    record_set_real(o, RECORD_SPIKE_median_loss, v->median_loss);
+    record_set_real(o, RECORD_SPIKE_median_grad_norm, v->median_grad);
+    record_set_int(o, RECORD_SPIKE_spikes, t->state.guard.spikes);
+    /* Each action fills its own: the others are null. */
+    const record_field each[] = {
+        RECORD_SPIKE_loss, RECORD_SPIKE_grad_norm, RECORD_SPIKE_requeued_to,
+        RECORD_SPIKE_lr_factor, RECORD_SPIKE_until_step,
+        RECORD_SPIKE_checkpoint, RECORD_SPIKE_resumed_step};
+    for (size_t i = 0; i < sizeof each / sizeof *each; i++)
+        record_set_json(o, each[i], NULL);
+    return o;
+}
+
+static void tell_spike(const run_context *r, int step, const char *format,
+                       ...) __attribute__((format(printf, 3, 4)));
+static void tell_spike(const run_context *r, int step, const char *format,
+                       ...)
+{
+    if (!r->progress || !r->progress->on_spike)
+        return;
+    char what[320];
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(what, sizeof what, format, ap);
+    va_end(ap);
+    r->progress->on_spike(step, what, r->progress->user);
+}
+
+static int run_spike(run_context *r, const step_stats *s, moe_error *err)
+{
+    trainer *t = r->t;
+    const config_spike_guard *g = &t->cfg.train.spike_guard;
+    const spike_verdict *v = &t->spike;
+    json_t *o = NULL;
+    if (v->requeued_to >= 0)
+        tell_spike(r, s->step, "skipped (%s); the batch trains again at "
+                   "step %d", v->why, v->requeued_to);
+    else
+        tell_spike(r, s->step, "skipped (%s); the batch is dropped", v->why);
+    if (v->lowered)
+        tell_spike(r, s->step, "%d spikes within %d steps: learning rate x "
+                   "%g through step %d", g->lower_after, g->window,
+                   g->lr_factor, t->state.guard.lowered_until);
+    if (r->metrics) {
+        o = spike_record(t, s->step, RECORD_SPIKE_SKIP);
+        record_set_real(o, RECORD_SPIKE_loss, s->loss);
+        record_set_real(o, RECORD_SPIKE_grad_norm, s->grad_norm);
+        if (v->requeued_to >= 0)
+            record_set_int(o, RECORD_SPIKE_requeued_to, v->requeued_to);
+        if (metrics_write_record(r->metrics, o, err) < 0)
+            return -1;
+    }
+    if (v->lowered && r->metrics) {
+        o = spike_record(t, s->step, RECORD_SPIKE_LOWER_LR);
+        record_set_real(o, RECORD_SPIKE_lr_factor, g->lr_factor);
+        record_set_int(o, RECORD_SPIKE_until_step,
+                       t->state.guard.lowered_until);
+        if (metrics_write_record(r->metrics, o, err) < 0)
+            return -1;
+    }
+    if (!v->rollback)
+        return 0;
+    char path[sizeof t->last_checkpoint];
+    if (trainer_rollback(t, path, sizeof path, err) < 0)
+        return -1;
+    r->checkpointed_step = t->state.step;
+    tell_spike(r, s->step, "%d spikes in a row: rolled back to %s (step "
+               "%d), another data order", g->rollback_after, path,
+               t->state.step);
+    if (r->metrics) {
+        o = spike_record(t, s->step, RECORD_SPIKE_ROLLBACK);
+        record_set_string(o, RECORD_SPIKE_checkpoint, path);
+        record_set_int(o, RECORD_SPIKE_resumed_step, t->state.step);
+        if (metrics_write_record(r->metrics, o, err) < 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* One training step with its records, then validation and a checkpoint
  * when due. */
 static int run_step(run_context *r, moe_error *err)
@@ -192,15 +330,21 @@ static int run_step(run_context *r, moe_error *err)
     step_stats s;
     if (trainer_step(t, &s, err) < 0)
         return -1;
+    watch_next_step(r, s.step_s);
     if (device_failed(t, s.step, err))
         return -1;
-    r->summary->loss = s.loss;
-    if (!isfinite(s.loss))
+    if (!s.skipped)
+        r->summary->loss = s.loss;
+    if (!isfinite(s.loss) && !s.skipped)
         return error_set(err, "training diverged at step %d: loss is %g "
-                              "(try a lower train.lr or a grad_clip)",
-                         s.step, s.loss);
+                              "(try a lower train.lr or a grad_clip, or "
+                              "train.spike_guard)", s.step, s.loss);
     if (r->metrics && metrics_write_step(r->metrics, &s, err) < 0)
         return -1;
+    if (s.skipped && run_spike(r, &s, err) < 0)
+        return -1;
+    if (t->spike.rollback)
+        return 0; /* the step was undone: nothing more is due */
     if (t->comm->rank == 0 &&
         balancer_follow_up(&t->bal, &s, r->metrics, err) < 0)
         return -1;
@@ -245,6 +389,8 @@ static int run_finish(run_context *r, train_outcome outcome, moe_error *err)
     summary->mfu = cost_mfu(model_flops_per_token(t->model),
                             summary->tokens_per_s, t->peak_flops);
     summary->migrations = t->migrations - r->migrations_at_start;
+    summary->spikes = t->state.guard.spikes;
+    summary->rollbacks = t->state.guard.rollbacks;
     summary->migration_bytes =
         (double)(t->migration_bytes - r->migration_bytes_at_start);
     if (r->metrics && metrics_write_summary(r->metrics, summary, err) < 0)

@@ -9,6 +9,7 @@
 
 #include "engine/balance/batch_split.h"
 #include "engine/balance/cost.h"
+#include "engine/model/checkpoint_files.h"
 #include "engine/moe/migration.h"
 #include "engine/protocol/script.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -170,6 +171,31 @@ static int check_placed_memory(const trainer *t, moe_error *err)
     return 0;
 }
 
+/* MOECTL_TEST_SPIKE=STEP,COUNT,SCALE: a test hook, not a production
+ * path. The first COUNT steps from STEP that this process trains (so not
+ * again after a roll back) have their cross-entropy and its gradient
+ * multiplied by SCALE: an injected loss spike for the guard's tests. */
+static void read_test_spike(trainer *t)
+{
+    const char *hook = getenv("MOECTL_TEST_SPIKE");
+    int step, count;
+    double scale;
+    if (hook && sscanf(hook, "%d,%d,%lf", &step, &count, &scale) == 3 &&
+        count > 0 && scale > 0) {
+        t->test_spike_step = step;
+        t->test_spike_left = count;
+        t->test_spike_scale = scale;
+    }
+}
+
+static double test_spike_scale(trainer *t, int step)
+{
+    if (t->test_spike_left <= 0 || step < t->test_spike_step)
+        return 1.0;
+    t->test_spike_left--;
+    return t->test_spike_scale;
+}
+
 int trainer_create(trainer **out, const config *cfg, const comm *c,
                    moe_error *err)
 {
@@ -249,6 +275,7 @@ int trainer_create(trainer **out, const config *cfg, const comm *c,
     model_set_slowdown(t->model, device->slowdown);
     t->state.seed = cfg->train.seed;
     rng_seed(&t->state.data_rng, cfg->train.seed, 2);
+    read_test_spike(t);
     *out = t;
     return 0;
 fail:
@@ -500,6 +527,60 @@ static void describe_step(trainer *t, step_stats *s, int step, double loss,
                       t->peak_flops);
 }
 
+/* The guard's verdict, the same on every rank: all judge rank 0's loss
+ * and gradient norm (an all-reduce may differ in its last bits between
+ * ranks). */
+static spike_verdict judge_step(trainer *t, int step, double loss,
+                                double grad_norm, const rng *drawn,
+                                int replayed)
+{
+    const config_spike_guard *s = &t->cfg.train.spike_guard;
+    double figures[2] = {loss, grad_norm};
+    if (s->window > 0)
+        comm_broadcast(t->comm, figures, sizeof figures, 0);
+    return spike_guard_judge(&t->state.guard, s, step, figures[0],
+                             figures[1], drawn, replayed);
+}
+
+int trainer_rollback(trainer *t, char *path_out, size_t path_size,
+                     moe_error *err)
+{
+    const config_spike_guard *s = &t->cfg.train.spike_guard;
+    spike_guard_state kept = t->state.guard;
+    char path[sizeof t->last_checkpoint] = "";
+    int found = 0;
+    if (t->comm->rank == 0)
+        found = checkpoint_newest(t->cfg.checkpoint.dir, path,
+                                  sizeof path) == 0;
+    comm_broadcast(t->comm, &found, sizeof found, 0);
+    comm_broadcast(t->comm, path, sizeof path, 0);
+    if (kept.rollbacks >= s->max_rollbacks)
+        return error_set(err, "persistent loss spike at step %d after %d "
+                              "roll back(s) (train.spike_guard."
+                              "max_rollbacks); the newest checkpoint is %s",
+                         t->state.step, kept.rollbacks,
+                         found ? path : "none");
+    if (!found)
+        return error_set(err, "persistent loss spike at step %d and no "
+                              "checkpoint in %s to roll back to (lower "
+                              "checkpoint.every)", t->state.step,
+                         t->cfg.checkpoint.dir);
+    if (trainer_resume(t, path, err) < 0)
+        return -1;
+    /* The counts go on; the history is the checkpoint's. Another data
+     * order: the same batches would likely spike again. */
+    spike_guard_state *g = &t->state.guard;
+    g->spikes = kept.spikes;
+    g->rollbacks = kept.rollbacks + 1;
+    g->consecutive = 0;
+    if (kept.lowered_until > g->lowered_until)
+        g->lowered_until = kept.lowered_until;
+    rng_seed(&t->state.data_rng, t->cfg.train.seed, 2 + (uint64_t)
+                                                          g->rollbacks);
+    snprintf(path_out, path_size, "%s", path);
+    return 0;
+}
+
 static double experts_s(const model *m)
 {
     return m->profile.forward_s[MODEL_PART_experts] +
@@ -517,11 +598,17 @@ int trainer_step(trainer *t, step_stats *s, moe_error *err)
     double experts_before = experts_s(m);
     model_take_collective_s(m); /* validation's, if any */
     at.start = clock_monotonic_s();
-    dataset_train_batch(&t->data, &t->state.data_rng, B, t->inputs,
-                        t->targets);
+    /* A batch the spike guard skipped trains again when due, in place of
+     * a fresh one; `drawn` is where this step's batch came from. */
+    rng drawn = t->state.data_rng;
+    int replayed = spike_guard_take_due(&t->state.guard, step, &drawn);
+    rng replay = drawn;
+    dataset_train_batch(&t->data, replayed ? &replay : &t->state.data_rng,
+                        B, t->inputs, t->targets);
     at.batch_done = clock_monotonic_s();
     size_t shard = (size_t)t->first_row * T;
     model_begin_train_step(m, step);
+    m->loss_scale = test_spike_scale(t, step);
     double loss = model_forward(m, t->inputs + shard, t->targets + shard,
                                 t->local_batch);
     at.forward_done = clock_monotonic_s();
@@ -536,8 +623,13 @@ int trainer_step(trainer *t, step_stats *s, moe_error *err)
     if (optimizer_reduce_gradients(m, err) < 0)
         return -1;
     at.reduced = clock_monotonic_s();
-    double lr = optimizer_lr(&t->opt, step);
-    double grad_norm = optimizer_step(m, &t->opt, step, lr);
+    double lr = optimizer_lr(&t->opt, step) *
+                spike_guard_lr_scale(&t->state.guard,
+                                     &cfg->train.spike_guard, step);
+    double grad_norm = optimizer_grad_norm(m);
+    t->spike = judge_step(t, step, loss, grad_norm, &drawn, replayed);
+    if (!t->spike.spike)
+        optimizer_apply(m, &t->opt, step, lr, grad_norm);
     at.end = clock_monotonic_s();
     double step_s = at.end - at.start;
     t->data_s += at.batch_done - at.start;
@@ -552,6 +644,8 @@ int trainer_step(trainer *t, step_stats *s, moe_error *err)
     model_expert_load(m, t->expert_load);
     model_end_train_step(m);
     describe_step(t, s, step, loss, lr, grad_norm, step_s);
+    s->skipped = t->spike.spike;
+    s->spikes = t->state.guard.spikes;
     if (t->comm->rank == 0)
         balancer_observe(&t->bal, s);
     return 0;

@@ -52,6 +52,10 @@ typedef struct trainer {
     balancer bal;           /* measurements on rank 0; policy on all */
     double price_per_hour;  /* Σ over the devices */
     double peak_flops;      /* Σ over the devices */
+    spike_verdict spike;    /* the guard's verdict on the last step */
+    int test_spike_step;    /* MOECTL_TEST_SPIKE: from this step, */
+    int test_spike_left;    /* this many steps (once in the process) */
+    double test_spike_scale; /* have their cross-entropy scaled */
     int failed_together;    /* trainer_run failed on every rank at the same
                                step (a device failure): the failing rank
                                reports it, the others stay quiet */
@@ -77,6 +81,13 @@ int trainer_resume(trainer *t, const char *path, moe_error *err);
 /* Trains one step and describes it in *s. Returns -1 on every rank when
  * the step could not be completed (out of memory; err says why). */
 int trainer_step(trainer *t, step_stats *s, moe_error *err);
+
+/* After the guard's verdict of persistent spikes (t->spike.rollback):
+ * continues from the newest checkpoint in checkpoint.dir with another
+ * data order, the guard's counts kept; its path in path_out. -1 on every
+ * rank when there is none, or after train.spike_guard.max_rollbacks. */
+int trainer_rollback(trainer *t, char *path_out, size_t path_size,
+                     moe_error *err);
 
 /* Mean validation cross-entropy over train.eval_batches fixed batches. */
 double trainer_validate(trainer *t);
@@ -116,6 +127,9 @@ typedef struct train_progress {
     void (*on_step)(const step_stats *s, int last_step, void *user);
     void (*on_val)(int step, double val_loss, void *user);
     void (*on_checkpoint)(int step, const char *path, void *user);
+    /* The spike guard acted: "skipped (loss 70 > 1.5 x median 2.6); the
+     * batch trains again at step 160", "rolled back to ...". */
+    void (*on_spike)(int step, const char *what, void *user);
     void *user;
 } train_progress;
 

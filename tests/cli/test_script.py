@@ -180,7 +180,7 @@ BAD = [
     ("when losss > 2 stop\n", "1: when: unknown metric \"losss\" (metrics: "
                               "step, loss, val_loss, lr, grad_norm, "
                               "tokens_per_s, step_ms, mfu, cost_per_mtok, "
-                              "max_mean, cv, dead, ideal_share, dropped)"),
+                              "max_mean, cv, dead, ideal_share, dropped, spikes)"),
     ("when loss => 2 stop\n", "1: when: expected a comparison (< <= > >= == "
                               "!=), got \"=>\" (usage: when METRIC OP VALUE "
                               "COMMAND)"),

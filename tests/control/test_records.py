@@ -6,7 +6,8 @@ usage: test_records.py MOECTL CHECK_RECORDS SOURCE_ROOT
 A 1-rank run of configs/tiny.yaml and a 2-rank run of tests/mpi/tiny2.yaml
 (the second rank emulated 4x slower, so the planner has work) with
 commands that make each record type: val, checkpoint, event (script and
-policy), plan (plan, apply, the policy's turn), plan_result, summary. The
+policy), plan (plan, apply, the policy's turn), plan_result, spike (an
+injected spike, MOECTL_TEST_SPIKE), summary. The
 metrics files then go through check_records (the engine's own reader,
 engine/protocol/record.c): every line decodes, has every declared field
 of its type with the declared kind and no undeclared one, and every
@@ -36,13 +37,13 @@ def fail(msg):
     sys.exit(1)
 
 
-def train(tmp, name, config, extra):
+def train(tmp, name, config, extra, env=None):
     metrics = os.path.join(tmp, name + ".jsonl")
     args = [MOECTL, "run", config, "--headless", "--metrics", metrics,
             "--set", "data.path=" + CORPUS,
             "--set", "checkpoint.dir=" + os.path.join(tmp, name)] + extra
     p = subprocess.run(args, cwd=tmp, capture_output=True, text=True,
-                       timeout=240)
+                       timeout=240, env=dict(os.environ, **(env or {})))
     if p.returncode != 0:
         fail(f"{' '.join(args)} exited {p.returncode}:\n{p.stderr[-3000:]}")
     return metrics
@@ -59,7 +60,10 @@ def main():
                     ["--steps", "6", "--set", "train.eval_every=3",
                      "--at", "2:lr 0.002", "--at", "2:status",
                      "--at", "3:checkpoint", "--at", "4:plan",
-                     "--at", "4:policy suggest every 2"])
+                     "--at", "4:policy suggest every 2",
+                     "--set", "train.spike_guard.min_steps=2"],
+                    # a spike at step 5 (the test hook): a spike record
+                    env={"MOECTL_TEST_SPIKE": "5,1,30"})
         files = [one]
         if shutil.which("mpirun"):
             files.append(train(

@@ -62,10 +62,13 @@ void draw_loss(console *c, const layout_rect *r)
     const char *val_mark = c->utf8 ? "\u25cf" : "o";
     if (v->have_val)
         snprintf(val, sizeof val, "%.4f", v->val_loss);
-    if (v->have_step)
-        snprintf(title, sizeof title, "Loss %s %.4f  val %s %s  lr %.1e",
-                 train_mark, v->loss, val_mark, val, v->lr);
-    else
+    if (v->have_step) {
+        int n = snprintf(title, sizeof title, "Loss %s %.4f  val %s %s  lr "
+                         "%.1e", train_mark, v->loss, val_mark, val, v->lr);
+        if (v->spikes > 0) /* steps the spike guard skipped */
+            snprintf(title + n, sizeof title - (size_t)n, "  spikes %d",
+                     v->spikes);
+    } else
         snprintf(title, sizeof title, "Loss n/a");
     draw_title(r, title);
     /* Title, plot, step axis; a gap to the next panel. */

@@ -382,6 +382,7 @@ static void apply_figures(view *v, const record_value *r)
 static void apply_step(view *v, const record_value *r)
 {
     v->step = int_of(r, RECORD_STEP_step);
+    v->spikes = (int)record_int(r, RECORD_STEP_spikes, 0);
     v->loss = record_real(r, RECORD_STEP_loss);
     v->lr = record_real(r, RECORD_STEP_lr);
     v->model_flops_per_s = record_real(r, RECORD_STEP_model_flops_per_s);
@@ -573,6 +574,56 @@ static void apply_checkpoint(view *v, const record_value *r)
     view_event(v, text);
 }
 
+/* A roll back: the history after the step it continues from is undone. */
+static void truncate_history(view *v, int step)
+{
+    if (v->history_count == 0)
+        return;
+    int keep = step < v->history_first_step
+                   ? 0
+                   : (step - v->history_first_step) / v->history_stride + 1;
+    for (int i = keep; i < v->history_count; i++) {
+        v->loss_history[i] = v->val_history[i] = NAN;
+        v->loss_n[i] = v->val_n[i] = 0;
+    }
+    if (keep < v->history_count)
+        v->history_count = keep;
+    if (v->history_last_step > step)
+        v->history_last_step = step;
+    if (v->history_last_val_step > step)
+        v->history_last_val_step = step;
+}
+
+static void apply_spike(view *v, const record_value *r)
+{
+    int step = int_of(r, RECORD_SPIKE_step);
+    int action = record_enum(r, RECORD_SPIKE_action,
+                             record_spike_action_names);
+    const char *reason = record_string(r, RECORD_SPIKE_reason);
+    char text[VIEW_EVENT_BYTES];
+    v->spikes = int_of(r, RECORD_SPIKE_spikes);
+    if (action == RECORD_SPIKE_ROLLBACK) {
+        const char *path = record_string(r, RECORD_SPIKE_checkpoint);
+        int resumed = int_of(r, RECORD_SPIKE_resumed_step);
+        snprintf(text, sizeof text, "step %d: spikes persist: rolled back "
+                 "to %s (step %d)", step, path ? path : "?", resumed);
+        truncate_history(v, resumed);
+    } else if (action == RECORD_SPIKE_LOWER_LR) {
+        snprintf(text, sizeof text, "step %d: spikes repeat: lr x %g "
+                 "through step %lld", step,
+                 record_real(r, RECORD_SPIKE_lr_factor),
+                 record_int(r, RECORD_SPIKE_until_step, -1));
+    } else {
+        long long again = record_int(r, RECORD_SPIKE_requeued_to, -1);
+        char when[48] = "; batch dropped";
+        if (again >= 0)
+            snprintf(when, sizeof when, "; batch again at %lld", again);
+        snprintf(text, sizeof text, "step %d: spike skipped: %s%s", step,
+                 reason ? reason : "?", when);
+    }
+    view_event(v, text);
+}
+
 static void apply_summary(view *v, const record_value *r)
 {
     v->have_summary = 1;
@@ -604,6 +655,7 @@ static void (*const view_appliers[RECORD_TYPE_COUNT])(view *,
     [RECORD_TYPE_EVENT] = apply_event,
     [RECORD_TYPE_PLAN] = apply_plan,
     [RECORD_TYPE_PLAN_RESULT] = apply_plan_result,
+    [RECORD_TYPE_SPIKE] = apply_spike,
     [RECORD_TYPE_SUMMARY] = apply_summary,
     [RECORD_TYPE_REPLY] = apply_reply,
 };

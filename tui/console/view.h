@@ -138,6 +138,7 @@ typedef struct view {
     int history_last_step;             /* the newest step with a loss */
     int history_last_val_step;         /* ... with a validation loss */
     int history_loaded;                /* the run's file was read */
+    int spikes;                        /* steps the spike guard skipped */
 
     /* From the summary record, at the end. */
     int have_summary;
