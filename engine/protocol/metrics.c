@@ -22,6 +22,7 @@ struct metrics_sink {
     char run_id[RECORD_RUN_ID_MAX];
     record_state state; /* written into step records */
     int have_state;
+    char failure[CONFIG_PATH_MAX + 160]; /* the first failed write, or "" */
 };
 
 void metrics_attach_prometheus(metrics_sink *sink, prometheus *p)
@@ -122,17 +123,23 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
         json_decref(record);
         return error_set(err, "out of memory writing a metrics record");
     }
-    int failed = sink->f && (fputs(text, sink->f) == EOF ||
-                             fputc('\n', sink->f) == EOF ||
-                             fflush(sink->f) != 0);
+    /* After a failed write the files are left alone (the failure is
+     * sticky, see metrics_failure); clients and Prometheus still hear. */
+    int failed = !sink->failure[0] && sink->f &&
+                 (fputs(text, sink->f) == EOF || fputc('\n', sink->f) == EOF ||
+                  fflush(sink->f) != 0);
     const char *failed_path = sink->path;
-    if (!failed && sink->run_file &&
+    if (!failed && !sink->failure[0] && sink->run_file &&
         (fputs(text, sink->run_file) == EOF ||
          fputc('\n', sink->run_file) == EOF ||
          fflush(sink->run_file) != 0)) {
         failed = 1;
         failed_path = sink->run_path;
     }
+    if (failed)
+        snprintf(sink->failure, sizeof sink->failure,
+                 "cannot write metrics to %s: %s", failed_path,
+                 strerror(errno));
     /* Clients hear of a record once it is in the file. */
     if (sink->control) {
         control_broadcast(sink->control, text);
@@ -150,10 +157,12 @@ static int emit(metrics_sink *sink, json_t *record, moe_error *err)
     prometheus_observe(sink->prometheus, record);
     json_decref(record);
     free(text);
-    if (failed)
-        return error_set_errno(err, "cannot write metrics to %s",
-                               failed_path);
     return 0;
+}
+
+const char *metrics_failure(const metrics_sink *sink)
+{
+    return sink && sink->failure[0] ? sink->failure : NULL;
 }
 
 

@@ -124,6 +124,11 @@ void metrics_attach_prometheus(metrics_sink *sink, struct prometheus *p);
  * replies carry the same run_id. */
 void metrics_attach_control(metrics_sink *sink, struct control_server *s);
 void metrics_close(metrics_sink *sink);
+/* The first write to a metrics file that failed (a full disk, say), or
+ * NULL. Writes do not fail for it: the trainer checks at the step
+ * boundary and stops every rank with a checkpoint, the files left as
+ * they were. */
+const char *metrics_failure(const metrics_sink *sink);
 const char *metrics_run_id(const metrics_sink *sink);
 /* The job's state at this boundary: step records written from now on
  * carry it (the state the step ran in). */

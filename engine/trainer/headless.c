@@ -435,11 +435,12 @@ int headless_run(const config *given, const headless_options *opt,
     train_outcome outcome = trainer_run(t, &run, &summary, &err);
     end_line(&p);
     if (outcome == TRAIN_FAILED) {
-        /* A device failure ends every rank at the same step: the rank
-         * whose device failed says why, and none aborts the job. */
+        /* A device failure, or metrics rank 0 cannot write, ends every
+         * rank at the same step: the rank that failed says why, and none
+         * aborts the job. */
         if (t->failed_together) {
             failed_together = 1;
-            quiet = !trainer_device_error(t);
+            quiet = t->quiet_failure;
         }
         goto done;
     }

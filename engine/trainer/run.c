@@ -54,6 +54,7 @@ static int device_failed(trainer *t, int step, moe_error *err)
                  "; the newest checkpoint is %s", t->last_checkpoint);
     }
     t->failed_together = t->comm->world > 1;
+    t->quiet_failure = !broken;
     return 1;
 }
 
@@ -74,6 +75,7 @@ typedef struct run_context {
     double values[SCRIPT_METRIC_COUNT]; /* the last step's, for scripts */
     int have_values;
     boundary_state boundary;
+    int metrics_failed;             /* on rank 0: stopped for it */
 } run_context;
 
 static int compare_doubles(const void *a, const void *b)
@@ -176,9 +178,14 @@ static int run_boundary(run_context *r, int *stop, moe_error *err)
     *stop = (flags & APPLIED_STOP) != 0;
     if (*stop)
         return 0;
+    /* A stop asked of any rank (1), or rank 0's metrics file that could
+     * not be written (2): the whole job stops here, with a checkpoint. */
     double asked = r->opt->stop_requested && *r->opt->stop_requested;
+    if (metrics_failure(r->metrics))
+        asked = 2;
     comm_allreduce_max_double(t->comm, &asked, 1);
     *stop = asked != 0;
+    r->metrics_failed = asked == 2;
     return 0;
 }
 
@@ -398,6 +405,23 @@ static int run_finish(run_context *r, train_outcome outcome, moe_error *err)
     return 0;
 }
 
+/* Stopped because rank 0 could not write its metrics: every rank fails
+ * together, rank 0 with the reason. */
+static train_outcome metrics_failed(run_context *r, moe_error *err)
+{
+    trainer *t = r->t;
+    t->failed_together = t->comm->world > 1;
+    t->quiet_failure = t->comm->rank != 0;
+    const char *why = metrics_failure(r->metrics);
+    error_set(err, "%s; every rank stopped at step %d%s%s (--resume %s "
+                   "continues)", why ? why : "rank 0 cannot write metrics",
+              t->state.step, r->checkpointed_step >= 0 ? " with a checkpoint: "
+                                                       : "",
+              r->checkpointed_step >= 0 ? t->last_checkpoint : "",
+              t->cfg.checkpoint.dir);
+    return TRAIN_FAILED;
+}
+
 train_outcome trainer_run(trainer *t, const train_run_options *opt,
                           run_summary *summary, moe_error *err)
 {
@@ -419,5 +443,7 @@ train_outcome trainer_run(trainer *t, const train_run_options *opt,
     }
     if (run_finish(&r, outcome, err) < 0)
         return TRAIN_FAILED;
+    if (r.metrics_failed)
+        return metrics_failed(&r, err);
     return outcome;
 }

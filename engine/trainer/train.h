@@ -56,6 +56,7 @@ typedef struct trainer {
     int test_spike_step;    /* MOECTL_TEST_SPIKE: from this step, */
     int test_spike_left;    /* this many steps (once in the process) */
     double test_spike_scale; /* have their cross-entropy scaled */
+    int quiet_failure;      /* ... and another rank says why */
     int failed_together;    /* trainer_run failed on every rank at the same
                                step (a device failure): the failing rank
                                reports it, the others stay quiet */
