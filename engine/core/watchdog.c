@@ -121,12 +121,11 @@ static int all_answered(const comm_watchdog *w)
 
 /* "rank 1 does not answer (stopped, hung or unreachable); rank 2 is
  * still computing (it has not reached that call)". */
-static int describe_missing(const comm_watchdog *w, char *out, size_t size,
-                            char *ranks, size_t ranks_size)
+static int describe_missing(const comm_watchdog *w, char *out, size_t size)
 {
-    size_t n = 0, k = 0;
+    size_t n = 0;
     int missing = 0;
-    out[0] = ranks[0] = '\0';
+    out[0] = '\0';
     for (int r = 0; r < w->world && n < size; r++) {
         if (arrived(w, r))
             continue;
@@ -138,10 +137,7 @@ static int describe_missing(const comm_watchdog *w, char *out, size_t size,
                 ? "answers but has not reached that call (still computing)"
                 : "waits in another call (ranks out of step)";
         n += (size_t)snprintf(out + n, size - n, "%srank %d %s",
-                              missing ? "; " : "", r, why);
-        if (k < ranks_size)
-            k += (size_t)snprintf(ranks + k, ranks_size - k, "%s%d",
-                                  missing ? ", " : "", r);
+                              missing ? ", " : "", r, why);
         missing++;
     }
     return missing;
@@ -157,23 +153,23 @@ static void report_and_abort(comm_watchdog *w, const watch_view *v)
             nanosleep(&nap, NULL);
             break;
         }
-    char why[1024], ranks[256], hint[sizeof w->hint];
-    int missing = describe_missing(w, why, sizeof why, ranks, sizeof ranks);
+    char why[1024], hint[sizeof w->hint];
+    int missing = describe_missing(w, why, sizeof why);
     pthread_mutex_lock(&w->lock);
     memcpy(hint, w->hint, sizeof hint);
     pthread_mutex_unlock(&w->lock);
     double waited = clock_monotonic_s() - v->since;
     if (missing)
-        fprintf(stderr, "moectl: watchdog: rank %d waited %.0f s in %s "
-                        "(train.collective_timeout %.0f s) for rank%s %s: "
-                        "%s. Stopping every rank%s%s\n", w->rank, waited,
-                v->what, v->deadline, missing > 1 ? "s" : "", ranks, why,
+        fprintf(stderr, "moectl: watchdog: %s; rank %d waited %.0f s for "
+                        "%s in %s (train.collective_timeout %.0f s). Every "
+                        "rank is stopped%s%s\n", why, w->rank, waited,
+                missing > 1 ? "them" : "it", v->what, v->deadline,
                 hint[0] ? "; " : "", hint);
     else
         fprintf(stderr, "moectl: watchdog: every rank waits in %s for %.0f "
                         "s (train.collective_timeout %.0f s): the transport "
-                        "hangs. Stopping every rank%s%s\n", v->what, waited,
-                v->deadline, hint[0] ? "; " : "", hint);
+                        "hangs. Every rank is stopped%s%s\n", v->what,
+                waited, v->deadline, hint[0] ? "; " : "", hint);
     fflush(stderr);
     const char *status_file = getenv("MOECTL_JOB_STATUS_FILE");
     FILE *f = status_file ? fopen(status_file, "w") : NULL;

@@ -105,9 +105,9 @@ static void watch_next_step(run_context *r, double step_s)
     if (deadline > 0)
         comm_set_deadline(t->comm, deadline);
     char hint[2 * sizeof t->cfg.checkpoint.dir + 128];
-    snprintf(hint, sizeof hint, "it was in step %d; the newest checkpoint "
-             "in %s resumes the run (--resume %s)", t->state.step + 1,
-             t->cfg.checkpoint.dir, t->cfg.checkpoint.dir);
+    snprintf(hint, sizeof hint, "it was in step %d; --resume %s continues "
+             "from the newest checkpoint", t->state.step + 1,
+             t->cfg.checkpoint.dir);
     comm_set_hang_hint(t->comm, hint);
 }
 

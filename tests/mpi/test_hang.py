@@ -108,9 +108,8 @@ def main():
             fail(f"exit {job.returncode}, expected 1 with the watchdog's "
                  f"report:\n{err[-3000:]}")
         print(report[0])
-        if f"for rank {RANK}:" not in report[0] or \
-                "does not answer" not in report[0] or \
-                f"--resume {ckpt}" not in report[0]:
+        if f"watchdog: rank {RANK} does not answer" not in report[0] or \
+                f"--resume {ckpt} continues" not in report[0]:
             fail("the report does not name the stopped rank and the resume")
         gone = time.time() + 20
         while time.time() < gone and any(alive(p) for p in pids):

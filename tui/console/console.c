@@ -147,6 +147,17 @@ static int job_ended(const console *c)
                              strcmp(c->v.status, "stopped") == 0);
 }
 
+/* A job that vanished (the watchdog ended it, say): its log's last word,
+ * in the events, when the console started it. */
+static void say_last_word(console *c)
+{
+    char word[VIEW_EVENT_BYTES];
+    if (c->log_path[0] &&
+        job_log_last_word(c->log_path, word, sizeof word) == 0 &&
+        !c->v.have_summary)
+        view_event(&c->v, word);
+}
+
 /* What the operator reads once the screen is gone; returns the exit
  * status: 0 detached or done, 3 stopped, 1 lost the job. */
 static int say_goodbye(const console *c, int left, int status)
@@ -161,6 +172,11 @@ static int say_goodbye(const console *c, int left, int status)
         printf("moectl: the job %s at step %d%s%s\n", c->v.status, c->v.step,
                c->v.run_dir[0] ? "; its run directory: " : "", c->v.run_dir);
     else if (!c->connected) {
+        /* The job's own last word says why (the watchdog, say). */
+        char word[512];
+        if (c->log_path[0] &&
+            job_log_last_word(c->log_path, word, sizeof word) == 0)
+            printf("moectl: lost the job; it said:\n%s\n", word);
         printf("moectl: lost the job's control socket%s%s\n",
                c->log_path[0] ? "; its log: " : "", c->log_path);
         return 1;
@@ -211,6 +227,7 @@ static int run_console(console *c)
         if (c->connected && !read_records(c)) {
             c->connected = 0;
             view_event(&c->v, "the job closed its control socket");
+            say_last_word(c);
             c->dirty = 1;
         }
         if (c->narrator &&

@@ -165,3 +165,20 @@ void job_launch_finish(job_launch *j)
     if (j->dir[0])
         rmdir(j->dir); /* fails, as it should, unless it is empty */
 }
+
+int job_log_last_word(const char *log_path, char *out, size_t size)
+{
+    FILE *f = fopen(log_path, "r");
+    if (!f)
+        return -1;
+    char line[LOG_LINE_BYTES];
+    int found = 0;
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, "moectl: ", 8) == 0) {
+            line[strcspn(line, "\n")] = '\0';
+            snprintf(out, size, "%s", line);
+            found = 1;
+        }
+    fclose(f);
+    return found ? 0 : -1;
+}

@@ -56,6 +56,11 @@ void job_launch_kill(job_launch *j);
 /* Prints the last lines of the job's log to out. */
 void job_launch_show_log(const job_launch *j, FILE *out, int lines);
 
+/* The last line of a job's log that moectl wrote ("moectl: watchdog:
+ * rank 1 ..."), without its newline: why a job that vanished ended. -1
+ * when there is none. */
+int job_log_last_word(const char *log_path, char *out, size_t size);
+
 /* Removes the private directory if nothing is left in it (the log and the
  * socket, when they exist, stay for whoever wants to look). */
 void job_launch_finish(job_launch *j);
