@@ -450,8 +450,53 @@ static void check_history(void)
     view_finish(&v);
 }
 
+/* The loss-spike guard's records: a skip and a lowered rate are events;
+ * a roll back also undoes the loss history after the step it went back
+ * to, so the steps trained again draw where the undone ones were. */
+static void check_spikes(void)
+{
+    view v;
+    view_init(&v);
+    view_apply(&v, run_record);
+    char line[4096];
+    for (int i = 1; i <= 64; i++) {
+        step_record(line, sizeof line, i, 1, 0.01, 1e5, 0.1, "null");
+        view_apply(&v, line);
+    }
+    EXPECT(v.history_count == 64 && v.spikes == 0, "64 steps");
+    view_apply(&v, "{\"type\":\"spike\",\"step\":62,\"action\":\"skip\","
+               "\"reason\":\"loss 70 > 1.5 x median 2.5\",\"loss\":70,"
+               "\"grad_norm\":19,\"median_loss\":2.5,\"median_grad_norm\":"
+               "0.7,\"spikes\":3,\"requeued_to\":162,\"lr_factor\":null,"
+               "\"until_step\":null,\"checkpoint\":null,"
+               "\"resumed_step\":null}");
+    EXPECT(v.spikes == 3 &&
+               strcmp(v.events[(v.event_count - 1) % VIEW_EVENTS],
+                      "step 62: spike skipped: loss 70 > 1.5 x median 2.5; "
+                      "batch again at 162") == 0,
+           "skip event: %s", v.events[(v.event_count - 1) % VIEW_EVENTS]);
+    view_apply(&v, "{\"type\":\"spike\",\"step\":64,\"action\":"
+               "\"rollback\",\"reason\":\"loss 70 > 1.5 x median 2.5\","
+               "\"spikes\":5,\"checkpoint\":\"ck/step-00000060\","
+               "\"resumed_step\":60}");
+    EXPECT(v.history_count == 60 && isnan(v.loss_history[60]) &&
+               v.history_last_step == 60 && v.loss_n[60] == 0,
+           "rolled back to 60: count %d, last %d", v.history_count,
+           v.history_last_step);
+    EXPECT(strstr(v.events[(v.event_count - 1) % VIEW_EVENTS],
+                  "rolled back to ck/step-00000060 (step 60)") != NULL,
+           "rollback event");
+    step_record(line, sizeof line, 61, 1, 0.01, 1e5, 0.1, "null");
+    view_apply(&v, line);
+    EXPECT(v.history_count == 61 && v.history_last_step == 61 &&
+               v.loss_n[60] == 1,
+           "step 61 again: count %d", v.history_count);
+    view_finish(&v);
+}
+
 int main(void)
 {
+    check_spikes();
     check_history();
     check_figures();
     check_older_engine();
