@@ -280,6 +280,8 @@ static void step_part(text_buf *b, prometheus *p)
                 "Cost of 1M tokens at the last step's speed.");
     gauge_field(b, s, "dropped", "moectl_dropped_assignments", 1,
                 "Token-expert assignments dropped at capacity last step.");
+    counter(b, "moectl_spike_skipped_steps_total", real_of(s, "spikes"),
+            "Steps the loss-spike guard did not apply, over the whole run.");
     json_t *straggler = json_object_get(s, "straggler");
     gauge(b, "moectl_straggler_rank",
           json_is_integer(straggler) ? json_number_value(straggler) : -1,
