@@ -56,39 +56,38 @@ static watch_view look(comm_watchdog *w)
     return v;
 }
 
+/* The next message with `tag` waiting on the watchdog's communicator,
+ * into buf (count longs): its sender, or -1 when none waits. */
+static int next_message(comm_watchdog *w, int tag, long *buf, int count)
+{
+    int pending = 0;
+    MPI_Status st;
+    MPI_Iprobe(MPI_ANY_SOURCE, tag, w->comm, &pending, &st);
+    if (!pending)
+        return -1;
+    MPI_Recv(buf, count, MPI_LONG, st.MPI_SOURCE, tag, w->comm,
+             MPI_STATUS_IGNORE);
+    return st.MPI_SOURCE;
+}
+
 /* Tells every prober where this rank is. Small messages go eagerly, so
  * MPI_Send does not wait for the prober. */
 static void answer_probes(comm_watchdog *w)
 {
-    for (;;) {
-        int pending = 0;
-        MPI_Status st;
-        MPI_Iprobe(MPI_ANY_SOURCE, TAG_PROBE, w->comm, &pending, &st);
-        if (!pending)
-            return;
-        long probe;
-        MPI_Recv(&probe, 1, MPI_LONG, st.MPI_SOURCE, TAG_PROBE, w->comm,
-                 MPI_STATUS_IGNORE);
+    long probe;
+    for (int from; (from = next_message(w, TAG_PROBE, &probe, 1)) >= 0;) {
         watch_view v = look(w);
         long answer[3] = {probe, v.seq, v.waiting};
-        MPI_Send(answer, 3, MPI_LONG, st.MPI_SOURCE, TAG_ANSWER, w->comm);
+        MPI_Send(answer, 3, MPI_LONG, from, TAG_ANSWER, w->comm);
     }
 }
 
 static void collect_answers(comm_watchdog *w)
 {
-    for (;;) {
-        int pending = 0;
-        MPI_Status st;
-        MPI_Iprobe(MPI_ANY_SOURCE, TAG_ANSWER, w->comm, &pending, &st);
-        if (!pending)
-            return;
-        long answer[3];
-        MPI_Recv(answer, 3, MPI_LONG, st.MPI_SOURCE, TAG_ANSWER, w->comm,
-                 MPI_STATUS_IGNORE);
+    long answer[3];
+    for (int from; (from = next_message(w, TAG_ANSWER, answer, 3)) >= 0;)
         if (answer[0] == w->probe_seq) /* not a stale probe's */
-            memcpy(&w->answer[3 * st.MPI_SOURCE], answer, sizeof answer);
-    }
+            memcpy(&w->answer[3 * from], answer, sizeof answer);
 }
 
 static void start_probe(comm_watchdog *w, long seq)
