@@ -95,5 +95,12 @@ int checks_cross_fields(load_ctx *ctx)
                           "train.warmup_steps (%d) must not exceed "
                           "train.steps (%d)",
                           c->train.warmup_steps, c->train.steps);
+    const config_spike_guard *g = &c->train.spike_guard;
+    if (g->window > 0 && g->min_steps > g->window)
+        return fail_cross(ctx, CFG(train.spike_guard.min_steps),
+                          CFG(train.spike_guard.window),
+                          "train.spike_guard.min_steps (%d) must not exceed "
+                          "train.spike_guard.window (%d): the guard would "
+                          "never judge", g->min_steps, g->window);
     return 0;
 }
