@@ -55,8 +55,11 @@ static console_reaction ask_stop(console *c, int key)
     return enter_mode(c, MODE_CONFIRM_STOP);
 }
 
+/* Detach or stop? A job already gone leaves nothing to ask. */
 static console_reaction ask_leave(console *c, int key)
 {
+    if (!c->connected)
+        return CONSOLE_LEAVE;
     return enter_mode(c, MODE_QUIT);
 }
 
