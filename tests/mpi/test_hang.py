@@ -78,7 +78,7 @@ def main():
                 "--set", f"train.collective_timeout={DEADLINE}"]
         job = subprocess.Popen(args, cwd=tmp, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 120
+        deadline = time.time() + 240  # an ASan build starts slowly
         while time.time() < deadline:
             if os.path.exists(metrics) and '"checkpoint"' in open(metrics).read():
                 break
@@ -86,7 +86,7 @@ def main():
                 fail(f"the job ended first:\n{job.stderr.read()}")
             time.sleep(0.1)
         else:
-            fail("no checkpoint within 120 s")
+            fail("no checkpoint within 240 s")
         pids = ranks_of(metrics)
         victim = [p for p, r in pids.items() if r == RANK]
         if len(pids) != 2 or len(victim) != 1:
@@ -129,7 +129,7 @@ def main():
                            "train.steps=1000000", "--resume", ckpt,
                            "--steps", str(last + 5)],
                            cwd=tmp, env=env, capture_output=True, text=True,
-                           timeout=120)
+                           timeout=600)
         if p.returncode != 0:
             fail(f"resume exited {p.returncode}:\n{p.stderr[-2000:]}")
         print(f"every rank is gone; the checkpoint at step {last} (or "
