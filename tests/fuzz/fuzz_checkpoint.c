@@ -20,8 +20,10 @@
  *
  * Oracle: a checkpoint that opens records a placement whose every rank is
  * one of the ranks it says wrote it (0 <= rank < ranks). */
+#include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +38,8 @@
     "model: {d_model: 8, n_layers: 2, n_heads: 1, seq_len: 8}\n"             \
     "moe: {n_experts: 4, top_k: 2, n_shared: 1, expert_hidden: 2}\n"         \
     "train: {batch_size: 2}\n"
+/* The temporary directory: DIR_PREFIX and the process id. */
+#define DIR_PREFIX "moectl-fuzz-checkpoint-"
 #define SECTION_MARK "\n@@file "
 #define TEMPLATE_DENSE "dense-fuzz.bin"
 #define TEMPLATE_EXPERTS "experts-r0000-fuzz.bin"
@@ -65,12 +69,50 @@ static void remove_in(const char *dir, const char *name)
     unlink(path);
 }
 
+/* rm -r of a directory this harness made (files, and directories of files
+ * one level down). */
+static void remove_tree(const char *dir, int depth)
+{
+    DIR *d = opendir(dir);
+    struct dirent *entry;
+    while (d && (entry = readdir(d)) != NULL) {
+        char path[512];
+        struct stat sb;
+        if (strcmp(entry->d_name, ".") == 0 || strcmp(entry->d_name, "..") == 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, entry->d_name);
+        if (lstat(path, &sb) == 0 && S_ISDIR(sb.st_mode) && depth > 0)
+            remove_tree(path, depth - 1);
+        else
+            unlink(path);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+/* A run that crashes or is killed skips atexit: the directories of
+ * fuzzers no longer running go at the next start. */
+static void remove_stale(const char *tmp)
+{
+    DIR *d = opendir(tmp);
+    struct dirent *entry;
+    while (d && (entry = readdir(d)) != NULL) {
+        long pid = 0;
+        char path[512];
+        if (sscanf(entry->d_name, DIR_PREFIX "%ld", &pid) == 1 && pid > 0 &&
+            kill((pid_t)pid, 0) < 0 && errno == ESRCH) {
+            snprintf(path, sizeof path, "%s/%s", tmp, entry->d_name);
+            remove_tree(path, 1);
+        }
+    }
+    if (d)
+        closedir(d);
+}
+
 static void cleanup(void)
 {
-    remove_in(fuzz.step_dir, TEMPLATE_DENSE);
-    remove_in(fuzz.step_dir, TEMPLATE_EXPERTS);
-    rmdir(fuzz.step_dir);
-    rmdir(fuzz.dir);
+    remove_tree(fuzz.dir, 1);
     model_destroy(fuzz.m);
     cpu_backend_finish(&fuzz.be);
     free(fuzz.expert_rank);
@@ -136,10 +178,13 @@ static int set_up(void)
     config cfg;
     moe_error err = {{0}};
     const char *tmp = getenv("TMPDIR");
-    snprintf(fuzz.dir, sizeof fuzz.dir, "%s/moectl-fuzz-checkpoint-XXXXXX",
-             tmp && tmp[0] ? tmp : "/tmp");
-    if (!mkdtemp(fuzz.dir)) {
-        fprintf(stderr, "fuzz_checkpoint: mkdtemp %s: %s\n", fuzz.dir,
+    tmp = tmp && tmp[0] ? tmp : "/tmp";
+    remove_stale(tmp);
+    snprintf(fuzz.dir, sizeof fuzz.dir, "%s/" DIR_PREFIX "%ld", tmp,
+             (long)getpid());
+    remove_tree(fuzz.dir, 1); /* an earlier process's, of the same pid */
+    if (mkdir(fuzz.dir, 0700) < 0) {
+        fprintf(stderr, "fuzz_checkpoint: mkdir %s: %s\n", fuzz.dir,
                 strerror(errno));
         return -1;
     }
