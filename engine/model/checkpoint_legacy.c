@@ -65,15 +65,17 @@ int checkpoint_legacy_header(const char *path, const model *m,
                              h.dims[i], want[i]);
         }
     size_t cells = (size_t)m->dims.L * m->dims.E;
-    int highest = 0;
+    int highest = 0, out_of_range = 0;
     for (size_t i = 0; i < cells; i++) {
         int32_t rank = 0;
         checkpoint_get(&s, &rank, sizeof rank);
-        expert_rank[i] = rank < 0 ? 0 : rank;
+        /* A job has at most CONFIG_MAX_DEVICES ranks. */
+        out_of_range |= rank >= CONFIG_MAX_DEVICES;
+        expert_rank[i] = rank < 0 || rank >= CONFIG_MAX_DEVICES ? 0 : rank;
         highest = expert_rank[i] > highest ? expert_rank[i] : highest;
     }
     fclose(s.f);
-    if (s.failed || h.param_count != m->param_count)
+    if (s.failed || out_of_range || h.param_count != m->param_count)
         return error_set(err, "%s is truncated or corrupt", path);
     /* It recorded ranks, not how many there were: the highest used. */
     *ranks = highest + 1;

@@ -11,12 +11,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* One more word than any command takes, to report the first extra one. */
+/* The command's name, the most arguments any command takes (split: l.e
+ * and a rank, then up to COMMAND_SPLIT_MAX rank:weight; shares: one weight
+ * a rank), and one word more: the first extra one is reported, or, when
+ * the arguments are all there, the end marker. */
 enum {
-    WORDS_MAX = 3 + COMMAND_SPLIT_MAX > 1 + CONFIG_MAX_DEVICES
-                    ? 3 + COMMAND_SPLIT_MAX : 1 + CONFIG_MAX_DEVICES,
+    ARGS_MAX = 2 + COMMAND_SPLIT_MAX > CONFIG_MAX_DEVICES
+                   ? 2 + COMMAND_SPLIT_MAX : CONFIG_MAX_DEVICES,
+    WORDS_MAX = 1 + ARGS_MAX + 1,
     QUOTE_MAX = 40
 };
+_Static_assert(5 * CONFIG_MAX_DEVICES + 8 <= COMMAND_TEXT_MAX &&
+                   8 + 11 * (COMMAND_SPLIT_MAX + 1) <= COMMAND_TEXT_MAX,
+               "COMMAND_TEXT_MAX holds the longest shares and split");
 
 typedef struct word {
     const char *text;   /* not NUL-terminated at len */
@@ -435,6 +442,25 @@ int command_parse(const char *line, const command_limits *limits,
     return 0;
 }
 
+/* A number as the parser reads it back to the same double: the shortest
+ * %g of 6, 9, 12 or 17 digits that does, in the C locale whatever the
+ * process's (0.9999999 stays that, not a 1 that min-gain refuses). */
+static void format_number(char *out, size_t size, double x)
+{
+    locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
+    locale_t previous = c_locale ? uselocale(c_locale) : (locale_t)0;
+    static const int digits[] = {6, 9, 12, 17};
+    for (size_t i = 0; i < sizeof digits / sizeof *digits; i++) {
+        snprintf(out, size, "%.*g", digits[i], x);
+        if (strtod(out, NULL) == x)
+            break;
+    }
+    if (c_locale) {
+        uselocale(previous);
+        freelocale(c_locale);
+    }
+}
+
 void command_format(const command *c, char *out, size_t size)
 {
     if (size == 0)
@@ -445,13 +471,9 @@ void command_format(const command *c, char *out, size_t size)
             name = command_specs[i].name;
     switch (c->kind) {
     case COMMAND_LR: {
-        locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
-        locale_t previous = c_locale ? uselocale(c_locale) : (locale_t)0;
-        snprintf(out, size, "%s %.6g", name, c->value);
-        if (c_locale) {
-            uselocale(previous);
-            freelocale(c_locale);
-        }
+        char number[32];
+        format_number(number, sizeof number, c->value);
+        snprintf(out, size, "%s %s", name, number);
         break;
     }
     case COMMAND_MOVE:
@@ -477,13 +499,9 @@ void command_format(const command *c, char *out, size_t size)
         if (c->every > 0 && n >= 0 && (size_t)n < size)
             n += snprintf(out + n, size - (size_t)n, " every %d", c->every);
         if (c->min_gain >= 0 && n >= 0 && (size_t)n < size) {
-            locale_t c_locale = newlocale(LC_NUMERIC_MASK, "C", (locale_t)0);
-            locale_t previous = c_locale ? uselocale(c_locale) : (locale_t)0;
-            snprintf(out + n, size - (size_t)n, " min-gain %.6g", c->min_gain);
-            if (c_locale) {
-                uselocale(previous);
-                freelocale(c_locale);
-            }
+            char number[32];
+            format_number(number, sizeof number, c->min_gain);
+            snprintf(out + n, size - (size_t)n, " min-gain %s", number);
         }
         break;
     }

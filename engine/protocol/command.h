@@ -56,6 +56,9 @@ int command_parse(const char *line, const command_limits *limits,
                   command *out, char *reason, size_t reason_size);
 
 /* Writes the command back in the grammar, e.g. "move 2.5 1". */
+/* Room for any command command_format writes: shares of 64 weights of
+ * 1000, a split over 16 ranks. */
+enum { COMMAND_TEXT_MAX = 8 + 5 * CONFIG_MAX_DEVICES + 16 };
 void command_format(const command *c, char *out, size_t size);
 
 #endif

@@ -89,7 +89,7 @@ static char *control_reply_record(const char *run_id, int ok,
         return NULL;
     record_set_bool(record, RECORD_REPLY_ok, ok);
     if (cmd) {
-        char formatted[64];
+        char formatted[COMMAND_TEXT_MAX];
         command_format(cmd, formatted, sizeof formatted);
         record_set_string(record, RECORD_REPLY_command, formatted);
     }

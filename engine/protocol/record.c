@@ -158,6 +158,17 @@ json_t *record_text(const char *text)
 
 /* ---- Reading ---- */
 
+/* A reason goes to a terminal on one line: bytes of the input it quotes
+ * (a type name, jansson's excerpt) that are control characters become
+ * '?'. */
+static int one_line(char *why)
+{
+    for (unsigned char *p = (unsigned char *)why; *p; p++)
+        if (*p < 0x20 || *p == 0x7f)
+            *p = '?';
+    return -1;
+}
+
 int record_decode(const char *line, record_value *out, char *why,
                   size_t why_size)
 {
@@ -167,7 +178,7 @@ int record_decode(const char *line, record_value *out, char *why,
     if (!json_is_object(out->json)) {
         snprintf(why, why_size, "not a JSON object%s%s",
                  out->json ? "" : ": ", out->json ? "" : error.text);
-        return -1;
+        return one_line(why);
     }
     const char *type = json_string_value(json_object_get(out->json, "type"));
     for (int t = 0; type && t < RECORD_TYPE_COUNT; t++)
@@ -177,7 +188,7 @@ int record_decode(const char *line, record_value *out, char *why,
         }
     snprintf(why, why_size, "record type %s%s%s is not in the schema",
              type ? "\"" : "(none)", type ? type : "", type ? "\"" : "");
-    return -1;
+    return one_line(why);
 }
 
 void record_free(record_value *r)

@@ -452,7 +452,7 @@ static int apply_command(boundary_state *b, const command *c,
      * is answered in the metrics. */
     if (b->metrics &&
         (c->kind != COMMAND_STATUS || origin != RECORD_ORIGIN_CONTROL)) {
-        char text[96];
+        char text[COMMAND_TEXT_MAX];
         command_format(c, text, sizeof text);
         metrics_event event = {
             .step = b->t->state.step,

@@ -346,12 +346,40 @@ static void test_format(void)
     EXPECT(strcmp(tiny, "move") == 0, "short format buffer: \"%s\"", tiny);
 }
 
+/* Found by tests/fuzz: shares with 64 weights (and 65) overran the word
+ * array; min-gain 0.9999999 formatted as a refused 1; the longest
+ * commands fit COMMAND_TEXT_MAX, which replies and events use. */
+static void test_fuzz_findings(void)
+{
+    command_limits many = {.layers = 4, .experts = 8, .ranks = 64};
+    char line[COMMAND_TEXT_MAX * 2] = "shares", reason[256] = "";
+    for (int r = 0; r < 64; r++)
+        strcat(line, " 1000");
+    command c;
+    EXPECT(command_parse(line, &many, &c, reason, sizeof reason) == 0 &&
+               c.share_count == 64,
+           "64 weights: %s", reason);
+    char text[COMMAND_TEXT_MAX];
+    command_format(&c, text, sizeof text);
+    EXPECT(strcmp(text, line) == 0, "64 weights format whole: %s", text);
+    strcat(line, " 1000");
+    EXPECT(command_parse(line, &many, &c, reason, sizeof reason) < 0 &&
+               strstr(reason, "unexpected argument \"1000\"") != NULL,
+           "65 weights: %s", reason);
+    const char *gain = "policy auto every 20 min-gain 0.9999999";
+    EXPECT(command_parse(gain, &many, &c, reason, sizeof reason) == 0,
+           "%s: %s", gain, reason);
+    command_format(&c, text, sizeof text);
+    EXPECT(strcmp(text, gain) == 0, "min-gain formats as \"%s\"", text);
+}
+
 int main(void)
 {
     test_valid();
     test_errors();
     test_split();
     test_format();
+    test_fuzz_findings();
     if (failures) {
         printf("%d failure(s)\n", failures);
         return 1;
