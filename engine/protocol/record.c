@@ -393,7 +393,7 @@ int record_check(const record_value *r, char *why, size_t why_size)
         if (!declared(r->type, key)) {
             snprintf(why, why_size, "%s: field %s is not in the schema",
                      type, key);
-            return -1;
+            return one_line(why); /* the key is the line's own bytes */
         }
     }
     return 0;
