@@ -59,18 +59,8 @@ else
     exit 2
 fi
 
-# clang, as scripts/setup.sh installs packages.
-if ! command -v clang >/dev/null; then
-    say "installing clang"
-    sudo=()
-    if [ "$(id -u)" -ne 0 ]; then
-        command -v sudo >/dev/null || { say "need root or sudo to install clang"; exit 1; }
-        sudo=(sudo)
-    fi
-    export DEBIAN_FRONTEND=noninteractive
-    "${sudo[@]}" apt-get update -qq
-    "${sudo[@]}" apt-get install -y -qq --no-install-recommends clang >/dev/null
-fi
+# clang (libFuzzer comes with it on Debian 12).
+command -v clang >/dev/null || "$root/scripts/install-packages.sh" clang
 
 if [ ! -f "$build/build.ninja" ]; then
     say "configuring $build (clang)"
