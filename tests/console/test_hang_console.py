@@ -12,11 +12,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 
-from test_tmux import (CORPUS, CONFIG, MOECTL, SESSION, fail, keys, screen,
-                       tmux, wait_for)
+from test_tmux import fail, keys, screen, start_console, tmux, wait_for
 
 
 def rank_pid(tag, rank):
@@ -35,19 +32,9 @@ def rank_pid(tag, rank):
 
 
 def main():
-    if shutil.which("tmux") is None or shutil.which("mpirun") is None:
-        print("tmux or mpirun is not installed")
-        sys.exit(77)
-    tmp = tempfile.mkdtemp(prefix="moectl-hang-console-")
-    metrics = os.path.join(tmp, "m.jsonl")
-    command = (f"cd {tmp} && TERM=xterm-256color {MOECTL} run {CONFIG} "
-               f"--metrics {metrics} --set data.path={CORPUS} "
-               f"--set checkpoint.dir={tmp}/ckpt --set train.steps=1000000 "
-               f"--set checkpoint.every=20 --set train.eval_every=0 "
-               f"--set train.collective_timeout=5; "
-               f"echo CONSOLE-EXIT $?; sleep 60")
-    tmux("new-session", "-d", "-s", SESSION, "-x", "160", "-y", "40",
-         "bash", "-c", command)
+    tmp, metrics = start_console(
+        "moectl-hang-console-", ["checkpoint.every=20", "train.eval_every=0",
+                                 "train.collective_timeout=5"], width=160)
     stopped = None
     try:
         wait_for(lambda: os.path.exists(metrics) and

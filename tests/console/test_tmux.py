@@ -60,20 +60,30 @@ def wait_for(predicate, what, timeout=60, why=None):
     fail("timed out waiting for " + what + (f": {why()}" if why else ""))
 
 
-def main():
+def start_console(prefix, sets, width=120):
+    """The console on a long 2-rank tiny job in a new tmux session, with
+    --set `sets`; it prints CONSOLE-EXIT and its status when it leaves.
+    Exits 77 without tmux or mpirun. Returns (its folder, metrics path)."""
     if shutil.which("tmux") is None or shutil.which("mpirun") is None:
         print("tmux or mpirun is not installed")
         sys.exit(77)
-    tmp = tempfile.mkdtemp(prefix="moectl-console-test-")
+    tmp = tempfile.mkdtemp(prefix=prefix)
     metrics = os.path.join(tmp, "m.jsonl")
     command = (f"cd {tmp} && TERM=xterm-256color {MOECTL} run {CONFIG} "
                f"--metrics {metrics} --set data.path={CORPUS} "
                f"--set checkpoint.dir={tmp}/ckpt --set train.steps=1000000 "
-               f"--set train.eval_every=100 --set checkpoint.every=0 "
-               f"--set balance.every=200 --set balance.min_gain=0; "
-               f"echo CONSOLE-EXIT $?; sleep 60")
-    tmux("new-session", "-d", "-s", SESSION, "-x", "120", "-y", "40",
+               + "".join(f"--set {s} " for s in sets) +
+               "; echo CONSOLE-EXIT $?; sleep 60")
+    tmux("new-session", "-d", "-s", SESSION, "-x", str(width), "-y", "40",
          "bash", "-c", command)
+    return tmp, metrics
+
+
+def main():
+    tmp, metrics = start_console(
+        "moectl-console-test-",
+        ["train.eval_every=100", "checkpoint.every=0", "balance.every=200",
+         "balance.min_gain=0"])
     job = None
     try:
         job = run_checks(metrics)
