@@ -8,6 +8,7 @@
 
 #include "engine/balance/batch_split.h"
 #include "engine/balance/cost.h"
+#include "engine/core/stats.h"
 
 int balancer_create(balancer *b, const config *cfg, int ranks,
                     int share_units, moe_error *err)
@@ -183,7 +184,6 @@ static void observe_rows(balancer *b, int r, int rows, double s)
     }
 }
 
-static double median(double *v, int n);
 static int judged_window(const balancer *b);
 
 /* Adds x to rank r's ring (count samples so far) and returns the median
@@ -198,7 +198,7 @@ static double ring_median(const balancer *b, double *ring, int *count,
     double latest[BALANCER_WINDOW_MAX];
     for (int i = 0; i < n; i++)
         latest[i] = ring[(*count - 1 - i) % BALANCER_WINDOW_MAX];
-    return median(latest, n);
+    return stats_median(latest, n);
 }
 
 void balancer_observe(balancer *b, step_stats *s)
@@ -554,19 +554,6 @@ int balancer_write_plan(const balancer *b, metrics_sink *sink, int step,
 }
 
 
-static int by_value(const void *x, const void *y)
-{
-    double a = *(const double *)x, b = *(const double *)y;
-    return (a > b) - (a < b);
-}
-
-/* Median of n values (n >= 1; they are sorted in place). */
-static double median(double *v, int n)
-{
-    qsort(v, (size_t)n, sizeof *v, by_value);
-    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
 void balancer_keep_undo(balancer *b, const int *placement, const int *share,
                         const int *rows)
 {
@@ -591,7 +578,7 @@ int balancer_propose_revert(balancer *b, const int *placement,
     memcpy(b->proposal_rows, b->undo_rows,
            (size_t)b->ranks * sizeof *b->proposal_rows);
     /* As predictions: the medians measured after and before the plan. */
-    double measured = median(b->measured_s, b->measured_steps);
+    double measured = stats_median(b->measured_s, b->measured_steps);
     b->before_s = measured;
     b->after_s = b->applied_before_s;
     b->proposal_changes = changed_experts(b, placement, share, b->proposal,
@@ -628,13 +615,13 @@ static double recent_median(const balancer *b, int window, double *noise)
     for (int i = 0; i < n; i++)
         before[i] = b->recent_s[(b->recent_next - 1 - i + BALANCER_WINDOW_MAX)
                                 % BALANCER_WINDOW_MAX];
-    double mid = n > 0 ? median(before, n) : b->step_s;
+    double mid = n > 0 ? stats_median(before, n) : b->step_s;
     for (int i = 0; i < n; i++)
         spread[i] = fabs(before[i] - mid);
     /* A robust standard deviation (1.4826 x the median absolute
      * deviation); a median's standard error is 1.2533 sigma/sqrt(n), and
      * the difference of two has sqrt(2) of that: its 95% band. */
-    double sigma = n > 1 ? 1.4826 * median(spread, n) : 0.0;
+    double sigma = n > 1 ? 1.4826 * stats_median(spread, n) : 0.0;
     *noise = 1.96 * 1.2533 * sigma * sqrt(2.0 / window);
     return mid;
 }
@@ -695,7 +682,7 @@ int balancer_follow_up(balancer *b, const step_stats *s, metrics_sink *sink,
     if (b->measured_steps < window)
         return 0;
     b->pending_result = 0;
-    double measured = median(b->measured_s, b->measured_steps);
+    double measured = stats_median(b->measured_s, b->measured_steps);
     balancer_verdict verdict = b->verdict = verdict_of(b, measured);
     /* Only a plan that measurably delivered resets what auto asks; a move
      * back that restored the step does not (the plan it undid missed). */

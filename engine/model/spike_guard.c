@@ -1,4 +1,5 @@
 #include "engine/model/spike_guard.h"
+#include "engine/core/stats.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -12,19 +13,12 @@ void spike_guard_reset(spike_guard_state *g)
     memset(g, 0, sizeof *g);
 }
 
-static int compare_doubles(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
+/* The median of a history, which stays in its order. */
 static double median(const double *values, int count)
 {
     double sorted[SPIKE_GUARD_WINDOW_MAX];
     memcpy(sorted, values, (size_t)count * sizeof *sorted);
-    qsort(sorted, (size_t)count, sizeof *sorted, compare_doubles);
-    return count % 2 ? sorted[count / 2]
-                     : 0.5 * (sorted[count / 2 - 1] + sorted[count / 2]);
+    return stats_median(sorted, count);
 }
 
 static void remember_applied(spike_guard_state *g, int window, double loss,

@@ -16,20 +16,7 @@
 
 #include "engine/trainer/train.h"
 #include "kernels/cpu/cpu_backend.h"
-
-static int compare_doubles(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
-static double median(double *values, int n)
-{
-    if (n <= 0)
-        return NAN;
-    qsort(values, (size_t)n, sizeof *values, compare_doubles);
-    return n % 2 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
-}
+#include "engine/core/stats.h"
 
 /* What one measured moectl run reports. */
 typedef struct run_result {
@@ -92,8 +79,8 @@ static json_t *measure_training(void *arg)
         out = json_pack(
             "{s:f, s:f, s:f, s:f, s:f, s:I, s:I, s:i, s:o, s:o, s:f, s:f, "
             "s:f}",
-            "tokens_per_s", median(tokens_per_s, steps),
-            "step_ms", median(step_ms, steps),
+            "tokens_per_s", stats_median(tokens_per_s, steps),
+            "step_ms", stats_median(step_ms, steps),
             "flops_per_token", model_flops_per_token(t->model),
             "loss_first", loss_first, "loss_last", loss_last,
             "params", (json_int_t)t->model->param_count,
@@ -251,7 +238,7 @@ static double grouped_rate(const backend *be, const sgemm_request *req,
             gflops[i - 1] = 2.0 * G * req->rows * (double)IC * OC /
                             (clock_monotonic_s() - start) / 1e9;
     }
-    return median(gflops, req->reps);
+    return stats_median(gflops, req->reps);
 }
 
 /* Both expert products of req on a backend into rate[2]; -1 when out of
@@ -321,7 +308,7 @@ static json_t *measure_sgemm_child(void *arg)
                 gflops[i - 1] = 2.0 * n * n * (double)n / (clock_monotonic_s() - start) /
                                 1e9;
         }
-        result = median(gflops, reps);
+        result = stats_median(gflops, reps);
         for (int i = 0; i <= reps; i++) {
             double start = clock_monotonic_s();
             be.ops->matmul_forward(be.ctx, c, a, b, n, n, n);
@@ -329,7 +316,7 @@ static json_t *measure_sgemm_child(void *arg)
                 gflops[i - 1] = 2.0 * n * n * (double)n / (clock_monotonic_s() - start) /
                                 1e9;
         }
-        backend_result = median(gflops, reps);
+        backend_result = stats_median(gflops, reps);
         expert_rates(&be, req, expert_fp32, gflops);
         /* The bf16 GEMM (oneDNN), where this build has it: the rate a
          * bf16 run is held against. */
@@ -343,7 +330,7 @@ static json_t *measure_sgemm_child(void *arg)
                     gflops[i - 1] = 2.0 * n * n * (double)n /
                                     (clock_monotonic_s() - start) / 1e9;
             }
-            bf16_result = median(gflops, reps);
+            bf16_result = stats_median(gflops, reps);
             expert_rates(&bf, req, expert_bf16, gflops);
             cpu_backend_describe(&bf, bf16_how, sizeof bf16_how);
             cpu_backend_finish(&bf);
@@ -589,8 +576,8 @@ static void measure_ranks(const config *base, const bench_options *opt,
         }
         fclose(in);
         if (n > 0) {
-            row->tokens_per_s = median(tps, n);
-            row->step_ms = median(ms, n);
+            row->tokens_per_s = stats_median(tps, n);
+            row->step_ms = stats_median(ms, n);
             row->alltoall_share = share / n;
             row->ok = 1;
         } else {

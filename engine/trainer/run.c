@@ -6,6 +6,7 @@
 #include "engine/trainer/train.h"
 #include "engine/trainer/commands.h"
 #include "engine/core/clock.h"
+#include "engine/core/stats.h"
 
 #include <math.h>
 #include <stdarg.h>
@@ -78,12 +79,6 @@ typedef struct run_context {
     int metrics_failed;             /* on rank 0: stopped for it */
 } run_context;
 
-static int compare_doubles(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
-
 /* The hung-rank watchdog's deadline for the next step's collectives:
  * train.collective_timeout, or 10 x the median of the last 64 steps, at
  * least 60 s; and what its report should say. */
@@ -98,8 +93,7 @@ static void watch_next_step(run_context *r, double step_s)
         int n = r->steps_timed < RING ? r->steps_timed : RING;
         double sorted[RING];
         memcpy(sorted, r->step_s, (size_t)n * sizeof *sorted);
-        qsort(sorted, (size_t)n, sizeof *sorted, compare_doubles);
-        double median = sorted[n / 2];
+        double median = stats_median(sorted, n);
         deadline = 10 * median > 60 ? 10 * median : 60;
     }
     if (deadline > 0)
